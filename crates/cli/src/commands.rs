@@ -1,0 +1,470 @@
+//! What each command does.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use errand_node::control::{self, Request};
+use errand_node::node::{
+    DeviceInfo, HistoryLine, Joined, PeerSync, Sent, Status, TicketInfo, short,
+};
+use errand_node::{Node, NodeConfig, NodeEvent};
+use errand_pairing::protocol::PairingEvent;
+use errand_sync::schema::index::ThreadEntry;
+use errand_sync::schema::thread::Task;
+use serde::Serialize;
+
+use crate::session::{Session, open_local};
+use crate::{Cli, Command, output};
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn show<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -> String) -> Result<()> {
+    if json {
+        print_json(value)
+    } else {
+        println!("{}", human(value));
+        Ok(())
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let config = cli.config()?;
+    let json = cli.json;
+    match cli.command {
+        Command::Up {
+            name,
+            yes,
+            qr_png,
+            ticket_file,
+            ttl,
+        } => {
+            let node = serve_here(&config).await?;
+            node.init_space(name.as_deref())?;
+            let info = node.create_ticket(Duration::from_secs(ttl), yes)?;
+            show_ticket(&info, qr_png.as_deref(), ticket_file.as_deref(), json)?;
+            if !json {
+                let status = node.status()?;
+                println!(
+                    "serving as {} on {}; Ctrl-C to stop",
+                    status.name,
+                    status.addrs.join(" ")
+                );
+            }
+            run_until_stopped(node, yes, json).await
+        }
+        Command::Serve => {
+            let node = serve_here(&config).await?;
+            if !json {
+                let status = node.status()?;
+                println!(
+                    "serving as {} on {}; Ctrl-C to stop",
+                    status.name,
+                    status.addrs.join(" ")
+                );
+            }
+            run_until_stopped(node, false, json).await
+        }
+        command => {
+            let mut session = Session::open(&config).await?;
+            let result = one_shot(&mut session, &config.home, command, json).await;
+            session.close().await;
+            result
+        }
+    }
+}
+
+/// Opens the home in this process and serves its control socket.
+async fn serve_here(config: &NodeConfig) -> Result<Arc<Node>> {
+    if control::Client::connect(&config.home).await.is_some() {
+        bail!("a node is already running on {}", config.home.display());
+    }
+    let node = Arc::new(open_local(config).await?);
+    control::serve(node.clone())?;
+    Ok(node)
+}
+
+async fn run_until_stopped(node: Arc<Node>, auto_confirm: bool, json: bool) -> Result<ExitCode> {
+    let mut events = node.subscribe();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            ev = events.recv() => {
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                };
+                if json {
+                    println!("{}", serde_json::to_string(&ev)?);
+                } else if !matches!(ev, NodeEvent::SyncFinished { .. }) {
+                    println!("{}", output::event(&ev));
+                }
+                if let NodeEvent::PairingRequested { ticket, name, code, .. } = ev
+                    && !auto_confirm
+                {
+                    let accept = confirm(&name, &code).await;
+                    node.confirm_pairing(&ticket, accept)?;
+                }
+            }
+        }
+    }
+    node.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the person at this terminal whether to admit a device.
+async fn confirm(name: &str, code: &str) -> bool {
+    if !std::io::stdin().is_terminal() {
+        eprintln!(
+            "errand: cannot ask whether to admit {name:?}: no terminal; start with --yes to admit devices holding a valid ticket"
+        );
+        return false;
+    }
+    println!("Admit {name:?}? Check that it shows the code {code}. [y/N]");
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await;
+    matches!(answer, Ok(Ok(line)) if matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+fn show_ticket(
+    info: &TicketInfo,
+    qr_png: Option<&Path>,
+    ticket_file: Option<&Path>,
+    json: bool,
+) -> Result<()> {
+    if let Some(path) = qr_png {
+        errand_pairing::qr::write_png(&info.ticket, path, 8)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = ticket_file {
+        std::fs::write(path, format!("{}\n", info.ticket))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if json {
+        println!("{}", serde_json::to_string(info)?);
+    } else {
+        println!("{}", errand_pairing::qr::terminal(&info.ticket)?);
+        println!(
+            "Scan the code with the phone, or run on the other device:\n  errand join {}",
+            info.ticket
+        );
+        println!(
+            "The ticket works once and expires in {} s.",
+            info.expires_at.saturating_sub(now_unix())
+        );
+    }
+    Ok(())
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn one_shot(
+    session: &mut Session,
+    home: &Path,
+    command: Command,
+    json: bool,
+) -> Result<ExitCode> {
+    match command {
+        Command::Up { .. } | Command::Serve => unreachable_command(),
+        Command::Pair {
+            qr_png,
+            ticket_file,
+            ttl,
+            yes,
+        } => {
+            pair(
+                session,
+                qr_png.as_deref(),
+                ticket_file.as_deref(),
+                ttl,
+                yes,
+                json,
+            )
+            .await
+        }
+        Command::Join { ticket, name, role } => {
+            let parsed: errand_pairing::Ticket = ticket
+                .parse()
+                .map_err(|e| anyhow::anyhow!("bad ticket: {e}"))?;
+            let status: Status = session.call(Request::Status).await?;
+            let me = status.device.parse().context("bad device id")?;
+            let code = errand_pairing::protocol::code_for(&parsed, &me);
+            if !json {
+                println!("verification code {code}: check that the other device shows the same");
+            }
+            let joined: Joined = session.call(Request::Join { ticket, name, role }).await?;
+            // Bring the space's threads over while we are connected.
+            session.refresh(Duration::from_secs(3)).await;
+            show(json, &joined, |j| {
+                format!(
+                    "paired with {} ({}) in space {}",
+                    j.host_name,
+                    short(&j.host),
+                    j.space
+                )
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send {
+            text,
+            thread,
+            to,
+            wait,
+            timeout,
+        } => {
+            let sent: Sent = session
+                .call(Request::Send {
+                    text,
+                    thread,
+                    to,
+                    wait_secs: timeout,
+                })
+                .await?;
+            if wait {
+                if !json {
+                    println!("{}", output::sent(&sent));
+                }
+                let task =
+                    wait_task(session, home, &sent.task, Duration::from_secs(timeout)).await?;
+                return finish_wait(&task, json);
+            }
+            show(json, &sent, output::sent)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tasks { thread } => {
+            session.refresh(Duration::from_millis(1500)).await;
+            let tasks: Vec<Task> = session.call(Request::Tasks { thread }).await?;
+            show(json, &tasks, |t| output::tasks(t))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { task } => {
+            session.refresh(Duration::from_millis(1500)).await;
+            let task: Task = session.call(Request::Show { task }).await?;
+            show(json, &task, output::task)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wait { task, timeout } => {
+            let task = wait_task(session, home, &task, Duration::from_secs(timeout)).await?;
+            finish_wait(&task, json)
+        }
+        Command::Cancel { task } => {
+            let reply: serde_json::Value =
+                session.call(Request::Cancel { task, wait_secs: 3 }).await?;
+            if json {
+                print_json(&reply)?;
+            } else {
+                let delivered = reply["delivered"].as_bool().unwrap_or(false);
+                let id = reply["task"]["id"].as_str().unwrap_or_default();
+                println!(
+                    "cancel of task {} requested{}",
+                    short(id),
+                    if delivered {
+                        "; the desktop has it"
+                    } else {
+                        "; not delivered yet"
+                    }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Threads => {
+            session.refresh(Duration::from_millis(1500)).await;
+            let threads: Vec<ThreadEntry> = session.call(Request::Threads).await?;
+            show(json, &threads, |t| output::threads(t))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch => {
+            let mut events = session.events(home).await?;
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            loop {
+                tokio::select! {
+                    ev = events.next() => {
+                        let Some(ev) = ev else { break };
+                        if json {
+                            println!("{}", serde_json::to_string(&ev)?);
+                        } else {
+                            println!("{}", output::event(&ev));
+                        }
+                    }
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = terminate.recv() => break,
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::History { doc, limit } => {
+            let lines: Vec<HistoryLine> = session.call(Request::History { doc, limit }).await?;
+            show(json, &lines, |l| output::history(l))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::At { heads, doc } => {
+            let value: serde_json::Value = session.call(Request::At { heads, doc }).await?;
+            print_json(&value)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Devices => {
+            let devices: Vec<DeviceInfo> = session.call(Request::Devices).await?;
+            show(json, &devices, |d| output::devices(d))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status => {
+            let status: Status = session.call(Request::Status).await?;
+            show(json, &status, output::status)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync { timeout } => {
+            let peers: Vec<PeerSync> = session
+                .call(Request::Sync {
+                    timeout_secs: timeout,
+                })
+                .await?;
+            show(json, &peers, |peers| {
+                if peers.is_empty() {
+                    return "no other devices in this space".into();
+                }
+                peers
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{} {}: {}",
+                            short(&p.id),
+                            p.name,
+                            if p.synced { "in sync" } else { "not reachable" }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn unreachable_command() -> Result<ExitCode> {
+    bail!("this command runs a node; it is handled before a session opens")
+}
+
+async fn pair(
+    session: &mut Session,
+    qr_png: Option<&Path>,
+    ticket_file: Option<&Path>,
+    ttl: u64,
+    yes: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let info: TicketInfo = session
+        .call(Request::Ticket {
+            ttl_secs: ttl,
+            auto_confirm: yes,
+        })
+        .await?;
+    show_ticket(&info, qr_png, ticket_file, json)?;
+    if !json {
+        println!("waiting for a device to join…");
+    }
+    let mut n = 0;
+    loop {
+        // Wait out the ticket, plus the time a person may take to confirm.
+        let wait = info.expires_at.saturating_sub(now_unix()) + 130;
+        let ev: Option<PairingEvent> = session
+            .call(Request::PairingEvent {
+                ticket: info.id.clone(),
+                n,
+                timeout_secs: wait,
+            })
+            .await?;
+        n += 1;
+        let Some(ev) = ev else {
+            bail!("the ticket expired and no device joined");
+        };
+        if json {
+            println!("{}", serde_json::to_string(&ev)?);
+        }
+        match ev {
+            PairingEvent::Requested {
+                ticket,
+                name,
+                code,
+                role,
+                ..
+            } => {
+                if !json {
+                    println!("{name:?} ({role}) is joining; verification code {code}");
+                }
+                if !yes {
+                    let accept = confirm(&name, &code).await;
+                    let _: bool = session
+                        .call(Request::ConfirmPairing { ticket, accept })
+                        .await?;
+                }
+            }
+            PairingEvent::Paired {
+                name, device, role, ..
+            } => {
+                if !json {
+                    println!("paired with {name} ({role}, {})", short(&device));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            PairingEvent::Refused { reason, .. } => {
+                bail!("pairing refused: {reason}");
+            }
+        }
+    }
+}
+
+/// Waits until a task ends, syncing meanwhile when running locally.
+async fn wait_task(
+    session: &mut Session,
+    home: &Path,
+    task: &str,
+    timeout: Duration,
+) -> Result<Task> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut events = session.events(home).await?;
+    loop {
+        let current: Task = session
+            .call(Request::Show {
+                task: task.to_owned(),
+            })
+            .await?;
+        if current.status.is_final() {
+            return Ok(current);
+        }
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("the node stopped while waiting for task {}", short(task)),
+            Err(_) => bail!(
+                "task {} is still {} after {} s",
+                short(task),
+                current.status,
+                timeout.as_secs()
+            ),
+        }
+    }
+}
+
+fn finish_wait(task: &Task, json: bool) -> Result<ExitCode> {
+    show(json, task, output::task)?;
+    Ok(match task.status {
+        errand_sync::schema::thread::TaskStatus::Done => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}

@@ -1,0 +1,207 @@
+//! `errand`: the desktop node and every command a phone can give, on the command line.
+
+mod commands;
+mod output;
+mod session;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use errand_node::NodeConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "errand",
+    version,
+    about = "Hand work to your own computer from your phone: peer to peer, no server, no account."
+)]
+pub struct Cli {
+    /// The device home: keys, database and control socket [default: the platform data dir]
+    #[arg(long, env = "ERRAND_HOME", global = true)]
+    home: Option<PathBuf>,
+    /// Print machine-readable JSON
+    #[arg(long, global = true)]
+    json: bool,
+    /// Listen on this address [default: every interface, on this home's previous port]
+    #[arg(long, env = "ERRAND_BIND", global = true)]
+    bind: Option<SocketAddr>,
+    /// Use this self-hosted iroh relay (relays are off otherwise)
+    #[arg(long, env = "ERRAND_RELAY", global = true)]
+    relay: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Desktop: create the identity and space if needed, show a pairing QR code, then serve
+    Up {
+        /// This device's name [default: the host name]
+        #[arg(long)]
+        name: Option<String>,
+        /// Admit a device with a valid ticket without asking
+        #[arg(long)]
+        yes: bool,
+        /// Also write the pairing QR code to this PNG file
+        #[arg(long)]
+        qr_png: Option<PathBuf>,
+        /// Also write the ticket text to this file
+        #[arg(long)]
+        ticket_file: Option<PathBuf>,
+        /// How long the ticket is valid, in seconds
+        #[arg(long, default_value_t = 600)]
+        ttl: u64,
+    },
+    /// Run the node until interrupted
+    Serve,
+    /// Show a one-time pairing ticket and wait for a device to join
+    Pair {
+        #[arg(long)]
+        qr_png: Option<PathBuf>,
+        #[arg(long)]
+        ticket_file: Option<PathBuf>,
+        /// How long the ticket is valid, in seconds
+        #[arg(long, default_value_t = 600)]
+        ttl: u64,
+        /// Admit the device without asking
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Pair this home with the device that showed TICKET
+    Join {
+        ticket: String,
+        /// This device's name [default: the host name]
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "phone")]
+        role: errand_sync::Role,
+    },
+    /// Send a task to a desktop
+    Send {
+        text: String,
+        /// Add to this thread (id prefix) instead of starting a new one
+        #[arg(long)]
+        thread: Option<String>,
+        /// The desktop that should run it (name or id prefix) [default: the space's first desktop]
+        #[arg(long)]
+        to: Option<String>,
+        /// Wait for the task to finish
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait for delivery (and, with --wait, for the result)
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
+    /// List tasks
+    Tasks {
+        #[arg(long)]
+        thread: Option<String>,
+    },
+    /// Show one task
+    Show { task: String },
+    /// Wait for a task to finish
+    Wait {
+        task: String,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Ask the desktop to stop a task
+    Cancel { task: String },
+    /// List threads
+    Threads,
+    /// Print events as they happen, one per line
+    Watch,
+    /// A document's commits: time, device, message
+    History {
+        /// Thread id prefix, or `index` [default: index]
+        #[arg(long)]
+        doc: Option<String>,
+        /// Only the newest N
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Print a document as it was at HEADS (change hashes from `errand history`)
+    At {
+        heads: String,
+        #[arg(long)]
+        doc: Option<String>,
+    },
+    /// List the space's devices
+    Devices,
+    /// This device, its space and its peers
+    Status,
+    /// Sync once with every reachable peer
+    Sync {
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
+}
+
+fn default_home() -> Result<PathBuf> {
+    directories::ProjectDirs::from("", "", "errand")
+        .map(|d| d.data_dir().to_path_buf())
+        .context("cannot find a data directory for this user; pass --home DIR")
+}
+
+impl Cli {
+    fn config(&self) -> Result<NodeConfig> {
+        let home = match &self.home {
+            Some(h) => h.clone(),
+            None => default_home()?,
+        };
+        let mut config = NodeConfig::new(home);
+        config.bind = self.bind;
+        config.relay = match &self.relay {
+            Some(url) => Some(
+                url.parse()
+                    .with_context(|| format!("--relay {url:?} is not a relay URL"))?,
+            ),
+            None => None,
+        };
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ERRAND_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,iroh=error")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("errand: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("errand: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}

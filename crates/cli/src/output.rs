@@ -1,0 +1,241 @@
+//! How things look on a terminal.
+
+use errand_node::NodeEvent;
+use errand_node::node::{DeviceInfo, HistoryLine, Sent, Status, short};
+use errand_sync::schema::index::ThreadEntry;
+use errand_sync::schema::thread::Task;
+
+/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
+pub fn time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > max {
+        let cut: String = flat.chars().take(max - 1).collect();
+        format!("{cut}…")
+    } else {
+        flat
+    }
+}
+
+pub fn sent(s: &Sent) -> String {
+    let head = format!(
+        "task {} queued in thread {} for {}",
+        short(&s.task),
+        short(&s.thread),
+        s.target_name
+    );
+    if s.delivered {
+        format!("{head}: delivered")
+    } else {
+        format!(
+            "{head}: not delivered yet ({} is not reachable now); it goes out as soon as both devices are online (a running node, or `errand sync`)",
+            s.target_name
+        )
+    }
+}
+
+pub fn tasks(tasks: &[Task]) -> String {
+    if tasks.is_empty() {
+        return "no tasks".into();
+    }
+    let mut out = format!(
+        "{:<8}  {:<16}  {:<8}  {}\n",
+        "TASK", "STATUS", "THREAD", "PROMPT"
+    );
+    for t in tasks {
+        out.push_str(&format!(
+            "{:<8}  {:<16}  {:<8}  {}\n",
+            short(&t.id),
+            t.status.as_str(),
+            short(&t.thread),
+            one_line(&t.prompt, 60)
+        ));
+    }
+    out.trim_end().to_owned()
+}
+
+pub fn task(t: &Task) -> String {
+    let mut out = format!(
+        "task     {}\nthread   {}\nstatus   {}\nprompt   {}\ncreated  {}\n",
+        t.id,
+        t.thread,
+        t.status,
+        t.prompt,
+        time(t.created)
+    );
+    if let Some(s) = t.started {
+        out.push_str(&format!("started  {}\n", time(s)));
+    }
+    if let Some(f) = t.finished {
+        out.push_str(&format!("finished {}\n", time(f)));
+    }
+    if t.cancel_requested && !t.status.is_final() {
+        out.push_str("cancel   requested\n");
+    }
+    for p in &t.progress {
+        out.push_str(&format!("progress {}  {}\n", time(p.at), p.text));
+    }
+    for a in &t.artifacts {
+        out.push_str(&format!(
+            "artifact {}  {} ({} bytes, {})\n",
+            short(&a.hash),
+            a.name,
+            a.size,
+            a.mime
+        ));
+    }
+    if let Some(e) = &t.error {
+        out.push_str(&format!("error    {e}\n"));
+    }
+    if let Some(r) = &t.result {
+        out.push_str(&format!("result\n{r}\n"));
+    }
+    out.trim_end().to_owned()
+}
+
+pub fn threads(threads: &[ThreadEntry]) -> String {
+    if threads.is_empty() {
+        return "no threads".into();
+    }
+    let mut out = format!("{:<8}  {:<19}  {}\n", "THREAD", "CREATED", "TITLE");
+    for t in threads {
+        out.push_str(&format!(
+            "{:<8}  {}  {}\n",
+            short(&t.id),
+            time(t.created),
+            one_line(&t.title, 60)
+        ));
+    }
+    out.trim_end().to_owned()
+}
+
+pub fn devices(devices: &[DeviceInfo]) -> String {
+    let mut out = format!(
+        "{:<8}  {:<20}  {:<8}  {}\n",
+        "DEVICE", "NAME", "ROLE", "STATE"
+    );
+    for d in devices {
+        let state = if d.this_device {
+            "this device"
+        } else if d.connected {
+            "connected"
+        } else {
+            "not connected"
+        };
+        out.push_str(&format!(
+            "{:<8}  {:<20}  {:<8}  {}\n",
+            short(&d.id),
+            one_line(&d.name, 20),
+            d.role.as_str(),
+            state
+        ));
+    }
+    out.trim_end().to_owned()
+}
+
+pub fn history(lines: &[HistoryLine]) -> String {
+    let mut out = String::new();
+    for l in lines {
+        out.push_str(&format!(
+            "{}  {:<16}  {:<40}  {}\n",
+            time(l.entry.time),
+            one_line(&l.device, 16),
+            one_line(&l.entry.message, 40),
+            l.entry.hash
+        ));
+    }
+    out.trim_end().to_owned()
+}
+
+pub fn status(s: &Status) -> String {
+    let mut out = format!("device  {} ({})\n", s.device, s.name);
+    match (&s.space, s.role) {
+        (Some(space), Some(role)) => out.push_str(&format!("space   {space} as {role}\n")),
+        (Some(space), None) => {
+            out.push_str(&format!("space   {space} (this device is not a member)\n"))
+        }
+        _ => out.push_str("space   none yet (errand up, or errand join TICKET)\n"),
+    }
+    out.push_str(&format!("listen  {}\n", s.addrs.join(" ")));
+    if let Some(relay) = &s.relay {
+        out.push_str(&format!("relay   {relay}\n"));
+    }
+    out.push_str(&format!("threads {}\n", s.threads));
+    for p in &s.peers {
+        out.push_str(&format!(
+            "peer    {} {} {}\n",
+            short(&p.id),
+            p.name,
+            if p.connected {
+                "connected"
+            } else {
+                "not connected"
+            }
+        ));
+    }
+    out.trim_end().to_owned()
+}
+
+pub fn event(ev: &NodeEvent) -> String {
+    match ev {
+        NodeEvent::TaskChanged {
+            task,
+            status,
+            prompt,
+            ..
+        } => {
+            format!("task {} {}: {}", short(task), status, one_line(prompt, 60))
+        }
+        NodeEvent::PeerConnected { peer } => format!("peer {} connected", short(peer)),
+        NodeEvent::PeerLost { peer } => format!("peer {} lost", short(peer)),
+        NodeEvent::SyncFinished { peer, doc } => {
+            format!("synced {} with {}", short(doc), short(peer))
+        }
+        NodeEvent::PeerDropped { peer, reason } => {
+            format!("peer {} dropped: {reason}", short(peer))
+        }
+        NodeEvent::PairingRequested { name, code, .. } => {
+            format!("device {name:?} wants to pair; verification code {code}")
+        }
+        NodeEvent::DevicePaired { name, device } => {
+            format!("device {name} ({}) added", short(device))
+        }
+        NodeEvent::PairingRefused { device, reason } => {
+            format!("pairing with {} refused: {reason}", short(device))
+        }
+        NodeEvent::JoinCode { code } => format!("verification code {code}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_utc_calendar_dates() {
+        assert_eq!(time(0), "1970-01-01 00:00:00");
+        assert_eq!(time(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(time(1_795_000_000_123), "2026-11-18 09:46:40");
+    }
+}

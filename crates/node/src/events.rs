@@ -1,0 +1,147 @@
+//! What a node reports as it happens: task status changes, peers coming and going, pairing.
+//! `errand watch` prints these, and the mobile bindings turn them into listener calls.
+
+use std::collections::HashMap;
+
+use errand_pairing::protocol::PairingEvent;
+use errand_sync::schema::{DocId, index, thread};
+use errand_sync::{NetEvent, Repo};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum NodeEvent {
+    /// A task appeared or its status changed.
+    TaskChanged {
+        task: String,
+        thread: String,
+        status: thread::TaskStatus,
+        prompt: String,
+    },
+    PeerConnected {
+        peer: String,
+    },
+    PeerLost {
+        peer: String,
+    },
+    /// A document is now the same on both sides.
+    SyncFinished {
+        peer: String,
+        doc: String,
+    },
+    PeerDropped {
+        peer: String,
+        reason: String,
+    },
+    PairingRequested {
+        ticket: String,
+        device: String,
+        name: String,
+        code: String,
+    },
+    DevicePaired {
+        device: String,
+        name: String,
+    },
+    PairingRefused {
+        device: String,
+        reason: String,
+    },
+    /// Shown on a joining device: compare it with the desktop's.
+    JoinCode {
+        code: String,
+    },
+}
+
+impl NodeEvent {
+    pub(crate) fn from_net(ev: NetEvent) -> NodeEvent {
+        match ev {
+            NetEvent::Connected(p) => NodeEvent::PeerConnected {
+                peer: p.to_string(),
+            },
+            NetEvent::Disconnected(p) => NodeEvent::PeerLost {
+                peer: p.to_string(),
+            },
+            NetEvent::Synced { peer, doc } => NodeEvent::SyncFinished {
+                peer: peer.to_string(),
+                doc: doc.to_string(),
+            },
+            NetEvent::Misbehaved { peer, reason } => NodeEvent::PeerDropped {
+                peer: peer.to_string(),
+                reason,
+            },
+        }
+    }
+
+    pub(crate) fn from_pairing(ev: PairingEvent) -> NodeEvent {
+        match ev {
+            PairingEvent::Requested {
+                ticket,
+                device,
+                name,
+                code,
+                ..
+            } => NodeEvent::PairingRequested {
+                ticket,
+                device,
+                name,
+                code,
+            },
+            PairingEvent::Paired { device, name, .. } => NodeEvent::DevicePaired { device, name },
+            PairingEvent::Refused { device, reason, .. } => {
+                NodeEvent::PairingRefused { device, reason }
+            }
+        }
+    }
+}
+
+/// Turns document changes into task events by remembering each task's last seen status.
+#[derive(Debug, Default)]
+pub(crate) struct TaskWatcher {
+    seen: HashMap<String, thread::TaskStatus>,
+}
+
+impl TaskWatcher {
+    pub(crate) fn prime(&mut self, repo: &Repo) {
+        let _ = self.scan(repo, None);
+    }
+
+    /// Events for what changed; `doc: None` rescans everything.
+    pub(crate) fn changed(&mut self, repo: &Repo, doc: Option<&DocId>) -> Vec<NodeEvent> {
+        self.scan(repo, doc)
+    }
+
+    fn scan(&mut self, repo: &Repo, doc: Option<&DocId>) -> Vec<NodeEvent> {
+        let docs: Vec<DocId> = match doc {
+            Some(d) if d.is_index() => return Vec::new(),
+            Some(d) => vec![d.clone()],
+            None => repo
+                .read(&DocId::index(), index::threads)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|t| DocId::parse(&t.id))
+                .collect(),
+        };
+        let mut out = Vec::new();
+        for d in docs {
+            let tasks = repo
+                .read(&d, |doc| thread::tasks(doc, d.as_str()))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            for t in tasks {
+                if self.seen.insert(t.id.clone(), t.status) != Some(t.status) {
+                    out.push(NodeEvent::TaskChanged {
+                        task: t.id,
+                        thread: t.thread,
+                        status: t.status,
+                        prompt: t.prompt,
+                    });
+                }
+            }
+        }
+        out
+    }
+}

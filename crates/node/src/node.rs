@@ -1,0 +1,1106 @@
+//! The node: one device home opened for use.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use errand_pairing::membership::Certificate;
+use errand_pairing::protocol::{self as pairing, PairingEvent, PairingHost};
+use errand_pairing::{MembershipGate, Ticket, TrustHooks, identity, trust};
+use errand_sync::repo::COMPACT_AFTER_CHUNKS;
+use errand_sync::schema::{self, DocId, HistoryEntry, index, thread};
+use errand_sync::{DeviceId, Replicator, Repo, Role, SpaceId, Store};
+use iroh::endpoint::{PortmapperConfig, presets};
+use iroh::protocol::{AcceptError, ProtocolHandler, Router};
+use iroh::{Endpoint, EndpointAddr, RelayMode, RelayUrl, SecretKey};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tracing::{debug, warn};
+
+use crate::error::NodeError;
+use crate::events::NodeEvent;
+
+const KEY_FILE: &str = "device.key";
+const DB_FILE: &str = "errand.redb";
+const META_SPACE: &str = "space";
+const META_NAME: &str = "name";
+const META_PORT: &str = "port";
+
+/// How a node is opened.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub home: PathBuf,
+    /// Where to listen. `None`: every interface, on the port this home used last time.
+    pub bind: Option<SocketAddr>,
+    /// A self-hosted iroh relay; relays are off without one.
+    pub relay: Option<RelayUrl>,
+}
+
+impl NodeConfig {
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            home: home.into(),
+            bind: None,
+            relay: None,
+        }
+    }
+}
+
+/// A device of the space, as `errand devices` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub added_by: String,
+    pub added_at: u64,
+    pub this_device: bool,
+    pub connected: bool,
+    pub addrs: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub id: String,
+    pub name: String,
+    pub connected: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub device: String,
+    pub name: String,
+    pub role: Option<Role>,
+    pub space: Option<String>,
+    pub addrs: Vec<String>,
+    pub relay: Option<String>,
+    pub peers: Vec<PeerStatus>,
+    pub threads: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TicketInfo {
+    pub ticket: String,
+    pub id: String,
+    pub expires_at: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Joined {
+    pub space: String,
+    pub host: String,
+    pub host_name: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sent {
+    pub task: String,
+    pub thread: String,
+    pub target: String,
+    pub target_name: String,
+    /// Whether the target device is known to hold the task.
+    pub delivered: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HistoryLine {
+    #[serde(flatten)]
+    pub entry: HistoryEntry,
+    pub device: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerSync {
+    pub id: String,
+    pub name: String,
+    pub synced: bool,
+}
+
+/// The pairing handler slot: empty until the node belongs to a space.
+#[derive(Clone, Debug, Default)]
+struct PairingSlot(Arc<RwLock<Option<PairingHost>>>);
+
+impl PairingSlot {
+    fn get(&self) -> Option<PairingHost> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn set(&self, host: PairingHost) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(host);
+    }
+}
+
+impl ProtocolHandler for PairingSlot {
+    async fn accept(&self, connection: iroh::endpoint::Connection) -> Result<(), AcceptError> {
+        match self.get() {
+            Some(host) => host.accept(connection).await,
+            None => {
+                connection.close(1u32.into(), b"this device is not in a space yet");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An open device home: its store, documents, endpoint and protocols.
+#[derive(Debug)]
+pub struct Node {
+    home: PathBuf,
+    secret_key: SecretKey,
+    repo: Arc<Repo>,
+    endpoint: Endpoint,
+    router: Router,
+    replicator: Replicator,
+    gate: Arc<MembershipGate>,
+    pairing: PairingSlot,
+    relay: Option<RelayUrl>,
+    events: broadcast::Sender<NodeEvent>,
+    pairing_log: Arc<Mutex<std::collections::HashMap<String, Vec<PairingEvent>>>>,
+    tasks: Mutex<tokio::task::JoinSet<()>>,
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Short ids for people: the first 8 hex digits.
+pub fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+impl Node {
+    /// Opens a home, creating its identity and database on first use, and starts serving.
+    pub async fn open(config: NodeConfig) -> Result<Node, NodeError> {
+        let home = config.home.clone();
+        create_home(&home)?;
+        let secret_key = identity::load_or_create(&home.join(KEY_FILE))?;
+        let me = secret_key.public();
+        let store = Arc::new(Store::open(&home.join(DB_FILE))?);
+        let repo = Arc::new(Repo::new(store.clone(), me));
+        let gate = Arc::new(MembershipGate::new(me));
+        gate.refresh(&repo);
+
+        let endpoint = bind_endpoint(&secret_key, &config, &store, gate.clone()).await?;
+        let replicator = Replicator::new(repo.clone(), endpoint.clone(), gate.clone());
+        let pairing = PairingSlot::default();
+        let router = Router::builder(endpoint.clone())
+            .accept(errand_sync::SYNC_ALPN, replicator.clone())
+            .accept(pairing::PAIR_ALPN, pairing.clone())
+            .spawn();
+        let node = Node {
+            home,
+            secret_key,
+            repo,
+            endpoint,
+            router,
+            replicator,
+            gate,
+            pairing,
+            relay: config.relay,
+            events: broadcast::channel(1024).0,
+            pairing_log: Arc::default(),
+            tasks: Mutex::default(),
+        };
+        if let Some(space) = node.space() {
+            node.start_pairing_host(space);
+            node.publish_addrs()?;
+        }
+        node.refresh_peers();
+        node.spawn_background();
+        Ok(node)
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    pub fn id(&self) -> DeviceId {
+        self.secret_key.public()
+    }
+
+    pub fn repo(&self) -> &Arc<Repo> {
+        &self.repo
+    }
+
+    pub fn replicator(&self) -> &Replicator {
+        &self.replicator
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn space(&self) -> Option<SpaceId> {
+        let bytes = self.repo.store().meta(META_SPACE).ok()??;
+        std::str::from_utf8(&bytes).ok()?.parse().ok()
+    }
+
+    fn require_space(&self) -> Result<SpaceId, NodeError> {
+        self.space().ok_or(NodeError::NoSpace)
+    }
+
+    /// This device's name: the one in its certificate, else the one it was given, else the
+    /// host name.
+    pub fn name(&self) -> String {
+        if let Some(m) = self.membership().and_then(|m| m.get(&self.id()).cloned()) {
+            return m.name;
+        }
+        self.repo
+            .store()
+            .meta(META_NAME)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_else(default_name)
+    }
+
+    fn membership(&self) -> Option<errand_pairing::membership::Membership> {
+        self.repo
+            .read(&DocId::index(), trust::evaluate_index)
+            .ok()
+            .flatten()
+            .flatten()
+    }
+
+    /// The addresses this node can be dialled at.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = self
+            .endpoint
+            .bound_sockets()
+            .into_iter()
+            .filter(|a| !a.ip().is_unspecified())
+            .collect();
+        out.extend(self.endpoint.addr().ip_addrs().copied());
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn start_pairing_host(&self, space: SpaceId) {
+        let host = PairingHost::new(
+            self.repo.clone(),
+            self.gate.clone(),
+            self.secret_key.clone(),
+            space,
+            self.name(),
+        );
+        let mut rx = host.subscribe();
+        let events = self.events.clone();
+        let log = self.pairing_log.clone();
+        self.spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        let ticket = match &ev {
+                            PairingEvent::Requested { ticket, .. }
+                            | PairingEvent::Paired { ticket, .. }
+                            | PairingEvent::Refused { ticket, .. } => ticket.clone(),
+                        };
+                        log.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(ticket)
+                            .or_default()
+                            .push(ev.clone());
+                        let _ = events.send(NodeEvent::from_pairing(ev));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        self.pairing.set(host);
+    }
+
+    fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .spawn(fut);
+    }
+
+    /// Keeps trust, peer addresses and events current as documents change, and compacts.
+    fn spawn_background(&self) {
+        let mut changes = self.repo.subscribe();
+        let repo = self.repo.clone();
+        let gate = self.gate.clone();
+        let replicator = self.replicator.clone();
+        let events = self.events.clone();
+        let me = self.id();
+        self.spawn(async move {
+            let mut watcher = crate::events::TaskWatcher::default();
+            watcher.prime(&repo);
+            loop {
+                let changed = match changes.recv().await {
+                    Ok(c) => Some(c.doc),
+                    Err(broadcast::error::RecvError::Lagged(_)) => None,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if changed.as_ref().is_none_or(DocId::is_index) {
+                    let before: Vec<DeviceId> = replicator.connected_peers();
+                    gate.refresh(&repo);
+                    for peer in before {
+                        if !errand_sync::Gate::allows(gate.as_ref(), &peer) {
+                            replicator.disconnect(
+                                &peer,
+                                errand_sync::net::CLOSE_REVOKED,
+                                "no longer a member",
+                            );
+                        }
+                    }
+                    refresh_peers(&repo, &replicator, me);
+                }
+                for ev in watcher.changed(&repo, changed.as_ref()) {
+                    let _ = events.send(ev);
+                }
+            }
+        });
+        let mut net = self.replicator.events();
+        let events = self.events.clone();
+        self.spawn(async move {
+            loop {
+                match net.recv().await {
+                    Ok(ev) => {
+                        let _ = events.send(NodeEvent::from_net(ev));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        let repo = self.repo.clone();
+        self.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let repo = repo.clone();
+                let done =
+                    tokio::task::spawn_blocking(move || repo.compact(COMPACT_AFTER_CHUNKS)).await;
+                if let Ok(Err(e)) = done {
+                    warn!("compaction failed: {e}");
+                }
+            }
+        });
+    }
+
+    fn refresh_peers(&self) {
+        refresh_peers(&self.repo, &self.replicator, self.id());
+    }
+
+    /// Writes this device's current addresses into the index, if they changed.
+    fn publish_addrs(&self) -> Result<(), NodeError> {
+        if !self.gate_has_me() {
+            return Ok(());
+        }
+        let entry = index::AddrEntry {
+            device: self.id().to_string(),
+            addrs: self.addrs().iter().map(ToString::to_string).collect(),
+            relay: self.relay.as_ref().map(ToString::to_string),
+        };
+        let message = format!(
+            "device {} reachable at {}",
+            self.name(),
+            entry.addrs.join(" ")
+        );
+        self.repo
+            .change(&DocId::index(), &message, |tx| index::set_addrs(tx, &entry))?;
+        Ok(())
+    }
+
+    fn gate_has_me(&self) -> bool {
+        self.membership().is_some_and(|m| m.is_member(&self.id()))
+    }
+
+    /// Creates the space with this device as its first desktop, if this home has none.
+    /// Returns the space id.
+    pub fn init_space(&self, name: Option<&str>) -> Result<SpaceId, NodeError> {
+        if let Some(space) = self.space() {
+            return Ok(space);
+        }
+        let name = name.map_or_else(default_name, str::to_owned);
+        let space = SpaceId::random();
+        let me = self.id();
+        let cert = Certificate::sign(
+            &self.secret_key,
+            space,
+            me,
+            name.clone(),
+            Role::Desktop,
+            now_unix(),
+        );
+        let entry = trust::member_entry(&cert);
+        self.repo
+            .create(&DocId::index(), &format!("space created by {name}"), |tx| {
+                index::create(tx, &space.to_string(), &me.to_string())?;
+                index::put_member(tx, &entry)
+            })?;
+        self.repo.store().set_meta(META_NAME, name.as_bytes())?;
+        self.repo
+            .store()
+            .set_meta(META_SPACE, space.to_string().as_bytes())?;
+        self.gate.refresh(&self.repo);
+        self.start_pairing_host(space);
+        self.publish_addrs()?;
+        Ok(space)
+    }
+
+    /// Issues a one-time pairing ticket.
+    pub fn create_ticket(
+        &self,
+        ttl: Duration,
+        auto_confirm: bool,
+    ) -> Result<TicketInfo, NodeError> {
+        self.require_space()?;
+        let may_add = self
+            .membership()
+            .and_then(|m| m.get(&self.id()).map(|m| m.role.may_add_devices()))
+            .unwrap_or(false);
+        if !may_add {
+            return Err(NodeError::NotAllowed(
+                "this device may not add devices".into(),
+            ));
+        }
+        let host = self.pairing.get().ok_or(NodeError::NoSpace)?;
+        let ticket = host.create_ticket(
+            self.addrs(),
+            self.relay.as_ref().map(ToString::to_string),
+            ttl,
+            auto_confirm,
+        )?;
+        Ok(TicketInfo {
+            ticket: ticket.to_text(),
+            id: errand_sync::ids::hex(&ticket.id),
+            expires_at: ticket.expires_at,
+        })
+    }
+
+    /// The `n`th pairing event of a ticket, waiting up to `timeout` for it.
+    pub async fn pairing_event(
+        &self,
+        ticket: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Option<PairingEvent>, NodeError> {
+        let mut rx = self.events.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(ev) = self
+                .pairing_log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(ticket)
+                .and_then(|evs| evs.get(n).cloned())
+            {
+                return Ok(Some(ev));
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Err(_) => return Ok(None),
+                Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    pub fn confirm_pairing(&self, ticket: &str, accept: bool) -> Result<bool, NodeError> {
+        let host = self.pairing.get().ok_or(NodeError::NoSpace)?;
+        Ok(host.confirm(ticket, accept))
+    }
+
+    /// Pairs this home with the device that issued the ticket.
+    pub async fn join(
+        &self,
+        ticket: &str,
+        name: Option<&str>,
+        role: Role,
+    ) -> Result<Joined, NodeError> {
+        if let Some(space) = self.space() {
+            return Err(NodeError::AlreadyPaired(space.to_string()));
+        }
+        let ticket: Ticket = ticket.parse()?;
+        let name = name.map_or_else(default_name, str::to_owned);
+        let code = pairing::code_for(&ticket, &self.id());
+        let _ = self.events.send(NodeEvent::JoinCode { code: code.clone() });
+        let my_addrs = self.addrs().iter().map(ToString::to_string).collect();
+        let welcome = pairing::join(&self.endpoint, &ticket, &name, role, my_addrs).await?;
+        self.repo
+            .import(&DocId::index(), &welcome.index)
+            .map_err(|e| NodeError::Pairing(e.to_string()))?;
+        self.repo.store().set_meta(META_NAME, name.as_bytes())?;
+        self.repo
+            .store()
+            .set_meta(META_SPACE, welcome.space.to_string().as_bytes())?;
+        self.gate.refresh(&self.repo);
+        if !self.gate_has_me() {
+            return Err(NodeError::Pairing(
+                "the host's index does not list this device".into(),
+            ));
+        }
+        // The ticket's addresses are the freshest we know for the host.
+        let mut host_addr = EndpointAddr::new(ticket.host);
+        for a in &ticket.addrs {
+            host_addr = host_addr.with_ip_addr(*a);
+        }
+        self.replicator.add_peer(host_addr);
+        self.start_pairing_host(welcome.space);
+        self.refresh_peers();
+        Ok(Joined {
+            space: welcome.space.to_string(),
+            host: welcome.host.to_string(),
+            host_name: welcome.host_name,
+            code,
+        })
+    }
+
+    /// The space's devices, verified.
+    pub fn devices(&self) -> Result<Vec<DeviceInfo>, NodeError> {
+        self.require_space()?;
+        let membership = self.membership().ok_or(NodeError::NoSpace)?;
+        let addrs = self
+            .repo
+            .read(&DocId::index(), index::addrs)?
+            .unwrap_or_default();
+        let connected = self.replicator.connected_peers();
+        Ok(membership
+            .members()
+            .map(|m| DeviceInfo {
+                id: m.device.to_string(),
+                name: m.name.clone(),
+                role: m.role,
+                added_by: m.added_by.to_string(),
+                added_at: m.added_at,
+                this_device: m.device == self.id(),
+                connected: connected.contains(&m.device),
+                addrs: addrs
+                    .iter()
+                    .find(|a| a.device == m.device.to_string())
+                    .map(|a| a.addrs.clone())
+                    .unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Finds a device by id prefix or name.
+    pub fn resolve_device(&self, needle: &str) -> Result<DeviceInfo, NodeError> {
+        let devices = self.devices()?;
+        let matches: Vec<&DeviceInfo> = devices
+            .iter()
+            .filter(|d| d.id.starts_with(needle) || d.name == needle)
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(NodeError::NotFound(format!(
+                "no device {needle:?} in this space"
+            ))),
+            _ => Err(NodeError::Ambiguous(format!(
+                "{needle:?} names more than one device"
+            ))),
+        }
+    }
+
+    /// The device that runs tasks by default: the space's first desktop (its creator), else
+    /// any desktop.
+    fn default_target(&self) -> Result<DeviceInfo, NodeError> {
+        let devices = self.devices()?;
+        let root = self.membership().map(|m| m.root());
+        devices
+            .iter()
+            .find(|d| Some(d.id.clone()) == root.map(|r| r.to_string()) && d.role == Role::Desktop)
+            .or_else(|| devices.iter().find(|d| d.role == Role::Desktop))
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound("no desktop in this space to run tasks".into()))
+    }
+
+    pub fn threads(&self) -> Result<Vec<index::ThreadEntry>, NodeError> {
+        self.require_space()?;
+        Ok(self
+            .repo
+            .read(&DocId::index(), index::threads)?
+            .unwrap_or_default())
+    }
+
+    /// Finds a thread by id prefix.
+    pub fn resolve_thread(&self, needle: &str) -> Result<DocId, NodeError> {
+        let threads = self.threads()?;
+        let matches: Vec<_> = threads
+            .iter()
+            .filter(|t| t.id.starts_with(needle))
+            .collect();
+        match matches.as_slice() {
+            [one] => DocId::parse(&one.id).ok_or_else(|| NodeError::NotFound(one.id.clone())),
+            [] => Err(NodeError::NotFound(format!("no thread {needle:?}"))),
+            _ => Err(NodeError::Ambiguous(format!(
+                "{needle:?} names more than one thread"
+            ))),
+        }
+    }
+
+    /// Sends a task: commits it locally (durably) and returns. Delivery happens in the
+    /// background; see [`Node::wait_delivered`].
+    pub fn send(
+        &self,
+        text: &str,
+        thread: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Sent, NodeError> {
+        self.require_space()?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(NodeError::BadInput("a task needs some text".into()));
+        }
+        let target = match to {
+            Some(t) => self.resolve_device(t)?,
+            None => self.default_target()?,
+        };
+        if target.role != Role::Desktop {
+            return Err(NodeError::BadInput(format!(
+                "{} is a {}; only desktops run tasks",
+                target.name, target.role
+            )));
+        }
+        let me = self.id().to_string();
+        let thread_id = match thread {
+            Some(t) => self.resolve_thread(t)?,
+            None => {
+                let id = DocId::new_thread();
+                let title: String = text.chars().take(60).collect();
+                self.repo.create(
+                    &id,
+                    &format!("thread {} created", short(id.as_str())),
+                    |tx| thread::create(tx, id.as_str(), &title),
+                )?;
+                let entry = index::ThreadEntry {
+                    id: id.to_string(),
+                    title,
+                    created: schema::now_millis(),
+                    created_by: me.clone(),
+                    archived: false,
+                };
+                self.repo.change(
+                    &DocId::index(),
+                    &format!("thread {} listed", short(id.as_str())),
+                    |tx| index::add_thread(tx, &entry),
+                )?;
+                id
+            }
+        };
+        let task_id = errand_sync::ids::hex(&rand::random::<[u8; 8]>());
+        let new = thread::NewTask {
+            id: &task_id,
+            prompt: text,
+            target: &target.id,
+            created_by: &me,
+            created: schema::now_millis(),
+        };
+        self.repo.change(
+            &thread_id,
+            &format!("task {} queued", short(&task_id)),
+            |tx| thread::add_task(tx, &new),
+        )?;
+        let target_id: DeviceId = target
+            .id
+            .parse()
+            .map_err(|_| NodeError::NotFound(target.id.clone()))?;
+        let delivered = target.this_device
+            || [thread_id.clone(), DocId::index()].iter().all(|d| {
+                self.repo
+                    .heads(d)
+                    .is_ok_and(|h| self.replicator.delivered(&target_id, d, &h))
+            });
+        Ok(Sent {
+            task: task_id,
+            thread: thread_id.to_string(),
+            target: target.id.clone(),
+            target_name: target.name,
+            delivered,
+        })
+    }
+
+    /// Waits until `peer` holds the current version of `doc` and of the index (which lists the
+    /// threads), up to `timeout`.
+    pub async fn wait_delivered(&self, peer: &str, doc: &str, timeout: Duration) -> bool {
+        let (Ok(peer), Some(doc)) = (peer.parse::<DeviceId>(), DocId::parse(doc)) else {
+            return false;
+        };
+        if peer == self.id() {
+            return true;
+        }
+        let wanted: Vec<(DocId, Vec<automerge::ChangeHash>)> = [doc, DocId::index()]
+            .into_iter()
+            .map(|d| {
+                let heads = self.repo.heads(&d).unwrap_or_default();
+                (d, heads)
+            })
+            .collect();
+        let mut progress = self.replicator.progress();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if wanted
+                .iter()
+                .all(|(d, heads)| self.replicator.delivered(&peer, d, heads))
+            {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, progress.changed())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Every task, in every thread or in one.
+    pub fn tasks(&self, thread: Option<&str>) -> Result<Vec<thread::Task>, NodeError> {
+        let threads = match thread {
+            Some(t) => vec![self.resolve_thread(t)?],
+            None => {
+                // Listed threads, and any whose listing has not arrived yet.
+                let mut ids: Vec<DocId> = self
+                    .threads()?
+                    .iter()
+                    .filter_map(|t| DocId::parse(&t.id))
+                    .collect();
+                for id in self.repo.doc_ids()? {
+                    if !id.is_index() && !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+                ids
+            }
+        };
+        let mut out = Vec::new();
+        for t in threads {
+            if let Some(tasks) = self.repo.read(&t, |d| thread::tasks(d, t.as_str()))? {
+                out.extend(tasks);
+            }
+        }
+        out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(out)
+    }
+
+    /// Finds a task by id prefix.
+    pub fn task(&self, needle: &str) -> Result<thread::Task, NodeError> {
+        let needle = needle.trim();
+        if needle.is_empty() {
+            return Err(NodeError::BadInput("name a task".into()));
+        }
+        let tasks = self.tasks(None)?;
+        let matches: Vec<_> = tasks
+            .into_iter()
+            .filter(|t| t.id.starts_with(needle))
+            .collect();
+        match matches.len() {
+            1 => Ok(matches
+                .into_iter()
+                .next()
+                .ok_or_else(|| NodeError::NotFound(needle.into()))?),
+            0 => Err(NodeError::NotFound(format!("no task {needle:?}"))),
+            _ => Err(NodeError::Ambiguous(format!(
+                "{needle:?} names more than one task"
+            ))),
+        }
+    }
+
+    /// Asks the executor to stop a task.
+    pub fn cancel(&self, needle: &str) -> Result<thread::Task, NodeError> {
+        let task = self.task(needle)?;
+        if task.status.is_final() {
+            return Err(NodeError::BadInput(format!(
+                "task {} already ended ({})",
+                short(&task.id),
+                task.status
+            )));
+        }
+        let doc =
+            DocId::parse(&task.thread).ok_or_else(|| NodeError::NotFound(task.thread.clone()))?;
+        self.repo.change(
+            &doc,
+            &format!("task {} cancel requested", short(&task.id)),
+            |tx| thread::request_cancel(tx, &task.id),
+        )?;
+        self.task(&task.id)
+    }
+
+    fn doc_arg(&self, doc: Option<&str>) -> Result<DocId, NodeError> {
+        match doc {
+            None | Some("index") => Ok(DocId::index()),
+            Some(d) => self.resolve_thread(d),
+        }
+    }
+
+    /// A document's commits, oldest first, with the writing device's name. With `limit`, the
+    /// newest `limit` commits.
+    pub fn history(
+        &self,
+        doc: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<HistoryLine>, NodeError> {
+        self.require_space()?;
+        let doc = self.doc_arg(doc)?;
+        let entries = self
+            .repo
+            .read(&doc, schema::history)?
+            .ok_or_else(|| NodeError::NotFound(format!("no document {doc}")))?;
+        let names: std::collections::HashMap<String, String> = self
+            .membership()
+            .map(|m| {
+                m.members()
+                    .map(|m| (m.device.to_string(), m.name.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let skip = limit.map_or(0, |l| entries.len().saturating_sub(l));
+        Ok(entries
+            .into_iter()
+            .skip(skip)
+            .map(|entry| HistoryLine {
+                device: names
+                    .get(&entry.actor)
+                    .cloned()
+                    .unwrap_or_else(|| short(&entry.actor).to_owned()),
+                entry,
+            })
+            .collect())
+    }
+
+    /// A document as it was at `heads`.
+    pub fn at(&self, heads: &str, doc: Option<&str>) -> Result<serde_json::Value, NodeError> {
+        self.require_space()?;
+        let doc = self.doc_arg(doc)?;
+        let heads = schema::parse_heads(heads).map_err(NodeError::BadInput)?;
+        if heads.is_empty() {
+            return Err(NodeError::BadInput(
+                "name at least one change hash (see errand history)".into(),
+            ));
+        }
+        self.repo
+            .read(&doc, |d| {
+                use automerge::ReadDoc;
+                if let Some(h) = heads.iter().find(|h| d.get_change_by_hash(h).is_none()) {
+                    return Err(NodeError::NotFound(format!(
+                        "change {h} is not in document {doc}"
+                    )));
+                }
+                Ok(schema::to_json(d, &automerge::ROOT, Some(&heads)))
+            })?
+            .ok_or_else(|| NodeError::NotFound(format!("no document {doc}")))?
+    }
+
+    pub fn status(&self) -> Result<Status, NodeError> {
+        let membership = self.membership();
+        let me = self.id();
+        let connected = self.replicator.connected_peers();
+        let peers = membership
+            .as_ref()
+            .map(|m| {
+                m.members()
+                    .filter(|m| m.device != me)
+                    .map(|m| PeerStatus {
+                        id: m.device.to_string(),
+                        name: m.name.clone(),
+                        connected: connected.contains(&m.device),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Status {
+            device: me.to_string(),
+            name: self.name(),
+            role: membership.as_ref().and_then(|m| m.get(&me).map(|m| m.role)),
+            space: self.space().map(|s| s.to_string()),
+            addrs: self.addrs().iter().map(ToString::to_string).collect(),
+            relay: self.relay.as_ref().map(ToString::to_string),
+            peers,
+            threads: self.threads().map(|t| t.len()).unwrap_or(0),
+        })
+    }
+
+    /// Connects to every peer it can and syncs every document, until all reachable peers are
+    /// in sync or `timeout` passes. Reports each peer.
+    pub async fn sync_round(&self, timeout: Duration) -> Result<Vec<PeerSync>, NodeError> {
+        self.require_space()?;
+        self.replicator.poke();
+        let peers: Vec<(DeviceId, String)> = self
+            .membership()
+            .map(|m| {
+                m.members()
+                    .filter(|m| m.device != self.id())
+                    .map(|m| (m.device, m.name.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut progress = self.replicator.progress();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let all_synced = |node: &Node| -> Vec<bool> {
+            let docs = node.repo.doc_ids().unwrap_or_default();
+            peers
+                .iter()
+                .map(|(p, _)| {
+                    node.replicator.is_connected(p)
+                        && docs.iter().all(|d| node.replicator.in_sync(p, d))
+                })
+                .collect()
+        };
+        loop {
+            let state = all_synced(self);
+            if state.iter().all(|s| *s) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, progress.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let state = all_synced(self);
+        Ok(peers
+            .into_iter()
+            .zip(state)
+            .map(|((id, name), synced)| PeerSync {
+                id: id.to_string(),
+                name,
+                synced,
+            })
+            .collect())
+    }
+
+    /// Stops serving: closes connections and the endpoint.
+    pub async fn shutdown(&self) {
+        self.replicator.shutdown();
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .abort_all();
+        // Closing waits for peers to acknowledge; a peer that is gone would hold us for
+        // seconds, and it will notice by timeout anyway.
+        match tokio::time::timeout(Duration::from_millis(750), self.router.shutdown()).await {
+            Ok(Err(e)) => debug!("router shutdown: {e}"),
+            Err(_) => debug!("router shutdown timed out"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+fn refresh_peers(repo: &Repo, replicator: &Replicator, me: DeviceId) {
+    let Ok(Some((members, addrs))) =
+        repo.read(&DocId::index(), |d| (index::members(d), index::addrs(d)))
+    else {
+        return;
+    };
+    for m in members {
+        let Ok(id) = m.device.parse::<DeviceId>() else {
+            continue;
+        };
+        if id == me || !errand_sync::Gate::allows(replicator_gate(replicator), &id) {
+            continue;
+        }
+        let mut addr = EndpointAddr::new(id);
+        if let Some(entry) = addrs.iter().find(|a| a.device == m.device) {
+            for a in entry
+                .addrs
+                .iter()
+                .filter_map(|a| a.parse::<SocketAddr>().ok())
+            {
+                addr = addr.with_ip_addr(a);
+            }
+            if let Some(relay) = entry
+                .relay
+                .as_ref()
+                .and_then(|r| r.parse::<RelayUrl>().ok())
+            {
+                addr = addr.with_relay_url(relay);
+            }
+        }
+        replicator.add_peer(addr);
+    }
+}
+
+fn replicator_gate(replicator: &Replicator) -> &dyn errand_sync::Gate {
+    replicator.gate()
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "errand device".to_owned())
+}
+
+fn create_home(home: &Path) -> Result<(), NodeError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !home.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(home)
+            .map_err(|e| NodeError::Home(format!("cannot create {}: {e}", home.display())))?;
+    } else if !home.is_dir() {
+        return Err(NodeError::Home(format!(
+            "{} is not a directory",
+            home.display()
+        )));
+    } else {
+        let _ = std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+async fn bind_endpoint(
+    secret_key: &SecretKey,
+    config: &NodeConfig,
+    store: &Store,
+    gate: Arc<MembershipGate>,
+) -> Result<Endpoint, NodeError> {
+    let last_port = store
+        .meta(META_PORT)?
+        .and_then(|b| <[u8; 2]>::try_from(b.as_slice()).ok())
+        .map(u16::from_be_bytes);
+    let wanted = config
+        .bind
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    // Keep the port across restarts so peers' remembered addresses stay good.
+    let mut candidates = Vec::new();
+    if wanted.port() == 0
+        && let Some(port) = last_port
+    {
+        candidates.push(SocketAddr::new(wanted.ip(), port));
+    }
+    candidates.push(wanted);
+    let mut last_error = String::new();
+    for addr in candidates {
+        let relay_mode = match &config.relay {
+            Some(url) => RelayMode::Custom(iroh::RelayMap::from(url.clone())),
+            None => RelayMode::Disabled,
+        };
+        let builder = Endpoint::builder(presets::Minimal)
+            .secret_key(secret_key.clone())
+            .relay_mode(relay_mode)
+            .portmapper_config(PortmapperConfig::Disabled)
+            .hooks(TrustHooks::new(gate.clone()))
+            .clear_ip_transports()
+            .bind_addr(addr)
+            .map_err(|e| NodeError::Bind(e.to_string()))?;
+        match builder.bind().await {
+            Ok(ep) => {
+                if let Some(port) = ep.bound_sockets().first().map(SocketAddr::port) {
+                    store.set_meta(META_PORT, &port.to_be_bytes())?;
+                }
+                return Ok(ep);
+            }
+            Err(e) => {
+                debug!("bind {addr} failed: {e}");
+                last_error = format!("{addr}: {e}");
+            }
+        }
+    }
+    Err(NodeError::Bind(last_error))
+}

@@ -1,0 +1,145 @@
+//! Identifiers shared by every crate: spaces, documents, devices and roles.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The public key of a device; also its iroh endpoint id.
+pub type DeviceId = iroh::EndpointId;
+
+/// Error for identifiers that do not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {kind}: {input:?}")]
+pub struct ParseIdError {
+    kind: &'static str,
+    input: String,
+}
+
+/// A space: the group of devices that share documents. 16 random bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SpaceId(pub [u8; 16]);
+
+impl SpaceId {
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+}
+
+impl fmt::Display for SpaceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
+impl fmt::Debug for SpaceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpaceId({self})")
+    }
+}
+
+impl FromStr for SpaceId {
+    type Err = ParseIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_hex::<16>(s).map(Self).ok_or_else(|| ParseIdError {
+            kind: "space id",
+            input: s.to_owned(),
+        })
+    }
+}
+
+/// What a device may do in a space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Runs tasks; can add devices and approve.
+    Desktop,
+    /// Sends tasks, approves, adds devices.
+    Phone,
+    /// Reads and syncs only.
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Desktop => "desktop",
+            Role::Phone => "phone",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// Whether a device with this role may sign membership certificates.
+    pub fn may_add_devices(self) -> bool {
+        matches!(self, Role::Desktop | Role::Phone)
+    }
+
+    /// Whether a device with this role may decide approvals.
+    pub fn may_approve(self) -> bool {
+        matches!(self, Role::Desktop | Role::Phone)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = ParseIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "desktop" => Ok(Role::Desktop),
+            "phone" => Ok(Role::Phone),
+            "viewer" => Ok(Role::Viewer),
+            _ => Err(ParseIdError {
+                kind: "role (desktop, phone or viewer)",
+                input: s.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Lower-case hex of some bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Parses exactly `N` bytes of hex.
+pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.as_bytes();
+    if s.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn space_id_round_trips_through_text() {
+        let id = SpaceId::random();
+        assert_eq!(id.to_string().parse::<SpaceId>().unwrap(), id);
+        assert!("xyz".parse::<SpaceId>().is_err());
+    }
+
+    #[test]
+    fn role_parses_only_known_names() {
+        assert_eq!("viewer".parse::<Role>().unwrap(), Role::Viewer);
+        assert!("admin".parse::<Role>().is_err());
+    }
+}

@@ -1,0 +1,350 @@
+//! A thread document: one conversation with its messages and tasks.
+//!
+//! ```text
+//! { schema, thread, title,
+//!   messages: [ { id, kind, author, text, at } ],
+//!   tasks: { <task>: { prompt, target, created_by, created, cancel_requested,     (the sender's)
+//!                      status, started, finished, progress: [ {at, text} ],      (the executor's)
+//!                      result, error, artifacts: [ {hash, size, mime, name} ] } },
+//!   approvals: { } }
+//! ```
+//!
+//! Each field has one writer: the device that sent a task owns its prompt and cancel request,
+//! the executor owns everything about how it ran. That keeps concurrent edits from fighting.
+
+use std::fmt;
+use std::str::FromStr;
+
+use automerge::transaction::Transactable;
+use automerge::{AutomergeError, ObjId, ObjType, ROOT, ReadDoc};
+use serde::{Deserialize, Serialize};
+
+use super::{SCHEMA_VERSION, get_bool, get_i64, get_obj, get_str};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Queued,
+    Running,
+    WaitingApproval,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Queued => "queued",
+            TaskStatus::Running => "running",
+            TaskStatus::WaitingApproval => "waiting_approval",
+            TaskStatus::Done => "done",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the task has ended and will not change status again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Done | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskStatus {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Ok(match s {
+            "queued" => TaskStatus::Queued,
+            "running" => TaskStatus::Running,
+            "waiting_approval" => TaskStatus::WaitingApproval,
+            "done" => TaskStatus::Done,
+            "failed" => TaskStatus::Failed,
+            "cancelled" => TaskStatus::Cancelled,
+            _ => return Err(()),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub at: i64,
+    pub text: String,
+}
+
+/// A large output kept as a content-addressed blob beside the documents.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub hash: String,
+    pub size: u64,
+    pub mime: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub thread: String,
+    pub prompt: String,
+    /// The device that should run it.
+    pub target: String,
+    pub created_by: String,
+    pub created: i64,
+    pub status: TaskStatus,
+    pub started: Option<i64>,
+    pub finished: Option<i64>,
+    pub progress: Vec<Progress>,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub artifacts: Vec<Artifact>,
+    pub cancel_requested: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: String,
+    /// `user`, `agent`, `progress` or `system`.
+    pub kind: String,
+    pub author: String,
+    pub text: String,
+    pub at: i64,
+}
+
+/// What the sender of a task writes.
+#[derive(Clone, Debug)]
+pub struct NewTask<'a> {
+    pub id: &'a str,
+    pub prompt: &'a str,
+    pub target: &'a str,
+    pub created_by: &'a str,
+    pub created: i64,
+}
+
+/// Writes the skeleton of a new thread document (by its creator only).
+pub fn create(tx: &mut impl Transactable, thread: &str, title: &str) -> Result<(), AutomergeError> {
+    tx.put(ROOT, "schema", SCHEMA_VERSION)?;
+    tx.put(ROOT, "thread", thread)?;
+    tx.put(ROOT, "title", title)?;
+    tx.put_object(ROOT, "messages", ObjType::List)?;
+    tx.put_object(ROOT, "tasks", ObjType::Map)?;
+    tx.put_object(ROOT, "approvals", ObjType::Map)?;
+    Ok(())
+}
+
+fn section(doc: &impl ReadDoc, key: &str) -> Result<ObjId, AutomergeError> {
+    get_obj(doc, &ROOT, key).ok_or(AutomergeError::InvalidOp(ObjType::Map))
+}
+
+/// Adds a task, queued, and the user message that asked for it.
+pub fn add_task(tx: &mut impl Transactable, task: &NewTask<'_>) -> Result<(), AutomergeError> {
+    let tasks = section(tx, "tasks")?;
+    let obj = tx.put_object(&tasks, task.id, ObjType::Map)?;
+    tx.put(&obj, "prompt", task.prompt)?;
+    tx.put(&obj, "target", task.target)?;
+    tx.put(&obj, "created_by", task.created_by)?;
+    tx.put(&obj, "created", task.created)?;
+    tx.put(&obj, "status", TaskStatus::Queued.as_str())?;
+    tx.put(&obj, "cancel_requested", false)?;
+    tx.put_object(&obj, "progress", ObjType::List)?;
+    tx.put_object(&obj, "artifacts", ObjType::List)?;
+    push_message(
+        tx,
+        task.id,
+        "user",
+        task.created_by,
+        task.prompt,
+        task.created,
+    )?;
+    Ok(())
+}
+
+pub fn push_message(
+    tx: &mut impl Transactable,
+    id: &str,
+    kind: &str,
+    author: &str,
+    text: &str,
+    at: i64,
+) -> Result<(), AutomergeError> {
+    let messages = section(tx, "messages")?;
+    let len = tx.length(&messages);
+    let obj = tx.insert_object(&messages, len, ObjType::Map)?;
+    tx.put(&obj, "id", id)?;
+    tx.put(&obj, "kind", kind)?;
+    tx.put(&obj, "author", author)?;
+    tx.put(&obj, "text", text)?;
+    tx.put(&obj, "at", at)?;
+    Ok(())
+}
+
+fn task_obj(doc: &impl ReadDoc, task: &str) -> Result<ObjId, AutomergeError> {
+    let tasks = section(doc, "tasks")?;
+    get_obj(doc, &tasks, task).ok_or(AutomergeError::InvalidOp(ObjType::Map))
+}
+
+/// Sets a task's status; `started` and `finished` follow from it. Executor only.
+pub fn set_status(
+    tx: &mut impl Transactable,
+    task: &str,
+    status: TaskStatus,
+    at: i64,
+) -> Result<(), AutomergeError> {
+    let obj = task_obj(tx, task)?;
+    tx.put(&obj, "status", status.as_str())?;
+    if status == TaskStatus::Running && get_i64(tx, &obj, "started").is_none() {
+        tx.put(&obj, "started", at)?;
+    }
+    if status.is_final() {
+        tx.put(&obj, "finished", at)?;
+    }
+    Ok(())
+}
+
+pub fn add_progress(
+    tx: &mut impl Transactable,
+    task: &str,
+    text: &str,
+    at: i64,
+) -> Result<(), AutomergeError> {
+    let obj = task_obj(tx, task)?;
+    let progress = get_obj(tx, &obj, "progress").ok_or(AutomergeError::InvalidOp(ObjType::List))?;
+    let len = tx.length(&progress);
+    let entry = tx.insert_object(&progress, len, ObjType::Map)?;
+    tx.put(&entry, "at", at)?;
+    tx.put(&entry, "text", text)?;
+    Ok(())
+}
+
+/// Records how a task ended: a result, or an error.
+pub fn finish(
+    tx: &mut impl Transactable,
+    task: &str,
+    outcome: Result<&str, &str>,
+    status: TaskStatus,
+    at: i64,
+) -> Result<(), AutomergeError> {
+    let obj = task_obj(tx, task)?;
+    match outcome {
+        Ok(result) => tx.put(&obj, "result", result)?,
+        Err(error) => tx.put(&obj, "error", error)?,
+    }
+    set_status(tx, task, status, at)
+}
+
+pub fn add_artifact(
+    tx: &mut impl Transactable,
+    task: &str,
+    artifact: &Artifact,
+) -> Result<(), AutomergeError> {
+    let obj = task_obj(tx, task)?;
+    let list = get_obj(tx, &obj, "artifacts").ok_or(AutomergeError::InvalidOp(ObjType::List))?;
+    let len = tx.length(&list);
+    let entry = tx.insert_object(&list, len, ObjType::Map)?;
+    tx.put(&entry, "hash", artifact.hash.as_str())?;
+    tx.put(&entry, "size", artifact.size)?;
+    tx.put(&entry, "mime", artifact.mime.as_str())?;
+    tx.put(&entry, "name", artifact.name.as_str())?;
+    Ok(())
+}
+
+/// Asks the executor to stop a task. Sender only.
+pub fn request_cancel(tx: &mut impl Transactable, task: &str) -> Result<(), AutomergeError> {
+    let obj = task_obj(tx, task)?;
+    tx.put(&obj, "cancel_requested", true)?;
+    Ok(())
+}
+
+pub fn title(doc: &impl ReadDoc) -> Option<String> {
+    get_str(doc, &ROOT, "title")
+}
+
+pub fn task(doc: &impl ReadDoc, thread: &str, id: &str) -> Option<Task> {
+    let tasks = get_obj(doc, &ROOT, "tasks")?;
+    let obj = get_obj(doc, &tasks, id)?;
+    let list = |key: &str| get_obj(doc, &obj, key);
+    let progress = list("progress")
+        .map(|l| {
+            (0..doc.length(&l))
+                .filter_map(|i| {
+                    let (_, e) = doc.get(&l, i).ok()??;
+                    Some(Progress {
+                        at: get_i64(doc, &e, "at")?,
+                        text: get_str(doc, &e, "text")?,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let artifacts = list("artifacts")
+        .map(|l| {
+            (0..doc.length(&l))
+                .filter_map(|i| {
+                    let (_, e) = doc.get(&l, i).ok()??;
+                    Some(Artifact {
+                        hash: get_str(doc, &e, "hash")?,
+                        size: u64::try_from(get_i64(doc, &e, "size")?).ok()?,
+                        mime: get_str(doc, &e, "mime").unwrap_or_default(),
+                        name: get_str(doc, &e, "name").unwrap_or_default(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Task {
+        id: id.to_owned(),
+        thread: thread.to_owned(),
+        prompt: get_str(doc, &obj, "prompt").unwrap_or_default(),
+        target: get_str(doc, &obj, "target").unwrap_or_default(),
+        created_by: get_str(doc, &obj, "created_by").unwrap_or_default(),
+        created: get_i64(doc, &obj, "created").unwrap_or(0),
+        status: get_str(doc, &obj, "status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(TaskStatus::Queued),
+        started: get_i64(doc, &obj, "started"),
+        finished: get_i64(doc, &obj, "finished"),
+        progress,
+        result: get_str(doc, &obj, "result"),
+        error: get_str(doc, &obj, "error"),
+        artifacts,
+        cancel_requested: get_bool(doc, &obj, "cancel_requested").unwrap_or(false),
+    })
+}
+
+/// Every task of the thread, oldest first.
+pub fn tasks(doc: &impl ReadDoc, thread: &str) -> Vec<Task> {
+    let Some(tasks) = get_obj(doc, &ROOT, "tasks") else {
+        return Vec::new();
+    };
+    let mut out: Vec<Task> = doc
+        .keys(&tasks)
+        .filter_map(|id| task(doc, thread, &id))
+        .collect();
+    out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+    out
+}
+
+pub fn messages(doc: &impl ReadDoc) -> Vec<Message> {
+    let Some(list) = get_obj(doc, &ROOT, "messages") else {
+        return Vec::new();
+    };
+    (0..doc.length(&list))
+        .filter_map(|i| {
+            let (_, obj) = doc.get(&list, i).ok()??;
+            Some(Message {
+                id: get_str(doc, &obj, "id").unwrap_or_default(),
+                kind: get_str(doc, &obj, "kind")?,
+                author: get_str(doc, &obj, "author").unwrap_or_default(),
+                text: get_str(doc, &obj, "text").unwrap_or_default(),
+                at: get_i64(doc, &obj, "at").unwrap_or(0),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,316 @@
+//! The device's database: one redb file per home.
+//!
+//! Documents are stored as a compacted snapshot followed by appended incremental chunks, keyed by
+//! `(doc id, sequence)`. A local change is appended with a durable commit before the caller hears
+//! of success; compaction later folds the chunks into one snapshot in a single transaction, so a
+//! crash at any point leaves either the old chunks or the new snapshot, never neither.
+//!
+//! Per-peer sync states are a cache (losing one costs bandwidth, not data), so they are written
+//! with non-durable commits that ride along with the next durable one.
+
+use std::path::Path;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+/// Small named values: the space id, the device name, the listening port.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// `(doc id, seq)` to a chunk of a saved document; chunks concatenate into a loadable document.
+const DOC_CHUNKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("doc_chunks");
+/// `(peer id, doc id)` to an encoded automerge sync state.
+const SYNC_STATES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("sync_states");
+/// Free-form records owned by upper layers (pairing tickets, peer addresses), keyed by
+/// `(kind, key)`.
+const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("another errand process is using this home ({0}); talk to it, or stop it first")]
+    Locked(String),
+    #[error("cannot open the database {path}: {source}")]
+    Database {
+        path: String,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("cannot prepare the database {path}: {source}")]
+    Prepare {
+        path: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// A read or write of the database failed.
+#[derive(Debug, thiserror::Error)]
+#[error("database error: {0}")]
+pub struct StoreError(String);
+
+macro_rules! store_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError(e.to_string())
+            }
+        }
+    )*};
+}
+store_error_from!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// The device's database.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`. Fails with [`OpenError::Locked`] when another
+    /// process has it open.
+    pub fn open(path: &Path) -> Result<Store, OpenError> {
+        let shown = path.display().to_string();
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::Locked(shown)),
+            Err(source) => {
+                return Err(OpenError::Database {
+                    path: shown,
+                    source,
+                });
+            }
+        };
+        let store = Store { db };
+        store.create_tables().map_err(|source| OpenError::Prepare {
+            path: shown,
+            source,
+        })?;
+        Ok(store)
+    }
+
+    fn create_tables(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(META)?;
+        tx.open_table(DOC_CHUNKS)?;
+        tx.open_table(SYNC_STATES)?;
+        tx.open_table(RECORDS)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(META)?;
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(META)?.insert(key, value)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every stored chunk of a document, concatenated (loadable with `Automerge::load`), and the
+    /// number of chunks. `None` when the document is not stored.
+    pub fn load_doc(&self, doc: &str) -> Result<Option<(Vec<u8>, usize)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(DOC_CHUNKS)?;
+        let mut bytes = Vec::new();
+        let mut count = 0;
+        for entry in table.range((doc, 0)..=(doc, u64::MAX))? {
+            let (_, value) = entry?;
+            bytes.extend_from_slice(value.value());
+            count += 1;
+        }
+        Ok((count > 0).then_some((bytes, count)))
+    }
+
+    /// Ids of every stored document.
+    pub fn doc_ids(&self) -> Result<Vec<String>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(DOC_CHUNKS)?;
+        let mut ids: Vec<String> = Vec::new();
+        for entry in table.iter()? {
+            let (key, _) = entry?;
+            let (doc, _) = key.value();
+            if ids.last().map(String::as_str) != Some(doc) {
+                ids.push(doc.to_owned());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Appends a chunk to a document, durably: when this returns, the chunk survives a crash.
+    pub fn append_chunk(&self, doc: &str, chunk: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(DOC_CHUNKS)?;
+            let next = table
+                .range((doc, 0)..=(doc, u64::MAX))?
+                .next_back()
+                .transpose()?
+                .map_or(0, |(key, _)| key.value().1 + 1);
+            table.insert((doc, next), chunk)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces every chunk of a document with one snapshot, atomically and durably.
+    pub fn replace_with_snapshot(&self, doc: &str, snapshot: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(DOC_CHUNKS)?;
+            let last = table
+                .range((doc, 0)..=(doc, u64::MAX))?
+                .next_back()
+                .transpose()?
+                .map_or(0, |(key, _)| key.value().1);
+            table.retain_in((doc, 0)..=(doc, u64::MAX), |_, _| false)?;
+            // Keep sequence numbers increasing so chunks never reorder across a compaction.
+            table.insert((doc, last + 1), snapshot)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn sync_state(&self, peer: &str, doc: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(SYNC_STATES)?;
+        Ok(table.get((peer, doc))?.map(|v| v.value().to_vec()))
+    }
+
+    /// Saves a sync state without forcing it to disk; see the module docs for why.
+    pub fn set_sync_state(&self, peer: &str, doc: &str, state: &[u8]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::None)?;
+        tx.open_table(SYNC_STATES)?.insert((peer, doc), state)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets every sync state held for a peer, so the next session starts from scratch.
+    pub fn clear_sync_states(&self, peer: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(SYNC_STATES)?.retain(|(p, _), _| p != peer)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn record(&self, kind: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(RECORDS)?;
+        Ok(table.get((kind, key))?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn records(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(RECORDS)?;
+        let mut out = Vec::new();
+        for entry in table.range((kind, "")..)? {
+            let (key, value) = entry?;
+            let (k, name) = key.value();
+            if k != kind {
+                break;
+            }
+            out.push((name.to_owned(), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Writes a record durably.
+    pub fn set_record(&self, kind: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(RECORDS)?.insert((kind, key), value)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Atomically reads a record, lets `update` decide its new value (or removal, with `None`),
+    /// and writes it durably. Returns what `update` returned alongside. This is what makes a
+    /// one-time ticket single-use even when two joiners race.
+    pub fn update_record<T>(
+        &self,
+        kind: &str,
+        key: &str,
+        update: impl FnOnce(Option<&[u8]>) -> (Option<Vec<u8>>, T),
+    ) -> Result<T, StoreError> {
+        let tx = self.db.begin_write()?;
+        let out = {
+            let mut table = tx.open_table(RECORDS)?;
+            let current = table.get((kind, key))?.map(|v| v.value().to_vec());
+            let (new, out) = update(current.as_deref());
+            match new {
+                Some(value) => {
+                    table.insert((kind, key), value.as_slice())?;
+                }
+                None => {
+                    table.remove((kind, key))?;
+                }
+            }
+            out
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_append_and_compact_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        store.append_chunk("a", b"one").unwrap();
+        store.append_chunk("a", b"two").unwrap();
+        store.append_chunk("b", b"x").unwrap();
+        assert_eq!(
+            store.load_doc("a").unwrap().unwrap(),
+            (b"onetwo".to_vec(), 2)
+        );
+        store.replace_with_snapshot("a", b"snap").unwrap();
+        store.append_chunk("a", b"+1").unwrap();
+        assert_eq!(
+            store.load_doc("a").unwrap().unwrap(),
+            (b"snap+1".to_vec(), 2)
+        );
+        assert_eq!(store.doc_ids().unwrap(), vec!["a", "b"]);
+        assert!(store.load_doc("c").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let _first = Store::open(&path).unwrap();
+        assert!(matches!(Store::open(&path), Err(OpenError::Locked(_))));
+    }
+
+    #[test]
+    fn records_update_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        store.set_record("ticket", "t1", b"fresh").unwrap();
+        let first = store
+            .update_record("ticket", "t1", |v| {
+                (Some(b"spent".to_vec()), v == Some(b"fresh"))
+            })
+            .unwrap();
+        let second = store
+            .update_record("ticket", "t1", |v| {
+                (Some(b"spent".to_vec()), v == Some(b"fresh"))
+            })
+            .unwrap();
+        assert!(first && !second);
+        assert_eq!(store.records("ticket").unwrap().len(), 1);
+        assert!(store.records("peer").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,136 @@
+//! Framing shared by errand's protocols: a big-endian `u32` length, then that many bytes.
+//!
+//! Every read is bounded by a maximum frame size checked before anything is allocated, so a
+//! peer cannot make us buffer more than that per stream. Generic over tokio's async IO traits so
+//! that the same code runs on QUIC streams and, in tests, on in-memory pipes.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Frames larger than this are refused. Large enough for the whole-document message that
+/// brings a fresh device up to date on a busy thread; large blobs travel on their own protocol.
+pub const MAX_FRAME: usize = 32 * 1024 * 1024;
+
+/// The first frame of a document stream: a tag and version, then the document id.
+const DOC_STREAM_TAG: &[u8] = b"errand-doc\x01";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("peer announced a {0}-byte frame, more than the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("stream ended in the middle of a frame")]
+    Truncated,
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    payload: &[u8],
+) -> Result<(), FrameError> {
+    if payload.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(payload.len()));
+    }
+    let mut buf = Vec::with_capacity(4 + payload.len());
+    buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    buf.extend_from_slice(payload);
+    w.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Reads one frame of at most `max` bytes. `Ok(None)` when the stream ends cleanly between
+/// frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut len[got..]).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+        _ => FrameError::Io(e),
+    })?;
+    Ok(Some(body))
+}
+
+/// The header frame that opens a document stream.
+pub fn doc_stream_header(doc: &str) -> Vec<u8> {
+    [DOC_STREAM_TAG, doc.as_bytes()].concat()
+}
+
+/// The document id from a header frame, if it is one.
+pub fn parse_doc_stream_header(frame: &[u8]) -> Option<crate::schema::DocId> {
+    let rest = frame.strip_prefix(DOC_STREAM_TAG)?;
+    crate::schema::DocId::parse(std::str::from_utf8(rest).ok()?)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_end_cleanly() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        write_frame(&mut a, b"hello").await.unwrap();
+        write_frame(&mut a, b"").await.unwrap();
+        drop(a);
+        assert_eq!(read_frame(&mut b, 16).await.unwrap().unwrap(), b"hello");
+        assert_eq!(read_frame(&mut b, 16).await.unwrap().unwrap(), b"");
+        assert!(read_frame(&mut b, 16).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn oversized_and_truncated_frames_are_errors() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(&1000u32.to_be_bytes()).await.unwrap();
+        assert!(matches!(
+            read_frame(&mut b, 999).await,
+            Err(FrameError::TooLarge(1000))
+        ));
+
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(&10u32.to_be_bytes()).await.unwrap();
+        a.write_all(b"abc").await.unwrap();
+        drop(a);
+        assert!(matches!(
+            read_frame(&mut b, 999).await,
+            Err(FrameError::Truncated)
+        ));
+
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(&[0, 0]).await.unwrap();
+        drop(a);
+        assert!(matches!(
+            read_frame(&mut b, 999).await,
+            Err(FrameError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn headers_accept_only_valid_doc_ids() {
+        let h = doc_stream_header("index");
+        assert_eq!(parse_doc_stream_header(&h).unwrap().as_str(), "index");
+        assert!(parse_doc_stream_header(b"errand-doc\x01../../etc").is_none());
+        assert!(parse_doc_stream_header(b"nonsense").is_none());
+        let thread = crate::schema::DocId::new_thread();
+        let h = doc_stream_header(thread.as_str());
+        assert_eq!(parse_doc_stream_header(&h).unwrap(), thread);
+    }
+}

@@ -1,0 +1,750 @@
+//! `errand-bench`: measures replication speed with real parts (redb files in temp dirs, iroh
+//! endpoints on 127.0.0.1 with relays off) and prints the numbers. It asserts nothing about time.
+//!
+//! ```text
+//! cargo run --release -p errand-tests --bin errand-bench -- [--json] [--iterations N] [--sync-runs N]
+//! ```
+//!
+//! (a) Propagation of one new task from a phone home to a desktop home over an established
+//!     connection, on a thread already holding 1,000 and 10,000 tasks: from just before the
+//!     phone's `repo.change` (a durable commit) until the desktop's repo announces the merged
+//!     change (after its own durable commit) and the task reads back.
+//! (b) Initial sync of a brand-new phone from a desktop holding a thread of 1,000 and 10,000
+//!     tasks: from just before the phone dials until the phone holds every task.
+//!
+//! Bytes on the wire are the UDP payload bytes of the phone's connection in both directions
+//! (`Connection::stats()`: `udp_tx.bytes + udp_rx.bytes`), i.e. everything both endpoints sent
+//! to each other: QUIC headers, encryption overhead, acks and the framed sync messages.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use automerge::{ObjType, ROOT, ReadDoc, Value};
+use errand_sync::schema::{self, index, thread};
+use errand_sync::{DeviceId, DocChanged, DocId, Gate, Replicator, Repo, SYNC_ALPN, SpaceId, Store};
+use iroh::endpoint::{Connection, PortmapperConfig, presets};
+use iroh::protocol::{ProtocolHandler, Router};
+use iroh::{Endpoint, EndpointAddr, RelayMode};
+use serde_json::{Value as Json, json};
+use tokio::sync::{broadcast, watch};
+
+/// Tasks per transaction when building a big thread.
+const BUILD_BATCH: usize = 1_000;
+/// Untimed iterations before the timed ones (first use of code paths, allocator, page cache).
+const WARMUP: usize = 5;
+const WAIT: Duration = Duration::from_secs(60);
+
+const GOAL_MEDIAN_MS: f64 = 1.0;
+const GOAL_P99_MS: f64 = 5.0;
+const GOAL_BYTES_PER_TASK: f64 = 400.0;
+const GOAL_INITIAL_10K_MS: f64 = 150.0;
+
+const BYTES_MEANING: &str = "UDP payload bytes sent by both endpoints on the phone-desktop \
+connection (phone Connection::stats(): udp_tx.bytes + udp_rx.bytes)";
+
+#[derive(Debug)]
+struct Args {
+    json: bool,
+    iterations: Option<usize>,
+    sync_runs: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        json: false,
+        iterations: None,
+        sync_runs: 5,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--json" => args.json = true,
+            "--iterations" => {
+                let n = it.next().context("--iterations needs a number")?;
+                let n: usize = n.parse().with_context(|| format!("--iterations {n:?}"))?;
+                if n == 0 {
+                    bail!("--iterations must be at least 1");
+                }
+                args.iterations = Some(n);
+            }
+            "--sync-runs" => {
+                let n = it.next().context("--sync-runs needs a number")?;
+                let n: usize = n.parse().with_context(|| format!("--sync-runs {n:?}"))?;
+                if n == 0 {
+                    bail!("--sync-runs must be at least 1");
+                }
+                args.sync_runs = n;
+            }
+            "-h" | "--help" => {
+                println!(
+                    "errand-bench [--json] [--iterations N] [--sync-runs N]\n\n\
+                     --json          print one JSON object instead of a table\n\
+                     --iterations N  timed propagation iterations per thread size\n                \
+                     (default 300 at 1,000 tasks, 100 at 10,000)\n\
+                     --sync-runs N   fresh phones per initial-sync size (default 5)"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    Ok(args)
+}
+
+/// Membership is another layer: the bench lets every device in.
+#[derive(Debug)]
+struct AllowAll;
+
+impl Gate for AllowAll {
+    fn allows(&self, _peer: &DeviceId) -> bool {
+        true
+    }
+}
+
+/// One device home: a redb file in a temp dir, its repo, a loopback endpoint, a replicator.
+#[derive(Debug)]
+struct Home {
+    repo: Arc<Repo>,
+    endpoint: Endpoint,
+    replicator: Replicator,
+    router: Option<Router>,
+    _dir: tempfile::TempDir,
+}
+
+impl Home {
+    /// `serve`: accept sync connections (the desktop); otherwise the home only dials.
+    async fn new(serve: bool) -> Result<Home> {
+        let dir = tempfile::tempdir()?;
+        let store = Arc::new(Store::open(&dir.path().join("errand.redb"))?);
+        let endpoint = Endpoint::builder(presets::Minimal)
+            .relay_mode(RelayMode::Disabled)
+            .portmapper_config(PortmapperConfig::Disabled)
+            .clear_ip_transports()
+            .bind_addr("127.0.0.1:0")?
+            .bind()
+            .await?;
+        let repo = Arc::new(Repo::new(store, endpoint.id()));
+        let replicator = Replicator::new(repo.clone(), endpoint.clone(), Arc::new(AllowAll));
+        let router = serve.then(|| {
+            Router::builder(endpoint.clone())
+                .accept(SYNC_ALPN, replicator.clone())
+                .spawn()
+        });
+        Ok(Home {
+            repo,
+            endpoint,
+            replicator,
+            router,
+            _dir: dir,
+        })
+    }
+
+    fn id(&self) -> DeviceId {
+        self.endpoint.id()
+    }
+
+    fn addr(&self) -> Result<EndpointAddr> {
+        let sock: SocketAddr = self
+            .endpoint
+            .bound_sockets()
+            .into_iter()
+            .find(SocketAddr::is_ipv4)
+            .context("endpoint has no IPv4 socket")?;
+        Ok(EndpointAddr::new(self.id()).with_ip_addr(sock))
+    }
+
+    /// Dials `peer` on the sync ALPN and hands the connection to this home's replicator (as
+    /// its dialler would); returns the connection so that its statistics can be read.
+    async fn connect(&self, peer: &Home) -> Result<Connection> {
+        let conn = self.endpoint.connect(peer.addr()?, SYNC_ALPN).await?;
+        let replicator = self.replicator.clone();
+        let handed = conn.clone();
+        tokio::spawn(async move {
+            let _ = replicator.accept(handed).await;
+        });
+        Ok(conn)
+    }
+
+    async fn close(self) {
+        self.replicator.shutdown();
+        if let Some(router) = self.router {
+            let _ = router.shutdown().await;
+        }
+        self.endpoint.close().await;
+    }
+}
+
+fn random_hex16() -> String {
+    DocId::new_thread().as_str()[..16].to_owned()
+}
+
+const PROMPTS: [&str; 4] = [
+    "summarise the PDFs in ~/inbox and file them by sender",
+    "/sh cargo test --workspace",
+    "take a screenshot of the build dashboard",
+    "rename the holiday photos by date taken",
+];
+
+/// Creates the space's index and one thread of `tasks` tasks on `desktop`, `BUILD_BATCH` tasks
+/// per change. The tasks are addressed to the desktop and sent by `sender`.
+fn build_space(desktop: &Home, sender: &str, tasks: usize) -> Result<DocId> {
+    let repo = &desktop.repo;
+    let me = desktop.id().to_string();
+    let space = SpaceId::random().to_string();
+    repo.create(&DocId::index(), "space created", |tx| {
+        index::create(tx, &space, &me)
+    })?;
+    let doc = DocId::new_thread();
+    repo.create(&doc, "thread created", |tx| {
+        thread::create(tx, doc.as_str(), "bench")
+    })?;
+    let entry = index::ThreadEntry {
+        id: doc.as_str().to_owned(),
+        title: "bench".into(),
+        created: schema::now_millis(),
+        created_by: me.clone(),
+        archived: false,
+    };
+    repo.change(&DocId::index(), "thread bench created", |tx| {
+        index::add_thread(tx, &entry)
+    })?;
+    let mut done = 0;
+    while done < tasks {
+        let n = BUILD_BATCH.min(tasks - done);
+        let now = schema::now_millis();
+        repo.change(&doc, &format!("{n} tasks queued"), |tx| {
+            for i in done..done + n {
+                let id = random_hex16();
+                thread::add_task(
+                    tx,
+                    &thread::NewTask {
+                        id: &id,
+                        prompt: PROMPTS[i % PROMPTS.len()],
+                        target: &me,
+                        created_by: sender,
+                        created: now,
+                    },
+                )?;
+            }
+            Ok(())
+        })?;
+        done += n;
+    }
+    Ok(doc)
+}
+
+/// Number of tasks in a thread document, without building them (cheap enough to poll).
+fn task_count(d: &automerge::Automerge) -> usize {
+    match d.get(ROOT, "tasks") {
+        Ok(Some((Value::Object(ObjType::Map), obj))) => d.keys(&obj).count(),
+        _ => 0,
+    }
+}
+
+/// Waits on a replicator's progress ticks until `cond` holds.
+async fn wait_progress(
+    progress: &mut watch::Receiver<u64>,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        progress.borrow_and_update();
+        if cond() {
+            return Ok(());
+        }
+        match tokio::time::timeout_at(deadline, progress.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => bail!("replicator went away while waiting for {what}"),
+            Err(_) => bail!("timed out after {WAIT:?} waiting for {what}"),
+        }
+    }
+}
+
+/// Waits until both sides report `doc` in sync with each other.
+async fn wait_quiet(phone: &Home, desktop: &Home, docs: &[&DocId]) -> Result<()> {
+    let mut p = phone.replicator.progress();
+    let mut d = desktop.replicator.progress();
+    let (pid, did) = (phone.id(), desktop.id());
+    wait_progress(&mut p, "the phone to be in sync", || {
+        docs.iter().all(|doc| phone.replicator.in_sync(&did, doc))
+    })
+    .await?;
+    wait_progress(&mut d, "the desktop to be in sync", || {
+        docs.iter().all(|doc| desktop.replicator.in_sync(&pid, doc))
+    })
+    .await
+}
+
+/// Receives the next change announcement of `doc` from a peer; returns when it was received.
+async fn next_remote_change(
+    rx: &mut broadcast::Receiver<DocChanged>,
+    doc: &DocId,
+) -> Result<Instant> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(c)) if !c.local && &c.doc == doc => return Ok(Instant::now()),
+            Ok(Ok(_)) => {}
+            // Behind: every document may have changed.
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => return Ok(Instant::now()),
+            Ok(Err(broadcast::error::RecvError::Closed)) => bail!("repo went away"),
+            Err(_) => bail!("timed out after {WAIT:?} waiting for a change of {doc}"),
+        }
+    }
+}
+
+fn drain(rx: &mut broadcast::Receiver<DocChanged>) {
+    while !matches!(
+        rx.try_recv(),
+        Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+    ) {}
+}
+
+/// What a connection has carried so far, both directions.
+#[derive(Debug, Clone, Copy, Default)]
+struct Wire {
+    /// UDP payload bytes.
+    bytes: u64,
+    /// UDP datagrams.
+    datagrams: u64,
+    /// QUIC STREAM frames (a sync message fits in one unless it is large).
+    stream_frames: u64,
+}
+
+impl Wire {
+    fn of(conn: &Connection) -> Wire {
+        let s = conn.stats();
+        Wire {
+            bytes: s.udp_tx.bytes + s.udp_rx.bytes,
+            datagrams: s.udp_tx.datagrams + s.udp_rx.datagrams,
+            stream_frames: s.frame_tx.stream + s.frame_rx.stream,
+        }
+    }
+
+    fn since(self, before: Wire) -> Wire {
+        Wire {
+            bytes: self.bytes - before.bytes,
+            datagrams: self.datagrams - before.datagrams,
+            stream_frames: self.stream_frames - before.stream_frames,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Stats {
+    n: usize,
+    median: f64,
+    p99: f64,
+    mean: f64,
+    min: f64,
+    max: f64,
+}
+
+/// Nearest-rank percentiles of samples in milliseconds.
+fn stats(mut ms: Vec<f64>) -> Stats {
+    ms.sort_by(f64::total_cmp);
+    let n = ms.len();
+    let rank = |p: f64| {
+        let k = ((p / 100.0) * n as f64).ceil() as usize;
+        ms[k.clamp(1, n) - 1]
+    };
+    Stats {
+        n,
+        median: rank(50.0),
+        p99: rank(99.0),
+        mean: ms.iter().sum::<f64>() / n as f64,
+        min: ms[0],
+        max: ms[n - 1],
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[derive(Debug)]
+struct Propagation {
+    tasks: usize,
+    latency: Stats,
+    bytes_per_task: f64,
+    datagrams_per_task: f64,
+    stream_frames_per_task: f64,
+    /// Mean size of the automerge change that adds one task (as stored, uncompressed).
+    change_bytes: f64,
+    setup_ms: f64,
+}
+
+/// (a): a desktop thread of `tasks` tasks, synced to a phone; then `iterations` new tasks, one at
+/// a time, from the phone to the desktop.
+async fn propagation(tasks: usize, iterations: usize) -> Result<Propagation> {
+    let setup = Instant::now();
+    let desktop = Home::new(true).await?;
+    let phone = Home::new(false).await?;
+    let phone_id = phone.id().to_string();
+    let desktop_id = desktop.id().to_string();
+    let doc = build_space(&desktop, &phone_id, tasks)?;
+
+    let conn = phone.connect(&desktop).await?;
+    let index_doc = DocId::index();
+    let mut progress = phone.replicator.progress();
+    wait_progress(&mut progress, "the phone to receive the thread", || {
+        phone.repo.read(&doc, task_count).ok().flatten() == Some(tasks)
+    })
+    .await?;
+    wait_quiet(&phone, &desktop, &[&index_doc, &doc]).await?;
+    let setup_ms = ms(setup.elapsed());
+
+    let mut changes = desktop.repo.subscribe();
+    let mut samples = Vec::with_capacity(iterations);
+    let mut before = Wire::default();
+    let mut change_bytes = 0usize;
+    for i in 0..WARMUP + iterations {
+        if i == WARMUP {
+            before = Wire::of(&conn);
+        }
+        drain(&mut changes);
+        let id = random_hex16();
+        let prompt = format!("bench task {i}: {}", PROMPTS[i % PROMPTS.len()]);
+        let start = Instant::now();
+        phone
+            .repo
+            .change(&doc, &format!("task {id} queued"), |tx| {
+                thread::add_task(
+                    tx,
+                    &thread::NewTask {
+                        id: &id,
+                        prompt: &prompt,
+                        target: &desktop_id,
+                        created_by: &phone_id,
+                        created: schema::now_millis(),
+                    },
+                )
+            })?;
+        let arrived = loop {
+            let at = next_remote_change(&mut changes, &doc).await?;
+            let readable = desktop
+                .repo
+                .read(&doc, |d| thread::task(d, doc.as_str(), &id).is_some())?
+                .unwrap_or(false);
+            if readable {
+                break at;
+            }
+        };
+        if i >= WARMUP {
+            samples.push(ms(arrived - start));
+            change_bytes += phone
+                .repo
+                .read(&doc, |d| {
+                    d.get_last_local_change().map(|c| c.raw_bytes().len())
+                })?
+                .flatten()
+                .unwrap_or(0);
+        }
+        wait_quiet(&phone, &desktop, &[&doc]).await?;
+    }
+    let wire = Wire::of(&conn).since(before);
+    let total = desktop.repo.read(&doc, task_count)?.unwrap_or(0);
+    if total != tasks + WARMUP + iterations {
+        bail!(
+            "desktop holds {total} tasks, expected {}",
+            tasks + WARMUP + iterations
+        );
+    }
+    conn.close(0u32.into(), b"done");
+    phone.close().await;
+    desktop.close().await;
+    Ok(Propagation {
+        tasks,
+        latency: stats(samples),
+        bytes_per_task: wire.bytes as f64 / iterations as f64,
+        datagrams_per_task: wire.datagrams as f64 / iterations as f64,
+        stream_frames_per_task: wire.stream_frames as f64 / iterations as f64,
+        change_bytes: change_bytes as f64 / iterations as f64,
+        setup_ms,
+    })
+}
+
+#[derive(Debug)]
+struct InitialSync {
+    tasks: usize,
+    runs: usize,
+    /// Until the phone holds every task.
+    complete: Stats,
+    /// Until both sides report every document in sync (the wire is quiet).
+    quiet: Stats,
+    /// Bytes until quiet, median over runs.
+    bytes_median: u64,
+    bytes_min: u64,
+    bytes_max: u64,
+}
+
+/// (b): a desktop holding the index and a thread of `tasks` tasks; `runs` brand-new phones
+/// connect in turn.
+async fn initial_sync(tasks: usize, runs: usize) -> Result<InitialSync> {
+    let desktop = Home::new(true).await?;
+    // The tasks name some phone as their sender; the fresh phones only read them.
+    let sender = Home::new(false).await?;
+    let doc = build_space(&desktop, &sender.id().to_string(), tasks)?;
+    sender.close().await;
+    let index_doc = DocId::index();
+
+    let mut complete = Vec::new();
+    let mut quiet = Vec::new();
+    let mut bytes = Vec::new();
+    for _ in 0..runs {
+        let phone = Home::new(false).await?;
+        let mut changes = phone.repo.subscribe();
+        let start = Instant::now();
+        let conn = phone.connect(&desktop).await?;
+        let done = loop {
+            let at = next_remote_change(&mut changes, &doc).await?;
+            if phone.repo.read(&doc, task_count)? == Some(tasks) {
+                break at;
+            }
+        };
+        wait_quiet(&phone, &desktop, &[&index_doc, &doc]).await?;
+        quiet.push(ms(start.elapsed()));
+        complete.push(ms(done - start));
+        bytes.push(Wire::of(&conn).bytes);
+        // The full check, outside the timed part: it builds every task and holds the repo.
+        let held = phone
+            .repo
+            .read(&doc, |d| thread::tasks(d, doc.as_str()).len())?
+            .unwrap_or(0);
+        if held != tasks {
+            bail!("phone holds {held} tasks by schema::thread::tasks, expected {tasks}");
+        }
+        conn.close(0u32.into(), b"done");
+        phone.close().await;
+    }
+    desktop.close().await;
+    bytes.sort_unstable();
+    Ok(InitialSync {
+        tasks,
+        runs,
+        complete: stats(complete),
+        quiet: stats(quiet),
+        bytes_median: bytes[(bytes.len() - 1) / 2],
+        bytes_min: bytes[0],
+        bytes_max: bytes[bytes.len() - 1],
+    })
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "meets goal" } else { "MISSES goal" }
+}
+
+fn stats_json(s: &Stats) -> Json {
+    json!({
+        "samples": s.n,
+        "median_ms": s.median,
+        "p99_ms": s.p99,
+        "mean_ms": s.mean,
+        "min_ms": s.min,
+        "max_ms": s.max,
+    })
+}
+
+fn report_json(props: &[Propagation], syncs: &[InitialSync]) -> Json {
+    let propagation: Vec<Json> = props
+        .iter()
+        .map(|p| {
+            let mut goals = serde_json::Map::new();
+            if p.tasks == 1_000 {
+                goals.insert("median_ms_max".into(), json!(GOAL_MEDIAN_MS));
+                goals.insert("p99_ms_max".into(), json!(GOAL_P99_MS));
+                goals.insert(
+                    "latency_met".into(),
+                    json!(p.latency.median <= GOAL_MEDIAN_MS && p.latency.p99 <= GOAL_P99_MS),
+                );
+            }
+            goals.insert("bytes_per_task_max".into(), json!(GOAL_BYTES_PER_TASK));
+            goals.insert(
+                "bytes_met".into(),
+                json!(p.bytes_per_task <= GOAL_BYTES_PER_TASK),
+            );
+            json!({
+                "tasks_in_thread": p.tasks,
+                "warmup_iterations": WARMUP,
+                "latency": stats_json(&p.latency),
+                "bytes_per_task": p.bytes_per_task,
+                "datagrams_per_task": p.datagrams_per_task,
+                "stream_frames_per_task": p.stream_frames_per_task,
+                "change_bytes": p.change_bytes,
+                "setup_ms": p.setup_ms,
+                "goals": goals,
+            })
+        })
+        .collect();
+    let initial: Vec<Json> = syncs
+        .iter()
+        .map(|s| {
+            let mut goals = serde_json::Map::new();
+            if s.tasks == 10_000 {
+                goals.insert("complete_median_ms_max".into(), json!(GOAL_INITIAL_10K_MS));
+                goals.insert(
+                    "met".into(),
+                    json!(s.complete.median <= GOAL_INITIAL_10K_MS),
+                );
+            }
+            json!({
+                "tasks": s.tasks,
+                "runs": s.runs,
+                "until_complete": stats_json(&s.complete),
+                "until_quiet": stats_json(&s.quiet),
+                "bytes_median": s.bytes_median,
+                "bytes_min": s.bytes_min,
+                "bytes_max": s.bytes_max,
+                "goals": goals,
+            })
+        })
+        .collect();
+    json!({
+        "bench": "errand-bench",
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "bytes_on_the_wire": BYTES_MEANING,
+        "propagation": propagation,
+        "initial_sync": initial,
+    })
+}
+
+fn report_table(props: &[Propagation], syncs: &[InitialSync]) {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "errand-bench: real redb files, iroh endpoints on 127.0.0.1 (relays off), {cpus} CPUs"
+    );
+    println!("bytes on the wire: {BYTES_MEANING}");
+    println!();
+    println!("(a) one new task, phone -> desktop, over an established connection");
+    println!(
+        "    from before the phone's durable repo.change until the desktop has merged it durably"
+    );
+    println!(
+        "    {:>8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "tasks", "iters", "median", "p99", "mean", "min", "max", "bytes/task"
+    );
+    for p in props {
+        let l = &p.latency;
+        println!(
+            "    {:>8} {:>6} {:>7.3}ms {:>7.3}ms {:>7.3}ms {:>7.3}ms {:>7.3}ms {:>11.0}",
+            group(p.tasks),
+            l.n,
+            l.median,
+            l.p99,
+            l.mean,
+            l.min,
+            l.max,
+            p.bytes_per_task
+        );
+    }
+    println!("    per new task:");
+    for p in props {
+        println!(
+            "      {:>6} tasks: {:.1} UDP datagrams, {:.1} QUIC stream frames, automerge change {:.0} bytes",
+            group(p.tasks),
+            p.datagrams_per_task,
+            p.stream_frames_per_task,
+            p.change_bytes
+        );
+    }
+    println!("    goals (informational):");
+    for p in props {
+        if p.tasks == 1_000 {
+            println!(
+                "      1,000 tasks: median {:.3} ms (goal <= {GOAL_MEDIAN_MS} ms), p99 {:.3} ms (goal <= {GOAL_P99_MS} ms): {}",
+                p.latency.median,
+                p.latency.p99,
+                verdict(p.latency.median <= GOAL_MEDIAN_MS && p.latency.p99 <= GOAL_P99_MS)
+            );
+        }
+        println!(
+            "      {} tasks: {:.0} bytes per new task (goal <= {GOAL_BYTES_PER_TASK}): {}",
+            group(p.tasks),
+            p.bytes_per_task,
+            verdict(p.bytes_per_task <= GOAL_BYTES_PER_TASK)
+        );
+    }
+    println!();
+    println!("(b) initial sync of a brand-new phone (index + one thread), fresh phone each run");
+    println!(
+        "    from before the phone dials until it holds every task; 'quiet' = both sides in sync"
+    );
+    println!(
+        "    {:>8} {:>5} {:>10} {:>10} {:>10} {:>12} {:>12}",
+        "tasks", "runs", "median", "min", "max", "quiet med", "bytes med"
+    );
+    for s in syncs {
+        println!(
+            "    {:>8} {:>5} {:>8.1}ms {:>8.1}ms {:>8.1}ms {:>10.1}ms {:>12}",
+            group(s.tasks),
+            s.runs,
+            s.complete.median,
+            s.complete.min,
+            s.complete.max,
+            s.quiet.median,
+            s.bytes_median
+        );
+    }
+    println!("    goals (informational):");
+    for s in syncs.iter().filter(|s| s.tasks == 10_000) {
+        println!(
+            "      10,000 tasks: median {:.1} ms (goal <= {GOAL_INITIAL_10K_MS} ms): {}",
+            s.complete.median,
+            verdict(s.complete.median <= GOAL_INITIAL_10K_MS)
+        );
+    }
+}
+
+fn group(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let note = |s: &str| eprintln!("errand-bench: {s}");
+    let mut props = Vec::new();
+    for (tasks, default_iters) in [(1_000, 300), (10_000, 100)] {
+        let iters = args.iterations.unwrap_or(default_iters);
+        note(&format!(
+            "(a) propagation on a thread of {} tasks, {iters} iterations",
+            group(tasks)
+        ));
+        props.push(propagation(tasks, iters).await?);
+    }
+    let mut syncs = Vec::new();
+    for tasks in [1_000, 10_000] {
+        note(&format!(
+            "(b) initial sync of {} tasks, {} fresh phones",
+            group(tasks),
+            args.sync_runs
+        ));
+        syncs.push(initial_sync(tasks, args.sync_runs).await?);
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report_json(&props, &syncs))?
+        );
+    } else {
+        report_table(&props, &syncs);
+    }
+    Ok(())
+}
