@@ -1,0 +1,164 @@
+//! Nothing a peer sends can crash a node: oversized frames, garbage, bad headers and mangled
+//! sync messages drop that peer's connection, and the node keeps serving its other peers.
+
+use automerge::sync::SyncDoc;
+use errand_sync::schema::DocId;
+use errand_sync::{Role, SYNC_ALPN, wire};
+use iroh::endpoint::{Connection, ConnectionError};
+
+use crate::support::{desktop, node, pair, task_ids, until};
+use crate::trust::{addr_of, raw_endpoint};
+
+/// Waits for the node to close the connection and returns its close code.
+async fn close_code(conn: &Connection) -> Option<u64> {
+    match tokio::time::timeout(crate::support::WAIT, conn.closed()).await {
+        Ok(ConnectionError::ApplicationClosed(close)) => Some(close.error_code.into_inner()),
+        _ => None,
+    }
+}
+
+/// A tiny deterministic generator, so failures reproduce.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[tokio::test]
+async fn a_misbehaving_member_is_dropped_and_the_others_keep_syncing() {
+    let desk = desktop("desk").await;
+    let good = node().await;
+    pair(&desk, &good, "good phone", Role::Phone).await;
+    // A member whose software is broken (or hostile): we speak for it with its own key.
+    let bad = node().await;
+    pair(&desk, &bad, "bad phone", Role::Phone).await;
+    let bad_key = bad.node.endpoint().secret_key().clone();
+    bad.node.shutdown().await;
+    drop(bad);
+    let raw = raw_endpoint(bad_key).await;
+
+    // 1. A frame that announces more than the limit.
+    let conn = raw.connect(addr_of(&desk.node), SYNC_ALPN).await.unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    wire::write_frame(&mut send, &wire::doc_stream_header("index"))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut send, &u32::MAX.to_be_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(&conn).await,
+        Some(errand_sync::net::CLOSE_PROTOCOL as u64)
+    );
+
+    // 2. A stream header that names no valid document.
+    let conn = raw.connect(addr_of(&desk.node), SYNC_ALPN).await.unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    wire::write_frame(&mut send, b"errand-doc\x01../../etc/passwd")
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(&conn).await,
+        Some(errand_sync::net::CLOSE_PROTOCOL as u64)
+    );
+
+    // 3. Garbage where a sync message belongs.
+    let conn = raw.connect(addr_of(&desk.node), SYNC_ALPN).await.unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    wire::write_frame(&mut send, &wire::doc_stream_header("index"))
+        .await
+        .unwrap();
+    wire::write_frame(&mut send, b"\x42\x00garbage")
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(&conn).await,
+        Some(errand_sync::net::CLOSE_PROTOCOL as u64)
+    );
+
+    // 4. Real sync messages with bytes flipped: each is either refused (connection dropped)
+    //    or harmless; whatever automerge does with them, the node survives.
+    let thread = desk.node.send("a thread with content", None, None).unwrap();
+    let thread_doc = DocId::parse(&thread.thread).unwrap();
+    let saved = desk.node.repo().save(&thread_doc).unwrap().unwrap();
+    let source = automerge::Automerge::load(&saved).unwrap();
+    let valid = source
+        .generate_sync_message(&mut automerge::sync::State::new())
+        .unwrap();
+    // The first message carries only heads; a reply to a peer that has nothing carries the
+    // changes themselves, which is what we want to mangle.
+    let mut asker = automerge::sync::State::new();
+    let first = automerge::Automerge::new()
+        .generate_sync_message(&mut asker)
+        .unwrap();
+    let mut peer_state = automerge::sync::State::new();
+    let mut src = source.clone();
+    src.receive_sync_message(&mut peer_state, first).unwrap();
+    let with_changes = src.generate_sync_message(&mut peer_state).unwrap().encode();
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut dropped = 0;
+    for round in 0..60 {
+        let base = if round % 2 == 0 {
+            with_changes.clone()
+        } else {
+            valid.clone().encode()
+        };
+        let mut bytes = base;
+        for _ in 0..1 + rng.next() % 4 {
+            let i = (rng.next() as usize) % bytes.len();
+            bytes[i] ^= 1 << (rng.next() % 8);
+        }
+        let conn = raw.connect(addr_of(&desk.node), SYNC_ALPN).await.unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        wire::write_frame(&mut send, &wire::doc_stream_header(thread_doc.as_str()))
+            .await
+            .unwrap();
+        wire::write_frame(&mut send, &bytes).await.unwrap();
+        send.finish().unwrap();
+        // Give the node the chance to answer or drop us, then hang up ourselves.
+        if tokio::time::timeout(std::time::Duration::from_millis(300), conn.closed())
+            .await
+            .is_ok()
+        {
+            dropped += 1;
+        }
+        conn.close(0u32.into(), b"next");
+    }
+    assert!(dropped > 0, "no mangled message was refused");
+
+    // The node is still healthy: its documents load, and the good phone still syncs both ways.
+    assert!(
+        desk.node
+            .repo()
+            .read(&thread_doc, |_| ())
+            .unwrap()
+            .is_some()
+    );
+    let sent = good.node.send("still there?", None, None).unwrap();
+    until(
+        "the desktop receives the good phone's task",
+        &[&desk.node, &good.node],
+        || {
+            let ids = task_ids(&desk.node);
+            let task = sent.task.clone();
+            async move { ids.contains(&task) }
+        },
+    )
+    .await;
+    let from_desk = desk.node.send("and back", None, None).unwrap();
+    until(
+        "the good phone receives the desktop's task",
+        &[&desk.node, &good.node],
+        || {
+            let ids = task_ids(&good.node);
+            let task = from_desk.task.clone();
+            async move { ids.contains(&task) }
+        },
+    )
+    .await;
+}
