@@ -9,6 +9,13 @@ use iroh::endpoint::{Connection, ConnectionError};
 use crate::support::{desktop, node, pair, task_ids, until};
 use crate::trust::{addr_of, raw_endpoint};
 
+/// A 24-byte sync message on which automerge 0.12's `receive_sync_message` panics
+/// (`op_set2/change/batch.rs`: an unwrap on an unknown actor). `decode` accepts it.
+pub const AUTOMERGE_PANIC: [u8; 24] = [
+    0x42, 0x00, 0x00, 0x00, 0x01, 0x12, 0x85, 0x6f, 0x4a, 0x83, 0x91, 0x34, 0x04, 0xe4, 0x01, 0x08,
+    0x00, 0x00, 0x02, 0x01, 0x00, 0x00, 0x00, 0x00,
+];
+
 /// Waits for the node to close the connection and returns its close code.
 async fn close_code(conn: &Connection) -> Option<u64> {
     match tokio::time::timeout(crate::support::WAIT, conn.closed()).await {
@@ -81,10 +88,26 @@ async fn a_misbehaving_member_is_dropped_and_the_others_keep_syncing() {
         Some(errand_sync::net::CLOSE_PROTOCOL as u64)
     );
 
-    // 4. Real sync messages with bytes flipped: each is either refused (connection dropped)
-    //    or harmless; whatever automerge does with them, the node survives.
+    // 4. A sync message that makes automerge 0.12 panic while applying it (a change chunk with
+    //    a valid checksum, an empty actor and seq 2): the node contains the panic.
     let thread = desk.node.send("a thread with content", None, None).unwrap();
     let thread_doc = DocId::parse(&thread.thread).unwrap();
+    let conn = raw.connect(addr_of(&desk.node), SYNC_ALPN).await.unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    wire::write_frame(&mut send, &wire::doc_stream_header(thread_doc.as_str()))
+        .await
+        .unwrap();
+    wire::write_frame(&mut send, &AUTOMERGE_PANIC)
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(&conn).await,
+        Some(errand_sync::net::CLOSE_PROTOCOL as u64)
+    );
+    assert_eq!(desk.node.tasks(Some(&thread.thread)).unwrap().len(), 1);
+
+    // 5. Real sync messages with bytes flipped: each is either refused (connection dropped)
+    //    or harmless; whatever automerge does with them, the node survives.
     let saved = desk.node.repo().save(&thread_doc).unwrap().unwrap();
     let source = automerge::Automerge::load(&saved).unwrap();
     let valid = source

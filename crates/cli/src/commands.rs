@@ -57,7 +57,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     status.addrs.join(" ")
                 );
             }
-            run_until_stopped(node, yes, json).await
+            // Confirm joins on this terminal only for the ticket shown here; tickets from
+            // `errand pair` are confirmed by that command.
+            let own_ticket = (!yes).then_some(info.id);
+            run_until_stopped(node, own_ticket, json).await
         }
         Command::Serve => {
             let node = serve_here(&config).await?;
@@ -69,7 +72,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     status.addrs.join(" ")
                 );
             }
-            run_until_stopped(node, false, json).await
+            run_until_stopped(node, None, json).await
         }
         command => {
             let mut session = Session::open(&config).await?;
@@ -90,7 +93,11 @@ async fn serve_here(config: &NodeConfig) -> Result<Arc<Node>> {
     Ok(node)
 }
 
-async fn run_until_stopped(node: Arc<Node>, auto_confirm: bool, json: bool) -> Result<ExitCode> {
+async fn run_until_stopped(
+    node: Arc<Node>,
+    confirm_ticket: Option<String>,
+    json: bool,
+) -> Result<ExitCode> {
     let mut events = node.subscribe();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -109,7 +116,7 @@ async fn run_until_stopped(node: Arc<Node>, auto_confirm: bool, json: bool) -> R
                     println!("{}", output::event(&ev));
                 }
                 if let NodeEvent::PairingRequested { ticket, name, code, .. } = ev
-                    && !auto_confirm
+                    && confirm_ticket.as_ref() == Some(&ticket)
                 {
                     let accept = confirm(&name, &code).await;
                     node.confirm_pairing(&ticket, accept)?;

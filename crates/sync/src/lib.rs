@@ -6,6 +6,7 @@
 //! - [`wire`]: bounded length-prefixed frames.
 //! - [`net`]: the `errand/sync/1` protocol handler and the dialler (the tokio shell).
 
+pub mod blob;
 pub mod ids;
 pub mod net;
 pub mod repo;

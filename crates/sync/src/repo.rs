@@ -392,3 +392,76 @@ fn malformed(doc: &DocId, reason: String) -> ReceiveError {
         reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::thread;
+
+    /// A sync message on which automerge 0.12 panics inside `receive_sync_message`.
+    const PANICS_AUTOMERGE: &[u8] = &[
+        0x42, 0x00, 0x00, 0x00, 0x01, 0x12, 0x85, 0x6f, 0x4a, 0x83, 0x91, 0x34, 0x04, 0xe4, 0x01,
+        0x08, 0x00, 0x00, 0x02, 0x01, 0x00, 0x00, 0x00, 0x00,
+    ];
+
+    fn repo() -> (tempfile::TempDir, Repo) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db.redb")).unwrap());
+        (dir, Repo::new(store, iroh::SecretKey::generate().public()))
+    }
+
+    #[test]
+    fn a_message_that_panics_automerge_is_an_error_and_the_document_survives() {
+        let (_dir, repo) = repo();
+        let doc = DocId::new_thread();
+        repo.create(&doc, "thread created", |tx| {
+            thread::create(tx, doc.as_str(), "t")
+        })
+        .unwrap();
+        let heads = repo.heads(&doc).unwrap();
+        let mut state = sync::State::new();
+        let err = repo
+            .receive_sync_message(&doc, &mut state, PANICS_AUTOMERGE)
+            .unwrap_err();
+        assert!(matches!(err, ReceiveError::Malformed { .. }), "{err}");
+        // Reloaded from the store, as it was.
+        assert_eq!(repo.heads(&doc).unwrap(), heads);
+        assert_eq!(
+            repo.read(&doc, thread::title).unwrap().flatten().as_deref(),
+            Some("t")
+        );
+        // And a fresh document that never existed is not left behind half-made.
+        let fresh = DocId::new_thread();
+        assert!(
+            repo.receive_sync_message(&fresh, &mut sync::State::new(), PANICS_AUTOMERGE)
+                .is_err()
+        );
+        assert!(!repo.contains(&fresh).unwrap());
+    }
+
+    #[test]
+    fn changes_are_durable_and_reload_with_their_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = iroh::SecretKey::generate().public();
+        let doc = DocId::new_thread();
+        {
+            let store = Arc::new(Store::open(&dir.path().join("db.redb")).unwrap());
+            let repo = Repo::new(store, device);
+            repo.create(&doc, "thread created", |tx| {
+                thread::create(tx, doc.as_str(), "t")
+            })
+            .unwrap();
+            repo.change(&doc, "renamed", |tx| {
+                automerge::transaction::Transactable::put(tx, automerge::ROOT, "title", "u")
+            })
+            .unwrap();
+        }
+        let store = Arc::new(Store::open(&dir.path().join("db.redb")).unwrap());
+        let repo = Repo::new(store, device);
+        let history = repo.read(&doc, crate::schema::history).unwrap().unwrap();
+        let messages: Vec<&str> = history.iter().map(|h| h.message.as_str()).collect();
+        assert_eq!(messages, ["thread created", "renamed"]);
+        assert_eq!(history[0].actor, device.to_string());
+        assert!(history.iter().all(|h| h.time > 0));
+    }
+}

@@ -21,6 +21,14 @@ const SYNC_STATES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("
 /// Free-form records owned by upper layers (pairing tickets, peer addresses), keyed by
 /// `(kind, key)`.
 const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
+/// Content-addressed blobs: SHA-256 (hex) to bytes.
+const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+
+/// The content address of a blob: lower-case hex SHA-256.
+pub fn blob_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    crate::ids::hex(&sha2::Sha256::digest(bytes))
+}
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -98,8 +106,24 @@ impl Store {
         tx.open_table(DOC_CHUNKS)?;
         tx.open_table(SYNC_STATES)?;
         tx.open_table(RECORDS)?;
+        tx.open_table(BLOBS)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Stores a blob durably and returns its hash.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<String, StoreError> {
+        let hash = blob_hash(bytes);
+        let tx = self.db.begin_write()?;
+        tx.open_table(BLOBS)?.insert(hash.as_str(), bytes)?;
+        tx.commit()?;
+        Ok(hash)
+    }
+
+    pub fn blob(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(BLOBS)?;
+        Ok(table.get(hash)?.map(|v| v.value().to_vec()))
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

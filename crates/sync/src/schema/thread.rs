@@ -6,8 +6,12 @@
 //!   tasks: { <task>: { prompt, target, created_by, created, cancel_requested,     (the sender's)
 //!                      status, started, finished, progress: [ {at, text} ],      (the executor's)
 //!                      result, error, artifacts: [ {hash, size, mime, name} ] } },
-//!   approvals: { } }
+//!   approvals: { <approval>: { task, action, class, requested_by, requested_at, expires_at,
+//!                              decisions: { <device>: { approve, at, signature } } } } }
 //! ```
+//!
+//! An approval's request fields are the executor's; each deciding device writes only its own
+//! entry under `decisions`, signed, so two phones answering at once cannot interleave fields.
 //!
 //! Each field has one writer: the device that sent a task owns its prompt and cancel request,
 //! the executor owns everything about how it ran. That keeps concurrent edits from fighting.
@@ -347,4 +351,132 @@ pub fn messages(doc: &impl ReadDoc) -> Vec<Message> {
             })
         })
         .collect()
+}
+
+/// What the executor writes to ask before a risky action.
+#[derive(Clone, Debug)]
+pub struct NewApproval<'a> {
+    pub id: &'a str,
+    pub task: &'a str,
+    /// What will happen, for the person deciding ("run shell command `ls`").
+    pub action: &'a str,
+    /// The policy's risk class (shell, delete, network, screenshot, input).
+    pub class: &'a str,
+    pub requested_by: &'a str,
+    pub requested_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub device: String,
+    pub approve: bool,
+    pub at: i64,
+    pub signature: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub id: String,
+    pub thread: String,
+    pub task: String,
+    pub action: String,
+    pub class: String,
+    pub requested_by: String,
+    pub requested_at: i64,
+    pub expires_at: i64,
+    pub decisions: Vec<Decision>,
+}
+
+pub fn request_approval(
+    tx: &mut impl Transactable,
+    a: &NewApproval<'_>,
+) -> Result<(), AutomergeError> {
+    let approvals = section(tx, "approvals")?;
+    let obj = tx.put_object(&approvals, a.id, ObjType::Map)?;
+    tx.put(&obj, "task", a.task)?;
+    tx.put(&obj, "action", a.action)?;
+    tx.put(&obj, "class", a.class)?;
+    tx.put(&obj, "requested_by", a.requested_by)?;
+    tx.put(&obj, "requested_at", a.requested_at)?;
+    tx.put(&obj, "expires_at", a.expires_at)?;
+    tx.put_object(&obj, "decisions", ObjType::Map)?;
+    Ok(())
+}
+
+/// Records one device's signed decision on an approval.
+pub fn decide(
+    tx: &mut impl Transactable,
+    approval: &str,
+    decision: &Decision,
+) -> Result<(), AutomergeError> {
+    let approvals = section(tx, "approvals")?;
+    let obj = get_obj(tx, &approvals, approval).ok_or(AutomergeError::InvalidOp(ObjType::Map))?;
+    let decisions =
+        get_obj(tx, &obj, "decisions").ok_or(AutomergeError::InvalidOp(ObjType::Map))?;
+    let entry = tx.put_object(&decisions, decision.device.as_str(), ObjType::Map)?;
+    tx.put(&entry, "approve", decision.approve)?;
+    tx.put(&entry, "at", decision.at)?;
+    tx.put(&entry, "signature", decision.signature.as_str())?;
+    Ok(())
+}
+
+pub fn approvals(doc: &impl ReadDoc, thread: &str) -> Vec<Approval> {
+    let Some(approvals) = get_obj(doc, &ROOT, "approvals") else {
+        return Vec::new();
+    };
+    let mut out: Vec<Approval> = doc
+        .keys(&approvals)
+        .filter_map(|id| {
+            let obj = get_obj(doc, &approvals, &id)?;
+            let decisions = get_obj(doc, &obj, "decisions")
+                .map(|d| {
+                    doc.keys(&d)
+                        .filter_map(|device| {
+                            let e = get_obj(doc, &d, &device)?;
+                            Some(Decision {
+                                approve: get_bool(doc, &e, "approve")?,
+                                at: get_i64(doc, &e, "at")?,
+                                signature: get_str(doc, &e, "signature")?,
+                                device,
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(Approval {
+                thread: thread.to_owned(),
+                task: get_str(doc, &obj, "task")?,
+                action: get_str(doc, &obj, "action").unwrap_or_default(),
+                class: get_str(doc, &obj, "class").unwrap_or_default(),
+                requested_by: get_str(doc, &obj, "requested_by").unwrap_or_default(),
+                requested_at: get_i64(doc, &obj, "requested_at").unwrap_or(0),
+                expires_at: get_i64(doc, &obj, "expires_at").unwrap_or(0),
+                decisions,
+                id,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (a.requested_at, &a.id).cmp(&(b.requested_at, &b.id)));
+    out
+}
+
+/// The bytes a deciding device signs: everything the decision is about, so a signature cannot
+/// be replayed onto another approval, task, action or space.
+pub fn approval_signed_bytes(space: &str, approval: &Approval, approve: bool, at: i64) -> Vec<u8> {
+    let mut out = b"errand/approval/1".to_vec();
+    for field in [
+        space,
+        &approval.thread,
+        &approval.id,
+        &approval.task,
+        &approval.action,
+        &approval.class,
+    ] {
+        out.extend_from_slice(&(field.len() as u32).to_be_bytes());
+        out.extend_from_slice(field.as_bytes());
+    }
+    out.push(u8::from(approve));
+    out.extend_from_slice(&at.to_be_bytes());
+    out
 }
