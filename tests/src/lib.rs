@@ -4,6 +4,8 @@
 //!
 //! The benchmark binary, `errand-bench`, lives beside this in `src/bin`.
 
+pub mod model_server;
+
 #[cfg(test)]
 mod convergence;
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use errand_node::control::{self, Request};
+use errand_node::node::ApprovalInfo;
 use errand_node::node::{
     DeviceInfo, HistoryLine, Joined, PeerSync, Sent, Status, TicketInfo, short,
 };
@@ -21,7 +22,7 @@ use crate::session::{Session, open_local};
 use crate::{Cli, Command, output};
 
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    out!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -29,7 +30,7 @@ fn show<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -> String) -
     if json {
         print_json(value)
     } else {
-        println!("{}", human(value));
+        out!("{}", human(value));
         Ok(())
     }
 }
@@ -44,14 +45,17 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             qr_png,
             ticket_file,
             ttl,
+            run,
         } => {
+            let stop = Stop::install()?;
             let node = serve_here(&config).await?;
             node.init_space(name.as_deref())?;
+            let executor = start_executor(&node, &config, &run)?;
             let info = node.create_ticket(Duration::from_secs(ttl), yes)?;
             show_ticket(&info, qr_png.as_deref(), ticket_file.as_deref(), json)?;
             if !json {
                 let status = node.status()?;
-                println!(
+                out!(
                     "serving as {} on {}; Ctrl-C to stop",
                     status.name,
                     status.addrs.join(" ")
@@ -60,19 +64,29 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             // Confirm joins on this terminal only for the ticket shown here; tickets from
             // `errand pair` are confirmed by that command.
             let own_ticket = (!yes).then_some(info.id);
-            run_until_stopped(node, own_ticket, json).await
+            let code = run_until_stopped(node, own_ticket, json, stop).await;
+            if let Some(executor) = executor {
+                executor.stop().await;
+            }
+            code
         }
-        Command::Serve => {
+        Command::Serve { run } => {
+            let stop = Stop::install()?;
             let node = serve_here(&config).await?;
+            let executor = start_executor(&node, &config, &run)?;
             if !json {
                 let status = node.status()?;
-                println!(
+                out!(
                     "serving as {} on {}; Ctrl-C to stop",
                     status.name,
                     status.addrs.join(" ")
                 );
             }
-            run_until_stopped(node, None, json).await
+            let code = run_until_stopped(node, None, json, stop).await;
+            if let Some(executor) = executor {
+                executor.stop().await;
+            }
+            code
         }
         command => {
             let mut session = Session::open(&config).await?;
@@ -81,6 +95,19 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             result
         }
     }
+}
+
+fn start_executor(
+    node: &Arc<Node>,
+    config: &NodeConfig,
+    run: &crate::RunOptions,
+) -> Result<Option<errand_executor::runner::ExecutorHandle>> {
+    if run.no_executor {
+        return Ok(None);
+    }
+    let paths =
+        crate::executor::Paths::new(&config.home, run.policy.clone(), run.model_config.clone());
+    crate::executor::start(node, &paths)
 }
 
 /// Opens the home in this process and serves its control socket.
@@ -93,17 +120,39 @@ async fn serve_here(config: &NodeConfig) -> Result<Arc<Node>> {
     Ok(node)
 }
 
+/// SIGINT and SIGTERM, caught from before the node says it is serving.
+struct Stop {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn install() -> Result<Stop> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Stop {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
 async fn run_until_stopped(
     node: Arc<Node>,
     confirm_ticket: Option<String>,
     json: bool,
+    mut stop: Stop,
 ) -> Result<ExitCode> {
     let mut events = node.subscribe();
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
+            _ = stop.wait() => break,
             ev = events.recv() => {
                 let ev = match ev {
                     Ok(ev) => ev,
@@ -111,15 +160,18 @@ async fn run_until_stopped(
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 };
                 if json {
-                    println!("{}", serde_json::to_string(&ev)?);
+                    out!("{}", serde_json::to_string(&ev)?);
                 } else if !matches!(ev, NodeEvent::SyncFinished { .. }) {
-                    println!("{}", output::event(&ev));
+                    out!("{}", output::event(&ev));
                 }
                 if let NodeEvent::PairingRequested { ticket, name, code, .. } = ev
                     && confirm_ticket.as_ref() == Some(&ticket)
                 {
                     let accept = confirm(&name, &code).await;
-                    node.confirm_pairing(&ticket, accept)?;
+                    if accept.is_none() {
+                        eprintln!("errand: {}", no_terminal(&name));
+                    }
+                    node.confirm_pairing(&ticket, accept.unwrap_or(false))?;
                 }
             }
         }
@@ -128,21 +180,25 @@ async fn run_until_stopped(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Asks the person at this terminal whether to admit a device.
-async fn confirm(name: &str, code: &str) -> bool {
+/// Asks the person at this terminal whether to admit a device. `None` when there is no
+/// terminal to ask on.
+async fn confirm(name: &str, code: &str) -> Option<bool> {
     if !std::io::stdin().is_terminal() {
-        eprintln!(
-            "errand: cannot ask whether to admit {name:?}: no terminal; start with --yes to admit devices holding a valid ticket"
-        );
-        return false;
+        return None;
     }
-    println!("Admit {name:?}? Check that it shows the code {code}. [y/N]");
+    out!("Admit {name:?}? Check that it shows the code {code}. [y/N]");
     let answer = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line).map(|_| line)
     })
     .await;
-    matches!(answer, Ok(Ok(line)) if matches!(line.trim(), "y" | "Y" | "yes"))
+    Some(matches!(answer, Ok(Ok(line)) if matches!(line.trim(), "y" | "Y" | "yes")))
+}
+
+fn no_terminal(name: &str) -> String {
+    format!(
+        "cannot ask whether to admit {name:?}: no terminal; use --yes to admit a device holding a valid ticket"
+    )
 }
 
 fn show_ticket(
@@ -160,14 +216,14 @@ fn show_ticket(
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if json {
-        println!("{}", serde_json::to_string(info)?);
+        out!("{}", serde_json::to_string(info)?);
     } else {
-        println!("{}", errand_pairing::qr::terminal(&info.ticket)?);
-        println!(
+        out!("{}", errand_pairing::qr::terminal(&info.ticket)?);
+        out!(
             "Scan the code with the phone, or run on the other device:\n  errand join {}",
             info.ticket
         );
-        println!(
+        out!(
             "The ticket works once and expires in {} s.",
             info.expires_at.saturating_sub(now_unix())
         );
@@ -188,7 +244,7 @@ async fn one_shot(
     json: bool,
 ) -> Result<ExitCode> {
     match command {
-        Command::Up { .. } | Command::Serve => unreachable_command(),
+        Command::Up { .. } | Command::Serve { .. } => unreachable_command(),
         Command::Pair {
             qr_png,
             ticket_file,
@@ -213,7 +269,7 @@ async fn one_shot(
             let me = status.device.parse().context("bad device id")?;
             let code = errand_pairing::protocol::code_for(&parsed, &me);
             if !json {
-                println!("verification code {code}: check that the other device shows the same");
+                out!("verification code {code}: check that the other device shows the same");
             }
             let joined: Joined = session.call(Request::Join { ticket, name, role }).await?;
             // Bring the space's threads over while we are connected.
@@ -245,7 +301,7 @@ async fn one_shot(
                 .await?;
             if wait {
                 if !json {
-                    println!("{}", output::sent(&sent));
+                    out!("{}", output::sent(&sent));
                 }
                 let task =
                     wait_task(session, home, &sent.task, Duration::from_secs(timeout)).await?;
@@ -260,12 +316,52 @@ async fn one_shot(
             show(json, &tasks, |t| output::tasks(t))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Show { task } => {
+        Command::Show {
+            task,
+            save,
+            artifact,
+        } => {
             session.refresh(Duration::from_millis(1500)).await;
             let task: Task = session.call(Request::Show { task }).await?;
+            if let Some(path) = save {
+                let Some(a) = artifact.checked_sub(1).and_then(|i| task.artifacts.get(i)) else {
+                    bail!(
+                        "task {} has {} artifact(s); there is no number {artifact}",
+                        short(&task.id),
+                        task.artifacts.len()
+                    );
+                };
+                let hex: String = session
+                    .call(Request::Artifact {
+                        hash: a.hash.clone(),
+                        from: task.target.clone(),
+                    })
+                    .await?;
+                let bytes = decode_hex(&hex).context("bad artifact bytes from the node")?;
+                std::fs::write(&path, &bytes)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                if !json {
+                    out!(
+                        "saved {} ({} bytes, {}) to {}",
+                        a.name,
+                        bytes.len(),
+                        a.mime,
+                        path.display()
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             show(json, &task, output::task)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Approvals { all } => {
+            session.refresh(Duration::from_millis(1500)).await;
+            let approvals: Vec<ApprovalInfo> = session.call(Request::Approvals { all }).await?;
+            show(json, &approvals, |a| output::approvals(a))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Approve { id } => decide(session, id, true, json).await,
+        Command::Deny { id } => decide(session, id, false, json).await,
         Command::Wait { task, timeout } => {
             let task = wait_task(session, home, &task, Duration::from_secs(timeout)).await?;
             finish_wait(&task, json)
@@ -278,7 +374,7 @@ async fn one_shot(
             } else {
                 let delivered = reply["delivered"].as_bool().unwrap_or(false);
                 let id = reply["task"]["id"].as_str().unwrap_or_default();
-                println!(
+                out!(
                     "cancel of task {} requested{}",
                     short(id),
                     if delivered {
@@ -305,9 +401,9 @@ async fn one_shot(
                     ev = events.next() => {
                         let Some(ev) = ev else { break };
                         if json {
-                            println!("{}", serde_json::to_string(&ev)?);
+                            out!("{}", serde_json::to_string(&ev)?);
                         } else {
-                            println!("{}", output::event(&ev));
+                            out!("{}", output::event(&ev));
                         }
                     }
                     _ = tokio::signal::ctrl_c() => break,
@@ -364,6 +460,45 @@ async fn one_shot(
     }
 }
 
+async fn decide(session: &mut Session, id: String, approve: bool, json: bool) -> Result<ExitCode> {
+    session.refresh(Duration::from_millis(1500)).await;
+    let reply: serde_json::Value = session
+        .call(Request::Decide {
+            approval: id,
+            approve,
+            wait_secs: 3,
+        })
+        .await?;
+    if json {
+        print_json(&reply)?;
+    } else {
+        let delivered = reply["delivered"].as_bool().unwrap_or(false);
+        let a = &reply["approval"];
+        out!(
+            "{} {}: {}{}",
+            if approve { "approved" } else { "denied" },
+            short(a["id"].as_str().unwrap_or_default()),
+            a["action"].as_str().unwrap_or_default(),
+            if delivered {
+                ""
+            } else {
+                " (not delivered to the desktop yet)"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 fn unreachable_command() -> Result<ExitCode> {
     bail!("this command runs a node; it is handled before a session opens")
 }
@@ -384,9 +519,10 @@ async fn pair(
         .await?;
     show_ticket(&info, qr_png, ticket_file, json)?;
     if !json {
-        println!("waiting for a device to join…");
+        out!("waiting for a device to join…");
     }
     let mut n = 0;
+    let mut unconfirmable = None;
     loop {
         // Wait out the ticket, plus the time a person may take to confirm.
         let wait = info.expires_at.saturating_sub(now_unix()) + 130;
@@ -402,7 +538,7 @@ async fn pair(
             bail!("the ticket expired and no device joined");
         };
         if json {
-            println!("{}", serde_json::to_string(&ev)?);
+            out!("{}", serde_json::to_string(&ev)?);
         }
         match ev {
             PairingEvent::Requested {
@@ -413,26 +549,34 @@ async fn pair(
                 ..
             } => {
                 if !json {
-                    println!("{name:?} ({role}) is joining; verification code {code}");
+                    out!("{name:?} ({role}) is joining; verification code {code}");
                 }
                 if !yes {
                     let accept = confirm(&name, &code).await;
                     let _: bool = session
-                        .call(Request::ConfirmPairing { ticket, accept })
+                        .call(Request::ConfirmPairing {
+                            ticket,
+                            accept: accept.unwrap_or(false),
+                        })
                         .await?;
+                    if accept.is_none() {
+                        // Report it once the joiner has been told, below.
+                        unconfirmable = Some(name);
+                    }
                 }
             }
             PairingEvent::Paired {
                 name, device, role, ..
             } => {
                 if !json {
-                    println!("paired with {name} ({role}, {})", short(&device));
+                    out!("paired with {name} ({role}, {})", short(&device));
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            PairingEvent::Refused { reason, .. } => {
-                bail!("pairing refused: {reason}");
-            }
+            PairingEvent::Refused { reason, .. } => match unconfirmable {
+                Some(name) => bail!("{}", no_terminal(&name)),
+                None => bail!("pairing refused: {reason}"),
+            },
         }
     }
 }

@@ -1,6 +1,14 @@
 //! `errand`: the desktop node and every command a phone can give, on the command line.
 
+/// `println!` that ends the program quietly when stdout is closed (`errand history | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::emit(format_args!($($arg)*))
+    };
+}
+
 mod commands;
+mod executor;
 mod output;
 mod session;
 
@@ -54,9 +62,14 @@ pub enum Command {
         /// How long the ticket is valid, in seconds
         #[arg(long, default_value_t = 600)]
         ttl: u64,
+        #[command(flatten)]
+        run: RunOptions,
     },
     /// Run the node until interrupted
-    Serve,
+    Serve {
+        #[command(flatten)]
+        run: RunOptions,
+    },
     /// Show a one-time pairing ticket and wait for a device to join
     Pair {
         #[arg(long)]
@@ -100,8 +113,26 @@ pub enum Command {
         #[arg(long)]
         thread: Option<String>,
     },
-    /// Show one task
-    Show { task: String },
+    /// Show one task; with --save, write one of its artifacts to a file
+    Show {
+        task: String,
+        /// Save an artifact (fetched from the desktop if needed) to this file
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Which artifact to save, counting from 1
+        #[arg(long, default_value_t = 1)]
+        artifact: usize,
+    },
+    /// List approval requests waiting for a decision
+    Approvals {
+        /// Include decided and expired ones
+        #[arg(long)]
+        all: bool,
+    },
+    /// Allow what an approval request asks (ID prefix)
+    Approve { id: String },
+    /// Refuse what an approval request asks (ID prefix)
+    Deny { id: String },
     /// Wait for a task to finish
     Wait {
         task: String,
@@ -140,6 +171,20 @@ pub enum Command {
     },
 }
 
+/// How a serving node runs.
+#[derive(Debug, clap::Args)]
+pub struct RunOptions {
+    /// Do not run tasks here (an always-on relay of documents)
+    #[arg(long)]
+    no_executor: bool,
+    /// The executor's policy file [default: HOME/policy.toml]
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// The model configuration [default: HOME/model.toml]
+    #[arg(long)]
+    model_config: Option<PathBuf>,
+}
+
 fn default_home() -> Result<PathBuf> {
     directories::ProjectDirs::from("", "", "errand")
         .map(|d| d.data_dir().to_path_buf())
@@ -170,7 +215,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ERRAND_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,iroh=error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,iroh=off")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

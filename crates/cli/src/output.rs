@@ -1,9 +1,24 @@
 //! How things look on a terminal.
 
 use errand_node::NodeEvent;
-use errand_node::node::{DeviceInfo, HistoryLine, Sent, Status, short};
+use errand_node::node::{ApprovalInfo, DeviceInfo, HistoryLine, Sent, Status, short};
 use errand_sync::schema::index::ThreadEntry;
 use errand_sync::schema::thread::Task;
+
+/// Writes one line to stdout. A reader that went away (a closed pipe) ends the program
+/// quietly, as it does for other Unix tools; there is no one left to tell.
+pub fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"));
+    if let Err(e) = written.and_then(|()| stdout.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
 
 /// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
 pub fn time(ms: i64) -> String {
@@ -114,6 +129,27 @@ pub fn task(t: &Task) -> String {
     out.trim_end().to_owned()
 }
 
+pub fn approvals(approvals: &[ApprovalInfo]) -> String {
+    if approvals.is_empty() {
+        return "no approval requests waiting".into();
+    }
+    let mut out = format!(
+        "{:<8}  {:<8}  {:<9}  {:<19}  {}\n",
+        "ID", "TASK", "STATE", "EXPIRES", "ACTION"
+    );
+    for a in approvals {
+        out.push_str(&format!(
+            "{:<8}  {:<8}  {:<9}  {}  {}\n",
+            short(&a.id),
+            short(&a.task),
+            a.state,
+            time(a.expires_at),
+            one_line(&a.action, 60)
+        ));
+    }
+    out.trim_end().to_owned()
+}
+
 pub fn threads(threads: &[ThreadEntry]) -> String {
     if threads.is_empty() {
         return "no threads".into();
@@ -207,6 +243,18 @@ pub fn event(ev: &NodeEvent) -> String {
         } => {
             format!("task {} {}: {}", short(task), status, one_line(prompt, 60))
         }
+        NodeEvent::ApprovalRequested {
+            approval,
+            task,
+            action,
+            ..
+        } => {
+            format!(
+                "approval {} requested for task {}: {action}",
+                short(approval),
+                short(task)
+            )
+        }
         NodeEvent::PeerConnected { peer } => format!("peer {} connected", short(peer)),
         NodeEvent::PeerLost { peer } => format!("peer {} lost", short(peer)),
         NodeEvent::SyncFinished { peer, doc } => {
@@ -236,6 +284,6 @@ mod tests {
     fn times_are_utc_calendar_dates() {
         assert_eq!(time(0), "1970-01-01 00:00:00");
         assert_eq!(time(951_782_400_000), "2000-02-29 00:00:00");
-        assert_eq!(time(1_795_000_000_123), "2026-11-18 09:46:40");
+        assert_eq!(time(1_795_000_000_123), "2026-11-18 11:06:40");
     }
 }

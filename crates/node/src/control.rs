@@ -68,6 +68,19 @@ pub enum Request {
         wait_secs: u64,
     },
     Devices,
+    Approvals {
+        all: bool,
+    },
+    Decide {
+        approval: String,
+        approve: bool,
+        wait_secs: u64,
+    },
+    /// An artifact's bytes, hex-encoded (they may be fetched from the device that made them).
+    Artifact {
+        hash: String,
+        from: String,
+    },
     History {
         doc: Option<String>,
         limit: Option<usize>,
@@ -139,6 +152,22 @@ pub async fn dispatch(node: &Node, request: Request) -> Result<serde_json::Value
             json(serde_json::json!({ "task": task, "delivered": delivered }))
         }
         Request::Devices => json(node.devices()?),
+        Request::Approvals { all } => json(node.approvals(!all)?),
+        Request::Decide {
+            approval,
+            approve,
+            wait_secs,
+        } => {
+            let (info, requested_by) = node.decide(&approval, approve)?;
+            let delivered = node
+                .wait_delivered(&requested_by, &info.thread, Duration::from_secs(wait_secs))
+                .await;
+            json(serde_json::json!({ "approval": info, "delivered": delivered }))
+        }
+        Request::Artifact { hash, from } => {
+            let bytes = node.fetch_blob(&hash, &from).await?;
+            json(errand_sync::ids::hex(&bytes))
+        }
         Request::History { doc, limit } => json(node.history(doc.as_deref(), limit)?),
         Request::At { heads, doc } => node.at(&heads, doc.as_deref()),
         Request::Sync { timeout_secs } => {

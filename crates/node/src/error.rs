@@ -44,6 +44,8 @@ pub enum NodeError {
     /// An error reported by the running node, already worded for people.
     #[error("{0}")]
     Remote(String),
+    #[error("cannot get the artifact: {0}")]
+    Blob(String),
     #[error("control socket: {0}")]
     Control(String),
 }

@@ -18,6 +18,14 @@ pub enum NodeEvent {
         status: thread::TaskStatus,
         prompt: String,
     },
+    /// The executor asks before doing something risky.
+    ApprovalRequested {
+        approval: String,
+        task: String,
+        thread: String,
+        action: String,
+        expires_at: i64,
+    },
     PeerConnected {
         peer: String,
     },
@@ -99,19 +107,20 @@ impl NodeEvent {
 #[derive(Debug, Default)]
 pub(crate) struct TaskWatcher {
     seen: HashMap<String, thread::TaskStatus>,
+    approvals: std::collections::HashSet<String>,
 }
 
 impl TaskWatcher {
     pub(crate) fn prime(&mut self, repo: &Repo) {
-        let _ = self.scan(repo, None);
+        let _ = self.scan(repo, None, true);
     }
 
     /// Events for what changed; `doc: None` rescans everything.
     pub(crate) fn changed(&mut self, repo: &Repo, doc: Option<&DocId>) -> Vec<NodeEvent> {
-        self.scan(repo, doc)
+        self.scan(repo, doc, false)
     }
 
-    fn scan(&mut self, repo: &Repo, doc: Option<&DocId>) -> Vec<NodeEvent> {
+    fn scan(&mut self, repo: &Repo, doc: Option<&DocId>, priming: bool) -> Vec<NodeEvent> {
         let docs: Vec<DocId> = match doc {
             Some(d) if d.is_index() => return Vec::new(),
             Some(d) => vec![d.clone()],
@@ -131,6 +140,22 @@ impl TaskWatcher {
                 .ok()
                 .flatten()
                 .unwrap_or_default();
+            let approvals = repo
+                .read(&d, |doc| thread::approvals(doc, d.as_str()))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            for a in approvals {
+                if self.approvals.insert(a.id.clone()) && a.decisions.is_empty() && !priming {
+                    out.push(NodeEvent::ApprovalRequested {
+                        approval: a.id,
+                        task: a.task,
+                        thread: a.thread,
+                        action: a.action,
+                        expires_at: a.expires_at,
+                    });
+                }
+            }
             for t in tasks {
                 if self.seen.insert(t.id.clone(), t.status) != Some(t.status) {
                     out.push(NodeEvent::TaskChanged {

@@ -111,6 +111,22 @@ pub struct HistoryLine {
     pub device: String,
 }
 
+/// An approval request as the phone sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApprovalInfo {
+    pub id: String,
+    pub thread: String,
+    pub task: String,
+    pub action: String,
+    pub class: String,
+    pub requested_by: String,
+    pub requested_at: i64,
+    pub expires_at: i64,
+    /// pending, approved, denied or expired.
+    pub state: String,
+    pub decided_by: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PeerSync {
     pub id: String,
@@ -189,6 +205,10 @@ impl Node {
         let router = Router::builder(endpoint.clone())
             .accept(errand_sync::SYNC_ALPN, replicator.clone())
             .accept(pairing::PAIR_ALPN, pairing.clone())
+            .accept(
+                errand_sync::blob::BLOB_ALPN,
+                errand_sync::blob::BlobServer::new(store.clone(), gate.clone()),
+            )
             .spawn();
         let node = Node {
             home,
@@ -970,6 +990,200 @@ impl Node {
                 synced,
             })
             .collect())
+    }
+
+    fn names(&self) -> std::collections::HashMap<String, String> {
+        self.membership()
+            .map(|m| {
+                m.members()
+                    .map(|m| (m.device.to_string(), m.name.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Approval requests in every thread, oldest first; with `pending_only`, only those still
+    /// waiting for a decision.
+    pub fn approvals(&self, pending_only: bool) -> Result<Vec<ApprovalInfo>, NodeError> {
+        let names = self.names();
+        let now = schema::now_millis();
+        let mut out = Vec::new();
+        for t in self.threads()? {
+            let Some(doc) = DocId::parse(&t.id) else {
+                continue;
+            };
+            let approvals = self
+                .repo
+                .read(&doc, |d| thread::approvals(d, doc.as_str()))?
+                .unwrap_or_default();
+            for a in approvals {
+                let mut decisions = a.decisions.clone();
+                decisions.sort_by(|x, y| (x.at, &x.device).cmp(&(y.at, &y.device)));
+                let first = decisions.first();
+                let state = match first {
+                    Some(d) if d.approve => "approved",
+                    Some(_) => "denied",
+                    None if a.expires_at <= now => "expired",
+                    None => "pending",
+                };
+                if pending_only && state != "pending" {
+                    continue;
+                }
+                out.push(ApprovalInfo {
+                    decided_by: first.map(|d| {
+                        names
+                            .get(&d.device)
+                            .cloned()
+                            .unwrap_or_else(|| short(&d.device).to_owned())
+                    }),
+                    state: state.to_owned(),
+                    id: a.id,
+                    thread: a.thread,
+                    task: a.task,
+                    action: a.action,
+                    class: a.class,
+                    requested_by: names
+                        .get(&a.requested_by)
+                        .cloned()
+                        .unwrap_or(a.requested_by),
+                    requested_at: a.requested_at,
+                    expires_at: a.expires_at,
+                });
+            }
+        }
+        out.sort_by_key(|a| a.requested_at);
+        Ok(out)
+    }
+
+    /// Approves or denies a request, signed with this device's key. Returns the approval and
+    /// the device that asked (to wait for delivery to it).
+    pub fn decide(&self, needle: &str, approve: bool) -> Result<(ApprovalInfo, String), NodeError> {
+        let space = self.require_space()?;
+        let may = self
+            .membership()
+            .and_then(|m| m.get(&self.id()).map(|m| m.role.may_approve()))
+            .unwrap_or(false);
+        if !may {
+            return Err(NodeError::NotAllowed(
+                "this device's role may not decide approvals".into(),
+            ));
+        }
+        let needle = needle.trim();
+        let all = self.approvals(false)?;
+        let matches: Vec<&ApprovalInfo> = all
+            .iter()
+            .filter(|a| !needle.is_empty() && a.id.starts_with(needle))
+            .collect();
+        let info = match matches.as_slice() {
+            [one] => (*one).clone(),
+            [] => {
+                return Err(NodeError::NotFound(format!(
+                    "no approval request {needle:?}"
+                )));
+            }
+            _ => {
+                return Err(NodeError::Ambiguous(format!(
+                    "{needle:?} names more than one approval request"
+                )));
+            }
+        };
+        if info.state != "pending" {
+            return Err(NodeError::BadInput(format!(
+                "approval {} is already {}",
+                short(&info.id),
+                info.state
+            )));
+        }
+        let doc =
+            DocId::parse(&info.thread).ok_or_else(|| NodeError::NotFound(info.thread.clone()))?;
+        let approval = self
+            .repo
+            .read(&doc, |d| thread::approvals(d, doc.as_str()))?
+            .unwrap_or_default()
+            .into_iter()
+            .find(|a| a.id == info.id)
+            .ok_or_else(|| NodeError::NotFound(info.id.clone()))?;
+        let at = schema::now_millis();
+        let message = thread::approval_signed_bytes(&space.to_string(), &approval, approve, at);
+        let signature = self.secret_key.sign(&message);
+        let decision = thread::Decision {
+            device: self.id().to_string(),
+            approve,
+            at,
+            signature: errand_sync::ids::hex(&signature.to_bytes()),
+        };
+        let verb = if approve { "approved" } else { "denied" };
+        self.repo.change(
+            &doc,
+            &format!("approval {} {verb} by {}", short(&info.id), self.name()),
+            |tx| thread::decide(tx, &info.id, &decision),
+        )?;
+        let requested_by = approval.requested_by.clone();
+        let mut updated = info;
+        updated.state = verb.to_owned();
+        updated.decided_by = Some(self.name());
+        Ok((updated, requested_by))
+    }
+
+    /// An artifact's bytes: from this device's store, else fetched from the device that ran
+    /// the task (and kept here).
+    pub async fn fetch_blob(&self, hash: &str, from: &str) -> Result<Vec<u8>, NodeError> {
+        if let Some(bytes) = self.repo.store().blob(hash)? {
+            return Ok(bytes);
+        }
+        let peer: DeviceId = from
+            .parse()
+            .map_err(|_| NodeError::NotFound(from.to_owned()))?;
+        let addr = self.peer_addr(&peer)?;
+        let bytes = errand_sync::blob::fetch(&self.endpoint, addr, hash)
+            .await
+            .map_err(|e| NodeError::Blob(e.to_string()))?;
+        self.repo.store().put_blob(&bytes)?;
+        Ok(bytes)
+    }
+
+    fn peer_addr(&self, peer: &DeviceId) -> Result<EndpointAddr, NodeError> {
+        let addrs = self
+            .repo
+            .read(&DocId::index(), index::addrs)?
+            .unwrap_or_default();
+        let mut addr = EndpointAddr::new(*peer);
+        if let Some(entry) = addrs.iter().find(|a| a.device == peer.to_string()) {
+            for a in entry
+                .addrs
+                .iter()
+                .filter_map(|a| a.parse::<SocketAddr>().ok())
+            {
+                addr = addr.with_ip_addr(a);
+            }
+            if let Some(relay) = entry
+                .relay
+                .as_ref()
+                .and_then(|r| r.parse::<RelayUrl>().ok())
+            {
+                addr = addr.with_relay_url(relay);
+            }
+        }
+        Ok(addr)
+    }
+
+    /// Whether `device` may decide approvals in this space.
+    pub fn may_approve(&self, device: &DeviceId) -> bool {
+        self.membership()
+            .and_then(|m| m.get(device).map(|m| m.role.may_approve()))
+            .unwrap_or(false)
+    }
+
+    /// A member's name.
+    pub fn device_name(&self, device: &DeviceId) -> Option<String> {
+        self.membership()
+            .and_then(|m| m.get(device).map(|m| m.name.clone()))
+    }
+
+    /// This device's role in its space.
+    pub fn role(&self) -> Option<Role> {
+        self.membership()
+            .and_then(|m| m.get(&self.id()).map(|m| m.role))
     }
 
     /// Stops serving: closes connections and the endpoint.

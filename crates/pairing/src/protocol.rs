@@ -294,14 +294,7 @@ impl PairingHost {
             .ok_or_else(|| "the joiner closed the stream".to_owned())?;
         let req: JoinRequest =
             serde_json::from_slice(&frame).map_err(|e| format!("bad request: {e}"))?;
-        let refuse = |reason: String| {
-            let _ = self.0.events.send(PairingEvent::Refused {
-                ticket: req.ticket.clone(),
-                device: joiner.to_string(),
-                reason: reason.clone(),
-            });
-            reason
-        };
+
         let result: Result<Vec<u8>, String> = async {
             if req.version != 1 {
                 return Err(format!("unsupported pairing version {}", req.version));
@@ -356,12 +349,7 @@ impl PairingHost {
                 },
                 Some(index),
             ),
-            Err(reason) => (
-                JoinResponse::Refused {
-                    reason: refuse(reason),
-                },
-                None,
-            ),
+            Err(reason) => (JoinResponse::Refused { reason }, None),
         };
         let header = serde_json::to_vec(&response).unwrap_or_default();
         wire::write_frame(&mut send, &header)
@@ -375,6 +363,15 @@ impl PairingHost {
         let _ = send.finish();
         // Wait for the joiner to read everything and close, so our close cannot cut it off.
         let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+        // Announce only now that the joiner has the answer: a one-shot `errand pair` exits on
+        // this event, and must not cut the answer off.
+        if let JoinResponse::Refused { reason } = &response {
+            let _ = self.0.events.send(PairingEvent::Refused {
+                ticket: req.ticket.clone(),
+                device: joiner.to_string(),
+                reason: reason.clone(),
+            });
+        }
         if index.is_some() {
             info!(device = %joiner, name = %req.name, "device paired");
             let _ = self.0.events.send(PairingEvent::Paired {

@@ -377,13 +377,17 @@ impl Replicator {
                     Err(_) => return,
                 }
             }
-            tokio::select! {
-                changed = changes.recv() => match changed {
-                    Ok(c) if !c.doc.is_index() && opened.contains(&c.doc) => continue,
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                _ = conn.closed() => return,
+            // Rescan only when the index changed (a thread may have been listed), a document
+            // not yet streamed appeared, or we lost track.
+            loop {
+                tokio::select! {
+                    changed = changes.recv() => match changed {
+                        Ok(c) if !c.doc.is_index() && opened.contains(&c.doc) => {}
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = conn.closed() => return,
+                }
             }
         }
     }

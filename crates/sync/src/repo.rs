@@ -17,6 +17,8 @@ use crate::store::{Store, StoreError};
 
 /// Fold a document's chunks into one snapshot once it has more than this many.
 pub const COMPACT_AFTER_CHUNKS: usize = 64;
+/// A change set larger than this is stored as a fresh snapshot rather than appended.
+const SNAPSHOT_ABOVE_BYTES: usize = 64 * 1024;
 
 /// A document changed, locally or by a merge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -243,15 +245,25 @@ impl Repo {
     }
 
     /// Appends whatever the store does not have yet. Returns whether there was anything.
+    ///
+    /// Incremental chunks hold changes uncompressed, about fifteen times the size of a
+    /// snapshot; so a document arriving whole (a fresh device's first sync) or a large batch of
+    /// changes is written as a compressed snapshot instead, in the same single transaction.
     fn persist(&self, id: &DocId, entry: &mut Entry) -> Result<bool, StoreError> {
         let heads = entry.doc.get_heads();
         if heads == entry.saved_heads {
             return Ok(false);
         }
         let chunk = entry.doc.save_after(&entry.saved_heads);
-        self.store.append_chunk(id.as_str(), &chunk)?;
+        if entry.saved_heads.is_empty() || chunk.len() > SNAPSHOT_ABOVE_BYTES {
+            let snapshot = entry.doc.save();
+            self.store.replace_with_snapshot(id.as_str(), &snapshot)?;
+            entry.chunks = 1;
+        } else {
+            self.store.append_chunk(id.as_str(), &chunk)?;
+            entry.chunks += 1;
+        }
         entry.saved_heads = heads;
-        entry.chunks += 1;
         Ok(true)
     }
 

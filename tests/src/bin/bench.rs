@@ -11,6 +11,8 @@
 //!     change (after its own durable commit) and the task reads back.
 //! (b) Initial sync of a brand-new phone from a desktop holding a thread of 1,000 and 10,000
 //!     tasks: from just before the phone dials until the phone holds every task.
+//! (c) The same steps through the `Repo` API in one process with no network, plus a bare
+//!     durable redb commit, to show where the time of (a) and (b) goes.
 //!
 //! Bytes on the wire are the UDP payload bytes of the phone's connection in both directions
 //! (`Connection::stats()`: `udp_tx.bytes + udp_rx.bytes`), i.e. everything both endpoints sent
@@ -374,6 +376,8 @@ struct Propagation {
     stream_frames_per_task: f64,
     /// Mean size of the automerge change that adds one task (as stored, uncompressed).
     change_bytes: f64,
+    /// The phone's `repo.change` alone (automerge transaction and durable redb commit).
+    commit: Stats,
     setup_ms: f64,
 }
 
@@ -401,6 +405,7 @@ async fn propagation(tasks: usize, iterations: usize) -> Result<Propagation> {
     let mut samples = Vec::with_capacity(iterations);
     let mut before = Wire::default();
     let mut change_bytes = 0usize;
+    let mut commits = Vec::with_capacity(iterations);
     for i in 0..WARMUP + iterations {
         if i == WARMUP {
             before = Wire::of(&conn);
@@ -423,6 +428,7 @@ async fn propagation(tasks: usize, iterations: usize) -> Result<Propagation> {
                     },
                 )
             })?;
+        let committed = Instant::now();
         let arrived = loop {
             let at = next_remote_change(&mut changes, &doc).await?;
             let readable = desktop
@@ -435,6 +441,7 @@ async fn propagation(tasks: usize, iterations: usize) -> Result<Propagation> {
         };
         if i >= WARMUP {
             samples.push(ms(arrived - start));
+            commits.push(ms(committed - start));
             change_bytes += phone
                 .repo
                 .read(&doc, |d| {
@@ -463,6 +470,7 @@ async fn propagation(tasks: usize, iterations: usize) -> Result<Propagation> {
         datagrams_per_task: wire.datagrams as f64 / iterations as f64,
         stream_frames_per_task: wire.stream_frames as f64 / iterations as f64,
         change_bytes: change_bytes as f64 / iterations as f64,
+        commit: stats(commits),
         setup_ms,
     })
 }
@@ -533,6 +541,177 @@ async fn initial_sync(tasks: usize, runs: usize) -> Result<InitialSync> {
     })
 }
 
+/// (c): the same steps through the Repo API alone, in one process with no network, to show
+/// where the time of (a) and (b) goes.
+#[derive(Debug)]
+struct Breakdown {
+    tasks: usize,
+    /// Phone: `repo.change` adding one task (transaction + durable commit).
+    change: Stats,
+    /// Phone: `generate_sync_message` carrying that change.
+    generate: Stats,
+    /// Desktop: `receive_sync_message` of it (decode, apply, durable commit, broadcast).
+    receive: Stats,
+    /// Desktop: the acknowledgement it sends back, and the phone taking it.
+    ack: Stats,
+    /// A durable redb commit of 700 bytes alone (`Store::set_record`): the floor under
+    /// `change` and `receive`.
+    redb_commit: Stats,
+    /// Fresh phone: desktop's `generate_sync_message` answering a first request for the thread.
+    initial_generate_ms: f64,
+    initial_message_bytes: usize,
+    /// Fresh phone: `receive_sync_message` of that answer (load, durable commit).
+    initial_receive_ms: f64,
+    /// Fresh phone: the rest of the exchange until neither side has anything to say.
+    initial_rest_ms: f64,
+    /// What the fresh phone's store then holds for the thread, and how many chunks.
+    stored_bytes: usize,
+    stored_chunks: usize,
+    /// What `Automerge::save` of the same document takes.
+    snapshot_bytes: usize,
+    /// `Repo::doc_ids` on the phone after the iterations (the replicator's dialler calls it on
+    /// every document change).
+    doc_ids: Stats,
+}
+
+/// Exchanges sync messages between two repos until neither has anything to say; `a` speaks
+/// first. Returns the number of messages.
+fn converge(
+    a: &Repo,
+    sa: &mut automerge::sync::State,
+    b: &Repo,
+    sb: &mut automerge::sync::State,
+    doc: &DocId,
+) -> Result<usize> {
+    let mut messages = 0;
+    for _ in 0..100 {
+        let mut quiet = true;
+        if let Some(m) = a.generate_sync_message(doc, sa)? {
+            b.receive_sync_message(doc, sb, &m)?;
+            messages += 1;
+            quiet = false;
+        }
+        if let Some(m) = b.generate_sync_message(doc, sb)? {
+            a.receive_sync_message(doc, sa, &m)?;
+            messages += 1;
+            quiet = false;
+        }
+        if quiet {
+            return Ok(messages);
+        }
+    }
+    bail!("in-process sync of {doc} did not converge")
+}
+
+async fn breakdown(tasks: usize, iterations: usize) -> Result<Breakdown> {
+    let desktop = Home::new(false).await?;
+    let phone = Home::new(false).await?;
+    let (d, p) = (&desktop.repo, &phone.repo);
+    let phone_id = phone.id().to_string();
+    let desktop_id = desktop.id().to_string();
+    let doc = build_space(&desktop, &phone_id, tasks)?;
+    let fresh = Home::new(false).await?;
+    let f = &fresh.repo;
+    let (mut sdf, mut sf) = Default::default();
+    let request = f
+        .generate_sync_message(&doc, &mut sf)?
+        .context("a fresh repo had no request")?;
+    d.receive_sync_message(&doc, &mut sdf, &request)?;
+    let i0 = Instant::now();
+    let answer = d
+        .generate_sync_message(&doc, &mut sdf)?
+        .context("desktop had no answer")?;
+    let i1 = Instant::now();
+    f.receive_sync_message(&doc, &mut sf, &answer)?;
+    let i2 = Instant::now();
+    converge(f, &mut sf, d, &mut sdf, &doc)?;
+    let i3 = Instant::now();
+    let held = f.read(&doc, task_count)?.unwrap_or(0);
+    if held != tasks {
+        bail!("in-process fresh copy holds {held} tasks, expected {tasks}");
+    }
+    let (stored_bytes, stored_chunks) = f
+        .store()
+        .load_doc(doc.as_str())?
+        .map_or((0, 0), |(b, n)| (b.len(), n));
+    let snapshot_bytes = f.save(&doc)?.map_or(0, |b| b.len());
+    let (mut sd, mut sp) = Default::default();
+    converge(p, &mut sp, d, &mut sd, &doc)?;
+
+    let mut redb_commit = Vec::new();
+    for i in 0..WARMUP + iterations {
+        let t0 = Instant::now();
+        p.store()
+            .set_record("bench", &format!("k{i}"), &[7u8; 700])?;
+        if i >= WARMUP {
+            redb_commit.push(ms(t0.elapsed()));
+        }
+    }
+
+    let (mut change, mut generate, mut receive, mut ack) = (vec![], vec![], vec![], vec![]);
+    for i in 0..WARMUP + iterations {
+        let id = random_hex16();
+        let prompt = format!("bench task {i}: {}", PROMPTS[i % PROMPTS.len()]);
+        let t0 = Instant::now();
+        p.change(&doc, &format!("task {id} queued"), |tx| {
+            thread::add_task(
+                tx,
+                &thread::NewTask {
+                    id: &id,
+                    prompt: &prompt,
+                    target: &desktop_id,
+                    created_by: &phone_id,
+                    created: schema::now_millis(),
+                },
+            )
+        })?;
+        let t1 = Instant::now();
+        let m = p
+            .generate_sync_message(&doc, &mut sp)?
+            .context("phone had nothing to send after a change")?;
+        let t2 = Instant::now();
+        d.receive_sync_message(&doc, &mut sd, &m)?;
+        let t3 = Instant::now();
+        converge(d, &mut sd, p, &mut sp, &doc)?;
+        let t4 = Instant::now();
+        if i >= WARMUP {
+            change.push(ms(t1 - t0));
+            generate.push(ms(t2 - t1));
+            receive.push(ms(t3 - t2));
+            ack.push(ms(t4 - t3));
+        }
+    }
+
+    let mut doc_ids = Vec::new();
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        let ids = p.doc_ids()?;
+        doc_ids.push(ms(t0.elapsed()));
+        if ids.is_empty() {
+            bail!("phone lists no documents");
+        }
+    }
+    for home in [desktop, phone, fresh] {
+        home.close().await;
+    }
+    Ok(Breakdown {
+        tasks,
+        change: stats(change),
+        generate: stats(generate),
+        receive: stats(receive),
+        ack: stats(ack),
+        redb_commit: stats(redb_commit),
+        initial_generate_ms: ms(i1 - i0),
+        initial_message_bytes: answer.len(),
+        initial_receive_ms: ms(i2 - i1),
+        initial_rest_ms: ms(i3 - i2),
+        stored_bytes,
+        stored_chunks,
+        snapshot_bytes,
+        doc_ids: stats(doc_ids),
+    })
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "meets goal" } else { "MISSES goal" }
 }
@@ -548,7 +727,7 @@ fn stats_json(s: &Stats) -> Json {
     })
 }
 
-fn report_json(props: &[Propagation], syncs: &[InitialSync]) -> Json {
+fn report_json(props: &[Propagation], syncs: &[InitialSync], parts: &[Breakdown]) -> Json {
     let propagation: Vec<Json> = props
         .iter()
         .map(|p| {
@@ -574,6 +753,7 @@ fn report_json(props: &[Propagation], syncs: &[InitialSync]) -> Json {
                 "datagrams_per_task": p.datagrams_per_task,
                 "stream_frames_per_task": p.stream_frames_per_task,
                 "change_bytes": p.change_bytes,
+                "phone_commit": stats_json(&p.commit),
                 "setup_ms": p.setup_ms,
                 "goals": goals,
             })
@@ -605,16 +785,35 @@ fn report_json(props: &[Propagation], syncs: &[InitialSync]) -> Json {
     json!({
         "bench": "errand-bench",
         "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "load_average_1min_at_end": load_average(),
         "bytes_on_the_wire": BYTES_MEANING,
         "propagation": propagation,
         "initial_sync": initial,
+        "in_process_breakdown": parts.iter().map(|b| json!({
+            "tasks": b.tasks,
+            "phone_change": stats_json(&b.change),
+            "phone_generate": stats_json(&b.generate),
+            "desktop_receive": stats_json(&b.receive),
+            "ack_round": stats_json(&b.ack),
+            "redb_durable_commit": stats_json(&b.redb_commit),
+            "initial_desktop_generate_ms": b.initial_generate_ms,
+            "initial_message_bytes": b.initial_message_bytes,
+            "initial_phone_receive_ms": b.initial_receive_ms,
+            "initial_rest_ms": b.initial_rest_ms,
+            "initial_stored_bytes": b.stored_bytes,
+            "initial_stored_chunks": b.stored_chunks,
+            "snapshot_bytes": b.snapshot_bytes,
+            "doc_ids_scan": stats_json(&b.doc_ids),
+        })).collect::<Vec<_>>(),
     })
 }
 
-fn report_table(props: &[Propagation], syncs: &[InitialSync]) {
+fn report_table(props: &[Propagation], syncs: &[InitialSync], parts: &[Breakdown]) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = load_average().map_or_else(|| "unknown".to_owned(), |l| format!("{l:.2}"));
     println!(
-        "errand-bench: real redb files, iroh endpoints on 127.0.0.1 (relays off), {cpus} CPUs"
+        "errand-bench: real redb files, iroh endpoints on 127.0.0.1 (relays off), {cpus} CPUs, \
+         load average {load} at the end"
     );
     println!("bytes on the wire: {BYTES_MEANING}");
     println!();
@@ -643,8 +842,10 @@ fn report_table(props: &[Propagation], syncs: &[InitialSync]) {
     println!("    per new task:");
     for p in props {
         println!(
-            "      {:>6} tasks: {:.1} UDP datagrams, {:.1} QUIC stream frames, automerge change {:.0} bytes",
+            "      {:>6} tasks: phone's repo.change alone median {:.3} ms; {:.1} UDP datagrams, \
+             {:.1} QUIC stream frames, automerge change {:.0} bytes",
             group(p.tasks),
+            p.commit.median,
             p.datagrams_per_task,
             p.stream_frames_per_task,
             p.change_bytes
@@ -696,6 +897,74 @@ fn report_table(props: &[Propagation], syncs: &[InitialSync]) {
             verdict(s.complete.median <= GOAL_INITIAL_10K_MS)
         );
     }
+    println!();
+    println!(
+        "(c) where the time goes: the same steps through the Repo API in one process, no network"
+    );
+    println!(
+        "    medians, ms  {:>8} {:>10} {:>10} {:>10} {:>10} {:>11}",
+        "tasks", "change", "generate", "receive", "ack round", "redb commit"
+    );
+    for b in parts {
+        println!(
+            "    new task     {:>8} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>11.3}",
+            group(b.tasks),
+            b.change.median,
+            b.generate.median,
+            b.receive.median,
+            b.ack.median,
+            b.redb_commit.median
+        );
+    }
+    println!(
+        "      change = phone repo.change (transaction + durable commit); generate = phone's sync"
+    );
+    println!(
+        "      message; receive = desktop receive_sync_message (apply + durable commit); ack round"
+    );
+    println!("      = desktop's reply and the phone taking it; redb commit = one durable 700-byte");
+    println!("      Store::set_record alone, the floor under change and receive");
+    println!(
+        "    initial sync {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "tasks", "generate", "bytes", "receive", "rest"
+    );
+    for b in parts {
+        println!(
+            "                 {:>8} {:>10.1} {:>10} {:>10.1} {:>10.1}",
+            group(b.tasks),
+            b.initial_generate_ms,
+            b.initial_message_bytes,
+            b.initial_receive_ms,
+            b.initial_rest_ms
+        );
+    }
+    println!(
+        "      generate = desktop answering a fresh phone's first request for the thread; receive ="
+    );
+    println!(
+        "      fresh phone applying that answer (incl. durable commit); rest = until both are quiet"
+    );
+    for b in parts {
+        println!(
+            "    {:>6} tasks: the fresh phone stores the thread as {} bytes in {} chunk(s) \
+             (Automerge::save: {} bytes); Repo::doc_ids on the phone: median {:.3} ms",
+            group(b.tasks),
+            b.stored_bytes,
+            b.stored_chunks,
+            b.snapshot_bytes,
+            b.doc_ids.median
+        );
+    }
+}
+
+/// The 1-minute load average (Linux), to judge how busy the machine was.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn group(n: usize) -> String {
@@ -710,12 +979,20 @@ fn group(n: usize) -> String {
     out
 }
 
-fn main() -> Result<()> {
-    let args = parse_args()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(args))
+fn main() -> std::process::ExitCode {
+    let outcome = parse_args().and_then(|args| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run(args))
+    });
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("errand-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -738,13 +1015,21 @@ async fn run(args: Args) -> Result<()> {
         ));
         syncs.push(initial_sync(tasks, args.sync_runs).await?);
     }
+    let mut parts = Vec::new();
+    for tasks in [1_000, 10_000] {
+        note(&format!(
+            "(c) in-process breakdown at {} tasks",
+            group(tasks)
+        ));
+        parts.push(breakdown(tasks, 100).await?);
+    }
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report_json(&props, &syncs))?
+            serde_json::to_string_pretty(&report_json(&props, &syncs, &parts))?
         );
     } else {
-        report_table(&props, &syncs);
+        report_table(&props, &syncs, &parts);
     }
     Ok(())
 }

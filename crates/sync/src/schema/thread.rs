@@ -147,7 +147,9 @@ fn section(doc: &impl ReadDoc, key: &str) -> Result<ObjId, AutomergeError> {
     get_obj(doc, &ROOT, key).ok_or(AutomergeError::InvalidOp(ObjType::Map))
 }
 
-/// Adds a task, queued, and the user message that asked for it.
+/// Adds a task, queued. Kept to the fields the sender owns, since every byte here crosses the
+/// network on each send; the executor creates its own fields (progress, artifacts) when it
+/// first writes them, and an absent `cancel_requested` reads as false.
 pub fn add_task(tx: &mut impl Transactable, task: &NewTask<'_>) -> Result<(), AutomergeError> {
     let tasks = section(tx, "tasks")?;
     let obj = tx.put_object(&tasks, task.id, ObjType::Map)?;
@@ -156,17 +158,6 @@ pub fn add_task(tx: &mut impl Transactable, task: &NewTask<'_>) -> Result<(), Au
     tx.put(&obj, "created_by", task.created_by)?;
     tx.put(&obj, "created", task.created)?;
     tx.put(&obj, "status", TaskStatus::Queued.as_str())?;
-    tx.put(&obj, "cancel_requested", false)?;
-    tx.put_object(&obj, "progress", ObjType::List)?;
-    tx.put_object(&obj, "artifacts", ObjType::List)?;
-    push_message(
-        tx,
-        task.id,
-        "user",
-        task.created_by,
-        task.prompt,
-        task.created,
-    )?;
     Ok(())
 }
 
@@ -194,6 +185,14 @@ fn task_obj(doc: &impl ReadDoc, task: &str) -> Result<ObjId, AutomergeError> {
     get_obj(doc, &tasks, task).ok_or(AutomergeError::InvalidOp(ObjType::Map))
 }
 
+/// The list under `key`, created on first use (by its single writer, the executor).
+fn list_in(tx: &mut impl Transactable, obj: &ObjId, key: &str) -> Result<ObjId, AutomergeError> {
+    match get_obj(tx, obj, key) {
+        Some(list) => Ok(list),
+        None => tx.put_object(obj, key, ObjType::List),
+    }
+}
+
 /// Sets a task's status; `started` and `finished` follow from it. Executor only.
 pub fn set_status(
     tx: &mut impl Transactable,
@@ -219,7 +218,7 @@ pub fn add_progress(
     at: i64,
 ) -> Result<(), AutomergeError> {
     let obj = task_obj(tx, task)?;
-    let progress = get_obj(tx, &obj, "progress").ok_or(AutomergeError::InvalidOp(ObjType::List))?;
+    let progress = list_in(tx, &obj, "progress")?;
     let len = tx.length(&progress);
     let entry = tx.insert_object(&progress, len, ObjType::Map)?;
     tx.put(&entry, "at", at)?;
@@ -249,7 +248,7 @@ pub fn add_artifact(
     artifact: &Artifact,
 ) -> Result<(), AutomergeError> {
     let obj = task_obj(tx, task)?;
-    let list = get_obj(tx, &obj, "artifacts").ok_or(AutomergeError::InvalidOp(ObjType::List))?;
+    let list = list_in(tx, &obj, "artifacts")?;
     let len = tx.length(&list);
     let entry = tx.insert_object(&list, len, ObjType::Map)?;
     tx.put(&entry, "hash", artifact.hash.as_str())?;

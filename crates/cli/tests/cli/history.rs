@@ -1,0 +1,142 @@
+//! `history` reads as a log with device names; `at` shows a document as it was.
+
+use serde_json::Value;
+
+use crate::support::{array, paired, send, short, str_field};
+
+fn entry<'a>(history: &'a Value, message: &str) -> &'a Value {
+    array(history)
+        .iter()
+        .find(|e| e["message"] == message)
+        .unwrap_or_else(|| panic!("no {message:?} in history {history:#}"))
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("expected an object, got {v:#}"))
+        .keys()
+        .cloned()
+        .collect();
+    k.sort();
+    k
+}
+
+#[test]
+fn index_history_reads_as_a_log_and_at_shows_the_past() {
+    let p = paired();
+    let sent = send(&p.phone, &["look back", "--timeout", "5"]);
+    assert_eq!(sent["delivered"], true, "{sent:#}");
+    let thread = str_field(&sent, "thread");
+
+    let history = p.desk.json(&["history", "--doc", "index"]);
+    assert_eq!(
+        p.desk.json(&["history"]),
+        history,
+        "the index is the default document"
+    );
+    let created = entry(&history, "space created by desk");
+    assert_eq!(str_field(created, "device"), "desk");
+    assert_eq!(str_field(created, "actor"), p.desk_id);
+    let added = entry(&history, "device phone added as phone by desk");
+    assert_eq!(str_field(added, "device"), "desk");
+    let listed = entry(&history, &format!("thread {} listed", short(&thread)));
+    assert_eq!(str_field(listed, "device"), "phone");
+    assert_eq!(str_field(listed, "actor"), p.phone_id);
+    for e in array(&history) {
+        assert_eq!(str_field(e, "hash").len(), 64, "{e:#}");
+        assert!(e["time"].as_i64().is_some_and(|t| t > 0), "{e:#}");
+        assert!(e["seq"].as_u64().is_some_and(|s| s >= 1), "{e:#}");
+    }
+
+    // --limit N: the newest N.
+    let last = p.desk.json(&["history", "--limit", "1"]);
+    assert_eq!(array(&last).len(), 1);
+    assert_eq!(last[0], *array(&history).last().expect("history"));
+
+    // At the first change: only the desktop, no threads.
+    let then = p.desk.run(&["at", &str_field(created, "hash")]).json();
+    assert_eq!(keys(&then["members"]), [p.desk_id.as_str()]);
+    assert_eq!(then["members"][&p.desk_id]["name"], "desk");
+    assert!(keys(&then["threads"]).is_empty(), "{then:#}");
+
+    // At every change: the phone and the thread.
+    let all: Vec<String> = array(&history)
+        .iter()
+        .map(|e| str_field(e, "hash"))
+        .collect();
+    let now = p.desk.run(&["at", &all.join(",")]).json();
+    let mut members = vec![p.desk_id.clone(), p.phone_id.clone()];
+    members.sort();
+    assert_eq!(keys(&now["members"]), members);
+    assert_eq!(now["members"][&p.phone_id]["role"], "phone");
+    assert_eq!(keys(&now["threads"]), [thread.as_str()]);
+
+    // The phone holds the same history.
+    let phone_history = p.phone.json(&["history"]);
+    let phone_listed = entry(&phone_history, &format!("thread {} listed", short(&thread)));
+    assert_eq!(phone_listed["hash"], listed["hash"]);
+
+    // For people: one line per commit with the device name.
+    let human = p.desk.run(&["history"]);
+    let human = human.success();
+    assert!(
+        human
+            .lines()
+            .any(|l| l.contains("desk") && l.contains("space created by desk")),
+        "{human}"
+    );
+    p.daemon.terminate();
+}
+
+#[test]
+fn thread_history_shows_who_queued_the_task() {
+    let p = paired();
+    let sent = send(&p.phone, &["remember this", "--timeout", "5"]);
+    assert_eq!(sent["delivered"], true, "{sent:#}");
+    let thread = str_field(&sent, "thread");
+    let task = str_field(&sent, "task");
+    let prefix = &thread[..6];
+
+    let history = p.desk.json(&["history", "--doc", prefix]);
+    // The phone's two commits come first; the desktop may add its own (when it runs the task).
+    let phone_part: Vec<(String, String)> = array(&history)
+        .iter()
+        .take(2)
+        .map(|e| (str_field(e, "message"), str_field(e, "device")))
+        .collect();
+    assert_eq!(
+        phone_part,
+        [
+            (
+                format!("thread {} created", short(&thread)),
+                "phone".to_owned()
+            ),
+            (format!("task {} queued", short(&task)), "phone".to_owned()),
+        ],
+        "{history:#}"
+    );
+    for e in array(&history).iter().skip(2) {
+        assert_eq!(str_field(e, "device"), "desk", "{e:#}");
+    }
+
+    let created = str_field(&history[0], "hash");
+    let queued = str_field(&history[1], "hash");
+    let before = p.desk.run(&["at", &created, "--doc", prefix]).json();
+    assert_eq!(before["thread"], thread.as_str());
+    assert!(keys(&before["tasks"]).is_empty(), "{before:#}");
+    let after = p.desk.run(&["at", &queued, "--doc", prefix]).json();
+    assert_eq!(keys(&after["tasks"]), [task.as_str()]);
+    assert_eq!(after["tasks"][&task]["prompt"], "remember this");
+    assert_eq!(after["tasks"][&task]["status"], "queued");
+
+    // A change of another document is not in this one.
+    let index = p.desk.json(&["history", "--limit", "1"]);
+    let out = p
+        .desk
+        .run(&["at", &str_field(&index[0], "hash"), "--doc", prefix]);
+    let reason = out.failure();
+    assert!(reason.contains("is not in document"), "{reason}");
+    out.assert_one_line_error();
+    p.daemon.terminate();
+}

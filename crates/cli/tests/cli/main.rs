@@ -1,0 +1,11 @@
+//! End-to-end tests of the `errand` command line: real processes, real homes in temp dirs,
+//! real iroh endpoints on 127.0.0.1. Each test uses its own homes, so they run in parallel.
+
+mod daemon;
+mod durability;
+mod errors;
+mod history;
+mod offline;
+mod pairing;
+mod refusals;
+mod support;

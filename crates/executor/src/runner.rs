@@ -1,0 +1,714 @@
+//! The executor's tokio shell: watches the thread documents, runs the tasks aimed at this
+//! device, and writes status, progress, approvals and results back.
+//!
+//! - A task is claimed by durably writing `running` before anything runs, and only `queued`
+//!   tasks are claimed, so a task never runs twice. A task found `running` or
+//!   `waiting_approval` at start-up was interrupted by a crash or a stop: it ends as `failed`
+//!   with a reason, because half a shell command cannot be safely resumed.
+//! - Tasks of one thread run one at a time, in order; threads run in parallel up to a bound.
+//! - Every action, whether a direct command or a model's tool call, goes through
+//!   [`Policy::check`] and, when the policy says ask, through a signed approval.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use errand_sync::schema::thread::{self, Approval, Artifact, NewApproval, Task, TaskStatus};
+use errand_sync::schema::{DocId, index, now_millis};
+use errand_sync::{DeviceId, Repo};
+use tokio::sync::{Semaphore, broadcast};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::action::{Action, ToolOutput};
+use crate::agent::{self, Limits, ToolRunner};
+use crate::command;
+use crate::model::ModelBackend;
+use crate::policy::{Decision, Policy};
+use crate::tools::{self, ToolError};
+
+/// Results longer than this go into a blob, with the start kept in the document.
+const MAX_RESULT_IN_DOC: usize = 16 * 1024;
+/// The most of a file `/read` returns.
+const MAX_READ: usize = 1024 * 1024;
+/// The most of a web page `/fetch` returns.
+const MAX_FETCH: usize = 4 * 1024 * 1024;
+
+/// Who may decide approvals, and what they are called.
+pub trait Authority: Send + Sync + fmt::Debug + 'static {
+    fn may_approve(&self, device: &DeviceId) -> bool;
+    fn name(&self, device: &DeviceId) -> Option<String>;
+}
+
+/// How the executor is set up.
+#[derive(Debug)]
+pub struct ExecutorConfig {
+    pub device: DeviceId,
+    pub policy: Policy,
+    pub model: Option<Arc<dyn ModelBackend>>,
+    pub model_limits: Limits,
+    /// Shown when a task needs a model and none is configured.
+    pub model_hint: String,
+    /// Threads that may run at once.
+    pub max_parallel: usize,
+    /// How long one shell command may run.
+    pub shell_timeout: Duration,
+}
+
+/// A running executor; dropping it stops starting new tasks.
+#[derive(Debug)]
+pub struct ExecutorHandle {
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ExecutorHandle {
+    /// Stops the executor: running tasks are cancelled (and end as cancelled).
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ExecutorHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    repo: Arc<Repo>,
+    config: ExecutorConfig,
+    authority: Arc<dyn Authority>,
+    space: String,
+    /// Threads with a task in progress.
+    busy: Mutex<HashSet<String>>,
+    /// Cancellation of each running task.
+    running: Mutex<HashMap<String, CancellationToken>>,
+    slots: Semaphore,
+    stop: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+/// Starts the executor on a repo. Interrupted tasks are settled before anything new runs.
+pub fn start(
+    repo: Arc<Repo>,
+    config: ExecutorConfig,
+    authority: Arc<dyn Authority>,
+) -> ExecutorHandle {
+    let stop = CancellationToken::new();
+    let space = repo
+        .read(&DocId::index(), index::space)
+        .ok()
+        .flatten()
+        .flatten()
+        .unwrap_or_default();
+    let shared = Arc::new(Shared {
+        slots: Semaphore::new(config.max_parallel.max(1)),
+        repo,
+        config,
+        authority,
+        space,
+        busy: Mutex::default(),
+        running: Mutex::default(),
+        stop: stop.clone(),
+    });
+    let task = tokio::spawn(async move { shared.run().await });
+    ExecutorHandle {
+        stop,
+        task: Some(task),
+    }
+}
+
+impl Shared {
+    fn me(&self) -> String {
+        self.config.device.to_string()
+    }
+
+    fn threads(&self) -> Vec<DocId> {
+        let mut ids: Vec<DocId> = self
+            .repo
+            .read(&DocId::index(), index::threads)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| DocId::parse(&t.id))
+            .collect();
+        for id in self.repo.doc_ids().unwrap_or_default() {
+            if !id.is_index() && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
+    fn tasks(&self, doc: &DocId) -> Vec<Task> {
+        self.repo
+            .read(doc, |d| thread::tasks(d, doc.as_str()))
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    fn change(
+        &self,
+        doc: &DocId,
+        message: &str,
+        f: impl FnOnce(
+            &mut automerge::transaction::Transaction<'_>,
+        ) -> Result<(), automerge::AutomergeError>,
+    ) {
+        if let Err(e) = self.repo.change(doc, message, f) {
+            warn!(%doc, "cannot record {message:?}: {e}");
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut changes = self.repo.subscribe();
+        self.settle_interrupted();
+        for doc in self.threads() {
+            self.clone().schedule(&doc);
+        }
+        loop {
+            let changed = tokio::select! {
+                c = changes.recv() => c,
+                _ = self.stop.cancelled() => break,
+            };
+            match changed {
+                Ok(c) if c.doc.is_index() => {
+                    for doc in self.threads() {
+                        self.clone().schedule(&doc);
+                    }
+                }
+                Ok(c) => {
+                    self.clone().schedule(&c.doc);
+                    self.check_cancels(&c.doc);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    for doc in self.threads() {
+                        self.clone().schedule(&doc);
+                        self.check_cancels(&doc);
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+        for token in lock(&self.running).values() {
+            token.cancel();
+        }
+        // Let cancelled tasks record how they ended.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.slots
+                .acquire_many(self.config.max_parallel.max(1) as u32),
+        )
+        .await;
+    }
+
+    /// Tasks left running by a previous run cannot be resumed safely: end them with a reason.
+    fn settle_interrupted(&self) {
+        let me = self.me();
+        for doc in self.threads() {
+            for task in self.tasks(&doc) {
+                if task.target == me
+                    && matches!(
+                        task.status,
+                        TaskStatus::Running | TaskStatus::WaitingApproval
+                    )
+                {
+                    let reason = "interrupted: the desktop stopped while this task was running; it was not run again (send it again to retry)";
+                    self.change(
+                        &doc,
+                        &format!("task {} interrupted", short(&task.id)),
+                        |tx| {
+                            thread::add_progress(tx, &task.id, reason, now_millis())?;
+                            thread::finish(
+                                tx,
+                                &task.id,
+                                Err(reason),
+                                TaskStatus::Failed,
+                                now_millis(),
+                            )
+                        },
+                    );
+                    info!(task = %task.id, "settled an interrupted task");
+                }
+            }
+        }
+    }
+
+    fn check_cancels(&self, doc: &DocId) {
+        let running = lock(&self.running).clone();
+        if running.is_empty() {
+            return;
+        }
+        for task in self.tasks(doc) {
+            if task.cancel_requested
+                && let Some(token) = running.get(&task.id)
+            {
+                token.cancel();
+            }
+        }
+    }
+
+    /// Starts the next queued task of a thread, if the thread is idle.
+    fn schedule(self: Arc<Self>, doc: &DocId) {
+        if doc.is_index() || self.stop.is_cancelled() {
+            return;
+        }
+        let me = self.me();
+        let next = self
+            .tasks(doc)
+            .into_iter()
+            .find(|t| t.target == me && t.status == TaskStatus::Queued);
+        let Some(task) = next else { return };
+        if !lock(&self.busy).insert(doc.to_string()) {
+            return;
+        }
+        let doc = doc.clone();
+        tokio::spawn(async move {
+            let permit = tokio::select! {
+                p = self.slots.acquire() => p.ok(),
+                _ = self.stop.cancelled() => None,
+            };
+            if permit.is_some() {
+                self.run_task(&doc, task).await;
+            }
+            drop(permit);
+            lock(&self.busy).remove(doc.as_str());
+            // The next task of this thread, if any.
+            self.clone().schedule(&doc);
+        });
+    }
+
+    async fn run_task(self: &Arc<Self>, doc: &DocId, task: Task) {
+        // Re-read: it may have changed while we waited for a slot.
+        let Some(task) = self.tasks(doc).into_iter().find(|t| t.id == task.id) else {
+            return;
+        };
+        if task.status != TaskStatus::Queued {
+            return;
+        }
+        if task.cancel_requested {
+            self.change(doc, &format!("task {} cancelled", short(&task.id)), |tx| {
+                thread::finish(
+                    tx,
+                    &task.id,
+                    Err("cancelled before it started"),
+                    TaskStatus::Cancelled,
+                    now_millis(),
+                )
+            });
+            return;
+        }
+        // The claim: durable before anything runs.
+        if let Err(e) = self
+            .repo
+            .change(doc, &format!("task {} running", short(&task.id)), |tx| {
+                thread::set_status(tx, &task.id, TaskStatus::Running, now_millis())
+            })
+        {
+            warn!(task = %task.id, "cannot claim task: {e}");
+            return;
+        }
+        info!(task = %task.id, "running");
+        let cancel = self.stop.child_token();
+        lock(&self.running).insert(task.id.clone(), cancel.clone());
+        let mut ctx = TaskContext {
+            shared: self.clone(),
+            doc: doc.clone(),
+            task: task.id.clone(),
+            cancel: cancel.clone(),
+        };
+        let outcome = ctx.execute(&task.prompt).await;
+        lock(&self.running).remove(&task.id);
+        let id = task.id.clone();
+        match outcome {
+            Ok(output) => {
+                let artifacts = self.store_blobs(&output);
+                let (text, overflow) = split_result(&output.text);
+                let overflow_artifact =
+                    overflow.and_then(|bytes| self.store_blob("result.txt", "text/plain", &bytes));
+                self.change(doc, &format!("task {} done", short(&id)), |tx| {
+                    for a in artifacts.iter().chain(overflow_artifact.iter()) {
+                        thread::add_artifact(tx, &id, a)?;
+                    }
+                    thread::finish(tx, &id, Ok(&text), TaskStatus::Done, now_millis())
+                });
+            }
+            Err(failure) => {
+                let (status, verb) = if failure.cancelled {
+                    (TaskStatus::Cancelled, "cancelled")
+                } else {
+                    (TaskStatus::Failed, "failed")
+                };
+                self.change(doc, &format!("task {} {verb}", short(&id)), |tx| {
+                    thread::finish(tx, &id, Err(&failure.message), status, now_millis())
+                });
+            }
+        }
+    }
+
+    fn store_blob(&self, name: &str, mime: &str, bytes: &[u8]) -> Option<Artifact> {
+        match self.repo.store().put_blob(bytes) {
+            Ok(hash) => Some(Artifact {
+                hash,
+                size: bytes.len() as u64,
+                mime: mime.to_owned(),
+                name: name.to_owned(),
+            }),
+            Err(e) => {
+                warn!("cannot store {name}: {e}");
+                None
+            }
+        }
+    }
+
+    fn store_blobs(&self, output: &ToolOutput) -> Vec<Artifact> {
+        output
+            .blobs
+            .iter()
+            .filter_map(|b| self.store_blob(&b.name, &b.mime, &b.bytes))
+            .collect()
+    }
+}
+
+/// Splits a result into what fits the document and the whole text when it does not.
+fn split_result(text: &str) -> (String, Option<Vec<u8>>) {
+    if text.len() <= MAX_RESULT_IN_DOC {
+        return (text.to_owned(), None);
+    }
+    let mut cut = MAX_RESULT_IN_DOC;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    (
+        format!(
+            "{}\n… (the whole result, {} bytes, is the artifact result.txt)",
+            &text[..cut],
+            text.len()
+        ),
+        Some(text.as_bytes().to_vec()),
+    )
+}
+
+/// How a task failed.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    cancelled: bool,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            cancelled: false,
+        }
+    }
+    fn cancelled() -> Self {
+        Failure {
+            message: "cancelled".into(),
+            cancelled: true,
+        }
+    }
+}
+
+/// One task in progress.
+struct TaskContext {
+    shared: Arc<Shared>,
+    doc: DocId,
+    task: String,
+    cancel: CancellationToken,
+}
+
+impl TaskContext {
+    fn progress(&self, text: &str) {
+        let id = self.task.clone();
+        self.shared
+            .change(&self.doc, &format!("task {} progress", short(&id)), |tx| {
+                thread::add_progress(tx, &id, text, now_millis())
+            });
+    }
+
+    async fn execute(&mut self, prompt: &str) -> Result<ToolOutput, Failure> {
+        match command::parse(prompt) {
+            Some(Ok(action)) => {
+                self.progress(&format!(
+                    "running {}",
+                    prompt.lines().next().unwrap_or(prompt)
+                ));
+                self.perform(action).await
+            }
+            Some(Err(e)) => Err(Failure::new(e.to_string())),
+            None => self.run_model(prompt).await,
+        }
+    }
+
+    async fn run_model(&mut self, prompt: &str) -> Result<ToolOutput, Failure> {
+        let Some(backend) = self.shared.config.model.clone() else {
+            return Err(Failure::new(format!(
+                "this task needs an AI model and none is configured: {}",
+                self.shared.config.model_hint
+            )));
+        };
+        self.progress("asking the model");
+        let limits = self.shared.config.model_limits;
+        let cancel = self.cancel.clone();
+        let shared = self.shared.clone();
+        let doc = self.doc.clone();
+        let task = self.task.clone();
+        let mut report = move |line: String| {
+            let id = task.clone();
+            shared.change(&doc, &format!("task {} progress", short(&id)), |tx| {
+                thread::add_progress(tx, &id, &line, now_millis())
+            });
+        };
+        let mut runner = ModelTools {
+            ctx: self,
+            blobs: Vec::new(),
+        };
+        let result = agent::run_agent(
+            backend.as_ref(),
+            prompt,
+            &mut runner,
+            limits,
+            cancel,
+            &mut report,
+        )
+        .await;
+        let blobs = std::mem::take(&mut runner.blobs);
+        match result {
+            Ok(text) => Ok(ToolOutput { text, blobs }),
+            Err(agent::AgentError::Cancelled) => Err(Failure::cancelled()),
+            Err(e) => Err(Failure::new(e.to_string())),
+        }
+    }
+
+    /// Checks an action against the policy, asks when it must, and runs it.
+    async fn perform(&mut self, action: Action) -> Result<ToolOutput, Failure> {
+        let checked = self
+            .shared
+            .config
+            .policy
+            .check(&action)
+            .map_err(|denied| Failure::new(format!("denied by policy: {denied}")))?;
+        if let Some(class) = checked.class {
+            match self.shared.config.policy.decision(class) {
+                Decision::Allow => {}
+                Decision::Deny => {
+                    return Err(Failure::new(format!(
+                        "denied by policy: {class} is not allowed"
+                    )));
+                }
+                Decision::Ask => self.ask(class.as_str(), &checked.description).await?,
+            }
+        }
+        if self.cancel.is_cancelled() {
+            return Err(Failure::cancelled());
+        }
+        self.run_tool(checked.action).await.map_err(|e| match e {
+            ToolError::Cancelled => Failure::cancelled(),
+            other => Failure::new(other.to_string()),
+        })
+    }
+
+    async fn run_tool(&self, action: Action) -> Result<ToolOutput, ToolError> {
+        let config = &self.shared.config;
+        let path = std::path::Path::new;
+        match action {
+            Action::Sh { command } => {
+                tools::shell::sh(
+                    &command,
+                    config.policy.workspace(),
+                    self.cancel.clone(),
+                    config.shell_timeout,
+                )
+                .await
+            }
+            Action::Ls { path: p } => tools::fs::ls(path(&p)),
+            Action::Read { path: p } => tools::fs::read(path(&p), MAX_READ),
+            Action::Write { path: p, text } => tools::fs::write(path(&p), &text),
+            Action::Rm { path: p } => tools::fs::rm(path(&p)),
+            Action::Fetch { url } => {
+                tokio::select! {
+                    r = tools::fetch::fetch(&url, Duration::from_secs(60), MAX_FETCH) => r,
+                    _ = self.cancel.cancelled() => Err(ToolError::Cancelled),
+                }
+            }
+            Action::Screenshot => tools::screen::screenshot().await,
+            Action::Type { text } => tools::input::type_text(&text).await,
+            Action::Key { combo } => tools::input::key(&combo).await,
+            Action::Click { x, y } => tools::input::click(x, y).await,
+        }
+    }
+
+    /// Writes an approval request and waits for a valid signed decision, expiry or cancel.
+    async fn ask(&mut self, class: &str, description: &str) -> Result<(), Failure> {
+        let shared = self.shared.clone();
+        let id = shared_id();
+        let now = now_millis();
+        let timeout = shared.config.policy.approval_timeout();
+        let expires = now + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let me = shared.me();
+        let task = self.task.clone();
+        let mut changes = shared.repo.subscribe();
+        shared.change(
+            &self.doc,
+            &format!(
+                "approval {} requested for task {}",
+                short(&id),
+                short(&task)
+            ),
+            |tx| {
+                thread::request_approval(
+                    tx,
+                    &NewApproval {
+                        id: &id,
+                        task: &task,
+                        action: description,
+                        class,
+                        requested_by: &me,
+                        requested_at: now,
+                        expires_at: expires,
+                    },
+                )?;
+                thread::add_progress(
+                    tx,
+                    &task,
+                    &format!("waiting for approval to {description}"),
+                    now,
+                )?;
+                thread::set_status(tx, &task, TaskStatus::WaitingApproval, now)
+            },
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        let verdict = loop {
+            if let Some(v) = self.verdict(&id) {
+                break v;
+            }
+            tokio::select! {
+                _ = changes.recv() => {}
+                _ = tokio::time::sleep_until(deadline) => break Verdict::Expired,
+                _ = self.cancel.cancelled() => return Err(Failure::cancelled()),
+            }
+        };
+        let (text, outcome) = match verdict {
+            Verdict::Approved(by) => (format!("approved by {by}"), Ok(())),
+            Verdict::Denied(by) => (
+                format!("denied by {by}"),
+                Err(Failure::new(format!("{description}: denied by {by}"))),
+            ),
+            Verdict::Expired => (
+                "approval request expired (counts as denied)".to_owned(),
+                Err(Failure::new(format!(
+                    "{description}: no one approved it within {} s, so it counts as denied",
+                    timeout.as_secs()
+                ))),
+            ),
+        };
+        shared.change(
+            &self.doc,
+            &format!("approval {} {}", short(&id), text),
+            |tx| {
+                thread::add_progress(tx, &task, &text, now_millis())?;
+                thread::set_status(tx, &task, TaskStatus::Running, now_millis())
+            },
+        );
+        outcome
+    }
+
+    /// The first valid decision on an approval, if any. Decisions with a bad signature, or by a
+    /// device that may not approve, are ignored.
+    fn verdict(&self, approval: &str) -> Option<Verdict> {
+        let shared = &self.shared;
+        let approvals = shared
+            .repo
+            .read(&self.doc, |d| thread::approvals(d, self.doc.as_str()))
+            .ok()
+            .flatten()?;
+        let approval = approvals.into_iter().find(|a| a.id == approval)?;
+        let mut decisions = approval.decisions.clone();
+        decisions.sort_by(|a, b| (a.at, &a.device).cmp(&(b.at, &b.device)));
+        decisions.into_iter().find_map(|d| {
+            let device: DeviceId = d.device.parse().ok()?;
+            if !valid_decision(&shared.space, &approval, &d, &device)
+                || !shared.authority.may_approve(&device)
+            {
+                warn!(device = %d.device, "ignoring an invalid approval decision");
+                return None;
+            }
+            let name = shared
+                .authority
+                .name(&device)
+                .unwrap_or_else(|| short(&d.device).to_owned());
+            Some(if d.approve {
+                Verdict::Approved(name)
+            } else {
+                Verdict::Denied(name)
+            })
+        })
+    }
+}
+
+/// Whether a decision's signature is the deciding device's, over this very approval.
+pub fn valid_decision(
+    space: &str,
+    approval: &Approval,
+    decision: &thread::Decision,
+    device: &DeviceId,
+) -> bool {
+    let Some(bytes) = errand_sync::ids::parse_hex::<64>(&decision.signature) else {
+        return false;
+    };
+    let signature = iroh::Signature::from_bytes(&bytes);
+    let message = thread::approval_signed_bytes(space, approval, decision.approve, decision.at);
+    device.verify(&message, &signature).is_ok()
+}
+
+enum Verdict {
+    Approved(String),
+    Denied(String),
+    Expired,
+}
+
+fn shared_id() -> String {
+    errand_sync::ids::hex(&rand::random::<[u8; 8]>())
+}
+
+/// The model's tools: the same checked path as direct commands.
+struct ModelTools<'a> {
+    ctx: &'a mut TaskContext,
+    blobs: Vec<crate::action::BlobOutput>,
+}
+
+impl ToolRunner for ModelTools<'_> {
+    fn run<'b>(
+        &'b mut self,
+        action: Action,
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'b>> {
+        Box::pin(async move {
+            match self.ctx.perform(action).await {
+                Ok(output) => {
+                    self.blobs.extend(output.blobs);
+                    Ok(output.text)
+                }
+                Err(f) => Err(f.message),
+            }
+        })
+    }
+}

@@ -1,0 +1,3 @@
+//! Integration tests of errand-executor, one module per area.
+
+mod desktop;
