@@ -422,7 +422,21 @@ async fn one_shot(
             print_json(&value)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Devices => {
+        Command::Devices {
+            action: Some(crate::DevicesAction::Revoke { id }),
+        } => {
+            let device: DeviceInfo = session.call(Request::Revoke { device: id }).await?;
+            session.refresh(Duration::from_secs(2)).await;
+            show(json, &device, |d| {
+                format!(
+                    "revoked {} ({}); it gets nothing new from this space",
+                    d.name,
+                    short(&d.id)
+                )
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Devices { action: None } => {
             let devices: Vec<DeviceInfo> = session.call(Request::Devices).await?;
             show(json, &devices, |d| output::devices(d))?;
             Ok(ExitCode::SUCCESS)

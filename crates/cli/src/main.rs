@@ -160,8 +160,11 @@ pub enum Command {
         #[arg(long)]
         doc: Option<String>,
     },
-    /// List the space's devices
-    Devices,
+    /// List the space's devices, or revoke one
+    Devices {
+        #[command(subcommand)]
+        action: Option<DevicesAction>,
+    },
     /// This device, its space and its peers
     Status,
     /// Sync once with every reachable peer
@@ -169,6 +172,13 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesAction {
+    /// Stop syncing with a device (name or id prefix): this device refuses it at once, the
+    /// others once they have synced
+    Revoke { id: String },
 }
 
 /// How a serving node runs.

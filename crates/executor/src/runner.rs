@@ -611,12 +611,12 @@ impl TaskContext {
             Verdict::Approved(by) => (format!("approved by {by}"), Ok(())),
             Verdict::Denied(by) => (
                 format!("denied by {by}"),
-                Err(Failure::new(format!("{description}: denied by {by}"))),
+                Err(Failure::new(format!("denied by {by}"))),
             ),
             Verdict::Expired => (
                 "approval request expired (counts as denied)".to_owned(),
                 Err(Failure::new(format!(
-                    "{description}: no one approved it within {} s, so it counts as denied",
+                    "no one approved it within {} s, so it counts as denied",
                     timeout.as_secs()
                 ))),
             ),

@@ -68,6 +68,9 @@ pub enum Request {
         wait_secs: u64,
     },
     Devices,
+    Revoke {
+        device: String,
+    },
     Approvals {
         all: bool,
     },
@@ -152,6 +155,7 @@ pub async fn dispatch(node: &Node, request: Request) -> Result<serde_json::Value
             json(serde_json::json!({ "task": task, "delivered": delivered }))
         }
         Request::Devices => json(node.devices()?),
+        Request::Revoke { device } => json(node.revoke(&device)?),
         Request::Approvals { all } => json(node.approvals(!all)?),
         Request::Decide {
             approval,

@@ -1167,6 +1167,42 @@ impl Node {
         Ok(addr)
     }
 
+    /// Revokes a device: signs a revocation into the index, so that this device refuses it at
+    /// once and every other member as soon as it has synced. What the revoked device already
+    /// holds stays with it; it gets nothing new.
+    pub fn revoke(&self, needle: &str) -> Result<DeviceInfo, NodeError> {
+        let space = self.require_space()?;
+        let may = self
+            .membership()
+            .and_then(|m| m.get(&self.id()).map(|m| m.role.may_add_devices()))
+            .unwrap_or(false);
+        if !may {
+            return Err(NodeError::NotAllowed(
+                "this device's role may not revoke devices".into(),
+            ));
+        }
+        let device = self.resolve_device(needle)?;
+        if device.this_device {
+            return Err(NodeError::BadInput("a device cannot revoke itself".into()));
+        }
+        let id: DeviceId = device
+            .id
+            .parse()
+            .map_err(|_| NodeError::NotFound(device.id.clone()))?;
+        let revocation =
+            errand_pairing::membership::Revocation::sign(&self.secret_key, space, id, now_unix());
+        let entry = trust::revocation_entry(&revocation);
+        self.repo.change(
+            &DocId::index(),
+            &format!("device {} revoked by {}", device.name, self.name()),
+            |tx| index::put_revocation(tx, &entry),
+        )?;
+        self.gate.refresh(&self.repo);
+        self.replicator
+            .disconnect(&id, errand_sync::net::CLOSE_REVOKED, "revoked");
+        Ok(device)
+    }
+
     /// Whether `device` may decide approvals in this space.
     pub fn may_approve(&self, device: &DeviceId) -> bool {
         self.membership()

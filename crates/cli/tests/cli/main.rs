@@ -4,6 +4,7 @@
 mod daemon;
 mod durability;
 mod errors;
+mod executor;
 mod history;
 mod offline;
 mod pairing;

@@ -109,12 +109,25 @@ impl Home {
         Daemon::spawn(self.label, self.command(args))
     }
 
+    /// Starts a long-running command with extra environment variables (e.g. `DISPLAY`, an API
+    /// key for the model), set on that process only.
+    pub fn spawn_env(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().copied());
+        Daemon::spawn(self.label, cmd)
+    }
+
     /// `errand up --name NAME --yes` with ticket and PNG files beside the home; returns once it
     /// serves, with the ticket text.
     pub fn up(&self, name: &str) -> (Daemon, String) {
+        self.up_with(name, &[], &[])
+    }
+
+    /// [`Home::up`] with extra arguments (`--policy FILE`) and environment variables.
+    pub fn up_with(&self, name: &str, extra: &[&str], env: &[(&str, &str)]) -> (Daemon, String) {
         let ticket_file = self.file("ticket.txt");
         let png = self.file("qr.png");
-        let mut daemon = self.spawn(&[
+        let mut args = vec![
             "up",
             "--name",
             name,
@@ -123,7 +136,9 @@ impl Home {
             path_str(&ticket_file),
             "--qr-png",
             path_str(&png),
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let mut daemon = self.spawn_env(&args, env);
         daemon.expect_line("the serving line", |l| l.starts_with("serving as "));
         let ticket = read_ticket(&ticket_file);
         (daemon, ticket)
@@ -131,7 +146,14 @@ impl Home {
 
     /// `errand serve`; returns once it serves.
     pub fn serve(&self) -> Daemon {
-        let mut daemon = self.spawn(&["serve"]);
+        self.serve_with(&[], &[])
+    }
+
+    /// [`Home::serve`] with extra arguments (`--policy FILE`) and environment variables.
+    pub fn serve_with(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut args = vec!["serve"];
+        args.extend_from_slice(extra);
+        let mut daemon = self.spawn_env(&args, env);
         daemon.expect_line("the serving line", |l| l.starts_with("serving as "));
         daemon
     }
@@ -420,6 +442,21 @@ impl Daemon {
         }
     }
 
+    /// The next stdout line, if one comes within `timeout` (also kept in [`Daemon::seen`]).
+    /// Panics if the process ended.
+    pub fn next_line_within(&mut self, timeout: Duration) -> Option<String> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                Some(line)
+            }
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("the process ended: {}", self.describe())
+            }
+        }
+    }
+
     /// Takes every line printed so far into [`Daemon::seen`].
     pub fn drain(&mut self) -> &[String] {
         while let Ok(line) = self.lines.try_recv() {
@@ -535,9 +572,14 @@ pub struct Paired {
 }
 
 pub fn paired() -> Paired {
-    let desk = Home::new("desk");
+    paired_with(Home::new("desk"), &[], &[])
+}
+
+/// [`paired`] with a desktop home prepared by the caller (a model.toml written into it) and
+/// extra `up` arguments and environment variables for the desktop daemon.
+pub fn paired_with(desk: Home, extra: &[&str], env: &[(&str, &str)]) -> Paired {
     let phone = Home::new("phone");
-    let (mut daemon, ticket) = desk.up("desk");
+    let (mut daemon, ticket) = desk.up_with("desk", extra, env);
     phone.run(&["join", &ticket, "--name", "phone"]).success();
     let phone_id = phone.device_id();
     let added = format!("device phone ({}) added", short(&phone_id));

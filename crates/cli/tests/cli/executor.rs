@@ -1,0 +1,889 @@
+//! The desktop executor as the phone sees it: tasks sent from a phone home (a separate process
+//! with its own home) run on the desktop (`up --yes`), under its policy, with approvals decided
+//! on the phone, cancel, restart, parallel threads, screenshots under a real Xvfb, and a model
+//! played by a local script server speaking the provider's wire format.
+//!
+//! Everything is asserted from the phone's side (`--json show`, `approvals`, `show --save`),
+//! except what only the desktop machine can tell: whether a file was written there, whether a
+//! process still runs there.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use errand_tests::model_server::{
+    Provider, RecordedRequest, ScriptServer, anthropic_text, anthropic_tool_use, openai_text,
+    openai_tool_call,
+};
+use serde_json::{Value, json};
+
+use crate::support::{Home, Paired, array, paired_with, path_str, send, str_field, wait_until};
+
+/// How long a task may take to reach the state a test waits for (each poll of the phone is a
+/// whole `errand show` process with a short sync).
+const TASK_DEADLINE: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------------
+// Set-up and the phone's view.
+
+/// A desktop started with `up --policy FILE` when `policy` is given (the file is written beside
+/// its home), with `env` in the daemon's environment, and a phone paired with it.
+fn setup(policy: Option<&str>, env: &[(&str, &str)]) -> (Paired, Option<PathBuf>) {
+    setup_home(Home::new("desk"), policy, env)
+}
+
+fn setup_home(desk: Home, policy: Option<&str>, env: &[(&str, &str)]) -> (Paired, Option<PathBuf>) {
+    let file = policy.map(|text| {
+        let file = desk.file("policy.toml");
+        fs::write(&file, text).expect("write the policy file");
+        file
+    });
+    let mut extra = Vec::new();
+    if let Some(file) = &file {
+        extra.extend(["--policy", path_str(file)]);
+    }
+    (paired_with(desk, &extra, env), file)
+}
+
+/// The desktop's workspace folder (the default: HOME/workspace), resolved.
+fn workspace(desk: &Home) -> PathBuf {
+    let dir = desk.path().join("workspace");
+    fs::create_dir_all(&dir).expect("workspace");
+    dir.canonicalize().expect("resolve the workspace")
+}
+
+/// The phone sends a task; returns (task id, thread id).
+fn send_task(phone: &Home, prompt: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec![prompt, "--timeout", "10"];
+    args.extend_from_slice(extra);
+    let sent = send(phone, &args);
+    assert_eq!(
+        sent["delivered"], true,
+        "the desktop is online, so the task reaches it: {sent:#}"
+    );
+    (str_field(&sent, "task"), str_field(&sent, "thread"))
+}
+
+/// The task as the phone shows it (`errand --json show TASK` on the phone's home).
+fn phone_show(phone: &Home, task: &str) -> Value {
+    phone.json(&["show", task])
+}
+
+/// Polls the phone's view of a task until `ok` holds for it.
+fn wait_phone(phone: &Home, task: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let end = Instant::now() + TASK_DEADLINE;
+    loop {
+        let last = phone_show(phone, task);
+        if ok(&last) {
+            return last;
+        }
+        assert!(
+            Instant::now() < end,
+            "gave up after {TASK_DEADLINE:?} waiting for the phone to see {what}; last seen: {last:#}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn status(task: &Value) -> &str {
+    task["status"].as_str().unwrap_or("")
+}
+
+/// Waits until the phone sees the task in `want`.
+fn wait_status(phone: &Home, task: &str, want: &str) -> Value {
+    wait_phone(phone, task, &format!("status {want}"), |t| {
+        status(t) == want
+    })
+}
+
+/// Waits until the phone sees the task ended (done, failed or cancelled).
+fn wait_final(phone: &Home, task: &str) -> Value {
+    wait_phone(phone, task, "the task ended", |t| {
+        matches!(status(t), "done" | "failed" | "cancelled")
+    })
+}
+
+fn error_text(task: &Value) -> String {
+    task["error"].as_str().unwrap_or("").to_owned()
+}
+
+/// The approval requests the phone lists (`approvals --all --json`), for one task.
+fn phone_approvals(phone: &Home, task: &str) -> Vec<Value> {
+    let all = phone.json(&["approvals", "--all"]);
+    array(&all)
+        .iter()
+        .filter(|a| a["task"] == task)
+        .cloned()
+        .collect()
+}
+
+fn progress_texts(task: &Value) -> Vec<String> {
+    array(&task["progress"])
+        .iter()
+        .map(|p| str_field(p, "text"))
+        .collect()
+}
+
+fn millis(task: &Value, key: &str) -> i64 {
+    task[key]
+        .as_i64()
+        .unwrap_or_else(|| panic!("expected a time in {key:?}: {task:#}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes on the desktop machine.
+
+/// The ids of processes running `sleep ARG` (directly, or as `sh -c sleep ARG`) in `cwd`. The
+/// working directory ties them to this test's workspace, so another test run on this machine
+/// cannot be mistaken for ours.
+fn sleeps_in(arg: &str, cwd: &Path) -> Vec<u32> {
+    let wanted = [format!("sleep {arg}"), format!("sh -c sleep {arg}")];
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(raw) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = raw
+            .split(|b| *b == 0)
+            .filter(|part| !part.is_empty())
+            .map(|part| String::from_utf8_lossy(part).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !wanted.contains(&cmdline) {
+            continue;
+        }
+        if fs::read_link(entry.path().join("cwd")).is_ok_and(|dir| dir == cwd) {
+            found.push(pid);
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+/// `sleep ARG` processes of a workspace that the desktop may leave behind (a SIGKILLed daemon
+/// orphans its command; a failed cancel leaves it running), killed when the test ends whatever
+/// its outcome. Only processes that still match at that moment are killed, so a recycled pid
+/// is never hit.
+struct Orphans {
+    arg: &'static str,
+    cwd: PathBuf,
+}
+
+impl Drop for Orphans {
+    fn drop(&mut self) {
+        for pid in sleeps_in(self.arg, &self.cwd) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1, 2, 10: approvals decided on the phone.
+
+#[test]
+fn a_shell_command_runs_after_the_phone_approves_it() {
+    let (p, _) = setup(None, &[]);
+    let (task, _) = send_task(&p.phone, "/sh echo hi", &[]);
+
+    let waiting = wait_status(&p.phone, &task, "waiting_approval");
+    assert!(waiting["result"].is_null(), "{waiting:#}");
+    let listed = p.phone.json(&["approvals"]);
+    let pending: Vec<&Value> = array(&listed)
+        .iter()
+        .filter(|a| a["task"] == task)
+        .collect();
+    assert_eq!(pending.len(), 1, "one request for the task: {listed:#}");
+    let approval = pending[0];
+    assert!(
+        str_field(approval, "action").contains("echo hi"),
+        "the request shows what would run: {approval:#}"
+    );
+    assert_eq!(str_field(approval, "class"), "shell", "{approval:#}");
+    assert_eq!(str_field(approval, "state"), "pending", "{approval:#}");
+
+    p.phone
+        .run(&["approve", &str_field(approval, "id")])
+        .success();
+    let done = wait_final(&p.phone, &task);
+    assert_eq!(status(&done), "done", "{done:#}");
+    assert_eq!(done["result"], "hi", "{done:#}");
+    assert!(
+        progress_texts(&done)
+            .iter()
+            .any(|t| t == "approved by phone"),
+        "the progress says who approved: {done:#}"
+    );
+    let after = phone_approvals(&p.phone, &task);
+    assert_eq!(after.len(), 1, "{after:#?}");
+    assert_eq!(str_field(&after[0], "state"), "approved", "{after:#?}");
+    assert!(
+        array(&p.phone.json(&["approvals"])).is_empty(),
+        "nothing is left waiting"
+    );
+}
+
+#[test]
+fn a_denied_shell_command_never_runs() {
+    let (p, _) = setup(None, &[]);
+    let ws = workspace(&p.desk);
+    let (task, _) = send_task(&p.phone, "/sh touch ran; echo no", &[]);
+
+    wait_status(&p.phone, &task, "waiting_approval");
+    let requests = phone_approvals(&p.phone, &task);
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    p.phone
+        .run(&["deny", &str_field(&requests[0], "id")])
+        .success();
+
+    let failed = wait_final(&p.phone, &task);
+    assert_eq!(status(&failed), "failed", "{failed:#}");
+    assert!(
+        error_text(&failed).contains("denied by phone"),
+        "the error names who denied it: {failed:#}"
+    );
+    assert!(failed["result"].is_null(), "{failed:#}");
+    assert!(
+        !ws.join("ran").exists(),
+        "the denied command ran: {} exists",
+        ws.join("ran").display()
+    );
+    let after = phone_approvals(&p.phone, &task);
+    assert_eq!(str_field(&after[0], "state"), "denied", "{after:#?}");
+}
+
+#[test]
+fn watch_on_the_phone_prints_the_approval_request() {
+    let (p, _) = setup(None, &[]);
+    // `watch` without a running node opens the home itself and holds it, so the phone's other
+    // commands could not run meanwhile: the phone runs its node, and every command (watch,
+    // send, deny) goes through it, as an app would.
+    let _phone_node = p.phone.serve();
+    let mut watch = p.phone.spawn(&["--json", "watch"]);
+    // The watch prints nothing until something happens: a harmless task (a listing of the
+    // workspace, which needs no approval) is sent until a line shows that it listens.
+    let listening = Instant::now() + TASK_DEADLINE;
+    loop {
+        send_task(&p.phone, "/ls", &[]);
+        if watch.next_line_within(Duration::from_secs(2)).is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < listening,
+            "the watch printed nothing: {}",
+            watch.stderr()
+        );
+    }
+    let (task, _) = send_task(&p.phone, "/sh echo hi", &[]);
+    let line = watch.expect_line("an approval_requested event for the task", |l| {
+        serde_json::from_str::<Value>(l)
+            .is_ok_and(|ev| ev["event"] == "approval_requested" && ev["task"] == task.as_str())
+    });
+    let event: Value = serde_json::from_str(&line).expect("JSON event");
+    assert!(
+        str_field(&event, "action").contains("echo hi"),
+        "the event says what is asked: {event:#}"
+    );
+    for line in &watch.seen {
+        let parsed: Result<Value, _> = serde_json::from_str(line);
+        assert!(
+            parsed.is_ok_and(|v| v["event"].is_string()),
+            "every watch line is one JSON event: {line:?}"
+        );
+    }
+    // Settle the request so the desktop is not left waiting.
+    p.phone
+        .run(&["deny", &str_field(&event, "approval")])
+        .success();
+    let failed = wait_final(&p.phone, &task);
+    assert_eq!(status(&failed), "failed", "{failed:#}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3, 4: the policy.
+
+#[test]
+fn a_policy_that_denies_shell_refuses_without_asking() {
+    let (p, _) = setup(Some("[actions]\nshell = \"deny\"\n"), &[]);
+    let (task, _) = send_task(&p.phone, "/sh echo x", &[]);
+    let failed = wait_final(&p.phone, &task);
+    assert_eq!(status(&failed), "failed", "{failed:#}");
+    assert!(
+        error_text(&failed).contains("denied by policy"),
+        "the error says the policy refused it: {failed:#}"
+    );
+    assert!(failed["result"].is_null(), "{failed:#}");
+    let requests = phone_approvals(&p.phone, &task);
+    assert!(
+        requests.is_empty(),
+        "a denied class is not asked about: {requests:#?}"
+    );
+}
+
+#[test]
+fn files_outside_the_allowed_folders_are_neither_read_nor_written() {
+    let (p, _) = setup(None, &[]);
+    let ws = workspace(&p.desk);
+    // A folder outside every allowed folder, beside the desktop's home.
+    let outside_dir = p.desk.file("elsewhere");
+    fs::create_dir_all(&outside_dir).expect("outside folder");
+    fs::write(outside_dir.join("secret.txt"), "top secret").expect("secret");
+    std::os::unix::fs::symlink("/etc/passwd", ws.join("pw")).expect("symlink to /etc/passwd");
+    std::os::unix::fs::symlink(&outside_dir, ws.join("out")).expect("symlink to a folder");
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let passwd_line = passwd.lines().next().unwrap_or("root:x:0:0").to_owned();
+    let depth = ws.components().count();
+    let to_root = "../".repeat(depth);
+
+    let refused = [
+        "/read ../../etc/passwd".to_owned(),
+        format!("/read {to_root}etc/passwd"),
+        "/read /etc/passwd".to_owned(),
+        "/read pw".to_owned(),
+        "/read out/secret.txt".to_owned(),
+        "/ls out".to_owned(),
+        "/write ../outside.txt x".to_owned(),
+        "/write out/planted.txt x".to_owned(),
+    ];
+    let tasks: Vec<String> = refused
+        .iter()
+        .map(|prompt| send_task(&p.phone, prompt, &[]).0)
+        .collect();
+    for (prompt, task) in refused.iter().zip(&tasks) {
+        let failed = wait_final(&p.phone, task);
+        assert_eq!(status(&failed), "failed", "{prompt}: {failed:#}");
+        assert!(
+            error_text(&failed).contains("denied by policy"),
+            "{prompt}: the error is the policy's: {failed:#}"
+        );
+        let shown = failed.to_string();
+        assert!(
+            !shown.contains(&passwd_line) && !shown.contains("top secret"),
+            "{prompt}: content from outside reached the phone: {failed:#}"
+        );
+        assert!(
+            phone_approvals(&p.phone, task).is_empty(),
+            "{prompt}: nothing to ask about"
+        );
+    }
+    assert!(!p.desk.path().join("outside.txt").exists());
+    assert!(!outside_dir.join("planted.txt").exists());
+
+    // Inside the workspace both work.
+    let (write, _) = send_task(&p.phone, "/write notes.txt hello", &[]);
+    let written = wait_final(&p.phone, &write);
+    assert_eq!(status(&written), "done", "{written:#}");
+    assert_eq!(
+        fs::read_to_string(ws.join("notes.txt")).expect("notes.txt"),
+        "hello"
+    );
+    let (read, _) = send_task(&p.phone, "/read notes.txt", &[]);
+    let read = wait_final(&p.phone, &read);
+    assert_eq!(status(&read), "done", "{read:#}");
+    assert_eq!(read["result"], "hello", "{read:#}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5, 6: cancel and restart.
+
+#[test]
+fn cancel_from_the_phone_stops_the_running_command() {
+    let (p, _) = setup(Some("[actions]\nshell = \"allow\"\n"), &[]);
+    let ws = workspace(&p.desk);
+    let _leftover = Orphans {
+        arg: "37.25",
+        cwd: ws.clone(),
+    };
+    let (task, _) = send_task(&p.phone, "/sh sleep 37.25", &[]);
+    wait_status(&p.phone, &task, "running");
+    wait_until("the sleep to start", TASK_DEADLINE, || {
+        (!sleeps_in("37.25", &ws).is_empty()).then_some(())
+    });
+
+    let asked = Instant::now();
+    p.phone.run(&["cancel", &task]).success();
+    let cancelled = wait_final(&p.phone, &task);
+    let took = asked.elapsed();
+    assert_eq!(status(&cancelled), "cancelled", "{cancelled:#}");
+    assert!(
+        took < Duration::from_secs(15),
+        "cancel took {took:?}, the command alone would take 37 s"
+    );
+    assert!(cancelled["result"].is_null(), "{cancelled:#}");
+    wait_until("the sleep to be gone", Duration::from_secs(5), || {
+        sleeps_in("37.25", &ws).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn a_task_interrupted_by_a_crash_fails_and_is_not_run_again() {
+    let (p, policy) = setup(Some("[actions]\nshell = \"allow\"\n"), &[]);
+    let policy = policy.expect("policy file");
+    let ws = workspace(&p.desk);
+    // The command runs in its own process group, so a SIGKILL of the daemon leaves it running
+    // as an orphan (whether a restarted executor should kill it is a product question); the
+    // test kills it when it ends.
+    let _orphans = Orphans {
+        arg: "41.5",
+        cwd: ws.clone(),
+    };
+    let (task, _) = send_task(&p.phone, "/sh sleep 41.5", &[]);
+    wait_status(&p.phone, &task, "running");
+    let before = wait_until("the sleep to start", TASK_DEADLINE, || {
+        let pids = sleeps_in("41.5", &ws);
+        (!pids.is_empty()).then_some(pids)
+    });
+
+    p.daemon.kill9();
+    let _daemon = p.desk.serve_with(&["--policy", path_str(&policy)], &[]);
+
+    let failed = wait_final(&p.phone, &task);
+    assert_eq!(status(&failed), "failed", "{failed:#}");
+    assert!(
+        error_text(&failed).contains("interrupted"),
+        "the error says it was interrupted: {failed:#}"
+    );
+    let runs = progress_texts(&failed)
+        .iter()
+        .filter(|t| t.starts_with("running "))
+        .count();
+    assert_eq!(runs, 1, "it ran once: {failed:#}");
+    let after = sleeps_in("41.5", &ws);
+    assert!(
+        after.iter().all(|pid| before.contains(pid)),
+        "the restarted desktop ran the command again: before {before:?}, after {after:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7: threads in parallel, tasks of a thread in order.
+
+#[test]
+fn threads_run_in_parallel_and_a_thread_runs_in_order() {
+    let (p, _) = setup(Some("[actions]\nshell = \"allow\"\n"), &[]);
+    // Each waits (for at most 20 s) for the file the other creates: both finish only if they
+    // ran at the same time.
+    let wait_for = |mine: &str, theirs: &str| {
+        format!(
+            "/sh touch {mine}; i=0; while [ ! -e {theirs} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; [ -e {theirs} ] && echo {mine} saw {theirs}"
+        )
+    };
+    let (a, thread_a) = send_task(&p.phone, &wait_for("a", "b"), &[]);
+    let (b, thread_b) = send_task(&p.phone, &wait_for("b", "a"), &[]);
+    assert_ne!(
+        thread_a, thread_b,
+        "two sends without --thread: two threads"
+    );
+
+    // One thread: the second task starts only after the first ended.
+    let (first, thread) = send_task(&p.phone, "/sh sleep 0.3; touch first-done; echo first", &[]);
+    let (second, same) = send_task(
+        &p.phone,
+        "/sh test -e first-done && echo second",
+        &["--thread", &thread],
+    );
+    assert_eq!(same, thread);
+
+    let a = wait_final(&p.phone, &a);
+    let b = wait_final(&p.phone, &b);
+    assert_eq!(status(&a), "done", "{a:#}");
+    assert_eq!(a["result"], "a saw b", "{a:#}");
+    assert_eq!(status(&b), "done", "{b:#}");
+    assert_eq!(b["result"], "b saw a", "{b:#}");
+
+    let first = wait_final(&p.phone, &first);
+    let second = wait_final(&p.phone, &second);
+    assert_eq!(status(&first), "done", "{first:#}");
+    assert_eq!(status(&second), "done", "{second:#}");
+    assert_eq!(second["result"], "second", "{second:#}");
+    assert!(
+        millis(&second, "started") >= millis(&first, "finished"),
+        "the second task of the thread started before the first finished: {first:#} {second:#}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8: a screenshot under Xvfb, saved on the phone.
+
+const SCREEN_W: u32 = 800;
+const SCREEN_H: u32 = 600;
+
+/// An `Xvfb` this test started; killed on drop (after the clients, which are dropped first).
+struct Xvfb {
+    child: Child,
+    number: u32,
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client of the X server, killed on drop.
+struct XClient(Child);
+
+impl Drop for XClient {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn x_socket(number: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/.X11-unix/X{number}"))
+}
+
+fn x_lock(number: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/.X{number}-lock"))
+}
+
+/// A display number ≥ 150 with neither lock file nor socket; parallel starters that pick the
+/// same one are told apart by Xvfb's lock file (the loser exits and [`Xvfb::start`] retries).
+fn free_display() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    loop {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let number = 150 + std::process::id().wrapping_mul(31).wrapping_add(step * 7) % 4000;
+        if !x_socket(number).exists() && !x_lock(number).exists() {
+            return number;
+        }
+    }
+}
+
+impl Xvfb {
+    /// Starts `Xvfb :N -screen 0 800x600x24 -noreset -nolisten tcp` and waits until its lock
+    /// file names it and its socket accepts a connection.
+    fn start() -> Xvfb {
+        let end = Instant::now() + Duration::from_secs(20);
+        let mut attempts = Vec::new();
+        while Instant::now() < end {
+            let number = free_display();
+            let mut log = tempfile::tempfile().expect("log file");
+            let child = Command::new("Xvfb")
+                .arg(format!(":{number}"))
+                .args(["-screen", "0", &format!("{SCREEN_W}x{SCREEN_H}x24")])
+                .args(["-noreset", "-nolisten", "tcp"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log.try_clone().expect("log file"))
+                .spawn()
+                .expect("start Xvfb (is the xvfb package installed?)");
+            let mut x = Xvfb { child, number };
+            loop {
+                if let Some(status) = x.child.try_wait().expect("Xvfb status") {
+                    let mut text = String::new();
+                    let _ = std::io::Seek::rewind(&mut log);
+                    let _ = log.read_to_string(&mut text);
+                    attempts.push(format!(":{number} exited with {status}: {text}"));
+                    break;
+                }
+                let owner = fs::read_to_string(x_lock(number))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok());
+                if owner == Some(x.child.id()) && UnixStream::connect(x_socket(number)).is_ok() {
+                    return x;
+                }
+                assert!(
+                    Instant::now() < end,
+                    "Xvfb :{number} did not start within 20 s"
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("no Xvfb could start: {attempts:#?}");
+    }
+
+    fn display(&self) -> String {
+        format!(":{}", self.number)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("DISPLAY", self.display())
+            .env_remove("WAYLAND_DISPLAY")
+            .env_remove("XDG_SESSION_TYPE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    }
+
+    /// A white xterm at +10+10, mapped on the screen before this returns.
+    fn xterm(&self) -> XClient {
+        let xterm = XClient(
+            self.command("xterm")
+                .args(["-geometry", "80x24+10+10", "-bg", "white", "-fg", "black"])
+                .args(["-e", "sleep", "600"])
+                .spawn()
+                .expect("start xterm"),
+        );
+        // `xdotool search --sync` returns once the window is mapped.
+        let mut search = XClient(
+            self.command("xdotool")
+                .args(["search", "--sync", "--onlyvisible", "--class", "xterm"])
+                .spawn()
+                .expect("start xdotool"),
+        );
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = search.0.try_wait().expect("xdotool status") {
+                assert!(status.success(), "xdotool search failed: {status}");
+                return xterm;
+            }
+            assert!(
+                Instant::now() < end,
+                "the xterm window did not appear within 20 s"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+struct Image {
+    width: u32,
+    height: u32,
+    colours: usize,
+}
+
+fn decode_png(bytes: &[u8]) -> Image {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .expect("a valid PNG header");
+    let mut pixels = vec![0; reader.output_buffer_size().expect("buffer size")];
+    let info = reader.next_frame(&mut pixels).expect("PNG image data");
+    pixels.truncate(info.buffer_size());
+    let channels = match info.color_type {
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        other => panic!("unexpected PNG colour type {other:?}"),
+    };
+    let mut colours: Vec<&[u8]> = pixels.chunks_exact(channels).collect();
+    colours.sort_unstable();
+    colours.dedup();
+    Image {
+        width: info.width,
+        height: info.height,
+        colours: colours.len(),
+    }
+}
+
+#[test]
+fn a_screenshot_taken_on_the_desktop_is_saved_on_the_phone() {
+    let x = Xvfb::start();
+    let _xterm = x.xterm();
+    let display = x.display();
+    let (p, _) = setup(
+        Some("[actions]\nscreenshot = \"allow\"\n"),
+        &[
+            ("DISPLAY", &display),
+            ("XDG_SESSION_TYPE", "x11"),
+            ("WAYLAND_DISPLAY", ""),
+        ],
+    );
+    let (task, _) = send_task(&p.phone, "/screenshot", &[]);
+    let done = wait_final(&p.phone, &task);
+    assert_eq!(status(&done), "done", "{done:#}");
+    let artifacts = array(&done["artifacts"]);
+    assert_eq!(artifacts.len(), 1, "{done:#}");
+    assert_eq!(str_field(&artifacts[0], "mime"), "image/png", "{done:#}");
+
+    let saved = p.phone.file("shot.png");
+    p.phone
+        .run(&["show", &task, "--save", path_str(&saved)])
+        .success();
+    let bytes = fs::read(&saved).expect("the saved screenshot");
+    assert_eq!(
+        bytes.len() as u64,
+        artifacts[0]["size"].as_u64().expect("size"),
+        "the saved file has the artifact's size"
+    );
+    let image = decode_png(&bytes);
+    assert_eq!((image.width, image.height), (SCREEN_W, SCREEN_H));
+    assert!(
+        image.colours > 1,
+        "the screenshot is blank: {} colour(s)",
+        image.colours
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9: the model, played by a script server.
+
+/// Writes the model config for a script server into the desktop's home, before `up`.
+fn write_model_config(desk: &Home, server: &ScriptServer, provider: &str) {
+    fs::create_dir_all(desk.path()).expect("home");
+    fs::write(
+        desk.path().join("model.toml"),
+        format!(
+            "[model]\nprovider = \"{provider}\"\nmodel = \"script\"\nbase_url = \"{}\"\napi_key_env = \"ERRAND_TEST_KEY\"\nmax_seconds = 60\n",
+            server.base_url()
+        ),
+    )
+    .expect("write model.toml");
+}
+
+/// The text of every request body, to look for what must never leave the desktop.
+fn bodies(requests: &[RecordedRequest]) -> String {
+    requests
+        .iter()
+        .map(|r| r.body.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The Anthropic `tool_result` block answering `id` in a request body.
+fn anthropic_tool_result(body: &Value, id: &str) -> Value {
+    array(&body["messages"])
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .find(|block| block["type"] == "tool_result" && block["tool_use_id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no tool_result for {id} in {body:#}"))
+}
+
+fn passwd_first_line() -> String {
+    fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|t| t.lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "root:x:0:0".to_owned())
+}
+
+#[test]
+fn the_model_cannot_widen_the_policy() {
+    let desk = Home::new("desk");
+    let pwned = desk.path().join("workspace").join("pwned");
+    let touch = format!("touch {}", pwned.display());
+    let server = ScriptServer::start(
+        Provider::Anthropic,
+        vec![
+            anthropic_tool_use("toolu_read", "read", json!({"path": "/etc/passwd"})),
+            anthropic_tool_use("toolu_sh", "sh", json!({"command": touch})),
+            anthropic_text("done"),
+        ],
+    );
+    write_model_config(&desk, &server, "anthropic");
+    let (p, _) = setup_home(
+        desk,
+        Some("approval_timeout_secs = 2\n"),
+        &[("ERRAND_TEST_KEY", "test-key")],
+    );
+    let (task, _) = send_task(&p.phone, "look around this machine", &[]);
+    let ended = wait_final(&p.phone, &task);
+    assert_eq!(status(&ended), "done", "{ended:#}");
+    assert_eq!(ended["result"], "done", "{ended:#}");
+
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "three model calls: {requests:#?}");
+    for r in &requests {
+        assert_eq!(r.path, "/v1/messages");
+        assert_eq!(r.header("x-api-key"), Some("test-key"), "{r:#?}");
+    }
+    let read = anthropic_tool_result(&requests[1].body, "toolu_read");
+    assert_eq!(read["is_error"], true, "{read:#}");
+    let read_text = read["content"].to_string();
+    assert!(
+        read_text.contains("policy") && read_text.contains("outside the folders"),
+        "the model is told the policy refused the read: {read:#}"
+    );
+    let sh = anthropic_tool_result(&requests[2].body, "toolu_sh");
+    assert_eq!(sh["is_error"], true, "{sh:#}");
+    assert!(
+        sh["content"].to_string().contains("counts as denied"),
+        "the model is told nobody approved: {sh:#}"
+    );
+    let all = bodies(&requests);
+    assert!(
+        !all.contains(&passwd_first_line()),
+        "/etc/passwd content reached the model"
+    );
+    assert!(!pwned.exists(), "the shell command ran");
+
+    let approvals = phone_approvals(&p.phone, &task);
+    assert_eq!(
+        approvals.len(),
+        1,
+        "the shell call was asked about: {approvals:#?}"
+    );
+    assert_eq!(str_field(&approvals[0], "class"), "shell");
+    assert!(
+        str_field(&approvals[0], "action").contains(&touch),
+        "{approvals:#?}"
+    );
+    assert_eq!(
+        str_field(&approvals[0], "state"),
+        "expired",
+        "nobody answered: {approvals:#?}"
+    );
+}
+
+#[test]
+fn an_openai_compatible_model_gets_the_policy_refusal_too() {
+    let server = ScriptServer::start(
+        Provider::OpenAi,
+        vec![
+            openai_tool_call("call_1", "read", json!({"path": "/etc/passwd"})),
+            openai_text("could not read it"),
+        ],
+    );
+    let desk = Home::new("desk");
+    write_model_config(&desk, &server, "openai");
+    let (p, _) = setup_home(desk, None, &[("ERRAND_TEST_KEY", "test-key")]);
+    let (task, _) = send_task(&p.phone, "what users are on this machine?", &[]);
+    let ended = wait_final(&p.phone, &task);
+    assert_eq!(status(&ended), "done", "{ended:#}");
+    assert_eq!(ended["result"], "could not read it", "{ended:#}");
+
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    for r in &requests {
+        assert_eq!(r.path, "/v1/chat/completions");
+        assert_eq!(r.header("authorization"), Some("Bearer test-key"), "{r:#?}");
+    }
+    let answer = array(&requests[1].body["messages"])
+        .iter()
+        .find(|m| m["role"] == "tool" && m["tool_call_id"] == "call_1")
+        .cloned()
+        .unwrap_or_else(|| panic!("no tool message for call_1: {:#}", requests[1].body));
+    let text = str_field(&answer, "content");
+    assert!(
+        text.contains("denied by policy"),
+        "the model is told the policy refused the read: {answer:#}"
+    );
+    assert!(
+        !bodies(&requests).contains(&passwd_first_line()),
+        "/etc/passwd content reached the model"
+    );
+}
+
+#[test]
+fn without_a_model_a_prompt_fails_with_how_to_configure_one() {
+    let (p, _) = setup(None, &[]);
+    let (task, _) = send_task(&p.phone, "tidy up my downloads", &[]);
+    let failed = wait_final(&p.phone, &task);
+    assert_eq!(status(&failed), "failed", "{failed:#}");
+    let error = error_text(&failed);
+    assert!(
+        error.contains("model.toml") && error.contains("[model]") && error.contains("provider"),
+        "the error tells how to configure a model: {failed:#}"
+    );
+}
