@@ -33,6 +33,9 @@ pub const SYNC_ALPN: &[u8] = b"errand/sync/1";
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Two connections between the same devices registered closer together than this were dialled
+/// at the same time by both; further apart, the older one is presumed dead.
+const SIMULTANEOUS_DIAL: Duration = Duration::from_secs(2);
 
 /// Application close codes.
 pub const CLOSE_SHUTDOWN: u32 = 0;
@@ -75,7 +78,8 @@ struct Inner {
     repo: Arc<Repo>,
     endpoint: Endpoint,
     gate: Arc<dyn Gate>,
-    connections: Mutex<HashMap<DeviceId, Connection>>,
+    /// The live connection to each peer, with when it was registered.
+    connections: Mutex<HashMap<DeviceId, (Connection, std::time::Instant)>>,
     addrs: Mutex<HashMap<DeviceId, EndpointAddr>>,
     dialers: Mutex<HashMap<DeviceId, Arc<Notify>>>,
     peer_docs: Mutex<HashMap<(DeviceId, DocId), PeerDocState>>,
@@ -155,7 +159,7 @@ impl Replicator {
 
     /// Drops the connection to a peer (after a revocation, say).
     pub fn disconnect(&self, peer: &DeviceId, code: u32, reason: &str) {
-        if let Some(conn) = lock(&self.0.connections).remove(peer) {
+        if let Some((conn, _)) = lock(&self.0.connections).remove(peer) {
             conn.close(VarInt::from_u32(code), reason.as_bytes());
         }
     }
@@ -163,7 +167,7 @@ impl Replicator {
     pub fn connected_peers(&self) -> Vec<DeviceId> {
         lock(&self.0.connections)
             .iter()
-            .filter(|(_, c)| c.close_reason().is_none())
+            .filter(|(_, (c, _))| c.close_reason().is_none())
             .map(|(id, _)| *id)
             .collect()
     }
@@ -171,7 +175,7 @@ impl Replicator {
     pub fn is_connected(&self, peer: &DeviceId) -> bool {
         lock(&self.0.connections)
             .get(peer)
-            .is_some_and(|c| c.close_reason().is_none())
+            .is_some_and(|(c, _)| c.close_reason().is_none())
     }
 
     /// Whether `peer` is known to hold every change up to `heads` of `doc`.
@@ -213,7 +217,7 @@ impl Replicator {
     /// Closes every connection and stops dialling.
     pub fn shutdown(&self) {
         self.0.shutdown.send_replace(true);
-        for (_, conn) in lock(&self.0.connections).drain() {
+        for (_, (conn, _)) in lock(&self.0.connections).drain() {
             conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutting down");
         }
     }
@@ -225,7 +229,7 @@ impl Replicator {
             if *shutdown.borrow() {
                 return;
             }
-            let existing = lock(&self.0.connections).get(&peer).cloned();
+            let existing = lock(&self.0.connections).get(&peer).map(|(c, _)| c.clone());
             if let Some(conn) = existing.filter(|c| c.close_reason().is_none()) {
                 tokio::select! {
                     _ = conn.closed() => {}
@@ -276,23 +280,27 @@ impl Replicator {
     }
 
     /// Registers a connection, keeping one per peer: of two, the one dialled by the device with
-    /// the smaller id wins, on both ends alike. Returns false if this one lost.
+    /// the smaller id wins, on both ends alike. But a peer dials only when it has no connection
+    /// to us, so a new connection arriving well after the one we hold means ours is dead on the
+    /// other side (the peer restarted, say): the new one wins then, rather than waiting out the
+    /// idle timeout. Returns false if this one lost.
     fn register(&self, conn: &Connection) -> bool {
         let peer = conn.remote_id();
         let me = self.0.endpoint.id();
         let dialer_of = |c: &Connection| if c.side() == Side::Client { me } else { peer };
         let preferred_dialer = me.min(peer);
         let mut conns = lock(&self.0.connections);
-        if let Some(old) = conns.get(&peer).filter(|c| c.close_reason().is_none()) {
+        if let Some((old, since)) = conns.get(&peer).filter(|(c, _)| c.close_reason().is_none()) {
             let old_preferred = dialer_of(old) == preferred_dialer;
             let new_preferred = dialer_of(conn) == preferred_dialer;
-            if old_preferred && !new_preferred {
+            let simultaneous = since.elapsed() < SIMULTANEOUS_DIAL;
+            if old_preferred && !new_preferred && simultaneous {
                 conn.close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
                 return false;
             }
             old.close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
         }
-        conns.insert(peer, conn.clone());
+        conns.insert(peer, (conn.clone(), std::time::Instant::now()));
         true
     }
 
@@ -333,7 +341,7 @@ impl Replicator {
             let mut conns = lock(&self.0.connections);
             if conns
                 .get(&peer)
-                .is_some_and(|c| c.stable_id() == conn.stable_id())
+                .is_some_and(|(c, _)| c.stable_id() == conn.stable_id())
             {
                 conns.remove(&peer);
             }

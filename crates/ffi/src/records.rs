@@ -1,0 +1,402 @@
+//! The records and enums apps see, converted from the node's own types.
+//!
+//! Times are milliseconds since the Unix epoch (`*_ms`); ids are the full hex ids the node
+//! uses (any unique prefix is accepted where a method takes an id).
+
+use errand_node::node::{
+    ApprovalInfo, DeviceInfo, HistoryLine, Joined, PeerStatus, PeerSync, Sent, Status,
+};
+use errand_sync::Role;
+use errand_sync::schema::{index, thread};
+
+/// Where a task is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, uniffi::Enum)]
+pub enum TaskStatus {
+    /// Written, not picked up by its desktop yet (it may not even have received it).
+    Queued,
+    Running,
+    /// The desktop asks before doing something risky: see the approvals.
+    WaitingApproval,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// Whether the task has ended and will not change status again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Done | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+}
+
+impl From<thread::TaskStatus> for TaskStatus {
+    fn from(s: thread::TaskStatus) -> Self {
+        match s {
+            thread::TaskStatus::Queued => TaskStatus::Queued,
+            thread::TaskStatus::Running => TaskStatus::Running,
+            thread::TaskStatus::WaitingApproval => TaskStatus::WaitingApproval,
+            thread::TaskStatus::Done => TaskStatus::Done,
+            thread::TaskStatus::Failed => TaskStatus::Failed,
+            thread::TaskStatus::Cancelled => TaskStatus::Cancelled,
+        }
+    }
+}
+
+/// What a device may do in its space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, uniffi::Enum)]
+pub enum DeviceRole {
+    /// Runs tasks; adds devices; approves.
+    Desktop,
+    /// Sends tasks; adds devices; approves.
+    Phone,
+    /// Reads and syncs only.
+    Viewer,
+}
+
+impl From<Role> for DeviceRole {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Desktop => DeviceRole::Desktop,
+            Role::Phone => DeviceRole::Phone,
+            Role::Viewer => DeviceRole::Viewer,
+        }
+    }
+}
+
+/// Where an approval request is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, uniffi::Enum)]
+pub enum ApprovalState {
+    /// Waiting for a decision.
+    Pending,
+    Approved,
+    Denied,
+    /// Nobody decided in time: it counts as denied.
+    Expired,
+}
+
+impl ApprovalState {
+    fn parse(state: &str) -> Self {
+        match state {
+            "approved" => ApprovalState::Approved,
+            "denied" => ApprovalState::Denied,
+            "expired" => ApprovalState::Expired,
+            _ => ApprovalState::Pending,
+        }
+    }
+}
+
+/// A progress note the desktop wrote while running a task.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct ProgressRecord {
+    pub at_ms: i64,
+    pub text: String,
+}
+
+/// A large output kept beside the documents; get its bytes with `Node.fetch_artifact`.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct ArtifactRecord {
+    /// Content hash (hex): what `Node.fetch_artifact` takes.
+    pub hash: String,
+    pub size: u64,
+    pub mime: String,
+    pub name: String,
+}
+
+/// A task: what was asked, of which desktop, and what came of it.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct TaskRecord {
+    pub id: String,
+    pub thread_id: String,
+    /// The text that was sent.
+    pub prompt: String,
+    /// The device that runs it.
+    pub target_id: String,
+    pub created_by: String,
+    pub created_ms: i64,
+    pub status: TaskStatus,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub progress: Vec<ProgressRecord>,
+    /// The answer, once done (long results are cut; the whole text is an artifact).
+    pub result: Option<String>,
+    /// Why it failed or was cancelled.
+    pub error: Option<String>,
+    pub artifacts: Vec<ArtifactRecord>,
+    pub cancel_requested: bool,
+}
+
+impl From<thread::Task> for TaskRecord {
+    fn from(t: thread::Task) -> Self {
+        TaskRecord {
+            id: t.id,
+            thread_id: t.thread,
+            prompt: t.prompt,
+            target_id: t.target,
+            created_by: t.created_by,
+            created_ms: t.created,
+            status: t.status.into(),
+            started_ms: t.started,
+            finished_ms: t.finished,
+            progress: t
+                .progress
+                .into_iter()
+                .map(|p| ProgressRecord {
+                    at_ms: p.at,
+                    text: p.text,
+                })
+                .collect(),
+            result: t.result,
+            error: t.error,
+            artifacts: t
+                .artifacts
+                .into_iter()
+                .map(|a| ArtifactRecord {
+                    hash: a.hash,
+                    size: a.size,
+                    mime: a.mime,
+                    name: a.name,
+                })
+                .collect(),
+            cancel_requested: t.cancel_requested,
+        }
+    }
+}
+
+/// A conversation: a thread of tasks.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct ThreadRecord {
+    pub id: String,
+    pub title: String,
+    pub created_ms: i64,
+    pub created_by: String,
+    pub archived: bool,
+}
+
+impl From<index::ThreadEntry> for ThreadRecord {
+    fn from(t: index::ThreadEntry) -> Self {
+        ThreadRecord {
+            id: t.id,
+            title: t.title,
+            created_ms: t.created,
+            created_by: t.created_by,
+            archived: t.archived,
+        }
+    }
+}
+
+/// A desktop asking before it does something risky.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct ApprovalRecord {
+    pub id: String,
+    pub thread_id: String,
+    pub task_id: String,
+    /// What will happen, for the person deciding ("run shell command `ls`").
+    pub action: String,
+    /// The policy's risk class: shell, delete, network, screenshot or input.
+    pub risk_class: String,
+    /// The name of the device that asks.
+    pub requested_by: String,
+    pub requested_ms: i64,
+    /// After this, an undecided request counts as denied.
+    pub expires_ms: i64,
+    pub state: ApprovalState,
+    /// The name of the device that decided.
+    pub decided_by: Option<String>,
+}
+
+impl From<ApprovalInfo> for ApprovalRecord {
+    fn from(a: ApprovalInfo) -> Self {
+        ApprovalRecord {
+            state: ApprovalState::parse(&a.state),
+            id: a.id,
+            thread_id: a.thread,
+            task_id: a.task,
+            action: a.action,
+            risk_class: a.class,
+            requested_by: a.requested_by,
+            requested_ms: a.requested_at,
+            expires_ms: a.expires_at,
+            decided_by: a.decided_by,
+        }
+    }
+}
+
+/// A device of the space.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct DeviceRecord {
+    pub id: String,
+    pub name: String,
+    pub role: DeviceRole,
+    pub added_by: String,
+    pub added_ms: i64,
+    /// Whether this is the device the app runs on.
+    pub this_device: bool,
+    /// Whether a connection to it is open right now.
+    pub connected: bool,
+    /// Where it was last reachable (`ip:port`).
+    pub addrs: Vec<String>,
+}
+
+impl From<DeviceInfo> for DeviceRecord {
+    fn from(d: DeviceInfo) -> Self {
+        DeviceRecord {
+            id: d.id,
+            name: d.name,
+            role: d.role.into(),
+            added_by: d.added_by,
+            added_ms: secs_to_ms(d.added_at),
+            this_device: d.this_device,
+            connected: d.connected,
+            addrs: d.addrs,
+        }
+    }
+}
+
+/// One commit of a document: who changed what, when.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct HistoryEntry {
+    /// The change hash (hex): what `Node.document_at` takes.
+    pub hash: String,
+    /// The id of the device that wrote it.
+    pub device_id: String,
+    /// Its name (or a short id when it is not a member).
+    pub device: String,
+    pub seq: u64,
+    /// As the writing device's clock saw it.
+    pub time_ms: i64,
+    pub message: String,
+}
+
+impl From<HistoryLine> for HistoryEntry {
+    fn from(h: HistoryLine) -> Self {
+        HistoryEntry {
+            hash: h.entry.hash,
+            device_id: h.entry.actor,
+            device: h.device,
+            seq: h.entry.seq,
+            time_ms: h.entry.time,
+            message: h.entry.message,
+        }
+    }
+}
+
+/// Another device of the space as this one sees it.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct PeerRecord {
+    pub id: String,
+    pub name: String,
+    pub connected: bool,
+}
+
+impl From<PeerStatus> for PeerRecord {
+    fn from(p: PeerStatus) -> Self {
+        PeerRecord {
+            id: p.id,
+            name: p.name,
+            connected: p.connected,
+        }
+    }
+}
+
+/// This device, its space and its peers.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct StatusRecord {
+    pub device_id: String,
+    pub name: String,
+    /// Whether this device belongs to a space (pair it otherwise).
+    pub paired: bool,
+    pub role: Option<DeviceRole>,
+    pub space_id: Option<String>,
+    /// Where this device listens (`ip:port`).
+    pub addrs: Vec<String>,
+    pub relay: Option<String>,
+    pub peers: Vec<PeerRecord>,
+    pub threads: u64,
+}
+
+impl From<Status> for StatusRecord {
+    fn from(s: Status) -> Self {
+        StatusRecord {
+            device_id: s.device,
+            name: s.name,
+            paired: s.space.is_some(),
+            role: s.role.map(Into::into),
+            space_id: s.space,
+            addrs: s.addrs,
+            relay: s.relay,
+            peers: s.peers.into_iter().map(Into::into).collect(),
+            threads: u64::try_from(s.threads).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// The outcome of pairing with a ticket.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct PairedRecord {
+    pub space_id: String,
+    /// The device that issued the ticket.
+    pub host_id: String,
+    pub host_name: String,
+    /// The verification code; the desktop shows the same one.
+    pub code: String,
+}
+
+impl From<Joined> for PairedRecord {
+    fn from(j: Joined) -> Self {
+        PairedRecord {
+            space_id: j.space,
+            host_id: j.host,
+            host_name: j.host_name,
+            code: j.code,
+        }
+    }
+}
+
+/// A task just sent. It is stored on this device; `delivered` says whether its desktop holds
+/// it yet (it gets it whenever the two can reach each other; offline is not an error).
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct SentRecord {
+    pub task_id: String,
+    pub thread_id: String,
+    pub target_id: String,
+    pub target_name: String,
+    pub delivered: bool,
+}
+
+impl From<Sent> for SentRecord {
+    fn from(s: Sent) -> Self {
+        SentRecord {
+            task_id: s.task,
+            thread_id: s.thread,
+            target_id: s.target,
+            target_name: s.target_name,
+            delivered: s.delivered,
+        }
+    }
+}
+
+/// How a sync round went with one peer.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct PeerSyncRecord {
+    pub id: String,
+    pub name: String,
+    /// Whether every document is the same on both sides.
+    pub synced: bool,
+}
+
+impl From<PeerSync> for PeerSyncRecord {
+    fn from(p: PeerSync) -> Self {
+        PeerSyncRecord {
+            id: p.id,
+            name: p.name,
+            synced: p.synced,
+        }
+    }
+}
+
+fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)
+}
