@@ -91,6 +91,8 @@ struct Shared {
     busy: Mutex<HashSet<String>>,
     /// Cancellation of each running task.
     running: Mutex<HashMap<String, CancellationToken>>,
+    /// Tasks known to have ended; never read again, so a long thread stays cheap to scan.
+    ended: Mutex<HashSet<String>>,
     slots: Semaphore,
     stop: CancellationToken,
 }
@@ -124,6 +126,7 @@ pub fn start(
         space,
         busy: Mutex::default(),
         running: Mutex::default(),
+        ended: Mutex::default(),
         stop: stop.clone(),
     });
     let task = tokio::spawn(async move { shared.run().await });
@@ -154,6 +157,36 @@ impl Shared {
             }
         }
         ids
+    }
+
+    /// The state of the tasks of a thread that have not ended, remembering those that have.
+    fn live_states(&self, doc: &DocId) -> Vec<thread::TaskState> {
+        let skip = lock(&self.ended).clone();
+        let states = self
+            .repo
+            .read(doc, |d| thread::task_states(d, &skip))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let mut ended = lock(&self.ended);
+        states
+            .into_iter()
+            .filter(|t| {
+                let done = t.status.is_final();
+                if done {
+                    ended.insert(t.id.clone());
+                }
+                !done
+            })
+            .collect()
+    }
+
+    fn task(&self, doc: &DocId, id: &str) -> Option<Task> {
+        self.repo
+            .read(doc, |d| thread::task(d, doc.as_str(), id))
+            .ok()
+            .flatten()
+            .flatten()
     }
 
     fn tasks(&self, doc: &DocId) -> Vec<Task> {
@@ -256,7 +289,7 @@ impl Shared {
         if running.is_empty() {
             return;
         }
-        for task in self.tasks(doc) {
+        for task in self.live_states(doc) {
             if task.cancel_requested
                 && let Some(token) = running.get(&task.id)
             {
@@ -270,9 +303,13 @@ impl Shared {
         if doc.is_index() || self.stop.is_cancelled() {
             return;
         }
+        // A busy thread starts nothing; its own commits land here too, so check that first.
+        if lock(&self.busy).contains(doc.as_str()) {
+            return;
+        }
         let me = self.me();
         let next = self
-            .tasks(doc)
+            .live_states(doc)
             .into_iter()
             .find(|t| t.target == me && t.status == TaskStatus::Queued);
         let Some(task) = next else { return };
@@ -286,7 +323,7 @@ impl Shared {
                 _ = self.stop.cancelled() => None,
             };
             if permit.is_some() {
-                self.run_task(&doc, task).await;
+                self.run_task(&doc, &task.id).await;
             }
             drop(permit);
             lock(&self.busy).remove(doc.as_str());
@@ -295,9 +332,9 @@ impl Shared {
         });
     }
 
-    async fn run_task(self: &Arc<Self>, doc: &DocId, task: Task) {
+    async fn run_task(self: &Arc<Self>, doc: &DocId, id: &str) {
         // Re-read: it may have changed while we waited for a slot.
-        let Some(task) = self.tasks(doc).into_iter().find(|t| t.id == task.id) else {
+        let Some(task) = self.task(doc, id) else {
             return;
         };
         if task.status != TaskStatus::Queued {

@@ -135,8 +135,16 @@ impl TaskWatcher {
         };
         let mut out = Vec::new();
         for d in docs {
-            let tasks = repo
-                .read(&d, |doc| thread::tasks(doc, d.as_str()))
+            // Only the tasks that have not ended are read (an ended task never changes again),
+            // and only a few fields of each: this runs on every change.
+            let skip: std::collections::HashSet<String> = self
+                .seen
+                .iter()
+                .filter(|(_, s)| s.is_final())
+                .map(|(id, _)| id.clone())
+                .collect();
+            let states = repo
+                .read(&d, |doc| thread::task_states(doc, &skip))
                 .ok()
                 .flatten()
                 .unwrap_or_default();
@@ -156,13 +164,20 @@ impl TaskWatcher {
                     });
                 }
             }
-            for t in tasks {
-                if self.seen.insert(t.id.clone(), t.status) != Some(t.status) {
+            for t in states {
+                if self.seen.insert(t.id.clone(), t.status) != Some(t.status) && !priming {
+                    let prompt = repo
+                        .read(&d, |doc| thread::task(doc, d.as_str(), &t.id))
+                        .ok()
+                        .flatten()
+                        .flatten()
+                        .map(|task| task.prompt)
+                        .unwrap_or_default();
                     out.push(NodeEvent::TaskChanged {
                         task: t.id,
-                        thread: t.thread,
+                        thread: d.to_string(),
                         status: t.status,
-                        prompt: t.prompt,
+                        prompt,
                     });
                 }
             }

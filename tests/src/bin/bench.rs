@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p errand-tests --bin errand-bench -- [--json] [--iterations N] [--sync-runs N]
+//!     [--round-trips N] [--only abcd]
 //! ```
 //!
 //! (a) Propagation of one new task from a phone home to a desktop home over an established
@@ -13,6 +14,14 @@
 //!     tasks: from just before the phone dials until the phone holds every task.
 //! (c) The same steps through the `Repo` API in one process with no network, plus a bare
 //!     durable redb commit, to show where the time of (a) and (b) goes.
+//! (d) The round trip of a trivial task: the phone queues `/sh true` for the desktop in a
+//!     thread that already holds 0, 100 and 1,000 finished tasks; the desktop's real executor
+//!     (policy: shell allowed; no approval needed, so nobody may approve) runs it; from just
+//!     before the phone's durable `repo.change` until the phone's repo announces a merged
+//!     change after which the task reads `done`. The executor's share is read off the desktop's
+//!     change broadcasts by a monitor task: from the announcement of the merged task to the
+//!     announcement of the executor's `done` commit, split at its `running` and progress
+//!     commits. Also timed: the shell tool alone, and reading the whole thread.
 //!
 //! Bytes on the wire are the UDP payload bytes of the phone's connection in both directions
 //! (`Connection::stats()`: `udp_tx.bytes + udp_rx.bytes`), i.e. everything both endpoints sent
@@ -23,14 +32,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use automerge::{ObjType, ROOT, ReadDoc, Value};
+use automerge::{ActorId, ObjType, ROOT, ReadDoc, Value};
+use errand_executor::agent::Limits;
+use errand_executor::policy::Policy;
+use errand_executor::runner::{self as executor, Authority, ExecutorConfig};
+use errand_executor::tools;
+use errand_sync::schema::thread::TaskStatus;
 use errand_sync::schema::{self, index, thread};
 use errand_sync::{DeviceId, DocChanged, DocId, Gate, Replicator, Repo, SYNC_ALPN, SpaceId, Store};
 use iroh::endpoint::{Connection, PortmapperConfig, presets};
 use iroh::protocol::{ProtocolHandler, Router};
 use iroh::{Endpoint, EndpointAddr, RelayMode};
 use serde_json::{Value as Json, json};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 /// Tasks per transaction when building a big thread.
 const BUILD_BATCH: usize = 1_000;
@@ -42,6 +57,14 @@ const GOAL_MEDIAN_MS: f64 = 1.0;
 const GOAL_P99_MS: f64 = 5.0;
 const GOAL_BYTES_PER_TASK: f64 = 400.0;
 const GOAL_INITIAL_10K_MS: f64 = 150.0;
+const GOAL_ROUND_TRIP_MEDIAN_MS: f64 = 10.0;
+
+/// The task of (d), and the policy under which the desktop runs it without asking.
+const ROUND_TRIP_PROMPT: &str = "/sh true";
+const ROUND_TRIP_POLICY: &str = "[actions]\nshell = \"allow\"\n";
+/// Finished tasks already in the thread that (d) sends to (the executor reads the whole thread
+/// when it changes).
+const ROUND_TRIP_THREADS: [usize; 3] = [0, 100, 1_000];
 
 const BYTES_MEANING: &str = "UDP payload bytes sent by both endpoints on the phone-desktop \
 connection (phone Connection::stats(): udp_tx.bytes + udp_rx.bytes)";
@@ -51,6 +74,9 @@ struct Args {
     json: bool,
     iterations: Option<usize>,
     sync_runs: usize,
+    round_trips: usize,
+    /// The sections to run, e.g. "abcd".
+    only: String,
 }
 
 fn parse_args() -> Result<Args> {
@@ -58,6 +84,8 @@ fn parse_args() -> Result<Args> {
         json: false,
         iterations: None,
         sync_runs: 5,
+        round_trips: 100,
+        only: "abcd".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -79,13 +107,31 @@ fn parse_args() -> Result<Args> {
                 }
                 args.sync_runs = n;
             }
+            "--round-trips" => {
+                let n = it.next().context("--round-trips needs a number")?;
+                let n: usize = n.parse().with_context(|| format!("--round-trips {n:?}"))?;
+                if n == 0 {
+                    bail!("--round-trips must be at least 1");
+                }
+                args.round_trips = n;
+            }
+            "--only" => {
+                let sections = it.next().context("--only needs section letters, e.g. ad")?;
+                if sections.is_empty() || !sections.chars().all(|c| "abcd".contains(c)) {
+                    bail!("--only {sections:?}: give some of the letters a, b, c, d");
+                }
+                args.only = sections;
+            }
             "-h" | "--help" => {
                 println!(
-                    "errand-bench [--json] [--iterations N] [--sync-runs N]\n\n\
-                     --json          print one JSON object instead of a table\n\
-                     --iterations N  timed propagation iterations per thread size\n                \
+                    "errand-bench [--json] [--iterations N] [--sync-runs N] [--round-trips N] \
+                     [--only SECTIONS]\n\n\
+                     --json           print one JSON object instead of a table\n\
+                     --iterations N   timed propagation iterations per thread size\n                 \
                      (default 300 at 1,000 tasks, 100 at 10,000)\n\
-                     --sync-runs N   fresh phones per initial-sync size (default 5)"
+                     --sync-runs N    fresh phones per initial-sync size (default 5)\n\
+                     --round-trips N  timed /sh true round trips per thread size (default 100)\n\
+                     --only SECTIONS  run only these of the sections a, b, c, d (default abcd)"
                 );
                 std::process::exit(0);
             }
@@ -112,7 +158,7 @@ struct Home {
     endpoint: Endpoint,
     replicator: Replicator,
     router: Option<Router>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Home {
@@ -139,7 +185,7 @@ impl Home {
             endpoint,
             replicator,
             router,
-            _dir: dir,
+            dir,
         })
     }
 
@@ -190,8 +236,9 @@ const PROMPTS: [&str; 4] = [
 ];
 
 /// Creates the space's index and one thread of `tasks` tasks on `desktop`, `BUILD_BATCH` tasks
-/// per change. The tasks are addressed to the desktop and sent by `sender`.
-fn build_space(desktop: &Home, sender: &str, tasks: usize) -> Result<DocId> {
+/// per change. The tasks are addressed to the desktop and sent by `sender`; they are queued, or
+/// with `finished` done with a short result (as the desktop's executor would have left them).
+fn build_space(desktop: &Home, sender: &str, tasks: usize, finished: bool) -> Result<DocId> {
     let repo = &desktop.repo;
     let me = desktop.id().to_string();
     let space = SpaceId::random().to_string();
@@ -229,6 +276,11 @@ fn build_space(desktop: &Home, sender: &str, tasks: usize) -> Result<DocId> {
                         created: now,
                     },
                 )?;
+                if finished {
+                    thread::set_status(tx, &id, TaskStatus::Running, now)?;
+                    thread::add_progress(tx, &id, "running", now)?;
+                    thread::finish(tx, &id, Ok("ok"), TaskStatus::Done, now)?;
+                }
             }
             Ok(())
         })?;
@@ -389,7 +441,7 @@ async fn propagation(tasks: usize, iterations: usize) -> Result<Propagation> {
     let phone = Home::new(false).await?;
     let phone_id = phone.id().to_string();
     let desktop_id = desktop.id().to_string();
-    let doc = build_space(&desktop, &phone_id, tasks)?;
+    let doc = build_space(&desktop, &phone_id, tasks, false)?;
 
     let conn = phone.connect(&desktop).await?;
     let index_doc = DocId::index();
@@ -495,7 +547,7 @@ async fn initial_sync(tasks: usize, runs: usize) -> Result<InitialSync> {
     let desktop = Home::new(true).await?;
     // The tasks name some phone as their sender; the fresh phones only read them.
     let sender = Home::new(false).await?;
-    let doc = build_space(&desktop, &sender.id().to_string(), tasks)?;
+    let doc = build_space(&desktop, &sender.id().to_string(), tasks, false)?;
     sender.close().await;
     let index_doc = DocId::index();
 
@@ -609,7 +661,7 @@ async fn breakdown(tasks: usize, iterations: usize) -> Result<Breakdown> {
     let (d, p) = (&desktop.repo, &phone.repo);
     let phone_id = phone.id().to_string();
     let desktop_id = desktop.id().to_string();
-    let doc = build_space(&desktop, &phone_id, tasks)?;
+    let doc = build_space(&desktop, &phone_id, tasks, false)?;
     let fresh = Home::new(false).await?;
     let f = &fresh.repo;
     let (mut sdf, mut sf) = Default::default();
@@ -712,6 +764,354 @@ async fn breakdown(tasks: usize, iterations: usize) -> Result<Breakdown> {
     })
 }
 
+/// (d) needs no approvals (its policy allows shell), so nobody may give one.
+#[derive(Debug)]
+struct NoApprovers;
+
+impl Authority for NoApprovers {
+    fn may_approve(&self, _device: &DeviceId) -> bool {
+        false
+    }
+    fn name(&self, _device: &DeviceId) -> Option<String> {
+        None
+    }
+}
+
+/// A task's map in a thread document.
+fn task_obj(d: &automerge::Automerge, id: &str) -> Option<automerge::ObjId> {
+    let (Value::Object(ObjType::Map), tasks) = d.get(ROOT, "tasks").ok()?? else {
+        return None;
+    };
+    let (Value::Object(ObjType::Map), task) = d.get(&tasks, id).ok()?? else {
+        return None;
+    };
+    Some(task)
+}
+
+/// A task's status, read with a handful of map look-ups (cheaper than building the `Task`).
+fn task_status(d: &automerge::Automerge, id: &str) -> Option<TaskStatus> {
+    let task = task_obj(d, id)?;
+    let (status, _) = d.get(&task, "status").ok()??;
+    status.as_str()?.parse().ok()
+}
+
+/// How many tasks of a thread are queued for `target`, reading only status and target.
+fn queued_for(d: &automerge::Automerge, target: &str) -> usize {
+    let Ok(Some((Value::Object(ObjType::Map), tasks))) = d.get(ROOT, "tasks") else {
+        return 0;
+    };
+    d.keys(&tasks)
+        .filter(|id| {
+            let Ok(Some((_, task))) = d.get(&tasks, id.as_str()) else {
+                return false;
+            };
+            let field = |key: &str| match d.get(&task, key) {
+                Ok(Some((value, _))) => value.as_str().map(str::to_owned),
+                _ => None,
+            };
+            field("status").as_deref() == Some(TaskStatus::Queued.as_str())
+                && field("target").as_deref() == Some(target)
+        })
+        .count()
+}
+
+/// One change announcement of the desktop's repo for the thread of (d), seen by the monitor.
+#[derive(Debug)]
+struct Mark {
+    at: Instant,
+    local: bool,
+}
+
+#[derive(Debug)]
+struct RoundTrip {
+    /// Finished tasks in the thread before the first timed round trip.
+    tasks: usize,
+    /// Phone's change until the phone's repo shows the task done.
+    latency: Stats,
+    /// Desktop: merged task announced until the executor's `done` commit announced.
+    executor: Stats,
+    /// Desktop: merged task announced until the executor's `running` claim announced.
+    claim: Stats,
+    /// Desktop: `running` announced until its last commit before `done` announced (the
+    /// progress entry "running /sh true").
+    progress: Stats,
+    /// Desktop: that until `done` announced (`sh -c true` and the `done` commit).
+    finish: Stats,
+    /// Phone's change until the desktop announces the merged task.
+    to_desktop: Stats,
+    /// Desktop announces `done` until the phone shows it.
+    back: Stats,
+    /// Changes the phone merges per round trip, announced by its repo.
+    phone_merges: f64,
+    /// Commits the desktop's executor makes per round trip.
+    executor_commits: f64,
+    bytes_per_task: f64,
+    datagrams_per_task: f64,
+    /// `schema::thread::tasks` over the whole thread at the end, on the desktop's repo.
+    read_all: Stats,
+    /// The status and target of every task alone (what finding queued work needs).
+    scan_status: Stats,
+    /// `tools::shell::sh` of the same command alone, before the executor starts.
+    shell: Stats,
+    setup_ms: f64,
+}
+
+/// (d): a desktop with the real executor and a thread of `tasks` finished tasks, synced to a
+/// phone; then `iterations` round trips of `/sh true`, one at a time.
+async fn round_trip(tasks: usize, iterations: usize) -> Result<RoundTrip> {
+    let setup = Instant::now();
+    let desktop = Home::new(true).await?;
+    let phone = Home::new(false).await?;
+    let phone_id = phone.id().to_string();
+    let desktop_id = desktop.id().to_string();
+    let doc = build_space(&desktop, &phone_id, tasks, true)?;
+
+    let home = desktop.dir.path();
+    let policy = Policy::parse(ROUND_TRIP_POLICY, home, home).context("the bench's policy")?;
+    policy.ensure_workspace()?;
+    // The tool alone, as the executor calls it, before the executor starts.
+    let mut shell = Vec::new();
+    for _ in 0..WARMUP + 20 {
+        let t0 = Instant::now();
+        let command = ROUND_TRIP_PROMPT.trim_start_matches("/sh ");
+        tools::shell::sh(command, policy.workspace(), CancellationToken::new(), WAIT)
+            .await
+            .with_context(|| format!("sh -c {command:?} alone"))?;
+        shell.push(ms(t0.elapsed()));
+    }
+    shell.drain(..WARMUP);
+    let config = ExecutorConfig {
+        device: desktop.id(),
+        policy,
+        model: None,
+        model_limits: Limits {
+            max_steps: 1,
+            max_time: WAIT,
+        },
+        model_hint: "errand-bench runs direct commands only".into(),
+        max_parallel: 4,
+        shell_timeout: WAIT,
+    };
+    let exec = executor::start(desktop.repo.clone(), config, Arc::new(NoApprovers));
+
+    let conn = phone.connect(&desktop).await?;
+    let index_doc = DocId::index();
+    let mut progress = phone.replicator.progress();
+    wait_progress(&mut progress, "the phone to receive the thread", || {
+        phone.repo.read(&doc, task_count).ok().flatten() == Some(tasks)
+    })
+    .await?;
+    wait_quiet(&phone, &desktop, &[&index_doc, &doc]).await?;
+    let setup_ms = ms(setup.elapsed());
+
+    // The monitor: timestamps every announcement of the thread on the desktop. A thread of
+    // its own, so that its timestamps do not wait for a tokio worker (the executor and the
+    // replicators keep them busy). It reads nothing (a status read after the announcement could
+    // already see a later change): which commit each local announcement was is found after
+    // the round trip, from the desktop's history. It ends when the repo goes away or nobody
+    // listens.
+    let (marks_tx, mut marks) = mpsc::unbounded_channel::<Result<Mark, String>>();
+    {
+        let doc = doc.clone();
+        let mut rx = desktop.repo.subscribe();
+        std::thread::Builder::new()
+            .name("bench-monitor".into())
+            .spawn(move || {
+                loop {
+                    let mark = match rx.blocking_recv() {
+                        Ok(c) if c.doc == doc => Ok(Mark {
+                            at: Instant::now(),
+                            local: c.local,
+                        }),
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            Err(format!("the desktop monitor missed {n} announcements"))
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    };
+                    if marks_tx.send(mark).is_err() {
+                        break;
+                    }
+                }
+            })?;
+    }
+    let desktop_actor = ActorId::from(desktop.id().as_bytes().as_slice());
+
+    let mut changes = phone.repo.subscribe();
+    let mut before = Wire::default();
+    let (mut latency, mut executor_ms, mut claim, mut progress, mut finish) = Default::default();
+    let (mut to_desktop, mut back) = Default::default();
+    let (mut phone_merges, mut executor_commits) = (0usize, 0usize);
+    for i in 0..WARMUP + iterations {
+        if i == WARMUP {
+            before = Wire::of(&conn);
+        }
+        drain(&mut changes);
+        while marks.try_recv().is_ok() {}
+        let id = random_hex16();
+        let heads_before = desktop.repo.heads(&doc)?;
+        let start = Instant::now();
+        phone
+            .repo
+            .change(&doc, &format!("task {id} queued"), |tx| {
+                thread::add_task(
+                    tx,
+                    &thread::NewTask {
+                        id: &id,
+                        prompt: ROUND_TRIP_PROMPT,
+                        target: &desktop_id,
+                        created_by: &phone_id,
+                        created: schema::now_millis(),
+                    },
+                )
+            })?;
+        // The phone: wait for a merged change after which the task is done.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut merges = 0;
+        let seen = loop {
+            match tokio::time::timeout_at(deadline, changes.recv()).await {
+                Ok(Ok(c)) if !c.local && c.doc == doc => merges += 1,
+                Ok(Ok(_)) => continue,
+                // Behind: the thread may have changed.
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) => bail!("phone repo went away"),
+                Err(_) => bail!("timed out after {WAIT:?} waiting for task {id} to be done"),
+            }
+            let status = phone.repo.read(&doc, |d| task_status(d, &id))?.flatten();
+            // After the read: the change that made it done is merged by then, if not earlier.
+            let at = Instant::now();
+            match status {
+                Some(TaskStatus::Done) => break at,
+                Some(status @ (TaskStatus::Failed | TaskStatus::Cancelled)) => {
+                    let error = phone
+                        .repo
+                        .read(&doc, |d| thread::task(d, doc.as_str(), &id))?
+                        .flatten()
+                        .and_then(|t| t.error)
+                        .unwrap_or_default();
+                    bail!("task {id} ({ROUND_TRIP_PROMPT}) ended {status}: {error}");
+                }
+                _ => {}
+            }
+        };
+        // The desktop's side. Its commits since the round trip began, in order (one chain of
+        // its own), each with the task's status as of that commit; then as many local
+        // announcements from the monitor, after the merge of the phone's change.
+        let commits: Vec<Option<TaskStatus>> = desktop
+            .repo
+            .read(&doc, |d| {
+                let task = task_obj(d, &id);
+                d.get_changes(&heads_before)
+                    .iter()
+                    .filter(|c| c.actor_id() == &desktop_actor)
+                    .map(|c| {
+                        let (status, _) =
+                            d.get_at(task.as_ref()?, "status", &[c.hash()]).ok()??;
+                        status.as_str()?.parse().ok()
+                    })
+                    .collect()
+            })?
+            .unwrap_or_default();
+        let Some(done_at) = commits.iter().position(|s| *s == Some(TaskStatus::Done)) else {
+            bail!("no commit of the desktop made task {id} done: {commits:?}");
+        };
+        let Some(claim_at) = commits.iter().position(|s| *s == Some(TaskStatus::Running)) else {
+            bail!("no commit of the desktop claimed task {id}: {commits:?}");
+        };
+        let mut received = None;
+        let mut local = Vec::new();
+        while local.len() <= done_at {
+            let mark = match tokio::time::timeout_at(deadline, marks.recv()).await {
+                Ok(Some(Ok(mark))) => mark,
+                Ok(Some(Err(e))) => bail!("{e}"),
+                Ok(None) => bail!("the desktop monitor stopped"),
+                Err(_) => bail!("timed out waiting for the desktop's announcements of {id}"),
+            };
+            match (mark.local, received) {
+                (false, None) => received = Some(mark.at),
+                (false, Some(_)) => bail!("the desktop merged two changes for task {id}"),
+                (true, None) => bail!("the desktop committed before it received task {id}"),
+                (true, Some(_)) => local.push(mark.at),
+            }
+        }
+        let Some(received) = received else {
+            bail!("the desktop did not announce task {id}");
+        };
+        let (claimed, done) = (local[claim_at], local[done_at]);
+        let last = local[done_at.saturating_sub(1).max(claim_at)];
+        let commits = done_at + 1;
+        if i >= WARMUP {
+            let push = |v: &mut Vec<f64>, d: Duration| v.push(ms(d));
+            push(&mut latency, seen - start);
+            push(&mut executor_ms, done - received);
+            push(&mut claim, claimed - received);
+            push(&mut progress, last - claimed);
+            push(&mut finish, done - last);
+            push(&mut to_desktop, received - start);
+            push(&mut back, seen.saturating_duration_since(done));
+            phone_merges += merges;
+            executor_commits += commits;
+        }
+        wait_quiet(&phone, &desktop, &[&doc]).await?;
+    }
+    let wire = Wire::of(&conn).since(before);
+    drop(marks);
+    exec.stop().await;
+
+    let (mut read_all, mut scan_status) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        let all = desktop
+            .repo
+            .read(&doc, |d| thread::tasks(d, doc.as_str()).len())?;
+        let t1 = Instant::now();
+        let queued = desktop.repo.read(&doc, |d| queued_for(d, &desktop_id))?;
+        read_all.push(ms(t1 - t0));
+        scan_status.push(ms(t1.elapsed()));
+        if all.is_none() || queued != Some(0) {
+            bail!("desktop: thread gone or tasks left queued ({queued:?})");
+        }
+    }
+
+    // Outside the timed part: every task the bench sent is done on both sides.
+    for (side, home) in [("desktop", &desktop), ("phone", &phone)] {
+        let all = home
+            .repo
+            .read(&doc, |d| thread::tasks(d, doc.as_str()))?
+            .unwrap_or_default();
+        let done = all.iter().filter(|t| t.status == TaskStatus::Done).count();
+        if all.len() != tasks + WARMUP + iterations || done != all.len() {
+            bail!(
+                "the {side} holds {} tasks, {done} done; expected {} all done",
+                all.len(),
+                tasks + WARMUP + iterations
+            );
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    phone.close().await;
+    desktop.close().await;
+    let n = iterations as f64;
+    Ok(RoundTrip {
+        tasks,
+        latency: stats(latency),
+        executor: stats(executor_ms),
+        claim: stats(claim),
+        progress: stats(progress),
+        finish: stats(finish),
+        to_desktop: stats(to_desktop),
+        back: stats(back),
+        phone_merges: phone_merges as f64 / n,
+        executor_commits: executor_commits as f64 / n,
+        bytes_per_task: wire.bytes as f64 / n,
+        datagrams_per_task: wire.datagrams as f64 / n,
+        read_all: stats(read_all),
+        scan_status: stats(scan_status),
+        shell: stats(shell),
+        setup_ms,
+    })
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "meets goal" } else { "MISSES goal" }
 }
@@ -727,7 +1127,12 @@ fn stats_json(s: &Stats) -> Json {
     })
 }
 
-fn report_json(props: &[Propagation], syncs: &[InitialSync], parts: &[Breakdown]) -> Json {
+fn report_json(
+    props: &[Propagation],
+    syncs: &[InitialSync],
+    parts: &[Breakdown],
+    trips: &[RoundTrip],
+) -> Json {
     let propagation: Vec<Json> = props
         .iter()
         .map(|p| {
@@ -805,10 +1210,39 @@ fn report_json(props: &[Propagation], syncs: &[InitialSync], parts: &[Breakdown]
             "snapshot_bytes": b.snapshot_bytes,
             "doc_ids_scan": stats_json(&b.doc_ids),
         })).collect::<Vec<_>>(),
+        "round_trip": trips.iter().map(|t| json!({
+            "prompt": ROUND_TRIP_PROMPT,
+            "finished_tasks_in_thread": t.tasks,
+            "warmup_iterations": WARMUP,
+            "latency": stats_json(&t.latency),
+            "phone_to_desktop": stats_json(&t.to_desktop),
+            "executor": stats_json(&t.executor),
+            "executor_claim": stats_json(&t.claim),
+            "executor_progress": stats_json(&t.progress),
+            "executor_sh_and_done": stats_json(&t.finish),
+            "desktop_to_phone": stats_json(&t.back),
+            "executor_commits_per_task": t.executor_commits,
+            "phone_merges_per_task": t.phone_merges,
+            "bytes_per_task": t.bytes_per_task,
+            "datagrams_per_task": t.datagrams_per_task,
+            "read_all_tasks": stats_json(&t.read_all),
+            "scan_status_and_target": stats_json(&t.scan_status),
+            "shell_tool_alone": stats_json(&t.shell),
+            "setup_ms": t.setup_ms,
+            "goals": {
+                "median_ms_max": GOAL_ROUND_TRIP_MEDIAN_MS,
+                "met": t.latency.median <= GOAL_ROUND_TRIP_MEDIAN_MS,
+            },
+        })).collect::<Vec<_>>(),
     })
 }
 
-fn report_table(props: &[Propagation], syncs: &[InitialSync], parts: &[Breakdown]) {
+fn report_table(
+    props: &[Propagation],
+    syncs: &[InitialSync],
+    parts: &[Breakdown],
+    trips: &[RoundTrip],
+) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let load = load_average().map_or_else(|| "unknown".to_owned(), |l| format!("{l:.2}"));
     println!(
@@ -816,7 +1250,26 @@ fn report_table(props: &[Propagation], syncs: &[InitialSync], parts: &[Breakdown
          load average {load} at the end"
     );
     println!("bytes on the wire: {BYTES_MEANING}");
-    println!();
+    // A section left out with --only prints nothing.
+    if !props.is_empty() {
+        println!();
+        table_a(props);
+    }
+    if !syncs.is_empty() {
+        println!();
+        table_b(syncs);
+    }
+    if !parts.is_empty() {
+        println!();
+        table_c(parts);
+    }
+    if !trips.is_empty() {
+        println!();
+        table_d(trips);
+    }
+}
+
+fn table_a(props: &[Propagation]) {
     println!("(a) one new task, phone -> desktop, over an established connection");
     println!(
         "    from before the phone's durable repo.change until the desktop has merged it durably"
@@ -868,7 +1321,9 @@ fn report_table(props: &[Propagation], syncs: &[InitialSync], parts: &[Breakdown
             verdict(p.bytes_per_task <= GOAL_BYTES_PER_TASK)
         );
     }
-    println!();
+}
+
+fn table_b(syncs: &[InitialSync]) {
     println!("(b) initial sync of a brand-new phone (index + one thread), fresh phone each run");
     println!(
         "    from before the phone dials until it holds every task; 'quiet' = both sides in sync"
@@ -897,7 +1352,9 @@ fn report_table(props: &[Propagation], syncs: &[InitialSync], parts: &[Breakdown
             verdict(s.complete.median <= GOAL_INITIAL_10K_MS)
         );
     }
-    println!();
+}
+
+fn table_c(parts: &[Breakdown]) {
     println!(
         "(c) where the time goes: the same steps through the Repo API in one process, no network"
     );
@@ -957,6 +1414,114 @@ fn report_table(props: &[Propagation], syncs: &[InitialSync], parts: &[Breakdown
     }
 }
 
+fn table_d(trips: &[RoundTrip]) {
+    println!(
+        "(d) round trip of a trivial task: the phone queues `{ROUND_TRIP_PROMPT}` for the desktop, whose real"
+    );
+    println!(
+        "    executor runs it (policy: shell allowed); from before the phone's durable repo.change until"
+    );
+    println!(
+        "    the phone's repo shows the task done. 'tasks' = finished tasks in the thread before the"
+    );
+    println!(
+        "    first timed round trip (each round trip adds one, so the thread grows by the iterations)"
+    );
+    println!(
+        "    {:>8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "tasks", "iters", "median", "p99", "mean", "min", "max", "bytes/task"
+    );
+    for t in trips {
+        let l = &t.latency;
+        println!(
+            "    {:>8} {:>6} {:>7.3}ms {:>7.3}ms {:>7.3}ms {:>7.3}ms {:>7.3}ms {:>11.0}",
+            group(t.tasks),
+            l.n,
+            l.median,
+            l.p99,
+            l.mean,
+            l.min,
+            l.max,
+            t.bytes_per_task
+        );
+    }
+    println!("    where the time goes, ms (each part's own percentile, so they need not add up):");
+    println!(
+        "             {:>8} {:>11} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "tasks", "to desktop", "executor", "claim", "progress", "sh+done", "back"
+    );
+    for (label, pick) in [
+        ("median", (|s: &Stats| s.median) as fn(&Stats) -> f64),
+        ("p99", |s: &Stats| s.p99),
+    ] {
+        for t in trips {
+            println!(
+                "      {label:<6} {:>8} {:>11.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3}",
+                group(t.tasks),
+                pick(&t.to_desktop),
+                pick(&t.executor),
+                pick(&t.claim),
+                pick(&t.progress),
+                pick(&t.finish),
+                pick(&t.back)
+            );
+        }
+    }
+    println!(
+        "      read off the desktop's change broadcasts: to desktop = phone's change until the desktop"
+    );
+    println!(
+        "      announces the merged task; executor = that until it announces its `done` commit, which"
+    );
+    println!(
+        "      is claim (until its `running` commit) + progress (until its progress-entry commit) +"
+    );
+    println!(
+        "      sh+done (`sh -c true` and the `done` commit); back = until the phone shows done"
+    );
+    for t in trips {
+        println!(
+            "      {:>6} tasks: per round trip {:.1} executor commits, {:.1} changes merged on the \
+             phone, {:.1} UDP datagrams",
+            group(t.tasks),
+            t.executor_commits,
+            t.phone_merges,
+            t.datagrams_per_task
+        );
+    }
+    for t in trips {
+        println!(
+            "      {:>6} tasks: errand_executor::tools::shell::sh(\"{}\") alone (no executor running): \
+             median {:.3} ms",
+            group(t.tasks),
+            ROUND_TRIP_PROMPT.trim_start_matches("/sh "),
+            t.shell.median
+        );
+    }
+    println!(
+        "    reading the thread on the desktop at the end (the executor reads all of it on every change):"
+    );
+    for t in trips {
+        println!(
+            "      {:>6} tasks ({} in the thread): schema::thread::tasks median {:.3} ms; status and \
+             target of each task alone median {:.3} ms",
+            group(t.tasks),
+            group(t.tasks + WARMUP + t.latency.n),
+            t.read_all.median,
+            t.scan_status.median
+        );
+    }
+    println!("    goals (informational):");
+    for t in trips {
+        println!(
+            "      {:>6} tasks: median {:.3} ms (goal <= {GOAL_ROUND_TRIP_MEDIAN_MS} ms): {}",
+            group(t.tasks),
+            t.latency.median,
+            verdict(t.latency.median <= GOAL_ROUND_TRIP_MEDIAN_MS)
+        );
+    }
+}
+
 /// The 1-minute load average (Linux), to judge how busy the machine was.
 fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
@@ -997,8 +1562,12 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> Result<()> {
     let note = |s: &str| eprintln!("errand-bench: {s}");
+    let run_section = |letter: char| args.only.contains(letter);
     let mut props = Vec::new();
-    for (tasks, default_iters) in [(1_000, 300), (10_000, 100)] {
+    for (tasks, default_iters) in [(1_000, 300), (10_000, 100)]
+        .into_iter()
+        .filter(|_| run_section('a'))
+    {
         let iters = args.iterations.unwrap_or(default_iters);
         note(&format!(
             "(a) propagation on a thread of {} tasks, {iters} iterations",
@@ -1007,7 +1576,7 @@ async fn run(args: Args) -> Result<()> {
         props.push(propagation(tasks, iters).await?);
     }
     let mut syncs = Vec::new();
-    for tasks in [1_000, 10_000] {
+    for tasks in [1_000, 10_000].into_iter().filter(|_| run_section('b')) {
         note(&format!(
             "(b) initial sync of {} tasks, {} fresh phones",
             group(tasks),
@@ -1016,20 +1585,29 @@ async fn run(args: Args) -> Result<()> {
         syncs.push(initial_sync(tasks, args.sync_runs).await?);
     }
     let mut parts = Vec::new();
-    for tasks in [1_000, 10_000] {
+    for tasks in [1_000, 10_000].into_iter().filter(|_| run_section('c')) {
         note(&format!(
             "(c) in-process breakdown at {} tasks",
             group(tasks)
         ));
         parts.push(breakdown(tasks, 100).await?);
     }
+    let mut trips = Vec::new();
+    for tasks in ROUND_TRIP_THREADS.into_iter().filter(|_| run_section('d')) {
+        note(&format!(
+            "(d) round trip of {ROUND_TRIP_PROMPT} in a thread of {} finished tasks, {} iterations",
+            group(tasks),
+            args.round_trips
+        ));
+        trips.push(round_trip(tasks, args.round_trips).await?);
+    }
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report_json(&props, &syncs, &parts))?
+            serde_json::to_string_pretty(&report_json(&props, &syncs, &parts, &trips))?
         );
     } else {
-        report_table(&props, &syncs, &parts);
+        report_table(&props, &syncs, &parts, &trips);
     }
     Ok(())
 }

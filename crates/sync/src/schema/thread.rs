@@ -321,6 +321,43 @@ pub fn task(doc: &impl ReadDoc, thread: &str, id: &str) -> Option<Task> {
     })
 }
 
+/// The few fields of a task that decide what happens next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskState {
+    pub id: String,
+    pub status: TaskStatus,
+    pub target: String,
+    pub cancel_requested: bool,
+    pub created: i64,
+}
+
+/// The state of every task not in `skip`, oldest first. Much cheaper than [`tasks`] on a long
+/// thread: it reads four fields per task, and none for the tasks the caller already knows to
+/// have ended.
+pub fn task_states(doc: &impl ReadDoc, skip: &std::collections::HashSet<String>) -> Vec<TaskState> {
+    let Some(tasks) = get_obj(doc, &ROOT, "tasks") else {
+        return Vec::new();
+    };
+    let mut out: Vec<TaskState> = doc
+        .keys(&tasks)
+        .filter(|id| !skip.contains(id))
+        .filter_map(|id| {
+            let obj = get_obj(doc, &tasks, &id)?;
+            Some(TaskState {
+                status: get_str(doc, &obj, "status")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(TaskStatus::Queued),
+                target: get_str(doc, &obj, "target").unwrap_or_default(),
+                cancel_requested: get_bool(doc, &obj, "cancel_requested").unwrap_or(false),
+                created: get_i64(doc, &obj, "created").unwrap_or(0),
+                id,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+    out
+}
+
 /// Every task of the thread, oldest first.
 pub fn tasks(doc: &impl ReadDoc, thread: &str) -> Vec<Task> {
     let Some(tasks) = get_obj(doc, &ROOT, "tasks") else {
