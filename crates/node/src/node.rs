@@ -1147,24 +1147,7 @@ impl Node {
             .repo
             .read(&DocId::index(), index::addrs)?
             .unwrap_or_default();
-        let mut addr = EndpointAddr::new(*peer);
-        if let Some(entry) = addrs.iter().find(|a| a.device == peer.to_string()) {
-            for a in entry
-                .addrs
-                .iter()
-                .filter_map(|a| a.parse::<SocketAddr>().ok())
-            {
-                addr = addr.with_ip_addr(a);
-            }
-            if let Some(relay) = entry
-                .relay
-                .as_ref()
-                .and_then(|r| r.parse::<RelayUrl>().ok())
-            {
-                addr = addr.with_relay_url(relay);
-            }
-        }
-        Ok(addr)
+        Ok(dial_addr(*peer, &addrs))
     }
 
     /// Revokes a device: signs a revocation into the index, so that this device refuses it at
@@ -1249,32 +1232,33 @@ fn refresh_peers(repo: &Repo, replicator: &Replicator, me: DeviceId) {
         let Ok(id) = m.device.parse::<DeviceId>() else {
             continue;
         };
-        if id == me || !errand_sync::Gate::allows(replicator_gate(replicator), &id) {
-            continue;
+        if id != me && errand_sync::Gate::allows(replicator.gate(), &id) {
+            replicator.add_peer(dial_addr(id, &addrs));
         }
-        let mut addr = EndpointAddr::new(id);
-        if let Some(entry) = addrs.iter().find(|a| a.device == m.device) {
-            for a in entry
-                .addrs
-                .iter()
-                .filter_map(|a| a.parse::<SocketAddr>().ok())
-            {
-                addr = addr.with_ip_addr(a);
-            }
-            if let Some(relay) = entry
-                .relay
-                .as_ref()
-                .and_then(|r| r.parse::<RelayUrl>().ok())
-            {
-                addr = addr.with_relay_url(relay);
-            }
-        }
-        replicator.add_peer(addr);
     }
 }
 
-fn replicator_gate(replicator: &Replicator) -> &dyn errand_sync::Gate {
-    replicator.gate()
+/// Where to dial a device: the addresses and relay it last wrote into the index.
+fn dial_addr(device: DeviceId, addrs: &[index::AddrEntry]) -> EndpointAddr {
+    let mut addr = EndpointAddr::new(device);
+    let key = device.to_string();
+    if let Some(entry) = addrs.iter().find(|a| a.device == key) {
+        for a in entry
+            .addrs
+            .iter()
+            .filter_map(|a| a.parse::<SocketAddr>().ok())
+        {
+            addr = addr.with_ip_addr(a);
+        }
+        if let Some(relay) = entry
+            .relay
+            .as_ref()
+            .and_then(|r| r.parse::<RelayUrl>().ok())
+        {
+            addr = addr.with_relay_url(relay);
+        }
+    }
+    addr
 }
 
 fn default_name() -> String {
