@@ -76,6 +76,7 @@ class Desktop(root: File, private val errand: String) {
         val pb = ProcessBuilder(errand, "--home", home.path, "up", "--name", "desk", "--yes",
             "--ticket-file", ticketFile.path, "--policy", policy.path)
         pb.environment()["ERRAND_BIND"] = "127.0.0.1:0"
+        pb.environment()["ERRAND_NO_MDNS"] = "true"
         pb.redirectErrorStream(true).redirectOutput(log).redirectInput(ProcessBuilder.Redirect.from(File("/dev/null")))
         val p = pb.start()
         process = p

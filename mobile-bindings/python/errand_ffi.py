@@ -565,7 +565,7 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_wait_delivered() != 50090:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_errand_ffi_checksum_constructor_node_open() != 6246:
+    if lib.uniffi_errand_ffi_checksum_constructor_node_open() != 16252:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_nodelistener_on_event() != 26661:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -783,6 +783,7 @@ _UniffiLib.uniffi_errand_ffi_fn_constructor_node_open.argtypes = (
     _UniffiRustBuffer,
     _UniffiRustBuffer,
     _UniffiRustBuffer,
+    ctypes.c_int8,
 )
 _UniffiLib.uniffi_errand_ffi_fn_constructor_node_open.restype = ctypes.c_uint64
 _UniffiLib.uniffi_errand_ffi_fn_method_nodelistener_on_event.argtypes = (
@@ -2870,9 +2871,51 @@ class NodeEvent:
             return True
 
     @dataclass
-    class DEVICE_PAIRED:
+    class DEVICE_ADDED:
         """
-        A device joined the space through this device.
+        A device joined the space (through any member).
+"""
+        
+        def __init__(self, device_id:str, name:str, role:DeviceRole, added_by:str):
+            self.device_id = device_id
+            
+            
+            self.name = name
+            
+            
+            self.role = role
+            
+            
+            self.added_by = added_by
+            
+            
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "NodeEvent.DEVICE_ADDED(device_id={}, name={}, role={}, added_by={})".format(self.device_id, self.name, self.role, self.added_by)
+        def __eq__(self, other):
+            if not isinstance(other, NodeEvent):
+                return NotImplemented
+            if not other.is_DEVICE_ADDED():
+                return False
+            if self.device_id != other.device_id:
+                return False
+            if self.name != other.name:
+                return False
+            if self.role != other.role:
+                return False
+            if self.added_by != other.added_by:
+                return False
+            return True
+
+    @dataclass
+    class DEVICE_REVOKED:
+        """
+        A member was revoked: this device refuses it from now on.
 """
         
         def __init__(self, device_id:str, name:str):
@@ -2889,11 +2932,11 @@ class NodeEvent:
             
     
         def __str__(self):
-            return "NodeEvent.DEVICE_PAIRED(device_id={}, name={})".format(self.device_id, self.name)
+            return "NodeEvent.DEVICE_REVOKED(device_id={}, name={})".format(self.device_id, self.name)
         def __eq__(self, other):
             if not isinstance(other, NodeEvent):
                 return NotImplemented
-            if not other.is_DEVICE_PAIRED():
+            if not other.is_DEVICE_REVOKED():
                 return False
             if self.device_id != other.device_id:
                 return False
@@ -3019,10 +3062,14 @@ class NodeEvent:
         return isinstance(self, NodeEvent.PAIRING_REQUESTED)
     def is_pairing_requested(self) -> bool:
         return isinstance(self, NodeEvent.PAIRING_REQUESTED)
-    def is_DEVICE_PAIRED(self) -> bool:
-        return isinstance(self, NodeEvent.DEVICE_PAIRED)
-    def is_device_paired(self) -> bool:
-        return isinstance(self, NodeEvent.DEVICE_PAIRED)
+    def is_DEVICE_ADDED(self) -> bool:
+        return isinstance(self, NodeEvent.DEVICE_ADDED)
+    def is_device_added(self) -> bool:
+        return isinstance(self, NodeEvent.DEVICE_ADDED)
+    def is_DEVICE_REVOKED(self) -> bool:
+        return isinstance(self, NodeEvent.DEVICE_REVOKED)
+    def is_device_revoked(self) -> bool:
+        return isinstance(self, NodeEvent.DEVICE_REVOKED)
     def is_PAIRING_REFUSED(self) -> bool:
         return isinstance(self, NodeEvent.PAIRING_REFUSED)
     def is_pairing_refused(self) -> bool:
@@ -3047,7 +3094,8 @@ NodeEvent.PEER_LOST = type("NodeEvent.PEER_LOST", (NodeEvent.PEER_LOST, NodeEven
 NodeEvent.SYNC_FINISHED = type("NodeEvent.SYNC_FINISHED", (NodeEvent.SYNC_FINISHED, NodeEvent,), {})  # type: ignore
 NodeEvent.PEER_DROPPED = type("NodeEvent.PEER_DROPPED", (NodeEvent.PEER_DROPPED, NodeEvent,), {})  # type: ignore
 NodeEvent.PAIRING_REQUESTED = type("NodeEvent.PAIRING_REQUESTED", (NodeEvent.PAIRING_REQUESTED, NodeEvent,), {})  # type: ignore
-NodeEvent.DEVICE_PAIRED = type("NodeEvent.DEVICE_PAIRED", (NodeEvent.DEVICE_PAIRED, NodeEvent,), {})  # type: ignore
+NodeEvent.DEVICE_ADDED = type("NodeEvent.DEVICE_ADDED", (NodeEvent.DEVICE_ADDED, NodeEvent,), {})  # type: ignore
+NodeEvent.DEVICE_REVOKED = type("NodeEvent.DEVICE_REVOKED", (NodeEvent.DEVICE_REVOKED, NodeEvent,), {})  # type: ignore
 NodeEvent.PAIRING_REFUSED = type("NodeEvent.PAIRING_REFUSED", (NodeEvent.PAIRING_REFUSED, NodeEvent,), {})  # type: ignore
 NodeEvent.JOIN_CODE = type("NodeEvent.JOIN_CODE", (NodeEvent.JOIN_CODE, NodeEvent,), {})  # type: ignore
 NodeEvent.EVENTS_MISSED = type("NodeEvent.EVENTS_MISSED", (NodeEvent.EVENTS_MISSED, NodeEvent,), {})  # type: ignore
@@ -3103,20 +3151,27 @@ class _UniffiFfiConverterTypeNodeEvent(_UniffiConverterRustBuffer):
                 _UniffiFfiConverterString.read(buf),
             )
         if variant == 8:
-            return NodeEvent.DEVICE_PAIRED(
+            return NodeEvent.DEVICE_ADDED(
                 _UniffiFfiConverterString.read(buf),
+                _UniffiFfiConverterString.read(buf),
+                _UniffiFfiConverterTypeDeviceRole.read(buf),
                 _UniffiFfiConverterString.read(buf),
             )
         if variant == 9:
-            return NodeEvent.PAIRING_REFUSED(
+            return NodeEvent.DEVICE_REVOKED(
                 _UniffiFfiConverterString.read(buf),
                 _UniffiFfiConverterString.read(buf),
             )
         if variant == 10:
-            return NodeEvent.JOIN_CODE(
+            return NodeEvent.PAIRING_REFUSED(
+                _UniffiFfiConverterString.read(buf),
                 _UniffiFfiConverterString.read(buf),
             )
         if variant == 11:
+            return NodeEvent.JOIN_CODE(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 12:
             return NodeEvent.EVENTS_MISSED(
                 _UniffiFfiConverterUInt64.read(buf),
             )
@@ -3160,7 +3215,13 @@ class _UniffiFfiConverterTypeNodeEvent(_UniffiConverterRustBuffer):
             _UniffiFfiConverterString.check_lower(value.name)
             _UniffiFfiConverterString.check_lower(value.code)
             return
-        if value.is_DEVICE_PAIRED():
+        if value.is_DEVICE_ADDED():
+            _UniffiFfiConverterString.check_lower(value.device_id)
+            _UniffiFfiConverterString.check_lower(value.name)
+            _UniffiFfiConverterTypeDeviceRole.check_lower(value.role)
+            _UniffiFfiConverterString.check_lower(value.added_by)
+            return
+        if value.is_DEVICE_REVOKED():
             _UniffiFfiConverterString.check_lower(value.device_id)
             _UniffiFfiConverterString.check_lower(value.name)
             return
@@ -3214,19 +3275,25 @@ class _UniffiFfiConverterTypeNodeEvent(_UniffiConverterRustBuffer):
             _UniffiFfiConverterString.write(value.device_id, buf)
             _UniffiFfiConverterString.write(value.name, buf)
             _UniffiFfiConverterString.write(value.code, buf)
-        if value.is_DEVICE_PAIRED():
+        if value.is_DEVICE_ADDED():
             buf.write_i32(8)
             _UniffiFfiConverterString.write(value.device_id, buf)
             _UniffiFfiConverterString.write(value.name, buf)
-        if value.is_PAIRING_REFUSED():
+            _UniffiFfiConverterTypeDeviceRole.write(value.role, buf)
+            _UniffiFfiConverterString.write(value.added_by, buf)
+        if value.is_DEVICE_REVOKED():
             buf.write_i32(9)
+            _UniffiFfiConverterString.write(value.device_id, buf)
+            _UniffiFfiConverterString.write(value.name, buf)
+        if value.is_PAIRING_REFUSED():
+            buf.write_i32(10)
             _UniffiFfiConverterString.write(value.device_id, buf)
             _UniffiFfiConverterString.write(value.reason, buf)
         if value.is_JOIN_CODE():
-            buf.write_i32(10)
+            buf.write_i32(11)
             _UniffiFfiConverterString.write(value.code, buf)
         if value.is_EVENTS_MISSED():
-            buf.write_i32(11)
+            buf.write_i32(12)
             _UniffiFfiConverterUInt64.write(value.count, buf)
 
 
@@ -3799,7 +3866,7 @@ class Node(NodeProtocol):
     
     _handle: ctypes.c_uint64
     @classmethod
-    async def open(cls, data_dir: str,bind_addr: typing.Union[object, typing.Optional[str]] = _DEFAULT,relay_url: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> Node:
+    async def open(cls, data_dir: str,bind_addr: typing.Union[object, typing.Optional[str]] = _DEFAULT,relay_url: typing.Union[object, typing.Optional[str]] = _DEFAULT,lan_discovery: bool = False) -> Node:
         """
         Opens the home in `data_dir` (created on first use, with this device's key), and starts
         listening for the other devices of its space.
@@ -3807,6 +3874,8 @@ class Node(NodeProtocol):
         `bind_addr` is where to listen (`"0.0.0.0:0"`, `"127.0.0.1:0"`, ...); by default every
         interface, on the port this home used last time. `relay_url` names a self-hosted iroh
         relay, for devices that cannot reach each other directly; relays are off without one.
+        `lan_discovery` announces this device and finds the others on the local network by mDNS
+        (off by default: iOS apps need the multicast networking entitlement for it).
 """
         
         _UniffiFfiConverterString.check_lower(data_dir)
@@ -3818,10 +3887,13 @@ class Node(NodeProtocol):
         if relay_url is _DEFAULT:
             relay_url = None
         _UniffiFfiConverterOptionalString.check_lower(relay_url)
+
+        _UniffiFfiConverterBoolean.check_lower(lan_discovery)
         _uniffi_lowered_args = (
             _UniffiFfiConverterString.lower(data_dir),
             _UniffiFfiConverterOptionalString.lower(bind_addr),
             _UniffiFfiConverterOptionalString.lower(relay_url),
+            _UniffiFfiConverterBoolean.lower(lan_discovery),
         )
         _uniffi_lift_return = _UniffiFfiConverterTypeNode.lift
         _uniffi_error_converter = _UniffiFfiConverterTypeErrandError

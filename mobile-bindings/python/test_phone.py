@@ -121,7 +121,7 @@ class Desktop:
         self.proc = None
 
     def _start(self, args):
-        env = dict(os.environ, ERRAND_BIND="127.0.0.1:0", ERRAND_LOG="warn")
+        env = dict(os.environ, ERRAND_BIND="127.0.0.1:0", ERRAND_NO_MDNS="true", ERRAND_LOG="warn")
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [ERRAND, "--home", str(self.home), *args],

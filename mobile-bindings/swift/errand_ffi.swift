@@ -794,12 +794,14 @@ open class Node: NodeProtocol, @unchecked Sendable {
      * `bind_addr` is where to listen (`"0.0.0.0:0"`, `"127.0.0.1:0"`, ...); by default every
      * interface, on the port this home used last time. `relay_url` names a self-hosted iroh
      * relay, for devices that cannot reach each other directly; relays are off without one.
+     * `lan_discovery` announces this device and finds the others on the local network by mDNS
+     * (off by default: iOS apps need the multicast networking entitlement for it).
      */
-public static func `open`(dataDir: String, bindAddr: String? = nil, relayUrl: String? = nil)async throws  -> Node  {
+public static func `open`(dataDir: String, bindAddr: String? = nil, relayUrl: String? = nil, lanDiscovery: Bool = false)async throws  -> Node  {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
-                uniffi_errand_ffi_fn_constructor_node_open(FfiConverterString.lower(dataDir),FfiConverterOptionString.lower(bindAddr),FfiConverterOptionString.lower(relayUrl)
+                uniffi_errand_ffi_fn_constructor_node_open(FfiConverterString.lower(dataDir),FfiConverterOptionString.lower(bindAddr),FfiConverterOptionString.lower(relayUrl),FfiConverterBool.lower(lanDiscovery)
                 )
             },
             pollFunc: ffi_errand_ffi_rust_future_poll_u64,
@@ -3054,9 +3056,14 @@ public enum NodeEvent: Equatable, Hashable {
     case pairingRequested(deviceId: String, name: String, code: String
     )
     /**
-     * A device joined the space through this device.
+     * A device joined the space (through any member).
      */
-    case devicePaired(deviceId: String, name: String
+    case deviceAdded(deviceId: String, name: String, role: DeviceRole, addedBy: String
+    )
+    /**
+     * A member was revoked: this device refuses it from now on.
+     */
+    case deviceRevoked(deviceId: String, name: String
     )
     /**
      * A device was refused.
@@ -3115,16 +3122,19 @@ public struct FfiConverterTypeNodeEvent: FfiConverterRustBuffer {
         case 7: return .pairingRequested(deviceId: try FfiConverterString.read(from: &buf), name: try FfiConverterString.read(from: &buf), code: try FfiConverterString.read(from: &buf)
         )
         
-        case 8: return .devicePaired(deviceId: try FfiConverterString.read(from: &buf), name: try FfiConverterString.read(from: &buf)
+        case 8: return .deviceAdded(deviceId: try FfiConverterString.read(from: &buf), name: try FfiConverterString.read(from: &buf), role: try FfiConverterTypeDeviceRole.read(from: &buf), addedBy: try FfiConverterString.read(from: &buf)
         )
         
-        case 9: return .pairingRefused(deviceId: try FfiConverterString.read(from: &buf), reason: try FfiConverterString.read(from: &buf)
+        case 9: return .deviceRevoked(deviceId: try FfiConverterString.read(from: &buf), name: try FfiConverterString.read(from: &buf)
         )
         
-        case 10: return .joinCode(code: try FfiConverterString.read(from: &buf)
+        case 10: return .pairingRefused(deviceId: try FfiConverterString.read(from: &buf), reason: try FfiConverterString.read(from: &buf)
         )
         
-        case 11: return .eventsMissed(count: try FfiConverterUInt64.read(from: &buf)
+        case 11: return .joinCode(code: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 12: return .eventsMissed(count: try FfiConverterUInt64.read(from: &buf)
         )
         
         default: throw UniffiInternalError.unexpectedEnumCase
@@ -3185,25 +3195,33 @@ public struct FfiConverterTypeNodeEvent: FfiConverterRustBuffer {
             FfiConverterString.write(code, into: &buf)
             
         
-        case let .devicePaired(deviceId,name):
+        case let .deviceAdded(deviceId,name,role,addedBy):
             writeInt(&buf, Int32(8))
+            FfiConverterString.write(deviceId, into: &buf)
+            FfiConverterString.write(name, into: &buf)
+            FfiConverterTypeDeviceRole.write(role, into: &buf)
+            FfiConverterString.write(addedBy, into: &buf)
+            
+        
+        case let .deviceRevoked(deviceId,name):
+            writeInt(&buf, Int32(9))
             FfiConverterString.write(deviceId, into: &buf)
             FfiConverterString.write(name, into: &buf)
             
         
         case let .pairingRefused(deviceId,reason):
-            writeInt(&buf, Int32(9))
+            writeInt(&buf, Int32(10))
             FfiConverterString.write(deviceId, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
         case let .joinCode(code):
-            writeInt(&buf, Int32(10))
+            writeInt(&buf, Int32(11))
             FfiConverterString.write(code, into: &buf)
             
         
         case let .eventsMissed(count):
-            writeInt(&buf, Int32(11))
+            writeInt(&buf, Int32(12))
             FfiConverterUInt64.write(count, into: &buf)
             
         }
@@ -3807,7 +3825,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_errand_ffi_checksum_method_node_wait_delivered() != 50090) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_errand_ffi_checksum_constructor_node_open() != 6246) {
+    if (uniffi_errand_ffi_checksum_constructor_node_open() != 16252) {
         return InitializationResult.apiChecksumMismatch
     }
 

@@ -311,7 +311,7 @@ void uniffi_errand_ffi_fn_free_node(uint64_t handle, RustCallStatus *_Nonnull ou
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_CONSTRUCTOR_NODE_OPEN
 #define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_CONSTRUCTOR_NODE_OPEN
-uint64_t uniffi_errand_ffi_fn_constructor_node_open(RustBuffer data_dir, RustBuffer bind_addr, RustBuffer relay_url
+uint64_t uniffi_errand_ffi_fn_constructor_node_open(RustBuffer data_dir, RustBuffer bind_addr, RustBuffer relay_url, int8_t lan_discovery
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_APPROVALS

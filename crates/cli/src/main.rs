@@ -39,6 +39,13 @@ pub struct Cli {
     /// Use this self-hosted iroh relay (relays are off otherwise)
     #[arg(long, env = "ERRAND_RELAY", global = true)]
     relay: Option<String>,
+    /// Reach peers only through the relay: no direct addresses (hides this device's IP
+    /// addresses from its peers)
+    #[arg(long, env = "ERRAND_RELAY_ONLY", global = true, requires = "relay")]
+    relay_only: bool,
+    /// Do not announce this device or look for the others on the local network (mDNS)
+    #[arg(long, env = "ERRAND_NO_MDNS", global = true)]
+    no_mdns: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -216,6 +223,8 @@ impl Cli {
             ),
             None => None,
         };
+        config.relay_only = self.relay_only;
+        config.lan_discovery = !self.no_mdns;
         Ok(config)
     }
 }

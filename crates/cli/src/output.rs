@@ -266,8 +266,11 @@ pub fn event(ev: &NodeEvent) -> String {
         NodeEvent::PairingRequested { name, code, .. } => {
             format!("device {name:?} wants to pair; verification code {code}")
         }
-        NodeEvent::DevicePaired { name, device } => {
+        NodeEvent::DeviceAdded { name, device, .. } => {
             format!("device {name} ({}) added", short(device))
+        }
+        NodeEvent::DeviceRevoked { name, device } => {
+            format!("device {name} ({}) revoked", short(device))
         }
         NodeEvent::PairingRefused { device, reason } => {
             format!("pairing with {} refused: {reason}", short(device))

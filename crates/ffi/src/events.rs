@@ -16,7 +16,7 @@ use errand_sync::DeviceId;
 use tokio::sync::{broadcast, watch};
 
 use crate::error::ListenerError;
-use crate::records::TaskStatus;
+use crate::records::{DeviceRole, TaskStatus};
 
 /// Something that happened on this node. Turn these into notifications, or refresh a screen.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
@@ -60,8 +60,15 @@ pub enum NodeEvent {
         name: String,
         code: String,
     },
-    /// A device joined the space through this device.
-    DevicePaired { device_id: String, name: String },
+    /// A device joined the space (through any member).
+    DeviceAdded {
+        device_id: String,
+        name: String,
+        role: DeviceRole,
+        added_by: String,
+    },
+    /// A member was revoked: this device refuses it from now on.
+    DeviceRevoked { device_id: String, name: String },
     /// A device was refused.
     PairingRefused { device_id: String, reason: String },
     /// While pairing: the verification code to compare with the desktop's.
@@ -238,7 +245,18 @@ pub(crate) fn convert(ev: EngineEvent, node: Option<&Engine>) -> Option<NodeEven
             name,
             code,
         },
-        EngineEvent::DevicePaired { device, name } => NodeEvent::DevicePaired {
+        EngineEvent::DeviceAdded {
+            device,
+            name,
+            role,
+            added_by,
+        } => NodeEvent::DeviceAdded {
+            device_id: device,
+            name,
+            role: role.into(),
+            added_by,
+        },
+        EngineEvent::DeviceRevoked { device, name } => NodeEvent::DeviceRevoked {
             device_id: device,
             name,
         },

@@ -51,16 +51,20 @@ impl Node {
     /// `bind_addr` is where to listen (`"0.0.0.0:0"`, `"127.0.0.1:0"`, ...); by default every
     /// interface, on the port this home used last time. `relay_url` names a self-hosted iroh
     /// relay, for devices that cannot reach each other directly; relays are off without one.
-    #[uniffi::constructor(default(bind_addr = None, relay_url = None))]
+    /// `lan_discovery` announces this device and finds the others on the local network by mDNS
+    /// (off by default: iOS apps need the multicast networking entitlement for it).
+    #[uniffi::constructor(default(bind_addr = None, relay_url = None, lan_discovery = false))]
     pub async fn open(
         data_dir: String,
         bind_addr: Option<String>,
         relay_url: Option<String>,
+        lan_discovery: bool,
     ) -> Result<Arc<Self>, ErrandError> {
         if data_dir.trim().is_empty() {
             return Err(ErrandError::InvalidInput("name a data directory".into()));
         }
         let mut config = NodeConfig::new(data_dir);
+        config.lan_discovery = lan_discovery;
         if let Some(addr) = bind_addr
             .as_deref()
             .map(str::trim)

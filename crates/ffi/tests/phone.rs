@@ -86,7 +86,7 @@ async fn a_phone_pairs_sends_and_follows_events() {
     let desk = desktop(&dir.path().join("desk")).await;
     let phone_home = dir.path().join("phone").display().to_string();
 
-    let phone = Node::open(phone_home.clone(), Some("127.0.0.1:0".into()), None)
+    let phone = Node::open(phone_home.clone(), Some("127.0.0.1:0".into()), None, false)
         .await
         .expect("phone opens");
     let status = phone.status().await.expect("status");
@@ -104,7 +104,7 @@ async fn a_phone_pairs_sends_and_follows_events() {
         matches!(e, ErrandError::InvalidInput(ref m) if m.contains("ticket")),
         "{e:?}"
     );
-    let e = Node::open(phone_home.clone(), Some("nowhere".into()), None)
+    let e = Node::open(phone_home.clone(), Some("nowhere".into()), None, false)
         .await
         .unwrap_err();
     assert!(matches!(e, ErrandError::InvalidInput(_)), "{e:?}");
@@ -215,7 +215,7 @@ async fn a_phone_pairs_sends_and_follows_events() {
     assert!(matches!(e, ErrandError::Closed(_)), "{e:?}");
 
     // Closing released the data directory: it opens again, still paired.
-    let again = Node::open(phone_home, Some("127.0.0.1:0".into()), None)
+    let again = Node::open(phone_home, Some("127.0.0.1:0".into()), None, false)
         .await
         .expect("reopens");
     let status = again.status().await.expect("status");

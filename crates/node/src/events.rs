@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
+use errand_pairing::membership::Membership;
 use errand_pairing::protocol::PairingEvent;
+use errand_sync::ids::{DeviceId, Role};
 use errand_sync::schema::{DocId, index, thread};
 use errand_sync::{NetEvent, Repo};
 use serde::{Deserialize, Serialize};
@@ -47,7 +49,16 @@ pub enum NodeEvent {
         name: String,
         code: String,
     },
-    DevicePaired {
+    /// A device became a member of the space (through any member), as this device learned
+    /// from the index.
+    DeviceAdded {
+        device: String,
+        name: String,
+        role: Role,
+        added_by: String,
+    },
+    /// A member was revoked; this device refuses it from now on.
+    DeviceRevoked {
         device: String,
         name: String,
     },
@@ -81,8 +92,8 @@ impl NodeEvent {
         }
     }
 
-    pub(crate) fn from_pairing(ev: PairingEvent) -> NodeEvent {
-        match ev {
+    pub(crate) fn from_pairing(ev: PairingEvent) -> Option<NodeEvent> {
+        Some(match ev {
             PairingEvent::Requested {
                 ticket,
                 device,
@@ -95,11 +106,60 @@ impl NodeEvent {
                 name,
                 code,
             },
-            PairingEvent::Paired { device, name, .. } => NodeEvent::DevicePaired { device, name },
+            // Every member reports the new device once its certificate is in the index, the
+            // host included: see `MemberWatcher`.
+            PairingEvent::Paired { .. } => return None,
             PairingEvent::Refused { device, reason, .. } => {
                 NodeEvent::PairingRefused { device, reason }
             }
+        })
+    }
+}
+
+/// Turns membership changes into device events by remembering who was a member.
+#[derive(Debug, Default)]
+pub(crate) struct MemberWatcher {
+    /// `None` until the first membership is seen: what a device finds when it starts (or
+    /// joins) is not news.
+    members: Option<HashMap<DeviceId, String>>,
+}
+
+impl MemberWatcher {
+    pub(crate) fn changed(&mut self, membership: Option<&Membership>) -> Vec<NodeEvent> {
+        let Some(membership) = membership else {
+            return Vec::new();
+        };
+        let now: HashMap<DeviceId, String> = membership
+            .members()
+            .map(|m| (m.device, m.name.clone()))
+            .collect();
+        let Some(before) = self.members.replace(now) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for m in membership.members() {
+            if !before.contains_key(&m.device) {
+                out.push(NodeEvent::DeviceAdded {
+                    device: m.device.to_string(),
+                    name: m.name.clone(),
+                    role: m.role,
+                    added_by: m.added_by.to_string(),
+                });
+            }
         }
+        let mut gone: Vec<(&DeviceId, &String)> = before
+            .iter()
+            .filter(|(d, _)| membership.is_revoked(d))
+            .filter(|(d, _)| !membership.is_member(d))
+            .collect();
+        gone.sort();
+        for (device, name) in gone {
+            out.push(NodeEvent::DeviceRevoked {
+                device: device.to_string(),
+                name: name.clone(),
+            });
+        }
+        out
     }
 }
 

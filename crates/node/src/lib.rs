@@ -8,6 +8,7 @@
 pub mod control;
 pub mod error;
 pub mod events;
+mod lan;
 pub mod node;
 
 pub use error::NodeError;

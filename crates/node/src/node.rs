@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use crate::error::NodeError;
 use crate::events::NodeEvent;
+use crate::lan::LanSightings;
 
 const KEY_FILE: &str = "device.key";
 const DB_FILE: &str = "errand.redb";
@@ -35,6 +36,11 @@ pub struct NodeConfig {
     pub bind: Option<SocketAddr>,
     /// A self-hosted iroh relay; relays are off without one.
     pub relay: Option<RelayUrl>,
+    /// Reach peers only through the relay: bind no UDP socket, so this device has no direct
+    /// address to give away (and none to be reached at). Needs `relay`.
+    pub relay_only: bool,
+    /// Announce this device and find the others on the local network (mDNS).
+    pub lan_discovery: bool,
 }
 
 impl NodeConfig {
@@ -43,6 +49,8 @@ impl NodeConfig {
             home: home.into(),
             bind: None,
             relay: None,
+            relay_only: false,
+            lan_discovery: false,
         }
     }
 }
@@ -174,6 +182,7 @@ pub struct Node {
     events: broadcast::Sender<NodeEvent>,
     pairing_log: Arc<Mutex<std::collections::HashMap<String, Vec<PairingEvent>>>>,
     tasks: Mutex<tokio::task::JoinSet<()>>,
+    lan: LanSightings,
 }
 
 fn now_unix() -> u64 {
@@ -223,7 +232,19 @@ impl Node {
             events: broadcast::channel(1024).0,
             pairing_log: Arc::default(),
             tasks: Mutex::default(),
+            lan: LanSightings::default(),
         };
+        if config.lan_discovery {
+            let (repo, replicator, lan) =
+                (node.repo.clone(), node.replicator.clone(), node.lan.clone());
+            let listen = crate::lan::start(
+                &node.endpoint,
+                node.gate.clone(),
+                node.lan.clone(),
+                move |_| refresh_peers(&repo, &replicator, me, &lan),
+            )?;
+            node.spawn(listen);
+        }
         if let Some(space) = node.space() {
             node.start_pairing_host(space);
             node.publish_addrs()?;
@@ -328,7 +349,9 @@ impl Node {
                             .entry(ticket)
                             .or_default()
                             .push(ev.clone());
-                        let _ = events.send(NodeEvent::from_pairing(ev));
+                        if let Some(ev) = NodeEvent::from_pairing(ev) {
+                            let _ = events.send(ev);
+                        }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -353,9 +376,18 @@ impl Node {
         let replicator = self.replicator.clone();
         let events = self.events.clone();
         let me = self.id();
+        let lan = self.lan.clone();
         self.spawn(async move {
             let mut watcher = crate::events::TaskWatcher::default();
             watcher.prime(&repo);
+            let mut members = crate::events::MemberWatcher::default();
+            let _ = members.changed(
+                repo.read(&DocId::index(), trust::evaluate_index)
+                    .ok()
+                    .flatten()
+                    .flatten()
+                    .as_ref(),
+            );
             loop {
                 let changed = match changes.recv().await {
                     Ok(c) => Some(c.doc),
@@ -364,7 +396,10 @@ impl Node {
                 };
                 if changed.as_ref().is_none_or(DocId::is_index) {
                     let before: Vec<DeviceId> = replicator.connected_peers();
-                    gate.refresh(&repo);
+                    let membership = gate.refresh(&repo);
+                    for ev in members.changed(membership.as_ref()) {
+                        let _ = events.send(ev);
+                    }
                     for peer in before {
                         if !errand_sync::Gate::allows(gate.as_ref(), &peer) {
                             replicator.disconnect(
@@ -374,7 +409,7 @@ impl Node {
                             );
                         }
                     }
-                    refresh_peers(&repo, &replicator, me);
+                    refresh_peers(&repo, &replicator, me, &lan);
                 }
                 for ev in watcher.changed(&repo, changed.as_ref()) {
                     let _ = events.send(ev);
@@ -411,7 +446,7 @@ impl Node {
     }
 
     fn refresh_peers(&self) {
-        refresh_peers(&self.repo, &self.replicator, self.id());
+        refresh_peers(&self.repo, &self.replicator, self.id(), &self.lan);
     }
 
     /// Writes this device's current addresses into the index, if they changed.
@@ -616,7 +651,8 @@ impl Node {
         match matches.as_slice() {
             [one] => Ok((*one).clone()),
             [] => Err(NodeError::NotFound(format!(
-                "no device {needle:?} in this space"
+                "no device {needle:?} in this space as this device knows it \
+                 (`errand sync` fetches what the others know)"
             ))),
             _ => Err(NodeError::Ambiguous(format!(
                 "{needle:?} names more than one device"
@@ -1147,7 +1183,7 @@ impl Node {
             .repo
             .read(&DocId::index(), index::addrs)?
             .unwrap_or_default();
-        Ok(dial_addr(*peer, &addrs))
+        Ok(dial_addr(*peer, &addrs, &self.lan.get(peer)))
     }
 
     /// Revokes a device: signs a revocation into the index, so that this device refuses it at
@@ -1222,7 +1258,7 @@ impl Node {
     }
 }
 
-fn refresh_peers(repo: &Repo, replicator: &Replicator, me: DeviceId) {
+fn refresh_peers(repo: &Repo, replicator: &Replicator, me: DeviceId, lan: &LanSightings) {
     let Ok(Some((members, addrs))) =
         repo.read(&DocId::index(), |d| (index::members(d), index::addrs(d)))
     else {
@@ -1233,14 +1269,18 @@ fn refresh_peers(repo: &Repo, replicator: &Replicator, me: DeviceId) {
             continue;
         };
         if id != me && errand_sync::Gate::allows(replicator.gate(), &id) {
-            replicator.add_peer(dial_addr(id, &addrs));
+            replicator.add_peer(dial_addr(id, &addrs, &lan.get(&id)));
         }
     }
 }
 
-/// Where to dial a device: the addresses and relay it last wrote into the index.
-fn dial_addr(device: DeviceId, addrs: &[index::AddrEntry]) -> EndpointAddr {
+/// Where to dial a device: the addresses and relay it last wrote into the index, and where it
+/// was last heard on the local network.
+fn dial_addr(device: DeviceId, addrs: &[index::AddrEntry], heard: &[SocketAddr]) -> EndpointAddr {
     let mut addr = EndpointAddr::new(device);
+    for a in heard {
+        addr = addr.with_ip_addr(*a);
+    }
     let key = device.to_string();
     if let Some(entry) = addrs.iter().find(|a| a.device == key) {
         for a in entry
@@ -1294,6 +1334,26 @@ async fn bind_endpoint(
     store: &Store,
     gate: Arc<MembershipGate>,
 ) -> Result<Endpoint, NodeError> {
+    let relay_mode = match &config.relay {
+        Some(url) => RelayMode::Custom(iroh::RelayMap::from(url.clone())),
+        None => RelayMode::Disabled,
+    };
+    if config.relay_only {
+        if config.relay.is_none() {
+            return Err(NodeError::Bind(
+                "relay-only needs a relay to reach peers through".into(),
+            ));
+        }
+        return Endpoint::builder(presets::Minimal)
+            .secret_key(secret_key.clone())
+            .relay_mode(relay_mode)
+            .portmapper_config(PortmapperConfig::Disabled)
+            .hooks(TrustHooks::new(gate))
+            .clear_ip_transports()
+            .bind()
+            .await
+            .map_err(|e| NodeError::Bind(e.to_string()));
+    }
     let last_port = store
         .meta(META_PORT)?
         .and_then(|b| <[u8; 2]>::try_from(b.as_slice()).ok())
@@ -1311,13 +1371,9 @@ async fn bind_endpoint(
     candidates.push(wanted);
     let mut last_error = String::new();
     for addr in candidates {
-        let relay_mode = match &config.relay {
-            Some(url) => RelayMode::Custom(iroh::RelayMap::from(url.clone())),
-            None => RelayMode::Disabled,
-        };
         let builder = Endpoint::builder(presets::Minimal)
             .secret_key(secret_key.clone())
-            .relay_mode(relay_mode)
+            .relay_mode(relay_mode.clone())
             .portmapper_config(PortmapperConfig::Disabled)
             .hooks(TrustHooks::new(gate.clone()))
             .clear_ip_transports()

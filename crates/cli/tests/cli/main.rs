@@ -2,11 +2,13 @@
 //! real iroh endpoints on 127.0.0.1. Each test uses its own homes, so they run in parallel.
 
 mod daemon;
+mod devices;
 mod durability;
 mod errors;
 mod executor;
 mod history;
 mod offline;
 mod pairing;
+mod reach;
 mod refusals;
 mod support;

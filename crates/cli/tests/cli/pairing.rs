@@ -94,10 +94,12 @@ fn up_and_join_pair_a_desktop_and_a_phone() {
     let requested: Value = serde_json::from_str(&requested).expect("JSON event");
     assert_eq!(str_field(&requested, "code"), code);
     assert_eq!(str_field(&requested, "name"), "phone");
-    let added = daemon.expect_line("device_paired", |l| l.contains("device_paired"));
+    let added = daemon.expect_line("device_added", |l| l.contains("device_added"));
     let added: Value = serde_json::from_str(&added).expect("JSON event");
     assert_eq!(str_field(&added, "device"), phone_id);
     assert_eq!(str_field(&added, "name"), "phone");
+    assert_eq!(str_field(&added, "role"), "phone");
+    assert_eq!(str_field(&added, "added_by"), desk_id);
 
     let both = [pair_of("desk", "desktop"), pair_of("phone", "phone")];
     assert_devices(&desk, &desk_id, &both);

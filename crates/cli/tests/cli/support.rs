@@ -18,12 +18,32 @@ pub const LINE_DEADLINE: Duration = Duration::from_secs(20);
 /// Interval between polls of a condition (inside a deadline loop).
 const POLL: Duration = Duration::from_millis(100);
 
-fn errand() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_errand"));
-    // Loopback only, relays off, default logging, nothing inherited from the developer's shell.
-    cmd.env("ERRAND_BIND", "127.0.0.1:0")
-        .env_remove("ERRAND_HOME")
+/// `errand`, run in network namespace `netns` if given.
+fn errand(netns: Option<&str>) -> Command {
+    let bin = env!("CARGO_BIN_EXE_errand");
+    let mut cmd = match netns {
+        None => Command::new(bin),
+        Some(ns) => {
+            // `ip netns exec` execs errand in place, so the child's pid is errand's.
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, bin]);
+            cmd
+        }
+    };
+    match netns {
+        // Loopback only, nothing announced on the LAN.
+        None => cmd
+            .env("ERRAND_BIND", "127.0.0.1:0")
+            .env("ERRAND_NO_MDNS", "true"),
+        // A host of its own: every interface there, found by mDNS.
+        Some(_) => cmd
+            .env("ERRAND_BIND", "0.0.0.0:0")
+            .env_remove("ERRAND_NO_MDNS"),
+    };
+    // Relays off, default logging, nothing inherited from the developer's shell.
+    cmd.env_remove("ERRAND_HOME")
         .env_remove("ERRAND_RELAY")
+        .env_remove("ERRAND_RELAY_ONLY")
         .env_remove("ERRAND_LOG")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
@@ -35,6 +55,8 @@ fn errand() -> Command {
 pub struct Home {
     dir: tempfile::TempDir,
     label: &'static str,
+    /// The network namespace its processes run in (a LAN host), if not the test's own.
+    netns: Option<String>,
 }
 
 impl Home {
@@ -45,6 +67,16 @@ impl Home {
                 .tempdir()
                 .expect("temp dir"),
             label,
+            netns: None,
+        }
+    }
+
+    /// A home whose processes run in network namespace `netns`, listening on every interface
+    /// there and announcing themselves by mDNS.
+    pub fn in_netns(label: &'static str, netns: &str) -> Home {
+        Home {
+            netns: Some(netns.to_owned()),
+            ..Home::new(label)
         }
     }
 
@@ -59,7 +91,7 @@ impl Home {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = errand();
+        let mut cmd = errand(self.netns.as_deref());
         cmd.arg("--home").arg(self.path()).args(args);
         cmd
     }

@@ -793,7 +793,7 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_errand_ffi_fn_free_node(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
-    external fun uniffi_errand_ffi_fn_constructor_node_open(`dataDir`: RustBuffer.ByValue,`bindAddr`: RustBuffer.ByValue,`relayUrl`: RustBuffer.ByValue,
+    external fun uniffi_errand_ffi_fn_constructor_node_open(`dataDir`: RustBuffer.ByValue,`bindAddr`: RustBuffer.ByValue,`relayUrl`: RustBuffer.ByValue,`lanDiscovery`: Byte,
     ): Long
     external fun uniffi_errand_ffi_fn_method_node_approvals(`ptr`: Long,`pendingOnly`: Byte,
     ): Long
@@ -1023,7 +1023,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_errand_ffi_checksum_method_node_wait_delivered() and 0xFFFF) != 50090) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_errand_ffi_checksum_constructor_node_open() and 0xFFFF) != 6246) {
+    if ((lib.uniffi_errand_ffi_checksum_constructor_node_open() and 0xFFFF) != 16252) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
 }
@@ -2257,15 +2257,18 @@ open class Node: Disposable, AutoCloseable, NodeInterface
      * `bind_addr` is where to listen (`"0.0.0.0:0"`, `"127.0.0.1:0"`, ...); by default every
      * interface, on the port this home used last time. `relay_url` names a self-hosted iroh
      * relay, for devices that cannot reach each other directly; relays are off without one.
+     * `lan_discovery` announces this device and finds the others on the local network by mDNS
+     * (off by default: iOS apps need the multicast networking entitlement for it).
      */
     @Throws(ErrandException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-     suspend fun `open`(`dataDir`: kotlin.String, `bindAddr`: kotlin.String? = null, `relayUrl`: kotlin.String? = null) : Node {
+     suspend fun `open`(`dataDir`: kotlin.String, `bindAddr`: kotlin.String? = null, `relayUrl`: kotlin.String? = null, `lanDiscovery`: kotlin.Boolean = false) : Node {
         return uniffiRustCallAsync(
         UniffiLib.uniffi_errand_ffi_fn_constructor_node_open(
         FfiConverterString.lower(`dataDir`),
         FfiConverterOptionalString.lower(`bindAddr`),
-        FfiConverterOptionalString.lower(`relayUrl`),),
+        FfiConverterOptionalString.lower(`relayUrl`),
+        FfiConverterBoolean.lower(`lanDiscovery`),),
         { future, callback, continuation -> UniffiLib.ffi_errand_ffi_rust_future_poll_u64(future, callback, continuation) },
         { future, continuation -> UniffiLib.ffi_errand_ffi_rust_future_complete_u64(future, continuation) },
         { future -> UniffiLib.ffi_errand_ffi_rust_future_free_u64(future) },
@@ -4107,9 +4110,24 @@ sealed class NodeEvent {
     }
     
     /**
-     * A device joined the space through this device.
+     * A device joined the space (through any member).
      */
-    data class DevicePaired(
+    data class DeviceAdded(
+        val `deviceId`: kotlin.String, 
+        val `name`: kotlin.String, 
+        val `role`: uniffi.errand_ffi.DeviceRole, 
+        val `addedBy`: kotlin.String) : NodeEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A member was revoked: this device refuses it from now on.
+     */
+    data class DeviceRevoked(
         val `deviceId`: kotlin.String, 
         val `name`: kotlin.String) : NodeEvent()
         
@@ -4208,18 +4226,24 @@ public object FfiConverterTypeNodeEvent : FfiConverterRustBuffer<NodeEvent>{
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 )
-            8 -> NodeEvent.DevicePaired(
+            8 -> NodeEvent.DeviceAdded(
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterTypeDeviceRole.read(buf),
+                FfiConverterString.read(buf),
+                )
+            9 -> NodeEvent.DeviceRevoked(
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 )
-            9 -> NodeEvent.PairingRefused(
+            10 -> NodeEvent.PairingRefused(
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 )
-            10 -> NodeEvent.JoinCode(
+            11 -> NodeEvent.JoinCode(
                 FfiConverterString.read(buf),
                 )
-            11 -> NodeEvent.EventsMissed(
+            12 -> NodeEvent.EventsMissed(
                 FfiConverterULong.read(buf),
                 )
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
@@ -4291,7 +4315,17 @@ public object FfiConverterTypeNodeEvent : FfiConverterRustBuffer<NodeEvent>{
                 + FfiConverterString.allocationSize(value.`code`)
             )
         }
-        is NodeEvent.DevicePaired -> {
+        is NodeEvent.DeviceAdded -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`deviceId`)
+                + FfiConverterString.allocationSize(value.`name`)
+                + FfiConverterTypeDeviceRole.allocationSize(value.`role`)
+                + FfiConverterString.allocationSize(value.`addedBy`)
+            )
+        }
+        is NodeEvent.DeviceRevoked -> {
             // Add the size for the Int that specifies the variant plus the size needed for all fields
             (
                 4UL
@@ -4375,25 +4409,33 @@ public object FfiConverterTypeNodeEvent : FfiConverterRustBuffer<NodeEvent>{
                 FfiConverterString.write(value.`code`, buf)
                 Unit
             }
-            is NodeEvent.DevicePaired -> {
+            is NodeEvent.DeviceAdded -> {
                 buf.putInt(8)
+                FfiConverterString.write(value.`deviceId`, buf)
+                FfiConverterString.write(value.`name`, buf)
+                FfiConverterTypeDeviceRole.write(value.`role`, buf)
+                FfiConverterString.write(value.`addedBy`, buf)
+                Unit
+            }
+            is NodeEvent.DeviceRevoked -> {
+                buf.putInt(9)
                 FfiConverterString.write(value.`deviceId`, buf)
                 FfiConverterString.write(value.`name`, buf)
                 Unit
             }
             is NodeEvent.PairingRefused -> {
-                buf.putInt(9)
+                buf.putInt(10)
                 FfiConverterString.write(value.`deviceId`, buf)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is NodeEvent.JoinCode -> {
-                buf.putInt(10)
+                buf.putInt(11)
                 FfiConverterString.write(value.`code`, buf)
                 Unit
             }
             is NodeEvent.EventsMissed -> {
-                buf.putInt(11)
+                buf.putInt(12)
                 FfiConverterULong.write(value.`count`, buf)
                 Unit
             }
