@@ -751,7 +751,6 @@ impl Node {
             id: &task_id,
             prompt: text,
             target: &target.id,
-            created_by: &me,
             created: schema::now_millis(),
         };
         self.repo.change(

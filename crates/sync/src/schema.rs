@@ -10,8 +10,8 @@ pub mod thread;
 
 use automerge::{ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, Value};
 
-/// The schema version written into every document.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version written into every document. 2: a thread's tasks live in buckets.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The id of a document in a space: `index`, or a thread id (32 lower-case hex digits).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

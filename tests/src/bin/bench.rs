@@ -236,9 +236,9 @@ const PROMPTS: [&str; 4] = [
 ];
 
 /// Creates the space's index and one thread of `tasks` tasks on `desktop`, `BUILD_BATCH` tasks
-/// per change. The tasks are addressed to the desktop and sent by `sender`; they are queued, or
-/// with `finished` done with a short result (as the desktop's executor would have left them).
-fn build_space(desktop: &Home, sender: &str, tasks: usize, finished: bool) -> Result<DocId> {
+/// per change. The tasks are addressed to the desktop; they are queued, or with `finished` done
+/// with a short result (as the desktop's executor would have left them).
+fn build_space(desktop: &Home, tasks: usize, finished: bool) -> Result<DocId> {
     let repo = &desktop.repo;
     let me = desktop.id().to_string();
     let space = SpaceId::random().to_string();
@@ -272,7 +272,6 @@ fn build_space(desktop: &Home, sender: &str, tasks: usize, finished: bool) -> Re
                         id: &id,
                         prompt: PROMPTS[i % PROMPTS.len()],
                         target: &me,
-                        created_by: sender,
                         created: now,
                     },
                 )?;
@@ -291,10 +290,7 @@ fn build_space(desktop: &Home, sender: &str, tasks: usize, finished: bool) -> Re
 
 /// Number of tasks in a thread document, without building them (cheap enough to poll).
 fn task_count(d: &automerge::Automerge) -> usize {
-    match d.get(ROOT, "tasks") {
-        Ok(Some((Value::Object(ObjType::Map), obj))) => d.keys(&obj).count(),
-        _ => 0,
-    }
+    thread::task_count(d)
 }
 
 /// Waits on a replicator's progress ticks until `cond` holds.
@@ -439,9 +435,8 @@ async fn propagation(tasks: usize, iterations: usize) -> Result<Propagation> {
     let setup = Instant::now();
     let desktop = Home::new(true).await?;
     let phone = Home::new(false).await?;
-    let phone_id = phone.id().to_string();
     let desktop_id = desktop.id().to_string();
-    let doc = build_space(&desktop, &phone_id, tasks, false)?;
+    let doc = build_space(&desktop, tasks, false)?;
 
     let conn = phone.connect(&desktop).await?;
     let index_doc = DocId::index();
@@ -475,7 +470,6 @@ async fn propagation(tasks: usize, iterations: usize) -> Result<Propagation> {
                         id: &id,
                         prompt: &prompt,
                         target: &desktop_id,
-                        created_by: &phone_id,
                         created: schema::now_millis(),
                     },
                 )
@@ -547,7 +541,7 @@ async fn initial_sync(tasks: usize, runs: usize) -> Result<InitialSync> {
     let desktop = Home::new(true).await?;
     // The tasks name some phone as their sender; the fresh phones only read them.
     let sender = Home::new(false).await?;
-    let doc = build_space(&desktop, &sender.id().to_string(), tasks, false)?;
+    let doc = build_space(&desktop, tasks, false)?;
     sender.close().await;
     let index_doc = DocId::index();
 
@@ -659,9 +653,8 @@ async fn breakdown(tasks: usize, iterations: usize) -> Result<Breakdown> {
     let desktop = Home::new(false).await?;
     let phone = Home::new(false).await?;
     let (d, p) = (&desktop.repo, &phone.repo);
-    let phone_id = phone.id().to_string();
     let desktop_id = desktop.id().to_string();
-    let doc = build_space(&desktop, &phone_id, tasks, false)?;
+    let doc = build_space(&desktop, tasks, false)?;
     let fresh = Home::new(false).await?;
     let f = &fresh.repo;
     let (mut sdf, mut sf) = Default::default();
@@ -712,7 +705,6 @@ async fn breakdown(tasks: usize, iterations: usize) -> Result<Breakdown> {
                     id: &id,
                     prompt: &prompt,
                     target: &desktop_id,
-                    created_by: &phone_id,
                     created: schema::now_millis(),
                 },
             )
@@ -777,12 +769,16 @@ impl Authority for NoApprovers {
     }
 }
 
-/// A task's map in a thread document.
+/// A task's map in a thread document (`tasks/<bucket>/<id>`).
 fn task_obj(d: &automerge::Automerge, id: &str) -> Option<automerge::ObjId> {
     let (Value::Object(ObjType::Map), tasks) = d.get(ROOT, "tasks").ok()?? else {
         return None;
     };
-    let (Value::Object(ObjType::Map), task) = d.get(&tasks, id).ok()?? else {
+    let (Value::Object(ObjType::Map), bucket) = d.get(&tasks, thread::task_bucket(id)).ok()??
+    else {
+        return None;
+    };
+    let (Value::Object(ObjType::Map), task) = d.get(&bucket, id).ok()?? else {
         return None;
     };
     Some(task)
@@ -790,28 +786,14 @@ fn task_obj(d: &automerge::Automerge, id: &str) -> Option<automerge::ObjId> {
 
 /// A task's status, read with a handful of map look-ups (cheaper than building the `Task`).
 fn task_status(d: &automerge::Automerge, id: &str) -> Option<TaskStatus> {
-    let task = task_obj(d, id)?;
-    let (status, _) = d.get(&task, "status").ok()??;
-    status.as_str()?.parse().ok()
+    thread::task_status(d, id)
 }
 
-/// How many tasks of a thread are queued for `target`, reading only status and target.
+/// How many tasks of a thread are queued for `target`, reading only a few fields of each.
 fn queued_for(d: &automerge::Automerge, target: &str) -> usize {
-    let Ok(Some((Value::Object(ObjType::Map), tasks))) = d.get(ROOT, "tasks") else {
-        return 0;
-    };
-    d.keys(&tasks)
-        .filter(|id| {
-            let Ok(Some((_, task))) = d.get(&tasks, id.as_str()) else {
-                return false;
-            };
-            let field = |key: &str| match d.get(&task, key) {
-                Ok(Some((value, _))) => value.as_str().map(str::to_owned),
-                _ => None,
-            };
-            field("status").as_deref() == Some(TaskStatus::Queued.as_str())
-                && field("target").as_deref() == Some(target)
-        })
+    thread::task_states(d, &std::collections::HashSet::new())
+        .iter()
+        .filter(|t| t.status == TaskStatus::Queued && t.target == target)
         .count()
 }
 
@@ -862,9 +844,8 @@ async fn round_trip(tasks: usize, iterations: usize) -> Result<RoundTrip> {
     let setup = Instant::now();
     let desktop = Home::new(true).await?;
     let phone = Home::new(false).await?;
-    let phone_id = phone.id().to_string();
     let desktop_id = desktop.id().to_string();
-    let doc = build_space(&desktop, &phone_id, tasks, true)?;
+    let doc = build_space(&desktop, tasks, true)?;
 
     let home = desktop.dir.path();
     let policy = Policy::parse(ROUND_TRIP_POLICY, home, home).context("the bench's policy")?;
@@ -960,7 +941,6 @@ async fn round_trip(tasks: usize, iterations: usize) -> Result<RoundTrip> {
                         id: &id,
                         prompt: ROUND_TRIP_PROMPT,
                         target: &desktop_id,
-                        created_by: &phone_id,
                         created: schema::now_millis(),
                     },
                 )

@@ -188,7 +188,7 @@ fn a_revoked_device_keeps_what_it_had_and_gets_nothing_new() {
 }
 
 #[test]
-fn a_viewer_sees_approval_requests_but_cannot_decide_them() {
+fn a_viewer_sees_approval_requests_but_can_neither_decide_them_nor_add_devices() {
     let p = paired_with(Home::new("desk"), &[], &[]);
     let mut desk_daemon = p.daemon;
     let viewer = Home::new("viewer");
@@ -218,6 +218,11 @@ fn a_viewer_sees_approval_requests_but_cannot_decide_them() {
         array(&still).iter().any(|a| a["id"] == request.as_str()),
         "the request is still pending: {still:#}"
     );
+
+    // Nor may it add devices.
+    let out = viewer.run(&["pair", "--yes"]);
+    let reason = out.failure();
+    assert!(reason.contains("may not add devices"), "{reason}");
 
     // The phone may decide it.
     p.phone.json(&["approve", short(&request)]);

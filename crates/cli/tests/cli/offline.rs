@@ -55,6 +55,11 @@ fn a_task_sent_while_the_desktop_is_down_arrives_after_restart() {
     let shown = p.desk.json(&["show", short(&task)]);
     assert_eq!(str_field(&shown, "prompt"), "while away");
     assert_eq!(str_field(&shown, "target"), p.desk_id);
+    assert_eq!(
+        str_field(&shown, "created_by"),
+        p.phone_id,
+        "the desktop knows who sent it"
+    );
     daemon.terminate();
 }
 
