@@ -28,6 +28,7 @@ use crate::agent::{self, Limits, ToolRunner};
 use crate::command;
 use crate::model::ModelBackend;
 use crate::policy::{Decision, Policy};
+use crate::tools::shell::ProcessLedger;
 use crate::tools::{self, ToolError};
 
 /// Results longer than this go into a blob, with the start kept in the document.
@@ -95,6 +96,7 @@ struct Shared {
     ended: Mutex<HashSet<String>>,
     slots: Semaphore,
     stop: CancellationToken,
+    processes: ProcessLedger,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -120,6 +122,7 @@ pub fn start(
         .unwrap_or_default();
     let shared = Arc::new(Shared {
         slots: Semaphore::new(config.max_parallel.max(1)),
+        processes: ProcessLedger::new(repo.store().clone()),
         repo,
         config,
         authority,
@@ -212,6 +215,9 @@ impl Shared {
 
     async fn run(self: Arc<Self>) {
         let mut changes = self.repo.subscribe();
+        // Commands a crashed run left behind go first: their tasks are settled as failed next,
+        // and a command of a failed task must not go on changing files.
+        self.processes.kill_leftovers().await;
         self.settle_interrupted();
         for doc in self.threads() {
             self.clone().schedule(&doc);
@@ -569,13 +575,17 @@ impl TaskContext {
         let path = std::path::Path::new;
         match action {
             Action::Sh { command } => {
-                tools::shell::sh(
+                let ledger = &self.shared.processes;
+                let out = tools::shell::sh(
                     &command,
                     config.policy.workspace(),
                     self.cancel.clone(),
                     config.shell_timeout,
+                    |pgid| ledger.started(&self.task, pgid),
                 )
-                .await
+                .await;
+                ledger.ended(&self.task);
+                out
             }
             Action::Ls { path: p } => tools::fs::ls(path(&p)),
             Action::Read { path: p } => tools::fs::read(path(&p), MAX_READ),

@@ -255,6 +255,16 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a record without forcing it to disk: for records whose loss in a crash is
+    /// harmless (a stale entry that the reader recognises as such).
+    pub fn remove_record_lazily(&self, kind: &str, key: &str) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::None)?;
+        tx.open_table(RECORDS)?.remove((kind, key))?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Atomically reads a record, lets `update` decide its new value (or removal, with `None`),
     /// and writes it durably. Returns what `update` returned alongside. This is what makes a
     /// one-time ticket single-use even when two joiners race.

@@ -855,9 +855,15 @@ async fn round_trip(tasks: usize, iterations: usize) -> Result<RoundTrip> {
     for _ in 0..WARMUP + 20 {
         let t0 = Instant::now();
         let command = ROUND_TRIP_PROMPT.trim_start_matches("/sh ");
-        tools::shell::sh(command, policy.workspace(), CancellationToken::new(), WAIT)
-            .await
-            .with_context(|| format!("sh -c {command:?} alone"))?;
+        tools::shell::sh(
+            command,
+            policy.workspace(),
+            CancellationToken::new(),
+            WAIT,
+            |_| {},
+        )
+        .await
+        .with_context(|| format!("sh -c {command:?} alone"))?;
         shell.push(ms(t0.elapsed()));
     }
     shell.drain(..WARMUP);

@@ -18,6 +18,10 @@ use tokio_util::sync::CancellationToken;
 use crate::action::ToolOutput;
 use crate::tools::ToolError;
 
+mod ledger;
+
+pub use ledger::ProcessLedger;
+
 /// At most this much of stdout, and of stderr, is kept; the rest is read and dropped so the
 /// command never blocks on a full pipe.
 const MAX_CAPTURE: usize = 1024 * 1024;
@@ -76,11 +80,13 @@ enum Interrupted {
 /// A non-zero exit is [`ToolError::Failed`] with the status and the end of stderr (or of
 /// stdout when stderr is empty). Cancel gives [`ToolError::Cancelled`] and timeout
 /// [`ToolError::TimedOut`], both after the whole process group has been killed.
+/// `started` gets the process group id as soon as the command runs (see [`ProcessLedger`]).
 pub async fn sh(
     command: &str,
     cwd: &Path,
     cancel: CancellationToken,
     timeout: Duration,
+    started: impl FnOnce(u32),
 ) -> Result<ToolOutput, ToolError> {
     let mut child = Command::new("sh")
         .arg("-c")
@@ -98,6 +104,9 @@ pub async fn sh(
         })?;
     // With process_group(0) the group id is the child's pid.
     let pgid = child.id();
+    if let Some(pgid) = pgid {
+        started(pgid);
+    }
     let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
         kill_group(pgid, &mut child).await;
         return Err(ToolError::Failed("sh: output pipes missing".to_owned()));
@@ -262,7 +271,7 @@ mod tests {
 
     async fn run(command: &str) -> Result<ToolOutput, ToolError> {
         let tmp = tempfile::tempdir().unwrap();
-        sh(command, tmp.path(), CancellationToken::new(), LONG).await
+        sh(command, tmp.path(), CancellationToken::new(), LONG, |_| {}).await
     }
 
     /// Whether the process is gone. A killed process whose parent died is reparented to init;
@@ -300,9 +309,15 @@ mod tests {
     async fn runs_in_cwd_with_null_stdin() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("marker"), "").unwrap();
-        let out = sh("ls; cat", tmp.path(), CancellationToken::new(), LONG)
-            .await
-            .unwrap();
+        let out = sh(
+            "ls; cat",
+            tmp.path(),
+            CancellationToken::new(),
+            LONG,
+            |_| {},
+        )
+        .await
+        .unwrap();
         assert_eq!(out.text, "marker");
     }
 
@@ -350,6 +365,7 @@ mod tests {
             tmp.path(),
             CancellationToken::new(),
             LONG,
+            |_| {},
         )
         .await
         .unwrap();
@@ -369,7 +385,7 @@ mod tests {
         let task = tokio::spawn({
             let cwd = tmp.path().to_owned();
             let cancel = cancel.clone();
-            async move { sh("sleep 30 & echo $! > pid; wait", &cwd, cancel, LONG).await }
+            async move { sh("sleep 30 & echo $! > pid; wait", &cwd, cancel, LONG, |_| {}).await }
         });
         let mut pid = None;
         assert!(
@@ -407,6 +423,7 @@ mod tests {
             tmp.path(),
             CancellationToken::new(),
             Duration::from_millis(1500),
+            |_| {},
         )
         .await;
         assert!(matches!(result, Err(ToolError::TimedOut(2))), "{result:?}");
@@ -426,6 +443,7 @@ mod tests {
             Path::new("/nonexistent/errand-test"),
             CancellationToken::new(),
             LONG,
+            |_| {},
         )
         .await
         .unwrap_err();
