@@ -66,7 +66,7 @@ async fn a_misbehaving_member_is_dropped_and_the_others_keep_syncing() {
     // 2. A stream header that names no valid document.
     let conn = raw.connect(addr_of(&desk.node), SYNC_ALPN).await.unwrap();
     let (mut send, _recv) = conn.open_bi().await.unwrap();
-    wire::write_frame(&mut send, b"errand-doc\x01../../etc/passwd")
+    wire::write_frame(&mut send, b"errand-doc\x02../../etc/passwd")
         .await
         .unwrap();
     assert_eq!(
@@ -74,19 +74,32 @@ async fn a_misbehaving_member_is_dropped_and_the_others_keep_syncing() {
         Some(errand_sync::net::CLOSE_PROTOCOL as u64)
     );
 
-    // 3. Garbage where a sync message belongs.
-    let conn = raw.connect(addr_of(&desk.node), SYNC_ALPN).await.unwrap();
-    let (mut send, _recv) = conn.open_bi().await.unwrap();
-    wire::write_frame(&mut send, &wire::doc_stream_header("index"))
-        .await
-        .unwrap();
-    wire::write_frame(&mut send, b"\x42\x00garbage")
-        .await
-        .unwrap();
-    assert_eq!(
-        close_code(&conn).await,
-        Some(errand_sync::net::CLOSE_PROTOCOL as u64)
-    );
+    // 3. Garbage where a sync message belongs: an unknown encoding, garbage sent as a raw
+    //    message, garbage sent as compressed, and a compressed frame with no context.
+    let garbage: [&[u8]; 4] = [
+        b"\x42\x00garbage",
+        &wire::uncompressed(b"\x42\x00garbage"),
+        b"\x02\xff\xee\xdd\xcc garbage",
+        &wire::MessageEncoder::default().encode(b"a message")[..],
+    ];
+    for (i, frame) in garbage.iter().enumerate() {
+        let mut frame = frame.to_vec();
+        if i == 3 {
+            // Continues a context the node never saw.
+            frame[0] = wire::compression::DEFLATE;
+        }
+        let conn = raw.connect(addr_of(&desk.node), SYNC_ALPN).await.unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        wire::write_frame(&mut send, &wire::doc_stream_header("index"))
+            .await
+            .unwrap();
+        wire::write_frame(&mut send, &frame).await.unwrap();
+        assert_eq!(
+            close_code(&conn).await,
+            Some(errand_sync::net::CLOSE_PROTOCOL as u64),
+            "garbage frame {i}"
+        );
+    }
 
     // 4. A sync message that makes automerge 0.12 panic while applying it (a change chunk with
     //    a valid checksum, an empty actor and seq 2): the node contains the panic.
@@ -97,7 +110,7 @@ async fn a_misbehaving_member_is_dropped_and_the_others_keep_syncing() {
     wire::write_frame(&mut send, &wire::doc_stream_header(thread_doc.as_str()))
         .await
         .unwrap();
-    wire::write_frame(&mut send, &AUTOMERGE_PANIC)
+    wire::write_frame(&mut send, &wire::uncompressed(&AUTOMERGE_PANIC))
         .await
         .unwrap();
     assert_eq!(
@@ -141,7 +154,9 @@ async fn a_misbehaving_member_is_dropped_and_the_others_keep_syncing() {
         wire::write_frame(&mut send, &wire::doc_stream_header(thread_doc.as_str()))
             .await
             .unwrap();
-        wire::write_frame(&mut send, &bytes).await.unwrap();
+        wire::write_frame(&mut send, &wire::uncompressed(&bytes))
+            .await
+            .unwrap();
         send.finish().unwrap();
         // Give the node the chance to answer or drop us, then hang up ourselves.
         if tokio::time::timeout(std::time::Duration::from_millis(300), conn.closed())

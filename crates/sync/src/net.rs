@@ -31,6 +31,8 @@ pub const SYNC_ALPN: &[u8] = b"errand/sync/1";
 
 /// How long one dial attempt may take before it counts as failed.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A document stream quiet for this long drops its compression context (some 150 KB).
+const IDLE_FORGET: Duration = Duration::from_secs(30);
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Two connections between the same devices registered closer together than this were dialled
@@ -459,6 +461,8 @@ impl Replicator {
         });
         let _abort_reader = AbortOnDrop(reader);
         let mut changes = self.0.repo.subscribe();
+        let mut encoder = wire::MessageEncoder::default();
+        let mut decoder = wire::MessageDecoder::default();
 
         if opener
             && wire::write_frame(&mut send, &wire::doc_stream_header(doc.as_str()))
@@ -470,7 +474,7 @@ impl Replicator {
         let mut may_speak = opener;
         if opener
             && self
-                .flush(&peer, &doc, &mut state, &mut send)
+                .flush(&peer, &doc, &mut state, &mut send, &mut encoder)
                 .await
                 .is_err()
         {
@@ -490,6 +494,10 @@ impl Replicator {
                             return;
                         }
                     };
+                    let bytes = match decoder.decode(&bytes, MAX_FRAME) {
+                        Ok(message) => message,
+                        Err(e) => return self.misbehaved(&conn, format!("bad frame on {doc}: {e}")),
+                    };
                     match self.0.repo.receive_sync_message(&doc, &mut state, &bytes) {
                         Ok(_) => {}
                         Err(e @ ReceiveError::Malformed { .. }) => return self.misbehaved(&conn, e.to_string()),
@@ -500,7 +508,7 @@ impl Replicator {
                     }
                     may_speak = true;
                     let _ = store.set_sync_state(&peer_key, doc.as_str(), &state.encode());
-                    if self.flush(&peer, &doc, &mut state, &mut send).await.is_err() {
+                    if self.flush(&peer, &doc, &mut state, &mut send, &mut encoder).await.is_err() {
                         return;
                     }
                 }
@@ -510,10 +518,13 @@ impl Replicator {
                         Err(broadcast::error::RecvError::Lagged(_)) => true,
                         Err(broadcast::error::RecvError::Closed) => return,
                     };
-                    if relevant && self.flush(&peer, &doc, &mut state, &mut send).await.is_err() {
+                    if relevant && self.flush(&peer, &doc, &mut state, &mut send, &mut encoder).await.is_err() {
                         return;
                     }
                 }
+                // An idle stream gives its compression context back; the next message starts
+                // a fresh one.
+                () = tokio::time::sleep(IDLE_FORGET), if encoder.holds_context() => encoder.forget(),
             }
         }
     }
@@ -525,6 +536,7 @@ impl Replicator {
         doc: &DocId,
         state: &mut sync::State,
         send: &mut SendStream,
+        encoder: &mut wire::MessageEncoder,
     ) -> Result<(), ()> {
         loop {
             let message = match self.0.repo.generate_sync_message(doc, state) {
@@ -535,7 +547,9 @@ impl Replicator {
                 }
             };
             let Some(message) = message else { break };
-            wire::write_frame(send, &message).await.map_err(|_| ())?;
+            wire::write_frame(send, &encoder.encode(&message))
+                .await
+                .map_err(|_| ())?;
         }
         let snapshot = PeerDocState {
             shared: state.shared_heads.clone(),

@@ -6,12 +6,17 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub mod compression;
+
+pub use compression::{DecodeError, MessageDecoder, MessageEncoder, uncompressed};
+
 /// Frames larger than this are refused. Large enough for the whole-document message that
 /// brings a fresh device up to date on a busy thread; large blobs travel on their own protocol.
 pub const MAX_FRAME: usize = 32 * 1024 * 1024;
 
-/// The first frame of a document stream: a tag and version, then the document id.
-const DOC_STREAM_TAG: &[u8] = b"errand-doc\x01";
+/// The first frame of a document stream: a tag and version, then the document id. Version 2:
+/// the frames after it are encoded as [`compression`] describes.
+const DOC_STREAM_TAG: &[u8] = b"errand-doc\x02";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -127,7 +132,7 @@ mod tests {
     fn headers_accept_only_valid_doc_ids() {
         let h = doc_stream_header("index");
         assert_eq!(parse_doc_stream_header(&h).unwrap().as_str(), "index");
-        assert!(parse_doc_stream_header(b"errand-doc\x01../../etc").is_none());
+        assert!(parse_doc_stream_header(b"errand-doc\x02../../etc").is_none());
         assert!(parse_doc_stream_header(b"nonsense").is_none());
         let thread = crate::schema::DocId::new_thread();
         let h = doc_stream_header(thread.as_str());
