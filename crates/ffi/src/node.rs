@@ -320,7 +320,7 @@ impl Node {
             for (stop, _) in &subs {
                 stop.send_replace(true);
             }
-            let store = engine.as_ref().map(|e| Arc::downgrade(e.repo().store()));
+            let store = engine.as_ref().map(|e| e.repo().store().closed_signal());
             if let Some(engine) = engine {
                 engine.shutdown().await;
             }
@@ -331,8 +331,8 @@ impl Node {
             })
             .await;
             // The node's tasks end shortly after they are aborted; the database stays open
-            // until the last of them lets go of it. Wait for that, so that the directory can
-            // be opened again as soon as this returns.
+            // until the last of them lets go of it and redb has closed the file. Wait for
+            // that, so that the directory can be opened again as soon as this returns.
             if let Some(store) = store {
                 let released = tokio::time::timeout(CLOSE_RELEASE_WAIT, async {
                     while store.strong_count() > 0 {

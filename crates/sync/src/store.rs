@@ -75,6 +75,9 @@ store_error_from!(
 #[derive(Debug)]
 pub struct Store {
     db: Database,
+    /// Dropped after `db` (fields drop in order), so it outlives the closing of the file; see
+    /// [`Store::closed_signal`].
+    open: std::sync::Arc<()>,
 }
 
 impl Store {
@@ -92,12 +95,22 @@ impl Store {
                 });
             }
         };
-        let store = Store { db };
+        let store = Store {
+            db,
+            open: std::sync::Arc::new(()),
+        };
         store.create_tables().map_err(|source| OpenError::Prepare {
             path: shown,
             source,
         })?;
         Ok(store)
+    }
+
+    /// A handle that dies once this store has been dropped *and* its database file closed
+    /// (closing can take a moment: redb writes a clean shutdown). Whoever must reopen the same
+    /// file right after dropping the store waits for this, not for the store alone.
+    pub fn closed_signal(&self) -> std::sync::Weak<()> {
+        std::sync::Arc::downgrade(&self.open)
     }
 
     fn create_tables(&self) -> Result<(), StoreError> {
