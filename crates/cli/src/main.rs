@@ -234,7 +234,13 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ERRAND_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,iroh=off")),
+                // LAN discovery is best effort: a machine without a network (or without
+                // multicast) is normal here, not worth a warning on every command.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "warn,iroh=off,swarm_discovery=off,iroh_mdns_address_lookup=off,acto=off",
+                    )
+                }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

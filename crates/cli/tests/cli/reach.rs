@@ -152,9 +152,18 @@ impl Lan {
     }
 
     fn up() -> Lan {
-        let name = format!("errand-lan-{}", std::process::id());
+        Lan::create("up", "lan")
+    }
+
+    /// One host with nothing but loopback.
+    fn isolated() -> Lan {
+        Lan::create("isolated", "nonet")
+    }
+
+    fn create(how: &str, what: &str) -> Lan {
+        let name = format!("errand-{what}-{}", std::process::id());
         Lan::run(&["down", &name]);
-        Lan::run(&["up", &name]);
+        Lan::run(&[how, &name]);
         Lan { name }
     }
 
@@ -234,4 +243,24 @@ fn a_device_that_moved_on_the_lan_is_found_by_mdns() {
         is_task_line(l, &task, "found on the LAN")
     });
     daemon.terminate();
+}
+
+#[test]
+fn on_a_machine_with_no_network_at_all_commands_work_and_stay_quiet() {
+    let host = Lan::isolated();
+    let desk = Home::in_netns("desk", &host.host("a"));
+    let (daemon, _ticket) = desk.up("desk");
+    for args in [&["status"][..], &["send", "offline work"], &["tasks"]] {
+        let out = desk.run(args);
+        out.success();
+        out.assert_quiet();
+    }
+    daemon.terminate();
+    let out = desk.run(&["--json", "send", "still offline", "--timeout", "1"]);
+    assert_eq!(
+        out.json()["delivered"],
+        true,
+        "a desktop holds its own tasks"
+    );
+    out.assert_quiet();
 }
