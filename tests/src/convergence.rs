@@ -90,3 +90,49 @@ async fn concurrent_edits_on_both_sides_all_survive() {
     assert_eq!(desk.node.threads().unwrap().len(), 2);
     assert_eq!(phone.node.threads().unwrap().len(), 2);
 }
+
+/// Sync states are saved when a document stream goes quiet or ends, not after every message;
+/// a session that ends must still leave them behind, so the next one resumes where it was.
+#[tokio::test]
+async fn a_finished_session_leaves_its_sync_states_saved() {
+    let desk = desktop("desk").await;
+    let phone = node().await;
+    pair(&desk, &phone, "phone", Role::Phone).await;
+    let sent = phone.node.send("remember me", None, None).unwrap();
+    let thread = errand_sync::DocId::parse(&sent.thread).unwrap();
+    let desk_id = desk.node.id().to_string();
+    until(
+        "the phone knows the desktop has the task",
+        &[&desk.node, &phone.node],
+        || {
+            let ok = task_ids(&desk.node).contains(&sent.task)
+                && phone.node.replicator().in_sync(&desk.node.id(), &thread);
+            async move { ok }
+        },
+    )
+    .await;
+    phone.node.shutdown().await;
+    until(
+        "the phone's sync state with the desktop names the thread's heads",
+        &[&phone.node],
+        || {
+            let saved = phone
+                .node
+                .repo()
+                .store()
+                .sync_state(&desk_id, thread.as_str())
+                .unwrap()
+                .and_then(|b| automerge::sync::State::decode(&b).ok());
+            let heads = phone.node.repo().heads(&thread).unwrap();
+            let ok = saved.is_some_and(|s| {
+                let mut shared = s.shared_heads.clone();
+                let mut ours = heads.clone();
+                shared.sort();
+                ours.sort();
+                shared == ours
+            });
+            async move { ok }
+        },
+    )
+    .await;
+}

@@ -274,7 +274,7 @@ impl From<HistoryLine> for HistoryEntry {
     fn from(h: HistoryLine) -> Self {
         HistoryEntry {
             hash: h.entry.hash,
-            device_id: h.entry.actor,
+            device_id: h.entry.device_id,
             device: h.device,
             seq: h.entry.seq,
             time_ms: h.entry.time,

@@ -917,9 +917,9 @@ impl Node {
             .skip(skip)
             .map(|entry| HistoryLine {
                 device: names
-                    .get(&entry.actor)
+                    .get(&entry.device_id)
                     .cloned()
-                    .unwrap_or_else(|| short(&entry.actor).to_owned()),
+                    .unwrap_or_else(|| short(&entry.device_id).to_owned()),
                 entry,
             })
             .collect())

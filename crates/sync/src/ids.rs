@@ -101,6 +101,37 @@ impl FromStr for Role {
     }
 }
 
+/// The automerge actor a device writes as during one session (one opening of its store): the
+/// device id, then 8 bytes of microseconds since the Unix epoch, then 4 random bytes.
+///
+/// Why not the device id alone: a local change reaches peers while its own durable write is
+/// still under way (see `Repo::change`). If the device then crashes before that write lands, it
+/// comes back without the change while a peer holds it; writing the next change with the same
+/// actor would reuse its sequence number, and automerge refuses a second change with the same
+/// actor and sequence (the document would stop syncing). A fresh actor per session cannot clash.
+/// The time prefix makes a later session's actor sort after an earlier one's, so where two
+/// sessions' operations tie, the later session wins.
+pub fn session_actor(device: &DeviceId) -> automerge::ActorId {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let mut bytes = Vec::with_capacity(ACTOR_DEVICE_BYTES + 12);
+    bytes.extend_from_slice(device.as_bytes());
+    bytes.extend_from_slice(&micros.to_be_bytes());
+    bytes.extend_from_slice(&rand::random::<[u8; 4]>());
+    automerge::ActorId::from(bytes)
+}
+
+/// How many leading bytes of an actor name its device.
+const ACTOR_DEVICE_BYTES: usize = 32;
+
+/// The device (hex id) that wrote as `actor`: its first 32 bytes. Documents written before
+/// session actors used the bare device id, which maps to itself.
+pub fn actor_device(actor: &automerge::ActorId) -> String {
+    let bytes = actor.to_bytes();
+    hex(&bytes[..bytes.len().min(ACTOR_DEVICE_BYTES)])
+}
+
 /// Lower-case hex of some bytes.
 pub fn hex(bytes: &[u8]) -> String {
     use fmt::Write;
@@ -135,6 +166,19 @@ mod tests {
         let id = SpaceId::random();
         assert_eq!(id.to_string().parse::<SpaceId>().unwrap(), id);
         assert!("xyz".parse::<SpaceId>().is_err());
+    }
+
+    #[test]
+    fn every_session_writes_as_its_own_actor_of_the_same_device() {
+        let device = iroh::SecretKey::generate().public();
+        let first = session_actor(&device);
+        let second = session_actor(&device);
+        assert_ne!(first, second);
+        assert_eq!(actor_device(&first), device.to_string());
+        assert_eq!(actor_device(&second), device.to_string());
+        // An actor from before sessions (the bare device id) still names its device.
+        let bare = automerge::ActorId::from(device.as_bytes().as_slice());
+        assert_eq!(actor_device(&bare), device.to_string());
     }
 
     #[test]

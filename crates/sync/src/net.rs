@@ -18,7 +18,7 @@ use automerge::{ChangeHash, ReadDoc};
 use iroh::endpoint::{Connection, RecvStream, SendStream, Side, VarInt};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use iroh::{Endpoint, EndpointAddr};
-use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tracing::{debug, info, warn};
 
 use crate::ids::DeviceId;
@@ -33,6 +33,8 @@ pub const SYNC_ALPN: &[u8] = b"errand/sync/1";
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A document stream quiet for this long drops its compression context (some 150 KB).
 const IDLE_FORGET: Duration = Duration::from_secs(30);
+/// A document stream quiet for this long saves its sync state (see [`StreamSyncState`]).
+const SAVE_SYNC_STATE_AFTER: Duration = Duration::from_millis(250);
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Two connections between the same devices registered closer together than this were dialled
@@ -85,6 +87,9 @@ struct Inner {
     addrs: Mutex<HashMap<DeviceId, EndpointAddr>>,
     dialers: Mutex<HashMap<DeviceId, Arc<Notify>>>,
     peer_docs: Mutex<HashMap<(DeviceId, DocId), PeerDocState>>,
+    /// Peers dropped for a protocol violation since they last connected: their streams must
+    /// not save sync states (they were cleared so that the next session starts over).
+    distrusted: Mutex<HashSet<DeviceId>>,
     progress: watch::Sender<u64>,
     events: broadcast::Sender<NetEvent>,
     shutdown: watch::Sender<bool>,
@@ -108,6 +113,7 @@ impl Replicator {
             addrs: Mutex::default(),
             dialers: Mutex::default(),
             peer_docs: Mutex::default(),
+            distrusted: Mutex::default(),
             progress: watch::channel(0).0,
             events: broadcast::channel(1024).0,
             shutdown: watch::channel(false).0,
@@ -291,6 +297,7 @@ impl Replicator {
         let me = self.0.endpoint.id();
         let dialer_of = |c: &Connection| if c.side() == Side::Client { me } else { peer };
         let preferred_dialer = me.min(peer);
+        lock(&self.0.distrusted).remove(&peer);
         let mut conns = lock(&self.0.connections);
         if let Some((old, since)) = conns.get(&peer).filter(|(c, _)| c.close_reason().is_none()) {
             let old_preferred = dialer_of(old) == preferred_dialer;
@@ -425,6 +432,7 @@ impl Replicator {
         warn!(%peer, "dropping peer: {reason}");
         conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol violation");
         // Its sync states may describe a document it never really had: start over next time.
+        lock(&self.0.distrusted).insert(peer);
         let _ = self.0.repo.store().clear_sync_states(&peer.to_string());
         lock(&self.0.peer_docs).retain(|(p, _), _| *p != peer);
         let _ = self.0.events.send(NetEvent::Misbehaved { peer, reason });
@@ -439,27 +447,9 @@ impl Replicator {
         opener: bool,
     ) {
         let peer = conn.remote_id();
-        let peer_key = peer.to_string();
-        let store = self.0.repo.store().clone();
-        let mut state = store
-            .sync_state(&peer_key, doc.as_str())
-            .ok()
-            .flatten()
-            .and_then(|b| sync::State::decode(&b).ok())
-            .unwrap_or_default();
+        let mut synced = StreamSyncState::load(self.clone(), peer, doc.clone());
 
-        // Reads run in their own task: `read_exact` is not cancel-safe inside `select!`.
-        let (frames_tx, mut frames) = mpsc::channel(16);
-        let reader = tokio::spawn(async move {
-            loop {
-                let frame = wire::read_frame(&mut recv, MAX_FRAME).await;
-                let end = !matches!(frame, Ok(Some(_)));
-                if frames_tx.send(frame).await.is_err() || end {
-                    return;
-                }
-            }
-        });
-        let _abort_reader = AbortOnDrop(reader);
+        let mut frames = wire::FrameReader::new(MAX_FRAME);
         let mut changes = self.0.repo.subscribe();
         let mut encoder = wire::MessageEncoder::default();
         let mut decoder = wire::MessageDecoder::default();
@@ -474,7 +464,7 @@ impl Replicator {
         let mut may_speak = opener;
         if opener
             && self
-                .flush(&peer, &doc, &mut state, &mut send, &mut encoder)
+                .flush(&peer, &doc, &mut synced.state, &mut send, &mut encoder)
                 .await
                 .is_err()
         {
@@ -482,14 +472,14 @@ impl Replicator {
         }
         loop {
             tokio::select! {
-                frame = frames.recv() => {
+                frame = frames.next(&mut recv) => {
                     let bytes = match frame {
-                        Some(Ok(Some(bytes))) => bytes,
-                        Some(Ok(None)) | None => return,
-                        Some(Err(e @ wire::FrameError::TooLarge(_))) => {
+                        Ok(Some(bytes)) => bytes,
+                        Ok(None) => return,
+                        Err(e @ wire::FrameError::TooLarge(_)) => {
                             return self.misbehaved(&conn, format!("bad frame on {doc}: {e}"));
                         }
-                        Some(Err(e)) => {
+                        Err(e) => {
                             debug!(%peer, %doc, "stream ended: {e}");
                             return;
                         }
@@ -498,7 +488,7 @@ impl Replicator {
                         Ok(message) => message,
                         Err(e) => return self.misbehaved(&conn, format!("bad frame on {doc}: {e}")),
                     };
-                    match self.0.repo.receive_sync_message(&doc, &mut state, &bytes) {
+                    match self.0.repo.receive_sync_message(&doc, &mut synced.state, &bytes) {
                         Ok(_) => {}
                         Err(e @ ReceiveError::Malformed { .. }) => return self.misbehaved(&conn, e.to_string()),
                         Err(e) => {
@@ -507,8 +497,8 @@ impl Replicator {
                         }
                     }
                     may_speak = true;
-                    let _ = store.set_sync_state(&peer_key, doc.as_str(), &state.encode());
-                    if self.flush(&peer, &doc, &mut state, &mut send, &mut encoder).await.is_err() {
+                    synced.unsaved = true;
+                    if self.flush(&peer, &doc, &mut synced.state, &mut send, &mut encoder).await.is_err() {
                         return;
                     }
                 }
@@ -518,13 +508,14 @@ impl Replicator {
                         Err(broadcast::error::RecvError::Lagged(_)) => true,
                         Err(broadcast::error::RecvError::Closed) => return,
                     };
-                    if relevant && self.flush(&peer, &doc, &mut state, &mut send, &mut encoder).await.is_err() {
+                    if relevant && self.flush(&peer, &doc, &mut synced.state, &mut send, &mut encoder).await.is_err() {
                         return;
                     }
                 }
                 // An idle stream gives its compression context back; the next message starts
                 // a fresh one.
                 () = tokio::time::sleep(IDLE_FORGET), if encoder.holds_context() => encoder.forget(),
+                () = tokio::time::sleep(SAVE_SYNC_STATE_AFTER), if synced.unsaved => synced.save(),
             }
         }
     }
@@ -577,11 +568,57 @@ impl Replicator {
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// A document stream's automerge sync state with one peer. It is saved when the stream has
+/// been quiet for [`SAVE_SYNC_STATE_AFTER`] and when the stream ends, rather than after every
+/// message: each save dirties database pages that the next durable commit (a peer's change
+/// arriving) would then have to write out too, on the path whose latency matters. Losing the
+/// latest state in a crash costs a longer first exchange next time, nothing more.
+struct StreamSyncState {
+    state: sync::State,
+    unsaved: bool,
+    replicator: Replicator,
+    peer: DeviceId,
+    doc: DocId,
+}
 
-impl Drop for AbortOnDrop {
+impl StreamSyncState {
+    fn load(replicator: Replicator, peer: DeviceId, doc: DocId) -> StreamSyncState {
+        let state = replicator
+            .0
+            .repo
+            .store()
+            .sync_state(&peer.to_string(), doc.as_str())
+            .ok()
+            .flatten()
+            .and_then(|b| sync::State::decode(&b).ok())
+            .unwrap_or_default();
+        StreamSyncState {
+            state,
+            unsaved: false,
+            replicator,
+            peer,
+            doc,
+        }
+    }
+
+    fn save(&mut self) {
+        if !self.unsaved || lock(&self.replicator.0.distrusted).contains(&self.peer) {
+            return;
+        }
+        let store = self.replicator.0.repo.store();
+        let _ = store.set_sync_state(
+            &self.peer.to_string(),
+            self.doc.as_str(),
+            &self.state.encode(),
+        );
+        self.unsaved = false;
+    }
+}
+
+/// A stream ends by returning or by being aborted with its connection; either way it saves.
+impl Drop for StreamSyncState {
     fn drop(&mut self) {
-        self.0.abort();
+        self.save();
     }
 }
 

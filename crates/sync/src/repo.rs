@@ -1,6 +1,17 @@
 //! The documents of one device: loaded lazily from the store, changed in transactions whose
 //! result is durable before the caller hears of it, merged with peers through the Automerge
 //! sync protocol, and announced on a broadcast channel whenever they change.
+//!
+//! Architecture invariant: documents are written to the store in the order they were changed.
+//! Every writer (a local change, a merge, an import, a compaction) holds the write lock from
+//! before it touches a document until its write is durable, so a change is never durable
+//! before one made earlier, and when the write lock is free everything in memory is stored.
+//!
+//! A local change is announced (and so pushed to peers) as soon as it is made, while its
+//! durable write is still under way: the network and the disk then work at the same time. The
+//! caller still hears of success only once the write is durable. A crash in between can leave a
+//! peer with a change this device lost; each session writes as its own actor
+//! ([`crate::ids::session_actor`]), so that change simply comes back at the next sync.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -11,7 +22,7 @@ use automerge::transaction::{CommitOptions, Transaction};
 use automerge::{ActorId, Automerge, AutomergeError, ChangeHash};
 use tokio::sync::broadcast;
 
-use crate::ids::DeviceId;
+use crate::ids::{DeviceId, session_actor};
 use crate::schema::{DocId, now_millis};
 use crate::store::{Store, StoreError};
 
@@ -24,7 +35,9 @@ const SNAPSHOT_ABOVE_BYTES: usize = 64 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DocChanged {
     pub doc: DocId,
-    /// `true` when this device made the change, `false` when it came from a peer.
+    /// `true` when this device made the change, `false` when it came from a peer. A local
+    /// change is announced while its durable write is under way; a merged one once it is
+    /// durable.
     pub local: bool,
 }
 
@@ -70,30 +83,68 @@ struct Entry {
     chunks: usize,
 }
 
+impl Entry {
+    fn empty(actor: ActorId) -> Entry {
+        Entry {
+            doc: Automerge::new().with_actor(actor),
+            saved_heads: Vec::new(),
+            chunks: 0,
+        }
+    }
+}
+
+/// What a document needs written to catch the store up with memory.
+#[derive(Debug)]
+struct PendingWrite {
+    bytes: Vec<u8>,
+    /// Replace every stored chunk with `bytes` (a whole document) rather than append it.
+    snapshot: bool,
+    heads: Vec<ChangeHash>,
+}
+
 /// The documents of this device.
 #[derive(Debug)]
 pub struct Repo {
     store: Arc<Store>,
-    actor: ActorId,
+    device: DeviceId,
+    /// This session's actor; replaced when a change that may have reached peers is lost.
+    actor: Mutex<ActorId>,
     docs: Mutex<HashMap<DocId, Entry>>,
+    /// Held from before a document is changed until the change is durable; taken before
+    /// `docs`, never while holding it. See the module docs.
+    writes: Mutex<()>,
     changes: broadcast::Sender<DocChanged>,
 }
 
+/// A panic while holding one of the repo's locks happens only inside automerge, on a document
+/// that is then reloaded; what the locks guard stays consistent, so poisoning carries no
+/// information.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Repo {
-    /// A repo whose changes are written as `device`: every change's actor is the device id, so
-    /// history can say which device did what.
+    /// A repo whose changes are written as `device`: every change's actor starts with the
+    /// device id, so history can say which device did what.
     pub fn new(store: Arc<Store>, device: DeviceId) -> Repo {
         let (changes, _) = broadcast::channel(1024);
         Repo {
             store,
-            actor: ActorId::from(device.as_bytes().as_slice()),
+            device,
+            actor: Mutex::new(session_actor(&device)),
             docs: Mutex::new(HashMap::new()),
+            writes: Mutex::new(()),
             changes,
         }
     }
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The actor this session writes as.
+    pub fn actor(&self) -> ActorId {
+        lock(&self.actor).clone()
     }
 
     /// Changes as they happen. A receiver that falls behind gets `Lagged` and should treat
@@ -103,9 +154,7 @@ impl Repo {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<DocId, Entry>> {
-        // A panic while holding the lock happens only inside automerge, on a document that we
-        // then reload; the map itself stays consistent, so poisoning carries no information.
-        self.docs.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.docs)
     }
 
     fn load_entry<'a>(
@@ -133,7 +182,7 @@ impl Repo {
                     });
                 }
             };
-            doc.set_actor(self.actor.clone());
+            doc.set_actor(self.actor());
             let saved_heads = doc.get_heads();
             docs.insert(
                 id.clone(),
@@ -145,6 +194,19 @@ impl Repo {
             );
         }
         Ok(docs.get_mut(id))
+    }
+
+    /// The document, loaded from the store, or a new empty one when it is not stored: for
+    /// merging what a peer sends into.
+    fn load_or_empty<'a>(
+        &self,
+        docs: &'a mut HashMap<DocId, Entry>,
+        id: &DocId,
+    ) -> Result<&'a mut Entry, LoadError> {
+        self.load_entry(docs, id)?;
+        Ok(docs
+            .entry(id.clone())
+            .or_insert_with(|| Entry::empty(self.actor())))
     }
 
     /// Whether the document exists here (stored, or received and not yet empty).
@@ -186,85 +248,97 @@ impl Repo {
         message: &str,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
-        let mut docs = self.lock();
-        if self.load_entry(&mut docs, id)?.is_some() {
-            return Err(ChangeError::Exists(id.clone()));
+        let _writing = lock(&self.writes);
+        {
+            let mut docs = self.lock();
+            if self.load_entry(&mut docs, id)?.is_some() {
+                return Err(ChangeError::Exists(id.clone()));
+            }
+            docs.insert(id.clone(), Entry::empty(self.actor()));
         }
-        docs.insert(
-            id.clone(),
-            Entry {
-                doc: Automerge::new().with_actor(self.actor.clone()),
-                saved_heads: Vec::new(),
-                chunks: 0,
-            },
-        );
-        let out = self.change_locked(&mut docs, id, message, f);
+        let out = self.change_and_write(id, message, f);
         if out.is_err() {
-            docs.remove(id);
+            self.lock().remove(id);
         }
         out
     }
 
     /// Changes a document in one commit carrying `message` and the current time, and returns
-    /// once that commit is durable.
+    /// once that commit is durable. Peers may receive the change before that (module docs).
     pub fn change<T>(
         &self,
         id: &DocId,
         message: &str,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
-        let mut docs = self.lock();
-        self.change_locked(&mut docs, id, message, f)
+        let _writing = lock(&self.writes);
+        self.change_and_write(id, message, f)
     }
 
-    fn change_locked<T>(
+    /// The body of a local change; the caller holds the write lock.
+    fn change_and_write<T>(
         &self,
-        docs: &mut HashMap<DocId, Entry>,
         id: &DocId,
         message: &str,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
-        let entry = self
-            .load_entry(docs, id)?
-            .ok_or_else(|| ChangeError::NoSuchDoc(id.clone()))?;
-        let options = CommitOptions::default()
-            .with_message(message)
-            .with_time(now_millis());
-        let out = entry
-            .doc
-            .transact_with(|_| options, f)
-            .map_err(|failure| failure.error)?
-            .result;
-        if self.persist(id, entry)? {
-            let _ = self.changes.send(DocChanged {
-                doc: id.clone(),
-                local: true,
-            });
+        let (out, changed) = {
+            let mut docs = self.lock();
+            let entry = self
+                .load_entry(&mut docs, id)?
+                .ok_or_else(|| ChangeError::NoSuchDoc(id.clone()))?;
+            let options = CommitOptions::default()
+                .with_message(message)
+                .with_time(now_millis());
+            let out = entry
+                .doc
+                .transact_with(|_| options, f)
+                .map_err(|failure| failure.error)?
+                .result;
+            // Under the write lock everything before this change is stored.
+            (out, entry.doc.get_heads() != entry.saved_heads)
+        };
+        if !changed {
+            return Ok(out);
+        }
+        // Announce first: the replicator pushes the change while it is encoded and written.
+        let _ = self.changes.send(DocChanged {
+            doc: id.clone(),
+            local: true,
+        });
+        // Only writers remove documents from memory, and we are the writer.
+        let Some(pending) = self.lock().get_mut(id).and_then(pending_write) else {
+            return Ok(out);
+        };
+        if let Err(e) = self.write(id, pending) {
+            // The change is only in memory now, and may already be with a peer. Forget it here
+            // (the document reloads from the store) and write from now on as a new actor, so
+            // its actor and sequence number are never used for a different change.
+            self.lock().remove(id);
+            *lock(&self.actor) = session_actor(&self.device);
+            return Err(e.into());
         }
         Ok(out)
     }
 
-    /// Appends whatever the store does not have yet. Returns whether there was anything.
-    ///
-    /// Incremental chunks hold changes uncompressed, about fifteen times the size of a
-    /// snapshot; so a document arriving whole (a fresh device's first sync) or a large batch of
-    /// changes is written as a compressed snapshot instead, in the same single transaction.
-    fn persist(&self, id: &DocId, entry: &mut Entry) -> Result<bool, StoreError> {
-        let heads = entry.doc.get_heads();
-        if heads == entry.saved_heads {
-            return Ok(false);
-        }
-        let chunk = entry.doc.save_after(&entry.saved_heads);
-        if entry.saved_heads.is_empty() || chunk.len() > SNAPSHOT_ABOVE_BYTES {
-            let snapshot = entry.doc.save();
-            self.store.replace_with_snapshot(id.as_str(), &snapshot)?;
-            entry.chunks = 1;
+    /// Writes a pending write of `id` and records it as stored. The caller holds the write
+    /// lock; the document lock is not held, so readers (and the replicator) go on meanwhile.
+    fn write(&self, id: &DocId, pending: PendingWrite) -> Result<(), StoreError> {
+        if pending.snapshot {
+            self.store
+                .replace_with_snapshot(id.as_str(), &pending.bytes)?;
         } else {
-            self.store.append_chunk(id.as_str(), &chunk)?;
-            entry.chunks += 1;
+            self.store.append_chunk(id.as_str(), &pending.bytes)?;
         }
-        entry.saved_heads = heads;
-        Ok(true)
+        if let Some(entry) = self.lock().get_mut(id) {
+            entry.saved_heads = pending.heads;
+            entry.chunks = if pending.snapshot {
+                1
+            } else {
+                entry.chunks + 1
+            };
+        }
+        Ok(())
     }
 
     /// The next sync message for a peer, if there is anything to say.
@@ -298,41 +372,47 @@ impl Repo {
             Ok(Err(e)) => return Err(malformed(id, e.to_string())),
             Err(_) => return Err(malformed(id, "decoding panicked".into())),
         };
-        let mut docs = self.lock();
-        if self.load_entry(&mut docs, id)?.is_none() {
-            docs.insert(
-                id.clone(),
-                Entry {
-                    doc: Automerge::new().with_actor(self.actor.clone()),
-                    saved_heads: Vec::new(),
-                    chunks: 0,
-                },
-            );
-        }
-        let Some(entry) = docs.get_mut(id) else {
-            return Err(malformed(id, "document vanished".into()));
+        let _writing = lock(&self.writes);
+        let pending = {
+            let mut docs = self.lock();
+            let entry = self.load_or_empty(&mut docs, id)?;
+            let applied = catch_unwind(AssertUnwindSafe(|| {
+                entry.doc.receive_sync_message(state, message)
+            }));
+            let failure = match applied {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("applying it panicked".to_owned()),
+            };
+            if let Some(reason) = failure {
+                docs.remove(id);
+                *state = sync::State::new();
+                return Err(malformed(id, reason));
+            }
+            pending_write(entry)
         };
-        let applied = catch_unwind(AssertUnwindSafe(|| {
-            entry.doc.receive_sync_message(state, message)
-        }));
-        let failure = match applied {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some("applying it panicked".to_owned()),
+        self.write_merged(id, pending)
+    }
+
+    /// Writes what a merge brought and announces it. On a failed write the document is
+    /// reloaded from the store (the peer sends the changes again at the next sync).
+    fn write_merged(
+        &self,
+        id: &DocId,
+        pending: Option<PendingWrite>,
+    ) -> Result<bool, ReceiveError> {
+        let Some(pending) = pending else {
+            return Ok(false);
         };
-        if let Some(reason) = failure {
-            docs.remove(id);
-            *state = sync::State::new();
-            return Err(malformed(id, reason));
+        if let Err(e) = self.write(id, pending) {
+            self.lock().remove(id);
+            return Err(e.into());
         }
-        let changed = self.persist(id, entry)?;
-        if changed {
-            let _ = self.changes.send(DocChanged {
-                doc: id.clone(),
-                local: false,
-            });
-        }
-        Ok(changed)
+        let _ = self.changes.send(DocChanged {
+            doc: id.clone(),
+            local: false,
+        });
+        Ok(true)
     }
 
     /// Current heads of a document (empty when it does not exist here).
@@ -343,6 +423,7 @@ impl Repo {
     /// Folds the chunks of every loaded document that has more than `threshold` of them into a
     /// snapshot. Returns how many documents were compacted.
     pub fn compact(&self, threshold: usize) -> Result<usize, StoreError> {
+        let _writing = lock(&self.writes);
         let mut docs = self.lock();
         let mut compacted = 0;
         for (id, entry) in docs.iter_mut() {
@@ -364,38 +445,46 @@ impl Repo {
 
     /// Stores a whole document received out of band (pairing), merging with what is here.
     pub fn import(&self, id: &DocId, bytes: &[u8]) -> Result<(), ReceiveError> {
-        let loaded = match catch_unwind(|| Automerge::load(bytes)) {
+        let mut incoming = match catch_unwind(|| Automerge::load(bytes)) {
             Ok(Ok(doc)) => doc,
             Ok(Err(e)) => return Err(malformed(id, e.to_string())),
             Err(_) => return Err(malformed(id, "loading panicked".into())),
         };
-        let mut docs = self.lock();
-        if self.load_entry(&mut docs, id)?.is_none() {
-            docs.insert(
-                id.clone(),
-                Entry {
-                    doc: Automerge::new().with_actor(self.actor.clone()),
-                    saved_heads: Vec::new(),
-                    chunks: 0,
-                },
-            );
-        }
-        let Some(entry) = docs.get_mut(id) else {
-            return Err(malformed(id, "document vanished".into()));
+        let _writing = lock(&self.writes);
+        let pending = {
+            let mut docs = self.lock();
+            let entry = self.load_or_empty(&mut docs, id)?;
+            if let Err(e) = entry.doc.merge(&mut incoming) {
+                docs.remove(id);
+                return Err(malformed(id, e.to_string()));
+            }
+            pending_write(entry)
         };
-        let mut incoming = loaded;
-        if let Err(e) = entry.doc.merge(&mut incoming) {
-            docs.remove(id);
-            return Err(malformed(id, e.to_string()));
-        }
-        if self.persist(id, entry)? {
-            let _ = self.changes.send(DocChanged {
-                doc: id.clone(),
-                local: false,
-            });
-        }
-        Ok(())
+        self.write_merged(id, pending).map(|_| ())
     }
+}
+
+/// What `entry` needs written to catch the store up, if anything.
+///
+/// Incremental chunks hold changes uncompressed, about fifteen times the size of a snapshot;
+/// so a document arriving whole (a fresh device's first sync) or a large batch of changes is
+/// written as a compressed snapshot instead, in the same single transaction.
+fn pending_write(entry: &mut Entry) -> Option<PendingWrite> {
+    let heads = entry.doc.get_heads();
+    if heads == entry.saved_heads {
+        return None;
+    }
+    let chunk = entry.doc.save_after(&entry.saved_heads);
+    let (bytes, snapshot) = if entry.saved_heads.is_empty() || chunk.len() > SNAPSHOT_ABOVE_BYTES {
+        (entry.doc.save(), true)
+    } else {
+        (chunk, false)
+    };
+    Some(PendingWrite {
+        bytes,
+        snapshot,
+        heads,
+    })
 }
 
 fn malformed(doc: &DocId, reason: String) -> ReceiveError {
@@ -451,6 +540,77 @@ mod tests {
         assert!(!repo.contains(&fresh).unwrap());
     }
 
+    /// Exchanges sync messages between two repos until neither has anything to say.
+    fn sync_pair(a: &Repo, b: &Repo, doc: &DocId) {
+        let (mut a_state, mut b_state) = (sync::State::new(), sync::State::new());
+        for _ in 0..20 {
+            let to_b = a.generate_sync_message(doc, &mut a_state).unwrap();
+            if let Some(m) = &to_b {
+                b.receive_sync_message(doc, &mut b_state, m).unwrap();
+            }
+            let to_a = b.generate_sync_message(doc, &mut b_state).unwrap();
+            if let Some(m) = &to_a {
+                a.receive_sync_message(doc, &mut a_state, m).unwrap();
+            }
+            if to_b.is_none() && to_a.is_none() {
+                return;
+            }
+        }
+        panic!("sync did not settle");
+    }
+
+    fn put(repo: &Repo, doc: &DocId, key: &str) {
+        repo.change(doc, &format!("set {key}"), |tx| {
+            automerge::transaction::Transactable::put(tx, automerge::ROOT, key, true)
+        })
+        .unwrap();
+    }
+
+    fn keys(repo: &Repo, doc: &DocId) -> Vec<String> {
+        use automerge::ReadDoc;
+        repo.read(doc, |d| d.keys(automerge::ROOT).collect())
+            .unwrap()
+            .unwrap()
+    }
+
+    /// A peer may receive a local change before it is durable here. If this device then
+    /// crashes and comes back without it, its next change must not clash with the one the peer
+    /// holds (same actor and sequence number), or the document would stop syncing for good.
+    #[test]
+    fn a_change_a_crash_lost_here_but_a_peer_holds_comes_back_and_sync_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("desk.redb");
+        let before_crash = dir.path().join("before-crash.redb");
+        let desk = iroh::SecretKey::generate().public();
+        let (_peer_dir, peer) = repo();
+        let doc = DocId::new_thread();
+        {
+            let repo = Repo::new(Arc::new(Store::open(&path).unwrap()), desk);
+            repo.create(&doc, "created", |tx| {
+                automerge::transaction::Transactable::put(tx, automerge::ROOT, "created", true)
+            })
+            .unwrap();
+            sync_pair(&repo, &peer, &doc);
+        }
+        std::fs::copy(&path, &before_crash).unwrap();
+        {
+            let repo = Repo::new(Arc::new(Store::open(&path).unwrap()), desk);
+            put(&repo, &doc, "sent before the crash");
+            sync_pair(&repo, &peer, &doc);
+        }
+        // The crash: the file as it was before that change was durable.
+        std::fs::rename(&before_crash, &path).unwrap();
+        let repo = Repo::new(Arc::new(Store::open(&path).unwrap()), desk);
+        assert_eq!(keys(&repo, &doc), ["created"]);
+        put(&repo, &doc, "after the restart");
+        sync_pair(&repo, &peer, &doc);
+        let expected = ["after the restart", "created", "sent before the crash"];
+        assert_eq!(keys(&repo, &doc), expected);
+        assert_eq!(keys(&peer, &doc), expected);
+        let history = repo.read(&doc, crate::schema::history).unwrap().unwrap();
+        assert!(history.iter().all(|h| h.device_id == desk.to_string()));
+    }
+
     #[test]
     fn changes_are_durable_and_reload_with_their_history() {
         let dir = tempfile::tempdir().unwrap();
@@ -473,7 +633,7 @@ mod tests {
         let history = repo.read(&doc, crate::schema::history).unwrap().unwrap();
         let messages: Vec<&str> = history.iter().map(|h| h.message.as_str()).collect();
         assert_eq!(messages, ["thread created", "renamed"]);
-        assert_eq!(history[0].actor, device.to_string());
+        assert_eq!(history[0].device_id, device.to_string());
         assert!(history.iter().all(|h| h.time > 0));
     }
 }

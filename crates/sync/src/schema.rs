@@ -170,7 +170,10 @@ fn scalar_json(s: &ScalarValue) -> serde_json::Value {
 pub struct HistoryEntry {
     /// The change hash, hex; usable with `errand at`.
     pub hash: String,
-    /// The actor that wrote it: the writing device's id.
+    /// The device that wrote it (hex id).
+    pub device_id: String,
+    /// The actor that wrote it: the device's id followed by its session (see
+    /// [`crate::ids::session_actor`]).
     pub actor: String,
     pub seq: u64,
     /// Milliseconds since the Unix epoch, as the writing device saw it.
@@ -184,6 +187,7 @@ pub fn history(doc: &automerge::Automerge) -> Vec<HistoryEntry> {
         .into_iter()
         .map(|change| HistoryEntry {
             hash: change.hash().to_string(),
+            device_id: crate::ids::actor_device(change.actor_id()),
             actor: change.actor_id().to_hex_string(),
             seq: change.seq(),
             time: change.timestamp(),

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use automerge::{ActorId, ObjType, ROOT, ReadDoc, Value};
+use automerge::{ObjType, ROOT, ReadDoc, Value};
 use errand_executor::agent::Limits;
 use errand_executor::policy::Policy;
 use errand_executor::runner::{self as executor, Authority, ExecutorConfig};
@@ -922,7 +922,7 @@ async fn round_trip(tasks: usize, iterations: usize) -> Result<RoundTrip> {
                 }
             })?;
     }
-    let desktop_actor = ActorId::from(desktop.id().as_bytes().as_slice());
+    let desktop_actor = desktop.repo.actor();
 
     let mut changes = phone.repo.subscribe();
     let mut before = Wire::default();
@@ -1259,6 +1259,9 @@ fn table_a(props: &[Propagation]) {
     println!("(a) one new task, phone -> desktop, over an established connection");
     println!(
         "    from before the phone's durable repo.change until the desktop has merged it durably"
+    );
+    println!(
+        "    (the phone pushes the change while its own durable write runs; repo.change returns after it)"
     );
     println!(
         "    {:>8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",

@@ -48,12 +48,16 @@ fn index_history_reads_as_a_log_and_at_shows_the_past() {
     );
     let created = entry(&history, "space created by desk");
     assert_eq!(str_field(created, "device"), "desk");
-    assert_eq!(str_field(created, "actor"), p.desk_id);
+    assert_eq!(str_field(created, "device_id"), p.desk_id);
+    assert!(
+        str_field(created, "actor").starts_with(&p.desk_id),
+        "a device writes as an actor of its own: {created:#}"
+    );
     let added = entry(&history, "device phone added as phone by desk");
     assert_eq!(str_field(added, "device"), "desk");
     let listed = entry(&history, &format!("thread {} listed", short(&thread)));
     assert_eq!(str_field(listed, "device"), "phone");
-    assert_eq!(str_field(listed, "actor"), p.phone_id);
+    assert_eq!(str_field(listed, "device_id"), p.phone_id);
     for e in array(&history) {
         assert_eq!(str_field(e, "hash").len(), 64, "{e:#}");
         assert!(e["time"].as_i64().is_some_and(|t| t > 0), "{e:#}");

@@ -367,11 +367,12 @@ pub fn task(doc: &impl ReadDoc, thread: &str, id: &str) -> Option<Task> {
     })
 }
 
-/// The device that created an object: the actor of the operation that made it. Actors are
-/// device ids, so a task records its sender without spending 64 bytes of every send on it.
+/// The device that created an object: named by the actor of the operation that made it
+/// (actors begin with the device id), so a task records its sender without spending 64 bytes of
+/// every send on it.
 fn creator(obj: &ObjId) -> String {
     match obj {
-        ObjId::Id(_, actor, _) => actor.to_hex_string(),
+        ObjId::Id(_, actor, _) => crate::ids::actor_device(actor),
         ObjId::Root => String::new(),
     }
 }
