@@ -7,6 +7,8 @@
 pub mod model_server;
 
 #[cfg(test)]
+mod approvals;
+#[cfg(test)]
 mod convergence;
 #[cfg(test)]
 mod durability;

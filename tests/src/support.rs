@@ -1,6 +1,7 @@
 //! Building blocks: nodes in temporary homes, paired in-process, and waiting without sleeps.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use errand_node::{Node, NodeConfig};
@@ -10,14 +11,15 @@ use tempfile::TempDir;
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct TestNode {
-    pub node: Node,
+    /// Shared, so that an executor can hold the node as its authority on approvals.
+    pub node: Arc<Node>,
     pub home: TempDir,
 }
 
 pub async fn node_in(home: TempDir) -> TestNode {
     let mut config = NodeConfig::new(home.path());
     config.bind = Some("127.0.0.1:0".parse().unwrap());
-    let node = Node::open(config).await.unwrap();
+    let node = Arc::new(Node::open(config).await.unwrap());
     TestNode { node, home }
 }
 

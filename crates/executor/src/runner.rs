@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use errand_sync::schema::thread::{self, Approval, Artifact, NewApproval, Task, TaskStatus};
+use errand_sync::schema::thread::{self, Artifact, NewApproval, Task, TaskStatus};
 use errand_sync::schema::{DocId, index, now_millis};
 use errand_sync::{DeviceId, Repo};
 use tokio::sync::{Semaphore, broadcast};
@@ -689,42 +689,35 @@ impl TaskContext {
             .ok()
             .flatten()?;
         let approval = approvals.into_iter().find(|a| a.id == approval)?;
-        let mut decisions = approval.decisions.clone();
-        decisions.sort_by(|a, b| (a.at, &a.device).cmp(&(b.at, &b.device)));
-        decisions.into_iter().find_map(|d| {
-            let device: DeviceId = d.device.parse().ok()?;
-            if !valid_decision(&shared.space, &approval, &d, &device)
-                || !shared.authority.may_approve(&device)
-            {
-                warn!(device = %d.device, "ignoring an invalid approval decision");
-                return None;
-            }
-            let name = shared
-                .authority
-                .name(&device)
-                .unwrap_or_else(|| short(&d.device).to_owned());
-            Some(if d.approve {
-                Verdict::Approved(name)
-            } else {
-                Verdict::Denied(name)
-            })
+        let decision = thread::first_valid_decision(&shared.space, &approval, |device| {
+            shared.authority.may_approve(device)
+        });
+        let ignored = approval
+            .decisions
+            .iter()
+            .filter(|d| decision.is_none_or(|chosen| chosen.device != d.device))
+            .filter(|d| {
+                !thread::decision_is_signed(&shared.space, &approval, d)
+                    || d.device
+                        .parse::<DeviceId>()
+                        .is_ok_and(|device| !shared.authority.may_approve(&device))
+            });
+        for d in ignored {
+            warn!(device = %d.device, "ignoring an approval decision with a bad signature or by a device that may not approve");
+        }
+        let decision = decision?;
+        let name = decision
+            .device
+            .parse::<DeviceId>()
+            .ok()
+            .and_then(|device| shared.authority.name(&device))
+            .unwrap_or_else(|| short(&decision.device).to_owned());
+        Some(if decision.approve {
+            Verdict::Approved(name)
+        } else {
+            Verdict::Denied(name)
         })
     }
-}
-
-/// Whether a decision's signature is the deciding device's, over this very approval.
-pub fn valid_decision(
-    space: &str,
-    approval: &Approval,
-    decision: &thread::Decision,
-    device: &DeviceId,
-) -> bool {
-    let Some(bytes) = errand_sync::ids::parse_hex::<64>(&decision.signature) else {
-        return false;
-    };
-    let signature = iroh::Signature::from_bytes(&bytes);
-    let message = thread::approval_signed_bytes(space, approval, decision.approve, decision.at);
-    device.verify(&message, &signature).is_ok()
 }
 
 enum Verdict {

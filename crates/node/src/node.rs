@@ -380,14 +380,9 @@ impl Node {
         self.spawn(async move {
             let mut watcher = crate::events::TaskWatcher::default();
             watcher.prime(&repo);
+            // Primed with the members there are now: only later additions are news.
             let mut members = crate::events::MemberWatcher::default();
-            let _ = members.changed(
-                repo.read(&DocId::index(), trust::evaluate_index)
-                    .ok()
-                    .flatten()
-                    .flatten()
-                    .as_ref(),
-            );
+            let _ = members.changed(gate.refresh(&repo).as_ref());
             loop {
                 let changed = match changes.recv().await {
                     Ok(c) => Some(c.doc),
@@ -1039,8 +1034,18 @@ impl Node {
 
     /// Approval requests in every thread, oldest first; with `pending_only`, only those still
     /// waiting for a decision.
+    /// A decision counts only when validly signed by a member whose role may approve, as
+    /// the executor judges it: anything else in the document is shown as if absent.
     pub fn approvals(&self, pending_only: bool) -> Result<Vec<ApprovalInfo>, NodeError> {
         let names = self.names();
+        let space = self.require_space()?.to_string();
+        let membership = self.membership();
+        let may_decide = |device: &DeviceId| {
+            membership
+                .as_ref()
+                .and_then(|m| m.get(device).map(|m| m.role.may_approve()))
+                .unwrap_or(false)
+        };
         let now = schema::now_millis();
         let mut out = Vec::new();
         for t in self.threads()? {
@@ -1052,9 +1057,8 @@ impl Node {
                 .read(&doc, |d| thread::approvals(d, doc.as_str()))?
                 .unwrap_or_default();
             for a in approvals {
-                let mut decisions = a.decisions.clone();
-                decisions.sort_by(|x, y| (x.at, &x.device).cmp(&(y.at, &y.device)));
-                let first = decisions.first();
+                let first = thread::first_valid_decision(&space, &a, may_decide).cloned();
+                let first = first.as_ref();
                 let state = match first {
                     Some(d) if d.approve => "approved",
                     Some(_) => "denied",
@@ -1327,6 +1331,9 @@ fn create_home(home: &Path) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// Tries of the remembered port before taking any free one, 50, 100, 200 and 400 ms apart.
+const REMEMBERED_PORT_ATTEMPTS: usize = 5;
+
 async fn bind_endpoint(
     secret_key: &SecretKey,
     config: &NodeConfig,
@@ -1360,16 +1367,24 @@ async fn bind_endpoint(
     let wanted = config
         .bind
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    // Keep the port across restarts so peers' remembered addresses stay good.
+    // Keep the port across restarts so peers' remembered addresses stay good. Right after a
+    // restart the previous endpoint may still be letting go of it, so the remembered port is
+    // tried a few times, for under a second, before settling for another.
     let mut candidates = Vec::new();
     if wanted.port() == 0
         && let Some(port) = last_port
     {
-        candidates.push(SocketAddr::new(wanted.ip(), port));
+        let remembered = SocketAddr::new(wanted.ip(), port);
+        candidates.extend([remembered; REMEMBERED_PORT_ATTEMPTS]);
     }
     candidates.push(wanted);
     let mut last_error = String::new();
-    for addr in candidates {
+    let mut pause = Duration::from_millis(50);
+    for (attempt, addr) in candidates.into_iter().enumerate() {
+        if attempt > 0 && addr.port() != 0 {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
         let builder = Endpoint::builder(presets::Minimal)
             .secret_key(secret_key.clone())
             .relay_mode(relay_mode.clone())

@@ -493,6 +493,10 @@ impl Replicator {
                         Err(e @ ReceiveError::Malformed { .. }) => return self.misbehaved(&conn, e.to_string()),
                         Err(e) => {
                             warn!(%peer, %doc, "cannot apply sync message: {e}");
+                            // The state counts changes we could not store as had: the next
+                            // session starts this document over instead.
+                            synced.state = sync::State::new();
+                            synced.unsaved = true;
                             return;
                         }
                     }

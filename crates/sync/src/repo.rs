@@ -265,6 +265,9 @@ impl Repo {
 
     /// Changes a document in one commit carrying `message` and the current time, and returns
     /// once that commit is durable. Peers may receive the change before that (module docs).
+    ///
+    /// On an error nothing is stored here; but a peer that already received the change keeps
+    /// it, and it comes back with the next sync.
     pub fn change<T>(
         &self,
         id: &DocId,

@@ -24,7 +24,7 @@ use automerge::transaction::Transactable;
 use automerge::{AutomergeError, ObjId, ObjType, ROOT, ReadDoc};
 use serde::{Deserialize, Serialize};
 
-use super::{SCHEMA_VERSION, get_bool, get_i64, get_obj, get_str};
+use super::{Fields, SCHEMA_VERSION, get_i64, get_obj, get_str};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -318,52 +318,57 @@ pub fn title(doc: &impl ReadDoc) -> Option<String> {
 
 pub fn task(doc: &impl ReadDoc, thread: &str, id: &str) -> Option<Task> {
     let obj = task_obj(doc, id).ok()?;
-    let list = |key: &str| get_obj(doc, &obj, key);
-    let progress = list("progress")
-        .map(|l| {
-            (0..doc.length(&l))
-                .filter_map(|i| {
-                    let (_, e) = doc.get(&l, i).ok()??;
-                    Some(Progress {
-                        at: get_i64(doc, &e, "at")?,
-                        text: get_str(doc, &e, "text")?,
-                    })
-                })
-                .collect()
+    let fields = Fields::read(doc, &obj);
+    // Each list entry is a small map: read it whole, in one pass.
+    let entries = |key: &str| -> Vec<Fields> {
+        fields
+            .obj(key)
+            .map(|list| {
+                doc.list_range(list, ..)
+                    .filter(|item| matches!(item.value, automerge::ValueRef::Object(_)))
+                    .map(|item| Fields::read(doc, &item.id()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let progress = entries("progress")
+        .iter()
+        .filter_map(|e| {
+            Some(Progress {
+                at: e.i64("at")?,
+                text: e.str("text")?,
+            })
         })
-        .unwrap_or_default();
-    let artifacts = list("artifacts")
-        .map(|l| {
-            (0..doc.length(&l))
-                .filter_map(|i| {
-                    let (_, e) = doc.get(&l, i).ok()??;
-                    Some(Artifact {
-                        hash: get_str(doc, &e, "hash")?,
-                        size: u64::try_from(get_i64(doc, &e, "size")?).ok()?,
-                        mime: get_str(doc, &e, "mime").unwrap_or_default(),
-                        name: get_str(doc, &e, "name").unwrap_or_default(),
-                    })
-                })
-                .collect()
+        .collect();
+    let artifacts = entries("artifacts")
+        .iter()
+        .filter_map(|e| {
+            Some(Artifact {
+                hash: e.str("hash")?,
+                size: u64::try_from(e.i64("size")?).ok()?,
+                mime: e.str("mime").unwrap_or_default(),
+                name: e.str("name").unwrap_or_default(),
+            })
         })
-        .unwrap_or_default();
+        .collect();
     Some(Task {
         id: id.to_owned(),
         thread: thread.to_owned(),
-        prompt: get_str(doc, &obj, "prompt").unwrap_or_default(),
-        target: get_str(doc, &obj, "target").unwrap_or_default(),
+        prompt: fields.str("prompt").unwrap_or_default(),
+        target: fields.str("target").unwrap_or_default(),
         created_by: creator(&obj),
-        created: get_i64(doc, &obj, "created").unwrap_or(0),
-        status: get_str(doc, &obj, "status")
+        created: fields.i64("created").unwrap_or(0),
+        status: fields
+            .str("status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(TaskStatus::Queued),
-        started: get_i64(doc, &obj, "started"),
-        finished: get_i64(doc, &obj, "finished"),
+        started: fields.i64("started"),
+        finished: fields.i64("finished"),
         progress,
-        result: get_str(doc, &obj, "result"),
-        error: get_str(doc, &obj, "error"),
+        result: fields.str("result"),
+        error: fields.str("error"),
         artifacts,
-        cancel_requested: get_bool(doc, &obj, "cancel_requested").unwrap_or(false),
+        cancel_requested: fields.bool("cancel_requested").unwrap_or(false),
     })
 }
 
@@ -412,14 +417,15 @@ pub fn task_states(doc: &impl ReadDoc, skip: &std::collections::HashSet<String>)
         .into_iter()
         .filter(|(_, id)| !skip.contains(id))
         .filter_map(|(bucket, id)| {
-            let obj = get_obj(doc, &bucket, &id)?;
+            let fields = Fields::read(doc, &get_obj(doc, &bucket, &id)?);
             Some(TaskState {
-                status: get_str(doc, &obj, "status")
+                status: fields
+                    .str("status")
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(TaskStatus::Queued),
-                target: get_str(doc, &obj, "target").unwrap_or_default(),
-                cancel_requested: get_bool(doc, &obj, "cancel_requested").unwrap_or(false),
-                created: get_i64(doc, &obj, "created").unwrap_or(0),
+                target: fields.str("target").unwrap_or_default(),
+                cancel_requested: fields.bool("cancel_requested").unwrap_or(false),
+                created: fields.i64("created").unwrap_or(0),
                 id,
             })
         })
@@ -528,19 +534,27 @@ pub fn approvals(doc: &impl ReadDoc, thread: &str) -> Vec<Approval> {
     let Some(approvals) = get_obj(doc, &ROOT, "approvals") else {
         return Vec::new();
     };
-    let mut out: Vec<Approval> = doc
-        .keys(&approvals)
-        .filter_map(|id| {
-            let obj = get_obj(doc, &approvals, &id)?;
-            let decisions = get_obj(doc, &obj, "decisions")
+    let objects = |map: &ObjId| -> Vec<(String, ObjId)> {
+        doc.map_range(map, ..)
+            .filter(|item| matches!(item.value, automerge::ValueRef::Object(_)))
+            .map(|item| (item.key.to_string(), item.id()))
+            .collect()
+    };
+    let mut out: Vec<Approval> = objects(&approvals)
+        .into_iter()
+        .filter_map(|(id, obj)| {
+            let fields = Fields::read(doc, &obj);
+            let decisions = fields
+                .obj("decisions")
                 .map(|d| {
-                    doc.keys(&d)
-                        .filter_map(|device| {
-                            let e = get_obj(doc, &d, &device)?;
+                    objects(d)
+                        .into_iter()
+                        .filter_map(|(device, e)| {
+                            let e = Fields::read(doc, &e);
                             Some(Decision {
-                                approve: get_bool(doc, &e, "approve")?,
-                                at: get_i64(doc, &e, "at")?,
-                                signature: get_str(doc, &e, "signature")?,
+                                approve: e.bool("approve")?,
+                                at: e.i64("at")?,
+                                signature: e.str("signature")?,
                                 device,
                             })
                         })
@@ -549,12 +563,12 @@ pub fn approvals(doc: &impl ReadDoc, thread: &str) -> Vec<Approval> {
                 .unwrap_or_default();
             Some(Approval {
                 thread: thread.to_owned(),
-                task: get_str(doc, &obj, "task")?,
-                action: get_str(doc, &obj, "action").unwrap_or_default(),
-                class: get_str(doc, &obj, "class").unwrap_or_default(),
-                requested_by: get_str(doc, &obj, "requested_by").unwrap_or_default(),
-                requested_at: get_i64(doc, &obj, "requested_at").unwrap_or(0),
-                expires_at: get_i64(doc, &obj, "expires_at").unwrap_or(0),
+                task: fields.str("task")?,
+                action: fields.str("action").unwrap_or_default(),
+                class: fields.str("class").unwrap_or_default(),
+                requested_by: fields.str("requested_by").unwrap_or_default(),
+                requested_at: fields.i64("requested_at").unwrap_or(0),
+                expires_at: fields.i64("expires_at").unwrap_or(0),
                 decisions,
                 id,
             })
@@ -584,6 +598,40 @@ pub fn approval_signed_bytes(space: &str, approval: &Approval, approve: bool, at
     out
 }
 
+/// Whether a decision carries a valid signature by the device it names, over this very
+/// approval in `space`. Whether that device may decide at all is a question for the
+/// membership; see [`first_valid_decision`].
+pub fn decision_is_signed(space: &str, approval: &Approval, decision: &Decision) -> bool {
+    let Ok(device) = decision.device.parse::<crate::DeviceId>() else {
+        return false;
+    };
+    let Some(bytes) = crate::ids::parse_hex::<64>(&decision.signature) else {
+        return false;
+    };
+    let signature = iroh::Signature::from_bytes(&bytes);
+    let message = approval_signed_bytes(space, approval, decision.approve, decision.at);
+    device.verify(&message, &signature).is_ok()
+}
+
+/// The decision that counts on an approval: the earliest (by its time, then device) that is
+/// validly signed by a device that `may_decide` (a member whose role may approve). A decision
+/// anyone else wrote into the document, signed or not, is ignored: documents are writable by
+/// every member, roles are not.
+pub fn first_valid_decision<'a>(
+    space: &str,
+    approval: &'a Approval,
+    may_decide: impl Fn(&crate::DeviceId) -> bool,
+) -> Option<&'a Decision> {
+    let mut decisions: Vec<&Decision> = approval.decisions.iter().collect();
+    decisions.sort_by(|a, b| (a.at, &a.device).cmp(&(b.at, &b.device)));
+    decisions.into_iter().find(|d| {
+        decision_is_signed(space, approval, d)
+            && d.device
+                .parse::<crate::DeviceId>()
+                .is_ok_and(|device| may_decide(&device))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -591,6 +639,73 @@ mod tests {
     use automerge::{ActorId, Automerge};
 
     use super::*;
+
+    fn signed(
+        key: &iroh::SecretKey,
+        space: &str,
+        a: &Approval,
+        approve: bool,
+        at: i64,
+    ) -> Decision {
+        let bytes = approval_signed_bytes(space, a, approve, at);
+        Decision {
+            device: key.public().to_string(),
+            approve,
+            at,
+            signature: crate::ids::hex(&key.sign(&bytes).to_bytes()),
+        }
+    }
+
+    #[test]
+    fn only_a_signed_decision_by_a_device_that_may_decide_counts() {
+        let (phone, viewer) = (iroh::SecretKey::generate(), iroh::SecretKey::generate());
+        let mut approval = Approval {
+            id: "a1".into(),
+            thread: "t1".into(),
+            task: "k1".into(),
+            action: "sh rm -rf build".into(),
+            class: "shell".into(),
+            requested_by: "desk".into(),
+            requested_at: 1,
+            expires_at: 100,
+            decisions: Vec::new(),
+        };
+        let by_phone = signed(&phone, "space", &approval, true, 20);
+        assert!(decision_is_signed("space", &approval, &by_phone));
+        // The same signature says nothing about another decision, approval or space.
+        let flipped = Decision {
+            approve: false,
+            ..by_phone.clone()
+        };
+        assert!(!decision_is_signed("space", &approval, &flipped));
+        assert!(!decision_is_signed("other space", &approval, &by_phone));
+        let other = Approval {
+            id: "a2".into(),
+            ..approval.clone()
+        };
+        assert!(!decision_is_signed("space", &other, &by_phone));
+        let garbage = Decision {
+            signature: "zz".into(),
+            ..by_phone.clone()
+        };
+        assert!(!decision_is_signed("space", &approval, &garbage));
+
+        // An earlier denial by the viewer, and an earlier forged one in the phone's name.
+        let forged = Decision {
+            approve: false,
+            at: 5,
+            ..by_phone.clone()
+        };
+        approval.decisions = vec![
+            by_phone.clone(),
+            signed(&viewer, "space", &approval, false, 10),
+            forged,
+        ];
+        let phone_id = phone.public();
+        let chosen = first_valid_decision("space", &approval, |d| *d == phone_id);
+        assert_eq!(chosen, Some(&by_phone));
+        assert_eq!(first_valid_decision("space", &approval, |_| false), None);
+    }
 
     fn new_task<'a>(id: &'a str, prompt: &'a str, created: i64) -> NewTask<'a> {
         NewTask {
@@ -661,6 +776,60 @@ mod tests {
             assert_eq!(states.len(), 1);
             assert_eq!(states[0].id, second);
         }
+    }
+
+    /// `task` reads each object's entries in one pass; what it reads must be what a lookup of
+    /// each field gives, conflicts included.
+    #[test]
+    fn a_task_reads_whole_as_its_fields_read_one_by_one() {
+        let mut phone = thread_doc();
+        let id = "00000000000000aa";
+        phone
+            .transact(|tx| {
+                add_task(tx, &new_task(id, "build it", 7))?;
+                set_status(tx, id, TaskStatus::Running, 8)?;
+                add_progress(tx, id, "compiling", 9)?;
+                add_progress(tx, id, "linking", 10)?;
+                add_artifact(
+                    tx,
+                    id,
+                    &Artifact {
+                        hash: "ab".repeat(32),
+                        size: 42,
+                        mime: "image/png".into(),
+                        name: "shot.png".into(),
+                    },
+                )
+            })
+            .expect("task");
+        // Both sides set the status and result at once: a conflict.
+        let mut desk = phone.fork().with_actor(ActorId::from([2; 32]));
+        phone
+            .transact(|tx| finish(tx, id, Err("stopped"), TaskStatus::Failed, 11))
+            .expect("fail on the phone");
+        desk.transact(|tx| finish(tx, id, Ok("built"), TaskStatus::Done, 12))
+            .expect("finish on the desk");
+        phone.merge(&mut desk).expect("merge");
+        let task = task(&phone, "t1", id).expect("the task");
+        let obj = task_obj(&phone, id).expect("its object");
+        assert_eq!(
+            Some(task.status.as_str().to_owned()),
+            get_str(&phone, &obj, "status")
+        );
+        assert_eq!(task.result, get_str(&phone, &obj, "result"));
+        assert_eq!(task.error, get_str(&phone, &obj, "error"));
+        assert_eq!(task.finished, get_i64(&phone, &obj, "finished"));
+        assert_eq!((task.prompt.as_str(), task.created), ("build it", 7));
+        assert_eq!(task.started, Some(8));
+        let progress: Vec<(&str, i64)> = task
+            .progress
+            .iter()
+            .map(|p| (p.text.as_str(), p.at))
+            .collect();
+        assert_eq!(progress, [("compiling", 9), ("linking", 10)]);
+        assert_eq!(task.artifacts.len(), 1);
+        assert_eq!(task.artifacts[0].size, 42);
+        assert_eq!(task.artifacts[0].name, "shot.png");
     }
 
     #[test]

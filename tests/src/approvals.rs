@@ -1,0 +1,147 @@
+//! Approval decisions count only from members whose role may approve, whatever a document
+//! holds: a viewer that writes a correctly signed decision straight into a thread (going
+//! around its own node's refusal) is ignored by the executor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use errand_executor::agent::Limits;
+use errand_executor::policy::Policy;
+use errand_executor::runner::{self, Authority, ExecutorConfig};
+use errand_node::Node;
+use errand_sync::schema::now_millis;
+use errand_sync::schema::thread::{self, Decision, TaskStatus};
+use errand_sync::{DeviceId, DocId, Role};
+
+use crate::support::{desktop, node, pair, until};
+
+/// The desktop's view of who may approve, as `errand up` wires it: the verified membership.
+#[derive(Debug)]
+struct Members(Arc<Node>);
+
+impl Authority for Members {
+    fn may_approve(&self, device: &DeviceId) -> bool {
+        self.0.may_approve(device)
+    }
+    fn name(&self, device: &DeviceId) -> Option<String> {
+        self.0.device_name(device)
+    }
+}
+
+#[tokio::test]
+async fn a_decision_a_viewer_signs_and_writes_into_the_thread_is_ignored() {
+    let desk = desktop("desk").await;
+    let phone = node().await;
+    let viewer = node().await;
+    pair(&desk, &phone, "phone", Role::Phone).await;
+    pair(&desk, &viewer, "viewer", Role::Viewer).await;
+
+    let home = desk.home.path();
+    let policy = Policy::parse("[actions]\nshell = \"ask\"\n", home, home).unwrap();
+    policy.ensure_workspace().unwrap();
+    let config = ExecutorConfig {
+        device: desk.node.id(),
+        policy,
+        model: None,
+        model_limits: Limits {
+            max_steps: 1,
+            max_time: Duration::from_secs(20),
+        },
+        model_hint: "direct commands only".into(),
+        max_parallel: 2,
+        shell_timeout: Duration::from_secs(20),
+    };
+    let _executor = runner::start(
+        desk.node.repo().clone(),
+        config,
+        Arc::new(Members(desk.node.clone())),
+    );
+
+    let sent = phone.node.send("/sh echo ran", None, None).unwrap();
+    let thread_doc = DocId::parse(&sent.thread).unwrap();
+    let nodes = [&desk.node, &phone.node, &viewer.node];
+    let nodes: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
+    until("the viewer sees the approval request", &nodes, || {
+        let ok = viewer
+            .node
+            .approvals(true)
+            .is_ok_and(|a| a.iter().any(|a| a.task == sent.task));
+        async move { ok }
+    })
+    .await;
+
+    // The viewer's own node refuses to decide...
+    let request = viewer.node.approvals(true).unwrap().remove(0);
+    assert!(viewer.node.decide(&request.id, false).is_err());
+    // ...so it signs a denial with its own key and writes it into the thread itself.
+    let approval = viewer
+        .node
+        .repo()
+        .read(&thread_doc, |d| thread::approvals(d, thread_doc.as_str()))
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .find(|a| a.id == request.id)
+        .unwrap();
+    let key =
+        errand_pairing::identity::load_or_create(&viewer.home.path().join("device.key")).unwrap();
+    assert_eq!(key.public(), viewer.node.id());
+    let space = desk.node.space().unwrap().to_string();
+    let at = now_millis();
+    let signed = thread::approval_signed_bytes(&space, &approval, false, at);
+    let denial = Decision {
+        device: viewer.node.id().to_string(),
+        approve: false,
+        at,
+        signature: errand_sync::ids::hex(&key.sign(&signed).to_bytes()),
+    };
+    viewer
+        .node
+        .repo()
+        .change(&thread_doc, "approval denied by viewer", |tx| {
+            thread::decide(tx, &approval.id, &denial)
+        })
+        .unwrap();
+    until("the desktop holds the viewer's denial", &nodes, || {
+        let ok = desk
+            .node
+            .repo()
+            .read(&thread_doc, |d| thread::approvals(d, thread_doc.as_str()))
+            .ok()
+            .flatten()
+            .is_some_and(|all| {
+                all.iter()
+                    .any(|a| a.id == approval.id && !a.decisions.is_empty())
+            });
+        async move { ok }
+    })
+    .await;
+
+    // The phone approves later; the viewer's earlier denial would win if it counted.
+    phone.node.decide(&request.id, true).unwrap();
+    until("the task has ended", &nodes, || {
+        let ok = phone
+            .node
+            .task(&sent.task)
+            .is_ok_and(|t| matches!(t.status, TaskStatus::Done | TaskStatus::Failed));
+        async move { ok }
+    })
+    .await;
+    let task = phone.node.task(&sent.task).unwrap();
+    assert_eq!(task.status, TaskStatus::Done, "{task:#?}");
+    assert_eq!(
+        task.result.as_deref().map(str::trim),
+        Some("ran"),
+        "{task:#?}"
+    );
+    assert!(
+        task.progress
+            .iter()
+            .any(|p| p.text.contains("approved by phone")),
+        "{:#?}",
+        task.progress
+    );
+    let decided = phone.node.approvals(false).unwrap();
+    let decided = decided.iter().find(|a| a.id == request.id).unwrap();
+    assert_eq!(decided.decided_by.as_deref(), Some("phone"), "{decided:#?}");
+}
