@@ -1,19 +1,20 @@
 //! Approval decisions count only from members whose role may approve, whatever a document
 //! holds: a viewer that writes a correctly signed decision straight into a thread (going
-//! around its own node's refusal) is ignored by the executor.
+//! around its own node's refusal) is ignored by the executor, by every node's list of
+//! requests, and by the notifications of new ones.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use errand_executor::agent::Limits;
 use errand_executor::policy::Policy;
-use errand_executor::runner::{self, Authority, ExecutorConfig};
-use errand_node::Node;
+use errand_executor::runner::{self, Authority, ExecutorConfig, ExecutorHandle};
+use errand_node::{Node, NodeEvent};
 use errand_sync::schema::now_millis;
 use errand_sync::schema::thread::{self, Decision, TaskStatus};
 use errand_sync::{DeviceId, DocId, Role};
 
-use crate::support::{desktop, node, pair, until};
+use crate::support::{TestNode, WAIT, desktop, node, node_in, pair, until};
 
 /// The desktop's view of who may approve, as `errand up` wires it: the verified membership.
 #[derive(Debug)]
@@ -28,14 +29,8 @@ impl Authority for Members {
     }
 }
 
-#[tokio::test]
-async fn a_decision_a_viewer_signs_and_writes_into_the_thread_is_ignored() {
-    let desk = desktop("desk").await;
-    let phone = node().await;
-    let viewer = node().await;
-    pair(&desk, &phone, "phone", Role::Phone).await;
-    pair(&desk, &viewer, "viewer", Role::Viewer).await;
-
+/// Starts the desktop's executor with shell commands needing approval, as `errand up` would.
+fn start_executor(desk: &TestNode) -> ExecutorHandle {
     let home = desk.home.path();
     let policy = Policy::parse("[actions]\nshell = \"ask\"\n", home, home).unwrap();
     policy.ensure_workspace().unwrap();
@@ -51,16 +46,73 @@ async fn a_decision_a_viewer_signs_and_writes_into_the_thread_is_ignored() {
         max_parallel: 2,
         shell_timeout: Duration::from_secs(20),
     };
-    let _executor = runner::start(
+    runner::start(
         desk.node.repo().clone(),
         config,
         Arc::new(Members(desk.node.clone())),
-    );
+    )
+}
+
+/// What a viewer can do around its own node's refusal: sign a denial of an approval request
+/// with its own key and write it straight into the thread.
+fn forge_denial(viewer: &TestNode, space: &str, thread_doc: &DocId, approval_id: &str) {
+    let approval = viewer
+        .node
+        .repo()
+        .read(thread_doc, |d| thread::approvals(d, thread_doc.as_str()))
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .find(|a| a.id == approval_id)
+        .unwrap();
+    let key =
+        errand_pairing::identity::load_or_create(&viewer.home.path().join("device.key")).unwrap();
+    assert_eq!(key.public(), viewer.node.id());
+    let at = now_millis();
+    let signed = thread::approval_signed_bytes(space, &approval, false, at);
+    let denial = Decision {
+        device: viewer.node.id().to_string(),
+        approve: false,
+        at,
+        signature: errand_sync::ids::hex(&key.sign(&signed).to_bytes()),
+    };
+    viewer
+        .node
+        .repo()
+        .change(thread_doc, "approval denied by viewer", |tx| {
+            thread::decide(tx, approval_id, &denial)
+        })
+        .unwrap();
+}
+
+/// Whether `node` holds a decision (any, counted or not) on the request `approval_id`.
+fn holds_a_decision(node: &Node, thread_doc: &DocId, approval_id: &str) -> bool {
+    node.repo()
+        .read(thread_doc, |d| thread::approvals(d, thread_doc.as_str()))
+        .ok()
+        .flatten()
+        .is_some_and(|all| {
+            all.iter()
+                .any(|a| a.id == approval_id && !a.decisions.is_empty())
+        })
+}
+
+#[tokio::test]
+async fn a_decision_a_viewer_signs_and_writes_into_the_thread_is_ignored() {
+    let desk = desktop("desk").await;
+    let phone = node().await;
+    let viewer = node().await;
+    pair(&desk, &phone, "phone", Role::Phone).await;
+    pair(&desk, &viewer, "viewer", Role::Viewer).await;
+    let _executor = start_executor(&desk);
 
     let sent = phone.node.send("/sh echo ran", None, None).unwrap();
     let thread_doc = DocId::parse(&sent.thread).unwrap();
-    let nodes = [&desk.node, &phone.node, &viewer.node];
-    let nodes: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
+    let nodes = [
+        desk.node.as_ref(),
+        phone.node.as_ref(),
+        viewer.node.as_ref(),
+    ];
     until("the viewer sees the approval request", &nodes, || {
         let ok = viewer
             .node
@@ -74,45 +126,10 @@ async fn a_decision_a_viewer_signs_and_writes_into_the_thread_is_ignored() {
     let request = viewer.node.approvals(true).unwrap().remove(0);
     assert!(viewer.node.decide(&request.id, false).is_err());
     // ...so it signs a denial with its own key and writes it into the thread itself.
-    let approval = viewer
-        .node
-        .repo()
-        .read(&thread_doc, |d| thread::approvals(d, thread_doc.as_str()))
-        .unwrap()
-        .unwrap()
-        .into_iter()
-        .find(|a| a.id == request.id)
-        .unwrap();
-    let key =
-        errand_pairing::identity::load_or_create(&viewer.home.path().join("device.key")).unwrap();
-    assert_eq!(key.public(), viewer.node.id());
     let space = desk.node.space().unwrap().to_string();
-    let at = now_millis();
-    let signed = thread::approval_signed_bytes(&space, &approval, false, at);
-    let denial = Decision {
-        device: viewer.node.id().to_string(),
-        approve: false,
-        at,
-        signature: errand_sync::ids::hex(&key.sign(&signed).to_bytes()),
-    };
-    viewer
-        .node
-        .repo()
-        .change(&thread_doc, "approval denied by viewer", |tx| {
-            thread::decide(tx, &approval.id, &denial)
-        })
-        .unwrap();
+    forge_denial(&viewer, &space, &thread_doc, &request.id);
     until("the desktop holds the viewer's denial", &nodes, || {
-        let ok = desk
-            .node
-            .repo()
-            .read(&thread_doc, |d| thread::approvals(d, thread_doc.as_str()))
-            .ok()
-            .flatten()
-            .is_some_and(|all| {
-                all.iter()
-                    .any(|a| a.id == approval.id && !a.decisions.is_empty())
-            });
+        let ok = holds_a_decision(&desk.node, &thread_doc, &request.id);
         async move { ok }
     })
     .await;
@@ -144,4 +161,71 @@ async fn a_decision_a_viewer_signs_and_writes_into_the_thread_is_ignored() {
     let decided = phone.node.approvals(false).unwrap();
     let decided = decided.iter().find(|a| a.id == request.id).unwrap();
     assert_eq!(decided.decided_by.as_deref(), Some("phone"), "{decided:#?}");
+}
+
+/// A phone that was away while a request was made, and a viewer forged a denial of it, is
+/// still told about the request when it comes back: the forged decision does not count.
+#[tokio::test]
+async fn a_phone_back_online_is_told_of_a_request_only_a_viewer_has_decided() {
+    let desk = desktop("desk").await;
+    let phone = node().await;
+    let viewer = node().await;
+    pair(&desk, &phone, "phone", Role::Phone).await;
+    pair(&desk, &viewer, "viewer", Role::Viewer).await;
+    let _executor = start_executor(&desk);
+    let TestNode {
+        node: phone_node,
+        home: phone_home,
+    } = phone;
+    phone_node.shutdown().await;
+    drop(phone_node);
+
+    let sent = desk.node.send("/sh echo ran", None, None).unwrap();
+    let thread_doc = DocId::parse(&sent.thread).unwrap();
+    let both = [desk.node.as_ref(), viewer.node.as_ref()];
+    until("the viewer sees the approval request", &both, || {
+        let ok = viewer
+            .node
+            .approvals(true)
+            .is_ok_and(|a| a.iter().any(|a| a.task == sent.task));
+        async move { ok }
+    })
+    .await;
+    let request = viewer.node.approvals(true).unwrap().remove(0);
+    let space = desk.node.space().unwrap().to_string();
+    forge_denial(&viewer, &space, &thread_doc, &request.id);
+    until("the desktop holds the viewer's denial", &both, || {
+        let ok = holds_a_decision(&desk.node, &thread_doc, &request.id);
+        async move { ok }
+    })
+    .await;
+
+    let phone = node_in(phone_home).await;
+    let mut events = phone.node.subscribe();
+    let told = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(NodeEvent::ApprovalRequested { approval, .. }) if approval == request.id => {
+                    return;
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("events ended: {e}"),
+            }
+        }
+    })
+    .await;
+    assert!(told.is_ok(), "the phone was not told of the request");
+    let pending = phone.node.approvals(true).unwrap();
+    assert!(pending.iter().any(|a| a.id == request.id), "{pending:#?}");
+    // And its approval still decides.
+    phone.node.decide(&request.id, true).unwrap();
+    let nodes = [desk.node.as_ref(), phone.node.as_ref()];
+    until("the task is done", &nodes, || {
+        let ok = phone
+            .node
+            .task(&sent.task)
+            .is_ok_and(|t| t.status == TaskStatus::Done);
+        async move { ok }
+    })
+    .await;
 }

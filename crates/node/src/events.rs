@@ -171,16 +171,40 @@ pub(crate) struct TaskWatcher {
 }
 
 impl TaskWatcher {
-    pub(crate) fn prime(&mut self, repo: &Repo) {
-        let _ = self.scan(repo, None, true);
+    pub(crate) fn prime(&mut self, repo: &Repo, membership: Option<&Membership>) {
+        let _ = self.scan(repo, None, membership, true);
     }
 
-    /// Events for what changed; `doc: None` rescans everything.
-    pub(crate) fn changed(&mut self, repo: &Repo, doc: Option<&DocId>) -> Vec<NodeEvent> {
-        self.scan(repo, doc, false)
+    /// Events for what changed; `doc: None` rescans everything. `membership` decides which
+    /// approval decisions count (a request with only forged or unauthorised decisions is
+    /// still waiting, and still news).
+    pub(crate) fn changed(
+        &mut self,
+        repo: &Repo,
+        doc: Option<&DocId>,
+        membership: Option<&Membership>,
+    ) -> Vec<NodeEvent> {
+        self.scan(repo, doc, membership, false)
     }
 
-    fn scan(&mut self, repo: &Repo, doc: Option<&DocId>, priming: bool) -> Vec<NodeEvent> {
+    fn scan(
+        &mut self,
+        repo: &Repo,
+        doc: Option<&DocId>,
+        membership: Option<&Membership>,
+        priming: bool,
+    ) -> Vec<NodeEvent> {
+        let space = membership.map(|m| m.space().to_string());
+        let decided = |a: &thread::Approval| {
+            let (Some(m), Some(space)) = (membership, space.as_deref()) else {
+                return false;
+            };
+            thread::first_valid_decision(space, a, |device| {
+                m.get(device)
+                    .is_some_and(|member| member.role.may_approve())
+            })
+            .is_some()
+        };
         let docs: Vec<DocId> = match doc {
             Some(d) if d.is_index() => return Vec::new(),
             Some(d) => vec![d.clone()],
@@ -214,7 +238,7 @@ impl TaskWatcher {
                 .flatten()
                 .unwrap_or_default();
             for a in approvals {
-                if self.approvals.insert(a.id.clone()) && a.decisions.is_empty() && !priming {
+                if self.approvals.insert(a.id.clone()) && !decided(&a) && !priming {
                     out.push(NodeEvent::ApprovalRequested {
                         approval: a.id,
                         task: a.task,

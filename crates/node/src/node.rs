@@ -378,11 +378,12 @@ impl Node {
         let me = self.id();
         let lan = self.lan.clone();
         self.spawn(async move {
+            // Both primed with what there is now: only later changes are news.
+            let mut membership = gate.refresh(&repo);
             let mut watcher = crate::events::TaskWatcher::default();
-            watcher.prime(&repo);
-            // Primed with the members there are now: only later additions are news.
+            watcher.prime(&repo, membership.as_ref());
             let mut members = crate::events::MemberWatcher::default();
-            let _ = members.changed(gate.refresh(&repo).as_ref());
+            let _ = members.changed(membership.as_ref());
             loop {
                 let changed = match changes.recv().await {
                     Ok(c) => Some(c.doc),
@@ -391,7 +392,7 @@ impl Node {
                 };
                 if changed.as_ref().is_none_or(DocId::is_index) {
                     let before: Vec<DeviceId> = replicator.connected_peers();
-                    let membership = gate.refresh(&repo);
+                    membership = gate.refresh(&repo);
                     for ev in members.changed(membership.as_ref()) {
                         let _ = events.send(ev);
                     }
@@ -406,7 +407,7 @@ impl Node {
                     }
                     refresh_peers(&repo, &replicator, me, &lan);
                 }
-                for ev in watcher.changed(&repo, changed.as_ref()) {
+                for ev in watcher.changed(&repo, changed.as_ref(), membership.as_ref()) {
                     let _ = events.send(ev);
                 }
             }
