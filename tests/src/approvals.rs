@@ -29,6 +29,17 @@ impl Authority for Members {
     }
 }
 
+/// A desktop running its executor, a phone and a viewer, all paired.
+async fn desk_phone_and_viewer() -> (TestNode, TestNode, TestNode, ExecutorHandle) {
+    let desk = desktop("desk").await;
+    let phone = node().await;
+    let viewer = node().await;
+    pair(&desk, &phone, "phone", Role::Phone).await;
+    pair(&desk, &viewer, "viewer", Role::Viewer).await;
+    let executor = start_executor(&desk);
+    (desk, phone, viewer, executor)
+}
+
 /// Starts the desktop's executor with shell commands needing approval, as `errand up` would.
 fn start_executor(desk: &TestNode) -> ExecutorHandle {
     let home = desk.home.path();
@@ -53,9 +64,27 @@ fn start_executor(desk: &TestNode) -> ExecutorHandle {
     )
 }
 
-/// What a viewer can do around its own node's refusal: sign a denial of an approval request
-/// with its own key and write it straight into the thread.
-fn forge_denial(viewer: &TestNode, space: &str, thread_doc: &DocId, approval_id: &str) {
+/// What a viewer can do around its own node's refusal: once it sees the request for `task`
+/// (and its node refuses to decide it), sign a denial with its own key and write it straight
+/// into the thread. Returns the request's id once the desktop holds that denial.
+async fn viewer_forges_a_denial(
+    desk: &TestNode,
+    viewer: &TestNode,
+    thread_doc: &DocId,
+    task: &str,
+    nodes: &[&Node],
+) -> String {
+    until("the viewer sees the approval request", nodes, || {
+        let ok = viewer
+            .node
+            .approvals(true)
+            .is_ok_and(|a| a.iter().any(|a| a.task == task));
+        async move { ok }
+    })
+    .await;
+    let request = viewer.node.approvals(true).unwrap().remove(0);
+    assert!(viewer.node.decide(&request.id, false).is_err());
+
     let approval = viewer
         .node
         .repo()
@@ -63,13 +92,14 @@ fn forge_denial(viewer: &TestNode, space: &str, thread_doc: &DocId, approval_id:
         .unwrap()
         .unwrap()
         .into_iter()
-        .find(|a| a.id == approval_id)
+        .find(|a| a.id == request.id)
         .unwrap();
     let key =
         errand_pairing::identity::load_or_create(&viewer.home.path().join("device.key")).unwrap();
     assert_eq!(key.public(), viewer.node.id());
+    let space = desk.node.space().unwrap().to_string();
     let at = now_millis();
-    let signed = thread::approval_signed_bytes(space, &approval, false, at);
+    let signed = thread::approval_signed_bytes(&space, &approval, false, at);
     let denial = Decision {
         device: viewer.node.id().to_string(),
         approve: false,
@@ -80,31 +110,30 @@ fn forge_denial(viewer: &TestNode, space: &str, thread_doc: &DocId, approval_id:
         .node
         .repo()
         .change(thread_doc, "approval denied by viewer", |tx| {
-            thread::decide(tx, approval_id, &denial)
+            thread::decide(tx, &request.id, &denial)
         })
         .unwrap();
-}
 
-/// Whether `node` holds a decision (any, counted or not) on the request `approval_id`.
-fn holds_a_decision(node: &Node, thread_doc: &DocId, approval_id: &str) -> bool {
-    node.repo()
-        .read(thread_doc, |d| thread::approvals(d, thread_doc.as_str()))
-        .ok()
-        .flatten()
-        .is_some_and(|all| {
-            all.iter()
-                .any(|a| a.id == approval_id && !a.decisions.is_empty())
-        })
+    until("the desktop holds the viewer's denial", nodes, || {
+        let ok = desk
+            .node
+            .repo()
+            .read(thread_doc, |d| thread::approvals(d, thread_doc.as_str()))
+            .ok()
+            .flatten()
+            .is_some_and(|all| {
+                all.iter()
+                    .any(|a| a.id == request.id && !a.decisions.is_empty())
+            });
+        async move { ok }
+    })
+    .await;
+    request.id
 }
 
 #[tokio::test]
 async fn a_decision_a_viewer_signs_and_writes_into_the_thread_is_ignored() {
-    let desk = desktop("desk").await;
-    let phone = node().await;
-    let viewer = node().await;
-    pair(&desk, &phone, "phone", Role::Phone).await;
-    pair(&desk, &viewer, "viewer", Role::Viewer).await;
-    let _executor = start_executor(&desk);
+    let (desk, phone, viewer, _executor) = desk_phone_and_viewer().await;
 
     let sent = phone.node.send("/sh echo ran", None, None).unwrap();
     let thread_doc = DocId::parse(&sent.thread).unwrap();
@@ -113,29 +142,10 @@ async fn a_decision_a_viewer_signs_and_writes_into_the_thread_is_ignored() {
         phone.node.as_ref(),
         viewer.node.as_ref(),
     ];
-    until("the viewer sees the approval request", &nodes, || {
-        let ok = viewer
-            .node
-            .approvals(true)
-            .is_ok_and(|a| a.iter().any(|a| a.task == sent.task));
-        async move { ok }
-    })
-    .await;
-
-    // The viewer's own node refuses to decide...
-    let request = viewer.node.approvals(true).unwrap().remove(0);
-    assert!(viewer.node.decide(&request.id, false).is_err());
-    // ...so it signs a denial with its own key and writes it into the thread itself.
-    let space = desk.node.space().unwrap().to_string();
-    forge_denial(&viewer, &space, &thread_doc, &request.id);
-    until("the desktop holds the viewer's denial", &nodes, || {
-        let ok = holds_a_decision(&desk.node, &thread_doc, &request.id);
-        async move { ok }
-    })
-    .await;
+    let request = viewer_forges_a_denial(&desk, &viewer, &thread_doc, &sent.task, &nodes).await;
 
     // The phone approves later; the viewer's earlier denial would win if it counted.
-    phone.node.decide(&request.id, true).unwrap();
+    phone.node.decide(&request, true).unwrap();
     until("the task has ended", &nodes, || {
         let ok = phone
             .node
@@ -159,7 +169,7 @@ async fn a_decision_a_viewer_signs_and_writes_into_the_thread_is_ignored() {
         task.progress
     );
     let decided = phone.node.approvals(false).unwrap();
-    let decided = decided.iter().find(|a| a.id == request.id).unwrap();
+    let decided = decided.iter().find(|a| a.id == request).unwrap();
     assert_eq!(decided.decided_by.as_deref(), Some("phone"), "{decided:#?}");
 }
 
@@ -167,12 +177,7 @@ async fn a_decision_a_viewer_signs_and_writes_into_the_thread_is_ignored() {
 /// still told about the request when it comes back: the forged decision does not count.
 #[tokio::test]
 async fn a_phone_back_online_is_told_of_a_request_only_a_viewer_has_decided() {
-    let desk = desktop("desk").await;
-    let phone = node().await;
-    let viewer = node().await;
-    pair(&desk, &phone, "phone", Role::Phone).await;
-    pair(&desk, &viewer, "viewer", Role::Viewer).await;
-    let _executor = start_executor(&desk);
+    let (desk, phone, viewer, _executor) = desk_phone_and_viewer().await;
     let TestNode {
         node: phone_node,
         home: phone_home,
@@ -183,29 +188,14 @@ async fn a_phone_back_online_is_told_of_a_request_only_a_viewer_has_decided() {
     let sent = desk.node.send("/sh echo ran", None, None).unwrap();
     let thread_doc = DocId::parse(&sent.thread).unwrap();
     let both = [desk.node.as_ref(), viewer.node.as_ref()];
-    until("the viewer sees the approval request", &both, || {
-        let ok = viewer
-            .node
-            .approvals(true)
-            .is_ok_and(|a| a.iter().any(|a| a.task == sent.task));
-        async move { ok }
-    })
-    .await;
-    let request = viewer.node.approvals(true).unwrap().remove(0);
-    let space = desk.node.space().unwrap().to_string();
-    forge_denial(&viewer, &space, &thread_doc, &request.id);
-    until("the desktop holds the viewer's denial", &both, || {
-        let ok = holds_a_decision(&desk.node, &thread_doc, &request.id);
-        async move { ok }
-    })
-    .await;
+    let request = viewer_forges_a_denial(&desk, &viewer, &thread_doc, &sent.task, &both).await;
 
     let phone = node_in(phone_home).await;
     let mut events = phone.node.subscribe();
     let told = tokio::time::timeout(WAIT, async {
         loop {
             match events.recv().await {
-                Ok(NodeEvent::ApprovalRequested { approval, .. }) if approval == request.id => {
+                Ok(NodeEvent::ApprovalRequested { approval, .. }) if approval == request => {
                     return;
                 }
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -216,9 +206,9 @@ async fn a_phone_back_online_is_told_of_a_request_only_a_viewer_has_decided() {
     .await;
     assert!(told.is_ok(), "the phone was not told of the request");
     let pending = phone.node.approvals(true).unwrap();
-    assert!(pending.iter().any(|a| a.id == request.id), "{pending:#?}");
+    assert!(pending.iter().any(|a| a.id == request), "{pending:#?}");
     // And its approval still decides.
-    phone.node.decide(&request.id, true).unwrap();
+    phone.node.decide(&request, true).unwrap();
     let nodes = [desk.node.as_ref(), phone.node.as_ref()];
     until("the task is done", &nodes, || {
         let ok = phone
