@@ -64,6 +64,16 @@ fn start_executor(desk: &TestNode) -> ExecutorHandle {
     )
 }
 
+/// The approval request `id` in a thread, as `node` holds it (every decision, counted or not).
+fn approval_on(node: &Node, thread_doc: &DocId, id: &str) -> Option<thread::Approval> {
+    node.repo()
+        .read(thread_doc, |d| thread::approvals(d, thread_doc.as_str()))
+        .ok()
+        .flatten()?
+        .into_iter()
+        .find(|a| a.id == id)
+}
+
 /// What a viewer can do around its own node's refusal: once it sees the request for `task`
 /// (and its node refuses to decide it), sign a denial with its own key and write it straight
 /// into the thread. Returns the request's id once the desktop holds that denial.
@@ -85,15 +95,7 @@ async fn viewer_forges_a_denial(
     let request = viewer.node.approvals(true).unwrap().remove(0);
     assert!(viewer.node.decide(&request.id, false).is_err());
 
-    let approval = viewer
-        .node
-        .repo()
-        .read(thread_doc, |d| thread::approvals(d, thread_doc.as_str()))
-        .unwrap()
-        .unwrap()
-        .into_iter()
-        .find(|a| a.id == request.id)
-        .unwrap();
+    let approval = approval_on(&viewer.node, thread_doc, &request.id).unwrap();
     let key =
         errand_pairing::identity::load_or_create(&viewer.home.path().join("device.key")).unwrap();
     assert_eq!(key.public(), viewer.node.id());
@@ -115,16 +117,8 @@ async fn viewer_forges_a_denial(
         .unwrap();
 
     until("the desktop holds the viewer's denial", nodes, || {
-        let ok = desk
-            .node
-            .repo()
-            .read(thread_doc, |d| thread::approvals(d, thread_doc.as_str()))
-            .ok()
-            .flatten()
-            .is_some_and(|all| {
-                all.iter()
-                    .any(|a| a.id == request.id && !a.decisions.is_empty())
-            });
+        let ok = approval_on(&desk.node, thread_doc, &request.id)
+            .is_some_and(|a| !a.decisions.is_empty());
         async move { ok }
     })
     .await;

@@ -692,16 +692,11 @@ impl TaskContext {
         let decision = thread::first_valid_decision(&shared.space, &approval, |device| {
             shared.authority.may_approve(device)
         });
-        let ignored = approval
-            .decisions
-            .iter()
-            .filter(|d| decision.is_none_or(|chosen| chosen.device != d.device))
-            .filter(|d| {
-                !thread::decision_is_signed(&shared.space, &approval, d)
-                    || d.device
-                        .parse::<DeviceId>()
-                        .is_ok_and(|device| !shared.authority.may_approve(&device))
-            });
+        // The counted decision is the earliest valid one, so every decision before it (or every
+        // one, when none counts) was invalid.
+        let ignored = approval.decisions.iter().filter(|d| {
+            decision.is_none_or(|chosen| (d.at, &d.device) < (chosen.at, &chosen.device))
+        });
         for d in ignored {
             warn!(device = %d.device, "ignoring an approval decision with a bad signature or by a device that may not approve");
         }

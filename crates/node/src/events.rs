@@ -163,6 +163,18 @@ impl MemberWatcher {
     }
 }
 
+/// The decision that counts on an approval under `membership`: validly signed by a member
+/// whose role may approve (the executor's rule). None without a membership.
+pub(crate) fn counted_decision<'a>(
+    membership: Option<&Membership>,
+    approval: &'a thread::Approval,
+) -> Option<&'a thread::Decision> {
+    let membership = membership?;
+    thread::first_valid_decision(&membership.space().to_string(), approval, |device| {
+        membership.may_approve(device)
+    })
+}
+
 /// Turns document changes into task events by remembering each task's last seen status.
 #[derive(Debug, Default)]
 pub(crate) struct TaskWatcher {
@@ -194,17 +206,6 @@ impl TaskWatcher {
         membership: Option<&Membership>,
         priming: bool,
     ) -> Vec<NodeEvent> {
-        let space = membership.map(|m| m.space().to_string());
-        let decided = |a: &thread::Approval| {
-            let (Some(m), Some(space)) = (membership, space.as_deref()) else {
-                return false;
-            };
-            thread::first_valid_decision(space, a, |device| {
-                m.get(device)
-                    .is_some_and(|member| member.role.may_approve())
-            })
-            .is_some()
-        };
         let docs: Vec<DocId> = match doc {
             Some(d) if d.is_index() => return Vec::new(),
             Some(d) => vec![d.clone()],
@@ -238,7 +239,10 @@ impl TaskWatcher {
                 .flatten()
                 .unwrap_or_default();
             for a in approvals {
-                if self.approvals.insert(a.id.clone()) && !decided(&a) && !priming {
+                if self.approvals.insert(a.id.clone())
+                    && counted_decision(membership, &a).is_none()
+                    && !priming
+                {
                     out.push(NodeEvent::ApprovalRequested {
                         approval: a.id,
                         task: a.task,

@@ -1035,18 +1035,13 @@ impl Node {
 
     /// Approval requests in every thread, oldest first; with `pending_only`, only those still
     /// waiting for a decision.
+    ///
     /// A decision counts only when validly signed by a member whose role may approve, as
     /// the executor judges it: anything else in the document is shown as if absent.
     pub fn approvals(&self, pending_only: bool) -> Result<Vec<ApprovalInfo>, NodeError> {
         let names = self.names();
-        let space = self.require_space()?.to_string();
+        self.require_space()?;
         let membership = self.membership();
-        let may_decide = |device: &DeviceId| {
-            membership
-                .as_ref()
-                .and_then(|m| m.get(device).map(|m| m.role.may_approve()))
-                .unwrap_or(false)
-        };
         let now = schema::now_millis();
         let mut out = Vec::new();
         for t in self.threads()? {
@@ -1058,7 +1053,7 @@ impl Node {
                 .read(&doc, |d| thread::approvals(d, doc.as_str()))?
                 .unwrap_or_default();
             for a in approvals {
-                let first = thread::first_valid_decision(&space, &a, may_decide).cloned();
+                let first = crate::events::counted_decision(membership.as_ref(), &a).cloned();
                 let first = first.as_ref();
                 let state = match first {
                     Some(d) if d.approve => "approved",
@@ -1099,10 +1094,7 @@ impl Node {
     /// the device that asked (to wait for delivery to it).
     pub fn decide(&self, needle: &str, approve: bool) -> Result<(ApprovalInfo, String), NodeError> {
         let space = self.require_space()?;
-        let may = self
-            .membership()
-            .and_then(|m| m.get(&self.id()).map(|m| m.role.may_approve()))
-            .unwrap_or(false);
+        let may = self.membership().is_some_and(|m| m.may_approve(&self.id()));
         if !may {
             return Err(NodeError::NotAllowed(
                 "this device's role may not decide approvals".into(),
@@ -1228,9 +1220,7 @@ impl Node {
 
     /// Whether `device` may decide approvals in this space.
     pub fn may_approve(&self, device: &DeviceId) -> bool {
-        self.membership()
-            .and_then(|m| m.get(device).map(|m| m.role.may_approve()))
-            .unwrap_or(false)
+        self.membership().is_some_and(|m| m.may_approve(device))
     }
 
     /// A member's name.

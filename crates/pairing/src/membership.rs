@@ -364,6 +364,11 @@ impl Membership {
         self.members.get(device)
     }
 
+    /// Whether `device` is a member whose role may decide approvals.
+    pub fn may_approve(&self, device: &DeviceId) -> bool {
+        self.get(device).is_some_and(|m| m.role.may_approve())
+    }
+
     /// All current members, ordered by device id.
     pub fn members(&self) -> impl Iterator<Item = &Member> {
         self.members.values()

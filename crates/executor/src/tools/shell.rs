@@ -271,7 +271,12 @@ mod tests {
 
     async fn run(command: &str) -> Result<ToolOutput, ToolError> {
         let tmp = tempfile::tempdir().unwrap();
-        sh(command, tmp.path(), CancellationToken::new(), LONG, |_| {}).await
+        run_in(command, tmp.path()).await
+    }
+
+    /// Runs `command` in `dir`, uncancelled, with a long timeout.
+    async fn run_in(command: &str, dir: &Path) -> Result<ToolOutput, ToolError> {
+        sh(command, dir, CancellationToken::new(), LONG, |_| {}).await
     }
 
     /// Whether the process is gone. A killed process whose parent died is reparented to init;
@@ -309,15 +314,7 @@ mod tests {
     async fn runs_in_cwd_with_null_stdin() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("marker"), "").unwrap();
-        let out = sh(
-            "ls; cat",
-            tmp.path(),
-            CancellationToken::new(),
-            LONG,
-            |_| {},
-        )
-        .await
-        .unwrap();
+        let out = run_in("ls; cat", tmp.path()).await.unwrap();
         assert_eq!(out.text, "marker");
     }
 
@@ -360,15 +357,9 @@ mod tests {
     async fn background_process_holding_the_pipe_does_not_hang() {
         let tmp = tempfile::tempdir().unwrap();
         let pidfile = tmp.path().join("pid");
-        let out = sh(
-            "sleep 30 & echo $! > pid; echo started",
-            tmp.path(),
-            CancellationToken::new(),
-            LONG,
-            |_| {},
-        )
-        .await
-        .unwrap();
+        let out = run_in("sleep 30 & echo $! > pid; echo started", tmp.path())
+            .await
+            .unwrap();
         assert_eq!(out.text, "started");
         // Clean up the sleep so it does not outlive the test.
         let pid = std::fs::read_to_string(&pidfile).unwrap();
