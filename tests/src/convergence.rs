@@ -106,7 +106,7 @@ async fn a_finished_session_leaves_its_sync_states_saved() {
         &[&desk.node, &phone.node],
         || {
             let ok = task_ids(&desk.node).contains(&sent.task)
-                && phone.node.replicator().in_sync(&desk.node.id(), &thread);
+                && phone.node.replicator().in_sync(&desk.node.id());
             async move { ok }
         },
     )

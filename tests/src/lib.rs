@@ -15,6 +15,8 @@ mod durability;
 #[cfg(test)]
 mod malformed;
 #[cfg(test)]
+mod scale;
+#[cfg(test)]
 mod support;
 #[cfg(test)]
 mod trust;

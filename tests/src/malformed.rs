@@ -2,9 +2,11 @@
 //! sync messages drop that peer's connection, and the node keeps serving its other peers.
 
 use automerge::sync::SyncDoc;
+use errand_sync::replication::{Digest, Msg, msg::PROTOCOL_VERSION};
 use errand_sync::schema::DocId;
 use errand_sync::{Role, SYNC_ALPN, wire};
-use iroh::endpoint::{Connection, ConnectionError};
+use iroh::Endpoint;
+use iroh::endpoint::{Connection, ConnectionError, SendStream};
 
 use crate::support::{desktop, node, pair, task_ids, until};
 use crate::trust::{addr_of, raw_endpoint};
@@ -22,6 +24,32 @@ async fn close_code(conn: &Connection) -> Option<u64> {
         Ok(ConnectionError::ApplicationClosed(close)) => Some(close.error_code.into_inner()),
         _ => None,
     }
+}
+
+/// A frame holding `msg`, uncompressed.
+pub fn frame(msg: &Msg) -> Vec<u8> {
+    wire::uncompressed(&msg.encode())
+}
+
+/// Connects to `to` as a raw peer and says hello, as an honest peer would start.
+pub async fn hello(raw: &Endpoint, to: &errand_node::Node) -> (Connection, SendStream) {
+    let conn = raw.connect(addr_of(to), SYNC_ALPN).await.unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let hello = Msg::Hello {
+        version: PROTOCOL_VERSION,
+        digest: Digest::default(),
+        docs: 0,
+    };
+    wire::write_frame(&mut send, &frame(&hello)).await.unwrap();
+    (conn, send)
+}
+
+/// A sync message about `doc`, in a frame.
+pub fn sync_frame(doc: &DocId, message: &[u8]) -> Vec<u8> {
+    frame(&Msg::Sync {
+        doc: doc.clone(),
+        message: message.to_vec(),
+    })
 }
 
 /// A tiny deterministic generator, so failures reproduce.
@@ -50,11 +78,7 @@ async fn a_misbehaving_member_is_dropped_and_the_others_keep_syncing() {
     let raw = raw_endpoint(bad_key).await;
 
     // 1. A frame that announces more than the limit.
-    let conn = raw.connect(addr_of(&desk.node), SYNC_ALPN).await.unwrap();
-    let (mut send, _recv) = conn.open_bi().await.unwrap();
-    wire::write_frame(&mut send, &wire::doc_stream_header("index"))
-        .await
-        .unwrap();
+    let (conn, mut send) = hello(&raw, &desk.node).await;
     tokio::io::AsyncWriteExt::write_all(&mut send, &u32::MAX.to_be_bytes())
         .await
         .unwrap();
@@ -63,10 +87,18 @@ async fn a_misbehaving_member_is_dropped_and_the_others_keep_syncing() {
         Some(errand_sync::net::CLOSE_PROTOCOL as u64)
     );
 
-    // 2. A stream header that names no valid document.
+    // 2. A sync message that names no valid document, and one sent before saying hello.
+    let (conn, mut send) = hello(&raw, &desk.node).await;
+    wire::write_frame(&mut send, &wire::uncompressed(b"\x02\x07../../etc/passwd"))
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(&conn).await,
+        Some(errand_sync::net::CLOSE_PROTOCOL as u64)
+    );
     let conn = raw.connect(addr_of(&desk.node), SYNC_ALPN).await.unwrap();
     let (mut send, _recv) = conn.open_bi().await.unwrap();
-    wire::write_frame(&mut send, b"errand-doc\x02../../etc/passwd")
+    wire::write_frame(&mut send, &sync_frame(&DocId::index(), b"\x42\x00"))
         .await
         .unwrap();
     assert_eq!(
@@ -74,13 +106,15 @@ async fn a_misbehaving_member_is_dropped_and_the_others_keep_syncing() {
         Some(errand_sync::net::CLOSE_PROTOCOL as u64)
     );
 
-    // 3. Garbage where a sync message belongs: an unknown encoding, garbage sent as a raw
-    //    message, garbage sent as compressed, and a compressed frame with no context.
-    let garbage: [&[u8]; 4] = [
+    // 3. Garbage where a message belongs: an unknown encoding, garbage sent as a raw
+    //    message, garbage sent as compressed, a compressed frame with no context, and a sync
+    //    message whose automerge part is garbage.
+    let garbage: [&[u8]; 5] = [
         b"\x42\x00garbage",
         &wire::uncompressed(b"\x42\x00garbage"),
         b"\x02\xff\xee\xdd\xcc garbage",
         &wire::MessageEncoder::default().encode(b"a message")[..],
+        &sync_frame(&DocId::index(), b"\x42\x00garbage"),
     ];
     for (i, frame) in garbage.iter().enumerate() {
         let mut frame = frame.to_vec();
@@ -88,11 +122,7 @@ async fn a_misbehaving_member_is_dropped_and_the_others_keep_syncing() {
             // Continues a context the node never saw.
             frame[0] = wire::compression::DEFLATE;
         }
-        let conn = raw.connect(addr_of(&desk.node), SYNC_ALPN).await.unwrap();
-        let (mut send, _recv) = conn.open_bi().await.unwrap();
-        wire::write_frame(&mut send, &wire::doc_stream_header("index"))
-            .await
-            .unwrap();
+        let (conn, mut send) = hello(&raw, &desk.node).await;
         wire::write_frame(&mut send, &frame).await.unwrap();
         assert_eq!(
             close_code(&conn).await,
@@ -105,12 +135,8 @@ async fn a_misbehaving_member_is_dropped_and_the_others_keep_syncing() {
     //    a valid checksum, an empty actor and seq 2): the node contains the panic.
     let thread = desk.node.send("a thread with content", None, None).unwrap();
     let thread_doc = DocId::parse(&thread.thread).unwrap();
-    let conn = raw.connect(addr_of(&desk.node), SYNC_ALPN).await.unwrap();
-    let (mut send, _recv) = conn.open_bi().await.unwrap();
-    wire::write_frame(&mut send, &wire::doc_stream_header(thread_doc.as_str()))
-        .await
-        .unwrap();
-    wire::write_frame(&mut send, &wire::uncompressed(&AUTOMERGE_PANIC))
+    let (conn, mut send) = hello(&raw, &desk.node).await;
+    wire::write_frame(&mut send, &sync_frame(&thread_doc, &AUTOMERGE_PANIC))
         .await
         .unwrap();
     assert_eq!(
@@ -149,12 +175,8 @@ async fn a_misbehaving_member_is_dropped_and_the_others_keep_syncing() {
             let i = (rng.next() as usize) % bytes.len();
             bytes[i] ^= 1 << (rng.next() % 8);
         }
-        let conn = raw.connect(addr_of(&desk.node), SYNC_ALPN).await.unwrap();
-        let (mut send, _recv) = conn.open_bi().await.unwrap();
-        wire::write_frame(&mut send, &wire::doc_stream_header(thread_doc.as_str()))
-            .await
-            .unwrap();
-        wire::write_frame(&mut send, &wire::uncompressed(&bytes))
+        let (conn, mut send) = hello(&raw, &desk.node).await;
+        wire::write_frame(&mut send, &sync_frame(&thread_doc, &bytes))
             .await
             .unwrap();
         send.finish().unwrap();

@@ -44,7 +44,12 @@ async fn a_stranger_is_refused_before_any_document_byte() {
             // connection must be closed with the not-a-member code and yield no data.
             let got = async {
                 let (mut send, mut recv) = conn.open_bi().await?;
-                wire::write_frame(&mut send, &wire::doc_stream_header("index")).await?;
+                let hello = errand_sync::replication::Msg::Hello {
+                    version: errand_sync::replication::msg::PROTOCOL_VERSION,
+                    digest: Default::default(),
+                    docs: 0,
+                };
+                wire::write_frame(&mut send, &wire::uncompressed(&hello.encode())).await?;
                 let frame = wire::read_frame(&mut recv, wire::MAX_FRAME).await?;
                 anyhow::Ok(frame)
             }

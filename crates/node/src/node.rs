@@ -394,6 +394,11 @@ impl Node {
                     let before: Vec<DeviceId> = replicator.connected_peers();
                     membership = gate.refresh(&repo);
                     for ev in members.changed(membership.as_ref()) {
+                        if let NodeEvent::DeviceRevoked { device, .. } = &ev
+                            && let Ok(device) = device.parse::<DeviceId>()
+                        {
+                            replicator.forget_peer(&device);
+                        }
                         let _ = events.send(ev);
                     }
                     for peer in before {
@@ -989,14 +994,16 @@ impl Node {
             .unwrap_or_default();
         let mut progress = self.replicator.progress();
         let deadline = tokio::time::Instant::now() + timeout;
+        // In sync with a peer: it holds exactly what we hold (equal digests, nothing under
+        // way), and we hold every document the index lists.
         let all_synced = |node: &Node| -> Vec<bool> {
-            let docs = node.repo.doc_ids().unwrap_or_default();
+            let listed = node.threads().unwrap_or_default();
+            let held = listed
+                .iter()
+                .all(|t| DocId::parse(&t.id).is_some_and(|d| node.repo.holds(&d)));
             peers
                 .iter()
-                .map(|(p, _)| {
-                    node.replicator.is_connected(p)
-                        && docs.iter().all(|d| node.replicator.in_sync(p, d))
-                })
+                .map(|(p, _)| held && node.replicator.in_sync(p))
                 .collect()
         };
         loop {

@@ -4,11 +4,13 @@
 //! - [`store`]: the redb database of one device home.
 //! - [`repo`]: the loaded documents, durable changes, merges from peers, change notifications.
 //! - [`wire`]: bounded length-prefixed frames.
-//! - [`net`]: the `errand/sync/1` protocol handler and the dialler (the tokio shell).
+//! - [`replication`]: the sans-IO replication core (sessions, digests, redial).
+//! - [`net`]: the `errand/sync/2` protocol handler and the dialler, the tokio driver of the core.
 
 pub mod blob;
 pub mod ids;
 pub mod net;
+pub mod replication;
 pub mod repo;
 pub mod schema;
 pub mod store;

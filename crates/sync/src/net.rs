@@ -1,45 +1,46 @@
-//! Replication over iroh: the `errand/sync/1` protocol handler and the dialer that keeps a
-//! connection to every known peer.
+//! Replication over iroh: the `errand/sync/2` protocol handler and the dialler that keeps a
+//! connection to every known peer. This is the thin driver of [`crate::replication`]: it moves
+//! bytes between a QUIC stream and a [`Session`], feeds it document changes and timers, and
+//! writes what it asks to be saved. What to send, when, and what counts as in sync is decided
+//! there, not here.
 //!
-//! One QUIC connection per pair of devices, one bidirectional stream per document. The device
-//! that dialled opens the streams: the index first, then every thread it knows of, then any
-//! thread that later appears in the index. The accepting side waits for the opener's first
-//! sync message before it says anything, so a fresh device does not receive a document twice.
-//! A local change (or a change merged from another peer) wakes every stream of that document
-//! and is pushed at once.
+//! One QUIC connection per pair of devices, one bidirectional stream per connection, opened by
+//! the device that dialled; every document travels on it. Reading never waits on writing: a
+//! writer task owns the send half, and the session produces a message only when that task can
+//! take one, so two devices with much to say cannot block each other.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use automerge::sync;
 use automerge::{ChangeHash, ReadDoc};
 use iroh::endpoint::{Connection, RecvStream, SendStream, Side, VarInt};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use iroh::{Endpoint, EndpointAddr};
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::ids::DeviceId;
-use crate::repo::{ReceiveError, Repo};
-use crate::schema::{DocId, index};
+use crate::replication::redial::{self, DIAL_TIMEOUT, Keep, Redial};
+use crate::replication::session::{Event, Input};
+use crate::replication::{Digest, Msg, Session};
+use crate::repo::Repo;
+use crate::schema::DocId;
 use crate::wire::{self, MAX_FRAME};
 
-/// The ALPN of the document sync protocol.
-pub const SYNC_ALPN: &[u8] = b"errand/sync/1";
+/// The ALPN of the document sync protocol. Version 2: one stream per connection for every
+/// document (version 1 opened one per document and stalled at QUIC's stream limit).
+pub const SYNC_ALPN: &[u8] = b"errand/sync/2";
 
-/// How long one dial attempt may take before it counts as failed.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-/// A document stream quiet for this long drops its compression context (some 150 KB).
+/// The sync stream quiet for this long drops its compression contexts (some 300 KB).
 const IDLE_FORGET: Duration = Duration::from_secs(30);
-/// A document stream quiet for this long saves its sync state (see [`StreamSyncState`]).
-const SAVE_SYNC_STATE_AFTER: Duration = Duration::from_millis(250);
-const BACKOFF_START: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Two connections between the same devices registered closer together than this were dialled
-/// at the same time by both; further apart, the older one is presumed dead.
-const SIMULTANEOUS_DIAL: Duration = Duration::from_secs(2);
+/// Frames queued for the writer task; the session produces no more while they are pending.
+const SEND_QUEUE: usize = 16;
+/// What a peer is known to hold of a document, remembered for this many documents per peer
+/// (for [`Replicator::delivered`]); older entries fall back to the saved sync states.
+const SHARED_CACHE: usize = 1024;
 
 /// Application close codes.
 pub const CLOSE_SHUTDOWN: u32 = 0;
@@ -71,10 +72,30 @@ pub enum NetEvent {
     },
 }
 
-#[derive(Clone, Debug, Default)]
-struct PeerDocState {
-    shared: Vec<ChangeHash>,
-    theirs: Vec<ChangeHash>,
+/// What is known of a connected peer, for the queries the node answers (`errand sync`, whether
+/// a task was delivered). Bounded whatever the number of documents.
+#[derive(Debug, Default)]
+struct PeerView {
+    /// The peer's latest digest of everything it holds.
+    digest: Option<Digest>,
+    /// Whether our session has nothing under way with it.
+    idle: bool,
+    /// What it is known to hold of recently synced documents.
+    shared: HashMap<DocId, Vec<ChangeHash>>,
+    order: VecDeque<DocId>,
+}
+
+impl PeerView {
+    fn note_shared(&mut self, doc: DocId, heads: Vec<ChangeHash>) {
+        if self.shared.insert(doc.clone(), heads).is_none() {
+            self.order.push_back(doc);
+            if self.order.len() > SHARED_CACHE
+                && let Some(old) = self.order.pop_front()
+            {
+                self.shared.remove(&old);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -83,11 +104,11 @@ struct Inner {
     endpoint: Endpoint,
     gate: Arc<dyn Gate>,
     /// The live connection to each peer, with when it was registered.
-    connections: Mutex<HashMap<DeviceId, (Connection, std::time::Instant)>>,
+    connections: Mutex<HashMap<DeviceId, (Connection, Instant)>>,
     addrs: Mutex<HashMap<DeviceId, EndpointAddr>>,
     dialers: Mutex<HashMap<DeviceId, Arc<Notify>>>,
-    peer_docs: Mutex<HashMap<(DeviceId, DocId), PeerDocState>>,
-    /// Peers dropped for a protocol violation since they last connected: their streams must
+    views: Mutex<HashMap<DeviceId, PeerView>>,
+    /// Peers dropped for a protocol violation since they last connected: their sessions must
     /// not save sync states (they were cleared so that the next session starts over).
     distrusted: Mutex<HashSet<DeviceId>>,
     progress: watch::Sender<u64>,
@@ -112,7 +133,7 @@ impl Replicator {
             connections: Mutex::default(),
             addrs: Mutex::default(),
             dialers: Mutex::default(),
-            peer_docs: Mutex::default(),
+            views: Mutex::default(),
             distrusted: Mutex::default(),
             progress: watch::channel(0).0,
             events: broadcast::channel(1024).0,
@@ -172,6 +193,15 @@ impl Replicator {
         }
     }
 
+    /// Forgets everything kept for a peer that is no longer a member: its sync states and
+    /// what it was known to hold.
+    pub fn forget_peer(&self, peer: &DeviceId) {
+        lock(&self.0.views).remove(peer);
+        if let Err(e) = self.0.repo.store().clear_sync_states(&peer.to_string()) {
+            warn!(%peer, "cannot remove the sync states of a revoked device: {e}");
+        }
+    }
+
     pub fn connected_peers(&self) -> Vec<DeviceId> {
         lock(&self.0.connections)
             .iter()
@@ -188,9 +218,26 @@ impl Replicator {
 
     /// Whether `peer` is known to hold every change up to `heads` of `doc`.
     pub fn delivered(&self, peer: &DeviceId, doc: &DocId, heads: &[ChangeHash]) -> bool {
-        let shared = match lock(&self.0.peer_docs).get(&(*peer, doc.clone())) {
-            Some(s) => s.shared.clone(),
-            None => return heads.is_empty(),
+        if heads.is_empty() || self.in_sync(peer) {
+            return true;
+        }
+        let cached = lock(&self.0.views)
+            .get(peer)
+            .and_then(|v| v.shared.get(doc).cloned());
+        let shared = match cached {
+            Some(s) => s,
+            None => match self
+                .0
+                .repo
+                .store()
+                .sync_state(&peer.to_string(), doc.as_str())
+                .ok()
+                .flatten()
+                .and_then(|b| sync::State::decode(&b).ok())
+            {
+                Some(state) => state.shared_heads,
+                None => return false,
+            },
         };
         if heads.iter().all(|h| shared.contains(h)) {
             return true;
@@ -209,17 +256,16 @@ impl Replicator {
             .unwrap_or(false)
     }
 
-    /// Whether we and `peer` hold the same version of `doc`.
-    pub fn in_sync(&self, peer: &DeviceId, doc: &DocId) -> bool {
-        let Some(state) = lock(&self.0.peer_docs).get(&(*peer, doc.clone())).cloned() else {
+    /// Whether `peer` is connected and holds exactly what we hold, every document at the same
+    /// version, with nothing under way.
+    pub fn in_sync(&self, peer: &DeviceId) -> bool {
+        if !self.is_connected(peer) {
             return false;
-        };
-        let ours = self.0.repo.heads(doc).unwrap_or_default();
-        let mut a = state.theirs.clone();
-        let mut b = ours;
-        a.sort();
-        b.sort();
-        a == b && state.shared == a
+        }
+        let ours = self.0.repo.digest();
+        lock(&self.0.views)
+            .get(peer)
+            .is_some_and(|v| v.idle && v.digest == Some(ours))
     }
 
     /// Closes every connection and stops dialling.
@@ -232,17 +278,19 @@ impl Replicator {
 
     async fn dial_loop(self, peer: DeviceId, wake: Arc<Notify>) {
         let mut shutdown = self.0.shutdown.subscribe();
-        let mut backoff = BACKOFF_START;
+        let mut schedule = Redial::new(Instant::now());
         loop {
             if *shutdown.borrow() {
                 return;
             }
             let existing = lock(&self.0.connections).get(&peer).map(|(c, _)| c.clone());
             if let Some(conn) = existing.filter(|c| c.close_reason().is_none()) {
+                schedule.connected();
                 tokio::select! {
                     _ = conn.closed() => {}
                     _ = shutdown.changed() => return,
                 }
+                schedule.disconnected(Instant::now());
                 continue;
             }
             if !self.0.gate.allows(&peer) {
@@ -252,64 +300,63 @@ impl Replicator {
                 }
                 continue;
             }
+            if let Some(at) = schedule.poll_timeout()
+                && !schedule.due(Instant::now())
+            {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = wake.notified() => schedule.poke(Instant::now()),
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
+            schedule.dialling();
             let addr = lock(&self.0.addrs)
                 .get(&peer)
                 .cloned()
                 .unwrap_or_else(|| EndpointAddr::new(peer));
             let attempt =
                 tokio::time::timeout(DIAL_TIMEOUT, self.0.endpoint.connect(addr, SYNC_ALPN));
-            let failed = match attempt.await {
+            match attempt.await {
                 Ok(Ok(conn)) => {
-                    backoff = BACKOFF_START;
+                    schedule.connected();
                     self.clone().run_connection(conn).await;
-                    false
+                    schedule.disconnected(Instant::now());
                 }
                 Ok(Err(e)) => {
                     debug!(%peer, "dial failed: {e}");
-                    true
+                    schedule.failed(Instant::now(), rand::random());
                 }
                 Err(_) => {
                     debug!(%peer, "dial timed out");
-                    true
+                    schedule.failed(Instant::now(), rand::random());
                 }
-            };
-            // Also pause briefly after a connection ends, so that two devices resolving a
-            // duplicate connection do not redial each other in a tight loop.
-            let pause = if failed { backoff } else { BACKOFF_START };
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = wake.notified() => {}
-                _ = shutdown.changed() => return,
-            }
-            if failed {
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
 
-    /// Registers a connection, keeping one per peer: of two, the one dialled by the device with
-    /// the smaller id wins, on both ends alike. But a peer dials only when it has no connection
-    /// to us, so a new connection arriving well after the one we hold means ours is dead on the
-    /// other side (the peer restarted, say): the new one wins then, rather than waiting out the
-    /// idle timeout. Returns false if this one lost.
+    /// Registers a connection, keeping one per peer ([`redial::resolve_duplicate`]). Returns
+    /// false if this one lost.
     fn register(&self, conn: &Connection) -> bool {
         let peer = conn.remote_id();
         let me = self.0.endpoint.id();
-        let dialer_of = |c: &Connection| if c.side() == Side::Client { me } else { peer };
-        let preferred_dialer = me.min(peer);
         lock(&self.0.distrusted).remove(&peer);
         let mut conns = lock(&self.0.connections);
         if let Some((old, since)) = conns.get(&peer).filter(|(c, _)| c.close_reason().is_none()) {
-            let old_preferred = dialer_of(old) == preferred_dialer;
-            let new_preferred = dialer_of(conn) == preferred_dialer;
-            let simultaneous = since.elapsed() < SIMULTANEOUS_DIAL;
-            if old_preferred && !new_preferred && simultaneous {
+            let keep = redial::resolve_duplicate(
+                me,
+                peer,
+                old.side() == Side::Client,
+                since.elapsed(),
+                conn.side() == Side::Client,
+            );
+            if keep == Keep::Old {
                 conn.close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
                 return false;
             }
             old.close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
         }
-        conns.insert(peer, (conn.clone(), std::time::Instant::now()));
+        conns.insert(peer, (conn.clone(), Instant::now()));
         true
     }
 
@@ -327,25 +374,16 @@ impl Replicator {
         }
         info!(%peer, "connected");
         let _ = self.0.events.send(NetEvent::Connected(peer));
-        let mut streams = tokio::task::JoinSet::new();
-        if conn.side() == Side::Client {
-            self.open_streams(&conn, &mut streams).await;
+        let opener = conn.side() == Side::Client;
+        let stream = if opener {
+            conn.open_bi().await
         } else {
-            loop {
-                tokio::select! {
-                    accepted = conn.accept_bi() => match accepted {
-                        Ok((send, recv)) => {
-                            let this = self.clone();
-                            let conn = conn.clone();
-                            streams.spawn(async move { this.accept_stream(conn, send, recv).await });
-                        }
-                        Err(_) => break,
-                    },
-                    _ = conn.closed() => break,
-                }
-            }
+            conn.accept_bi().await
+        };
+        match stream {
+            Ok((send, recv)) => self.drive(&conn, opener, send, recv).await,
+            Err(e) => debug!(%peer, "no sync stream: {e}"),
         }
-        streams.abort_all();
         {
             let mut conns = lock(&self.0.connections);
             if conns
@@ -353,78 +391,12 @@ impl Replicator {
                 .is_some_and(|(c, _)| c.stable_id() == conn.stable_id())
             {
                 conns.remove(&peer);
+                lock(&self.0.views).remove(&peer);
             }
         }
         info!(%peer, "disconnected");
         let _ = self.0.events.send(NetEvent::Disconnected(peer));
-    }
-
-    /// The documents to sync: the index, every thread it lists, every document stored here.
-    fn wanted_docs(&self) -> Vec<DocId> {
-        let repo = &self.0.repo;
-        let mut docs = vec![DocId::index()];
-        let listed = repo
-            .read(&DocId::index(), index::threads)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        docs.extend(listed.iter().filter_map(|t| DocId::parse(&t.id)));
-        docs.extend(repo.doc_ids().unwrap_or_default());
-        let mut seen = HashSet::new();
-        docs.retain(|d| seen.insert(d.clone()));
-        docs
-    }
-
-    async fn open_streams(&self, conn: &Connection, streams: &mut tokio::task::JoinSet<()>) {
-        let mut opened = HashSet::new();
-        let mut changes = self.0.repo.subscribe();
-        loop {
-            for doc in self.wanted_docs() {
-                if !opened.insert(doc.clone()) {
-                    continue;
-                }
-                match conn.open_bi().await {
-                    Ok((send, recv)) => {
-                        let this = self.clone();
-                        let conn = conn.clone();
-                        streams.spawn(
-                            async move { this.doc_stream(conn, doc, send, recv, true).await },
-                        );
-                    }
-                    Err(_) => return,
-                }
-            }
-            // Rescan only when the index changed (a thread may have been listed), a document
-            // not yet streamed appeared, or we lost track.
-            loop {
-                tokio::select! {
-                    changed = changes.recv() => match changed {
-                        Ok(c) if !c.doc.is_index() && opened.contains(&c.doc) => {}
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                    _ = conn.closed() => return,
-                }
-            }
-        }
-    }
-
-    async fn accept_stream(self, conn: Connection, send: SendStream, mut recv: RecvStream) {
-        let peer = conn.remote_id();
-        let header = match wire::read_frame(&mut recv, 256).await {
-            Ok(Some(h)) => h,
-            Ok(None) => return,
-            Err(e @ wire::FrameError::TooLarge(_)) => {
-                return self.misbehaved(&conn, format!("bad stream header: {e}"));
-            }
-            // The connection went away; nothing wrong with the peer.
-            Err(_) => return,
-        };
-        let Some(doc) = wire::parse_doc_stream_header(&header) else {
-            return self.misbehaved(&conn, "stream header names no valid document".into());
-        };
-        debug!(%peer, %doc, "stream accepted");
-        self.doc_stream(conn, doc, send, recv, false).await;
+        self.0.progress.send_modify(|n| *n += 1);
     }
 
     fn misbehaved(&self, conn: &Connection, reason: String) {
@@ -434,196 +406,154 @@ impl Replicator {
         // Its sync states may describe a document it never really had: start over next time.
         lock(&self.0.distrusted).insert(peer);
         let _ = self.0.repo.store().clear_sync_states(&peer.to_string());
-        lock(&self.0.peer_docs).retain(|(p, _), _| *p != peer);
+        lock(&self.0.views).remove(&peer);
         let _ = self.0.events.send(NetEvent::Misbehaved { peer, reason });
     }
 
-    async fn doc_stream(
-        self,
-        conn: Connection,
-        doc: DocId,
-        mut send: SendStream,
-        mut recv: RecvStream,
-        opener: bool,
-    ) {
+    /// Runs one session over the connection's stream until either side ends it.
+    async fn drive(&self, conn: &Connection, opener: bool, send: SendStream, mut recv: RecvStream) {
         let peer = conn.remote_id();
-        let mut synced = StreamSyncState::load(self.clone(), peer, doc.clone());
+        let repo = self.0.repo.clone();
+        let mut docs = repo.docs();
+        let mut session = Session::new(peer, opener, Instant::now());
+        session.start(&docs);
 
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
+        let writer = tokio::spawn(write_frames(send, rx));
         let mut frames = wire::FrameReader::new(MAX_FRAME);
-        let mut changes = self.0.repo.subscribe();
         let mut encoder = wire::MessageEncoder::default();
         let mut decoder = wire::MessageDecoder::default();
+        let mut changes = repo.subscribe();
+        let mut last_traffic = Instant::now();
 
-        if opener
-            && wire::write_frame(&mut send, &wire::doc_stream_header(doc.as_str()))
-                .await
-                .is_err()
-        {
-            return;
-        }
-        let mut may_speak = opener;
-        if opener
-            && self
-                .flush(&peer, &doc, &mut synced.state, &mut send, &mut encoder)
-                .await
-                .is_err()
-        {
-            return;
-        }
         loop {
+            if !self.apply_events(conn, &mut session) {
+                writer.abort();
+                return;
+            }
+            {
+                let mut views = lock(&self.0.views);
+                let view = views.entry(peer).or_default();
+                view.digest = session.peer_digest();
+                view.idle = session.in_sync(&docs);
+            }
+            self.0.progress.send_modify(|n| *n += 1);
+            let now = Instant::now();
+            let timer = session.poll_timeout(now, &docs);
+            let wants = session.wants_transmit(now, &docs);
+            let forget_at = last_traffic + IDLE_FORGET;
             tokio::select! {
+                permit = tx.reserve(), if wants => {
+                    let Ok(permit) = permit else { break };
+                    if let Some(msg) = session.poll_transmit(Instant::now(), &mut docs) {
+                        permit.send(encoder.encode(&msg.encode()));
+                        last_traffic = Instant::now();
+                    }
+                }
                 frame = frames.next(&mut recv) => {
                     let bytes = match frame {
                         Ok(Some(bytes)) => bytes,
-                        Ok(None) => return,
+                        Ok(None) => break,
                         Err(e @ wire::FrameError::TooLarge(_)) => {
-                            return self.misbehaved(&conn, format!("bad frame on {doc}: {e}"));
+                            writer.abort();
+                            return self.misbehaved(conn, format!("bad frame: {e}"));
                         }
                         Err(e) => {
-                            debug!(%peer, %doc, "stream ended: {e}");
-                            return;
+                            debug!(%peer, "stream ended: {e}");
+                            break;
                         }
                     };
-                    let bytes = match decoder.decode(&bytes, MAX_FRAME) {
-                        Ok(message) => message,
-                        Err(e) => return self.misbehaved(&conn, format!("bad frame on {doc}: {e}")),
-                    };
-                    match self.0.repo.receive_sync_message(&doc, &mut synced.state, &bytes) {
-                        Ok(_) => {}
-                        Err(e @ ReceiveError::Malformed { .. }) => return self.misbehaved(&conn, e.to_string()),
+                    last_traffic = Instant::now();
+                    let msg = decoder
+                        .decode(&bytes, MAX_FRAME)
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| Msg::decode(&b).map_err(|e| e.to_string()));
+                    match msg {
+                        Ok(msg) => session.handle(Instant::now(), Input::Message(msg), &mut docs),
                         Err(e) => {
-                            warn!(%peer, %doc, "cannot apply sync message: {e}");
-                            // The state counts changes we could not store as had: the next
-                            // session starts this document over instead.
-                            synced.state = sync::State::new();
-                            synced.unsaved = true;
-                            return;
+                            writer.abort();
+                            return self.misbehaved(conn, format!("bad frame: {e}"));
                         }
                     }
-                    may_speak = true;
-                    synced.unsaved = true;
-                    if self.flush(&peer, &doc, &mut synced.state, &mut send, &mut encoder).await.is_err() {
-                        return;
-                    }
                 }
-                changed = changes.recv(), if may_speak => {
-                    let relevant = match changed {
-                        Ok(c) => c.doc == doc,
-                        Err(broadcast::error::RecvError::Lagged(_)) => true,
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    };
-                    if relevant && self.flush(&peer, &doc, &mut synced.state, &mut send, &mut encoder).await.is_err() {
-                        return;
+                changed = changes.recv() => match changed {
+                    Ok(c) => session.handle(Instant::now(), Input::Changed(c.doc), &mut docs),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        session.handle(Instant::now(), Input::LostTrack, &mut docs);
                     }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                () = sleep_until(timer) => session.handle_timeout(Instant::now(), &docs),
+                // An idle stream gives its compression contexts back; the next message starts
+                // fresh ones.
+                () = tokio::time::sleep_until(forget_at.into()), if encoder.holds_context() => {
+                    encoder.forget();
                 }
-                // An idle stream gives its compression context back; the next message starts
-                // a fresh one.
-                () = tokio::time::sleep(IDLE_FORGET), if encoder.holds_context() => encoder.forget(),
-                () = tokio::time::sleep(SAVE_SYNC_STATE_AFTER), if synced.unsaved => synced.save(),
+                _ = conn.closed() => break,
             }
         }
+        session.close();
+        self.apply_events(conn, &mut session);
+        drop(tx);
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     }
 
-    /// Sends every sync message there is to send, then records what the peer is known to have.
-    async fn flush(
-        &self,
-        peer: &DeviceId,
-        doc: &DocId,
-        state: &mut sync::State,
-        send: &mut SendStream,
-        encoder: &mut wire::MessageEncoder,
-    ) -> Result<(), ()> {
-        loop {
-            let message = match self.0.repo.generate_sync_message(doc, state) {
-                Ok(m) => m,
-                Err(e) => {
-                    warn!(%doc, "cannot generate sync message: {e}");
-                    return Err(());
+    /// Acts on what the session asked for. Returns false if the peer was dropped.
+    fn apply_events(&self, conn: &Connection, session: &mut Session) -> bool {
+        let peer = session.peer();
+        while let Some(event) = session.poll_event() {
+            match event {
+                Event::SaveStates(states) => {
+                    if lock(&self.0.distrusted).contains(&peer) {
+                        continue;
+                    }
+                    let states: Vec<(String, Vec<u8>)> = states
+                        .into_iter()
+                        .map(|(d, s)| (d.as_str().to_owned(), s))
+                        .collect();
+                    if let Err(e) = self
+                        .0
+                        .repo
+                        .store()
+                        .set_sync_states(&peer.to_string(), &states)
+                    {
+                        warn!(%peer, "cannot save sync states: {e}");
+                    }
                 }
-            };
-            let Some(message) = message else { break };
-            wire::write_frame(send, &encoder.encode(&message))
-                .await
-                .map_err(|_| ())?;
+                Event::Synced(doc) => {
+                    let _ = self.0.events.send(NetEvent::Synced { peer, doc });
+                }
+                Event::Shared { doc, heads } => {
+                    lock(&self.0.views)
+                        .entry(peer)
+                        .or_default()
+                        .note_shared(doc, heads);
+                }
+                Event::Misbehaved(reason) => {
+                    self.misbehaved(conn, reason);
+                    return false;
+                }
+            }
         }
-        let snapshot = PeerDocState {
-            shared: state.shared_heads.clone(),
-            theirs: state.their_heads.clone().unwrap_or_default(),
-        };
-        let mut ours = self.0.repo.heads(doc).unwrap_or_default();
-        let mut theirs = snapshot.theirs.clone();
-        ours.sort();
-        theirs.sort();
-        let synced = state.their_heads.is_some() && ours == theirs;
-        let previous = lock(&self.0.peer_docs).insert((*peer, doc.clone()), snapshot);
-        let was_synced = previous.is_some_and(|p| {
-            let mut t = p.theirs;
-            t.sort();
-            t == ours
-        });
-        self.0.progress.send_modify(|n| *n += 1);
-        if synced && !was_synced {
-            let _ = self.0.events.send(NetEvent::Synced {
-                peer: *peer,
-                doc: doc.clone(),
-            });
-        }
-        Ok(())
+        true
     }
 }
 
-/// A document stream's automerge sync state with one peer. It is saved when the stream has
-/// been quiet for [`SAVE_SYNC_STATE_AFTER`] and when the stream ends, rather than after every
-/// message: each save dirties database pages that the next durable commit (a peer's change
-/// arriving) would then have to write out too, on the path whose latency matters. Losing the
-/// latest state in a crash costs a longer first exchange next time, nothing more.
-struct StreamSyncState {
-    state: sync::State,
-    unsaved: bool,
-    replicator: Replicator,
-    peer: DeviceId,
-    doc: DocId,
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
-impl StreamSyncState {
-    fn load(replicator: Replicator, peer: DeviceId, doc: DocId) -> StreamSyncState {
-        let state = replicator
-            .0
-            .repo
-            .store()
-            .sync_state(&peer.to_string(), doc.as_str())
-            .ok()
-            .flatten()
-            .and_then(|b| sync::State::decode(&b).ok())
-            .unwrap_or_default();
-        StreamSyncState {
-            state,
-            unsaved: false,
-            replicator,
-            peer,
-            doc,
-        }
-    }
-
-    fn save(&mut self) {
-        if !self.unsaved || lock(&self.replicator.0.distrusted).contains(&self.peer) {
+/// Owns the send half of the stream: writes frames as the session produces them.
+async fn write_frames(mut send: SendStream, mut frames: mpsc::Receiver<Vec<u8>>) {
+    while let Some(frame) = frames.recv().await {
+        if wire::write_frame(&mut send, &frame).await.is_err() {
             return;
         }
-        let store = self.replicator.0.repo.store();
-        let _ = store.set_sync_state(
-            &self.peer.to_string(),
-            self.doc.as_str(),
-            &self.state.encode(),
-        );
-        self.unsaved = false;
     }
-}
-
-/// A stream ends by returning or by being aborted with its connection; either way it saves.
-impl Drop for StreamSyncState {
-    fn drop(&mut self) {
-        self.save();
-    }
+    let _ = send.finish();
 }
 
 impl ProtocolHandler for Replicator {

@@ -23,6 +23,7 @@ use automerge::{ActorId, Automerge, AutomergeError, ChangeHash};
 use tokio::sync::broadcast;
 
 use crate::ids::{DeviceId, session_actor};
+use crate::replication::{Catalog, Digest, Docs, DocsError, HeadsHash};
 use crate::schema::{DocId, now_millis};
 use crate::store::{Store, StoreError};
 
@@ -110,6 +111,9 @@ pub struct Repo {
     /// This session's actor; replaced when a change that may have reached peers is lost.
     actor: Mutex<ActorId>,
     docs: Mutex<HashMap<DocId, Entry>>,
+    /// What is held, with fingerprints, kept current with every change in memory; known at
+    /// start from the store without loading documents. Taken after `docs`, never before.
+    catalog: Mutex<Catalog>,
     /// Held from before a document is changed until the change is durable; taken before
     /// `docs`, never while holding it. See the module docs.
     writes: Mutex<()>,
@@ -128,14 +132,74 @@ impl Repo {
     /// device id, so history can say which device did what.
     pub fn new(store: Arc<Store>, device: DeviceId) -> Repo {
         let (changes, _) = broadcast::channel(1024);
-        Repo {
+        let repo = Repo {
             store,
             device,
             actor: Mutex::new(session_actor(&device)),
             docs: Mutex::new(HashMap::new()),
+            catalog: Mutex::new(Catalog::default()),
             writes: Mutex::new(()),
             changes,
+        };
+        if let Err(e) = repo.load_catalog() {
+            tracing::warn!("cannot read what the store holds: {e}");
         }
+        repo
+    }
+
+    /// Fills the catalog from the heads recorded with each document's last write; a document
+    /// stored before heads were recorded is loaded once to learn them.
+    fn load_catalog(&self) -> Result<(), StoreError> {
+        let recorded = self.store.doc_heads()?;
+        let mut catalog = Catalog::default();
+        for (id, bytes) in &recorded {
+            if let Some(id) = DocId::parse(id) {
+                catalog.set(&id, &decode_heads(bytes));
+            }
+        }
+        let missing: Vec<DocId> = self
+            .store
+            .doc_ids()?
+            .iter()
+            .filter_map(|s| DocId::parse(s))
+            .filter(|d| catalog.get(d).is_none())
+            .collect();
+        *lock(&self.catalog) = catalog;
+        for id in missing {
+            match self.heads(&id) {
+                Ok(heads) => {
+                    self.store
+                        .set_doc_heads(id.as_str(), &encode_heads(&heads))?;
+                }
+                Err(e) => tracing::warn!(%id, "cannot load a stored document: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the heads of a document as it is in memory now.
+    fn note_heads(&self, id: &DocId, heads: &[ChangeHash]) {
+        lock(&self.catalog).set(id, heads);
+    }
+
+    /// The digest of everything held here.
+    pub fn digest(&self) -> Digest {
+        lock(&self.catalog).digest()
+    }
+
+    /// Whether `id` is held here (with at least one change), without loading it.
+    pub fn holds(&self, id: &DocId) -> bool {
+        lock(&self.catalog).get(id).is_some()
+    }
+
+    /// How many documents are held here.
+    pub fn held(&self) -> usize {
+        lock(&self.catalog).len()
+    }
+
+    /// The replication core's view of these documents.
+    pub fn docs(&self) -> RepoDocs<'_> {
+        RepoDocs(self)
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -184,6 +248,7 @@ impl Repo {
             };
             doc.set_actor(self.actor());
             let saved_heads = doc.get_heads();
+            self.note_heads(id, &saved_heads);
             docs.insert(
                 id.clone(),
                 Entry {
@@ -217,18 +282,7 @@ impl Repo {
 
     /// Ids of the documents stored here.
     pub fn doc_ids(&self) -> Result<Vec<DocId>, StoreError> {
-        let mut ids: Vec<DocId> = self
-            .store
-            .doc_ids()?
-            .iter()
-            .filter_map(|s| DocId::parse(s))
-            .collect();
-        for id in self.lock().keys() {
-            if !ids.contains(id) {
-                ids.push(id.clone());
-            }
-        }
-        Ok(ids)
+        Ok(lock(&self.catalog).ids().cloned().collect())
     }
 
     /// Reads a document. `None` when it does not exist here.
@@ -258,7 +312,7 @@ impl Repo {
         }
         let out = self.change_and_write(id, message, f);
         if out.is_err() {
-            self.lock().remove(id);
+            self.forget(id);
         }
         out
     }
@@ -299,7 +353,12 @@ impl Repo {
                 .map_err(|failure| failure.error)?
                 .result;
             // Under the write lock everything before this change is stored.
-            (out, entry.doc.get_heads() != entry.saved_heads)
+            let heads = entry.doc.get_heads();
+            let changed = heads != entry.saved_heads;
+            if changed {
+                self.note_heads(id, &heads);
+            }
+            (out, changed)
         };
         if !changed {
             return Ok(out);
@@ -317,7 +376,7 @@ impl Repo {
             // The change is only in memory now, and may already be with a peer. Forget it here
             // (the document reloads from the store) and write from now on as a new actor, so
             // its actor and sequence number are never used for a different change.
-            self.lock().remove(id);
+            self.forget(id);
             *lock(&self.actor) = session_actor(&self.device);
             return Err(e.into());
         }
@@ -327,11 +386,13 @@ impl Repo {
     /// Writes a pending write of `id` and records it as stored. The caller holds the write
     /// lock; the document lock is not held, so readers (and the replicator) go on meanwhile.
     fn write(&self, id: &DocId, pending: PendingWrite) -> Result<(), StoreError> {
+        let heads = encode_heads(&pending.heads);
         if pending.snapshot {
             self.store
-                .replace_with_snapshot(id.as_str(), &pending.bytes)?;
+                .replace_with_snapshot(id.as_str(), &pending.bytes, &heads)?;
         } else {
-            self.store.append_chunk(id.as_str(), &pending.bytes)?;
+            self.store
+                .append_chunk(id.as_str(), &pending.bytes, &heads)?;
         }
         if let Some(entry) = self.lock().get_mut(id) {
             entry.saved_heads = pending.heads;
@@ -389,9 +450,12 @@ impl Repo {
             };
             if let Some(reason) = failure {
                 docs.remove(id);
+                drop(docs);
+                self.forget(id);
                 *state = sync::State::new();
                 return Err(malformed(id, reason));
             }
+            self.note_heads(id, &entry.doc.get_heads());
             pending_write(entry)
         };
         self.write_merged(id, pending)
@@ -408,7 +472,7 @@ impl Repo {
             return Ok(false);
         };
         if let Err(e) = self.write(id, pending) {
-            self.lock().remove(id);
+            self.forget(id);
             return Err(e.into());
         }
         let _ = self.changes.send(DocChanged {
@@ -432,7 +496,9 @@ impl Repo {
         for (id, entry) in docs.iter_mut() {
             if entry.chunks > threshold {
                 let snapshot = entry.doc.save();
-                self.store.replace_with_snapshot(id.as_str(), &snapshot)?;
+                let heads = encode_heads(&entry.doc.get_heads());
+                self.store
+                    .replace_with_snapshot(id.as_str(), &snapshot, &heads)?;
                 entry.saved_heads = entry.doc.get_heads();
                 entry.chunks = 1;
                 compacted += 1;
@@ -459,12 +525,126 @@ impl Repo {
             let entry = self.load_or_empty(&mut docs, id)?;
             if let Err(e) = entry.doc.merge(&mut incoming) {
                 docs.remove(id);
+                drop(docs);
+                self.forget(id);
                 return Err(malformed(id, e.to_string()));
             }
+            self.note_heads(id, &entry.doc.get_heads());
             pending_write(entry)
         };
         self.write_merged(id, pending).map(|_| ())
     }
+}
+
+impl Repo {
+    /// Drops a document from memory after a failed change or merge; it reloads from the store
+    /// (which holds only fully applied changes) on next use, and the catalog follows.
+    fn forget(&self, id: &DocId) {
+        self.lock().remove(id);
+        let stored = self
+            .store
+            .doc_heads()
+            .ok()
+            .and_then(|all| all.into_iter().find(|(d, _)| d == id.as_str()))
+            .map(|(_, h)| decode_heads(&h))
+            .unwrap_or_default();
+        self.note_heads(id, &stored);
+    }
+}
+
+/// The replication core's view of a repo: automerge's sync protocol over the loaded
+/// documents, the catalog, and the sync states saved in the store.
+#[derive(Debug)]
+pub struct RepoDocs<'a>(&'a Repo);
+
+impl Docs for RepoDocs<'_> {
+    fn generate(
+        &mut self,
+        doc: &DocId,
+        state: &mut sync::State,
+    ) -> Result<Option<Vec<u8>>, DocsError> {
+        self.0
+            .generate_sync_message(doc, state)
+            .map_err(|e| DocsError::Local(e.to_string()))
+    }
+
+    fn receive(
+        &mut self,
+        doc: &DocId,
+        state: &mut sync::State,
+        message: &[u8],
+    ) -> Result<(), DocsError> {
+        match self.0.receive_sync_message(doc, state, message) {
+            Ok(_) => Ok(()),
+            Err(e @ ReceiveError::Malformed { .. }) => Err(DocsError::Malformed(e.to_string())),
+            Err(e) => Err(DocsError::Local(e.to_string())),
+        }
+    }
+
+    fn heads(&self, doc: &DocId) -> Vec<ChangeHash> {
+        self.0.heads(doc).unwrap_or_default()
+    }
+
+    fn digest(&self) -> Digest {
+        self.0.digest()
+    }
+
+    fn fingerprint(&self, doc: &DocId) -> Option<HeadsHash> {
+        lock(&self.0.catalog).get(doc)
+    }
+
+    fn held(&self) -> usize {
+        self.0.held()
+    }
+
+    fn catalog_range(
+        &self,
+        after: Option<&DocId>,
+        before: Option<&DocId>,
+        max: usize,
+    ) -> Vec<(DocId, HeadsHash)> {
+        lock(&self.0.catalog).range(after, before, max)
+    }
+
+    fn saved_state(&self, peer: &DeviceId, doc: &DocId) -> Option<sync::State> {
+        let bytes = self
+            .0
+            .store
+            .sync_state(&peer.to_string(), doc.as_str())
+            .ok()??;
+        sync::State::decode(&bytes).ok()
+    }
+
+    fn unsynced(&self, peer: &DeviceId) -> Vec<DocId> {
+        let saved: HashMap<String, HeadsHash> = self
+            .0
+            .store
+            .sync_states_of(&peer.to_string())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(doc, bytes)| {
+                let state = sync::State::decode(&bytes).ok()?;
+                Some((doc, HeadsHash::of(&state.shared_heads)))
+            })
+            .collect();
+        lock(&self.0.catalog)
+            .iter()
+            .filter(|(doc, hash)| saved.get(doc.as_str()) != Some(hash))
+            .map(|(doc, _)| doc.clone())
+            .collect()
+    }
+}
+
+/// Heads as stored: 32-byte hashes, concatenated.
+fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
+    heads.iter().flat_map(|h| h.0).collect()
+}
+
+fn decode_heads(bytes: &[u8]) -> Vec<ChangeHash> {
+    bytes
+        .chunks_exact(32)
+        .filter_map(|c| ChangeHash::try_from(c).ok())
+        .collect()
 }
 
 /// What `entry` needs written to catch the store up, if anything.

@@ -18,6 +18,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DOC_CHUNKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("doc_chunks");
 /// `(peer id, doc id)` to an encoded automerge sync state.
 const SYNC_STATES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("sync_states");
+/// Doc id to its heads as stored (32-byte hashes, concatenated): written with every chunk, so
+/// what a device holds is known at start without loading a single document.
+const DOC_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_heads");
 /// Free-form records owned by upper layers (pairing tickets, peer addresses), keyed by
 /// `(kind, key)`.
 const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
@@ -118,6 +121,7 @@ impl Store {
         tx.open_table(META)?;
         tx.open_table(DOC_CHUNKS)?;
         tx.open_table(SYNC_STATES)?;
+        tx.open_table(DOC_HEADS)?;
         tx.open_table(RECORDS)?;
         tx.open_table(BLOBS)?;
         tx.commit()?;
@@ -183,8 +187,10 @@ impl Store {
     }
 
     /// Appends a chunk to a document, durably: when this returns, the chunk survives a crash.
-    pub fn append_chunk(&self, doc: &str, chunk: &[u8]) -> Result<(), StoreError> {
+    /// `heads` are the document's heads with the chunk applied.
+    pub fn append_chunk(&self, doc: &str, chunk: &[u8], heads: &[u8]) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
+        tx.open_table(DOC_HEADS)?.insert(doc, heads)?;
         {
             let mut table = tx.open_table(DOC_CHUNKS)?;
             let next = table
@@ -199,8 +205,14 @@ impl Store {
     }
 
     /// Replaces every chunk of a document with one snapshot, atomically and durably.
-    pub fn replace_with_snapshot(&self, doc: &str, snapshot: &[u8]) -> Result<(), StoreError> {
+    pub fn replace_with_snapshot(
+        &self,
+        doc: &str,
+        snapshot: &[u8],
+        heads: &[u8],
+    ) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
+        tx.open_table(DOC_HEADS)?.insert(doc, heads)?;
         {
             let mut table = tx.open_table(DOC_CHUNKS)?;
             let last = table
@@ -211,6 +223,60 @@ impl Store {
             table.retain_in((doc, 0)..=(doc, u64::MAX), |_, _| false)?;
             // Keep sequence numbers increasing so chunks never reorder across a compaction.
             table.insert((doc, last + 1), snapshot)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every stored document's heads as recorded with its last write.
+    pub fn doc_heads(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(DOC_HEADS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            out.push((key.value().to_owned(), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Records a document's heads alone (for a store written before heads were kept).
+    pub fn set_doc_heads(&self, doc: &str, heads: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(DOC_HEADS)?.insert(doc, heads)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every sync state saved for a peer, by document.
+    pub fn sync_states_of(&self, peer: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(SYNC_STATES)?;
+        let mut out = Vec::new();
+        for entry in table.range((peer, "")..)? {
+            let (key, value) = entry?;
+            let (p, doc) = key.value();
+            if p != peer {
+                break;
+            }
+            out.push((doc.to_owned(), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Saves several sync states for a peer at once, without forcing them to disk.
+    pub fn set_sync_states(
+        &self,
+        peer: &str,
+        states: &[(String, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::None)?;
+        {
+            let mut table = tx.open_table(SYNC_STATES)?;
+            for (doc, state) in states {
+                table.insert((peer, doc.as_str()), state.as_slice())?;
+            }
         }
         tx.commit()?;
         Ok(())
@@ -316,15 +382,15 @@ mod tests {
     fn chunks_append_and_compact_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db.redb")).unwrap();
-        store.append_chunk("a", b"one").unwrap();
-        store.append_chunk("a", b"two").unwrap();
-        store.append_chunk("b", b"x").unwrap();
+        store.append_chunk("a", b"one", b"").unwrap();
+        store.append_chunk("a", b"two", b"").unwrap();
+        store.append_chunk("b", b"x", b"").unwrap();
         assert_eq!(
             store.load_doc("a").unwrap().unwrap(),
             (b"onetwo".to_vec(), 2)
         );
-        store.replace_with_snapshot("a", b"snap").unwrap();
-        store.append_chunk("a", b"+1").unwrap();
+        store.replace_with_snapshot("a", b"snap", b"").unwrap();
+        store.append_chunk("a", b"+1", b"").unwrap();
         assert_eq!(
             store.load_doc("a").unwrap().unwrap(),
             (b"snap+1".to_vec(), 2)

@@ -14,10 +14,6 @@ pub use compression::{DecodeError, MessageDecoder, MessageEncoder, uncompressed}
 /// brings a fresh device up to date on a busy thread; large blobs travel on their own protocol.
 pub const MAX_FRAME: usize = 32 * 1024 * 1024;
 
-/// The first frame of a document stream: a tag and version, then the document id. Version 2:
-/// the frames after it are encoded as [`compression`] describes.
-const DOC_STREAM_TAG: &[u8] = b"errand-doc\x02";
-
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("peer announced a {0}-byte frame, more than the {MAX_FRAME}-byte limit")]
@@ -137,17 +133,6 @@ impl FrameReader {
     }
 }
 
-/// The header frame that opens a document stream.
-pub fn doc_stream_header(doc: &str) -> Vec<u8> {
-    [DOC_STREAM_TAG, doc.as_bytes()].concat()
-}
-
-/// The document id from a header frame, if it is one.
-pub fn parse_doc_stream_header(frame: &[u8]) -> Option<crate::schema::DocId> {
-    let rest = frame.strip_prefix(DOC_STREAM_TAG)?;
-    crate::schema::DocId::parse(std::str::from_utf8(rest).ok()?)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -236,16 +221,5 @@ mod tests {
             FrameReader::new(64).next(&mut b).await,
             Err(FrameError::Truncated)
         ));
-    }
-
-    #[test]
-    fn headers_accept_only_valid_doc_ids() {
-        let h = doc_stream_header("index");
-        assert_eq!(parse_doc_stream_header(&h).unwrap().as_str(), "index");
-        assert!(parse_doc_stream_header(b"errand-doc\x02../../etc").is_none());
-        assert!(parse_doc_stream_header(b"nonsense").is_none());
-        let thread = crate::schema::DocId::new_thread();
-        let h = doc_stream_header(thread.as_str());
-        assert_eq!(parse_doc_stream_header(&h).unwrap(), thread);
     }
 }

@@ -318,12 +318,13 @@ async fn wait_quiet(phone: &Home, desktop: &Home, docs: &[&DocId]) -> Result<()>
     let mut p = phone.replicator.progress();
     let mut d = desktop.replicator.progress();
     let (pid, did) = (phone.id(), desktop.id());
+    let held = |home: &Home| docs.iter().all(|doc| home.repo.holds(doc));
     wait_progress(&mut p, "the phone to be in sync", || {
-        docs.iter().all(|doc| phone.replicator.in_sync(&did, doc))
+        held(phone) && phone.replicator.in_sync(&did)
     })
     .await?;
     wait_progress(&mut d, "the desktop to be in sync", || {
-        docs.iter().all(|doc| desktop.replicator.in_sync(&pid, doc))
+        held(desktop) && desktop.replicator.in_sync(&pid)
     })
     .await
 }

@@ -1,0 +1,85 @@
+//! The replication core: with whom, what and when to sync, as plain state machines with no IO
+//! and explicit time. [`crate::net`] is the thin tokio driver that moves their bytes and runs
+//! their timers; the simulation tests drive the same code with a seeded network.
+//!
+//! - [`session::Session`]: one connection with one peer. Every document travels over one
+//!   stream, so the number of streams per connection is constant whatever the number of
+//!   documents. A reconnect starts with one `Hello` each way carrying a [`digest::Digest`] of
+//!   everything the side holds: equal digests end it there. Otherwise each side syncs the
+//!   documents that changed since it last synced them with this peer (known from the sync
+//!   states it saved), announces its digest when it runs out of work, and only if the digests
+//!   still differ asks for the peer's catalog to find what else differs (a peer that lost its
+//!   database, say).
+//! - [`redial::Redial`]: when to dial a peer again, and which of two simultaneous connections
+//!   to keep.
+//! - [`Docs`]: what the core needs from the documents (automerge's sync protocol over them,
+//!   fingerprints, saved sync states). The repo implements it over the store; the simulation
+//!   over documents in memory.
+
+use automerge::ChangeHash;
+use automerge::sync;
+
+use crate::ids::DeviceId;
+use crate::schema::DocId;
+
+pub mod digest;
+pub mod msg;
+pub mod redial;
+pub mod session;
+#[cfg(test)]
+mod sim;
+
+pub use digest::{Catalog, Digest, HeadsHash};
+pub use msg::Msg;
+pub use redial::Redial;
+pub use session::{Event, Session};
+
+/// Why a document operation failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DocsError {
+    /// The peer sent something that cannot be applied: drop the peer.
+    #[error("malformed: {0}")]
+    Malformed(String),
+    /// Our side could not do it (storage): the peer is not at fault.
+    #[error("{0}")]
+    Local(String),
+}
+
+/// The documents of this device, as the replication core sees them.
+pub trait Docs {
+    /// The next automerge sync message about `doc` for a peer with sync state `state`, if there
+    /// is anything to say (a document not held yet asks for everything).
+    fn generate(
+        &mut self,
+        doc: &DocId,
+        state: &mut sync::State,
+    ) -> Result<Option<Vec<u8>>, DocsError>;
+    /// Applies a peer's sync message, durably.
+    fn receive(
+        &mut self,
+        doc: &DocId,
+        state: &mut sync::State,
+        message: &[u8],
+    ) -> Result<(), DocsError>;
+    /// The heads of `doc` here (empty when not held).
+    fn heads(&self, doc: &DocId) -> Vec<ChangeHash>;
+    /// The digest of everything held here.
+    fn digest(&self) -> Digest;
+    /// The fingerprint of `doc`, if held here.
+    fn fingerprint(&self, doc: &DocId) -> Option<HeadsHash>;
+    /// How many documents are held here.
+    fn held(&self) -> usize;
+    /// Up to `max` documents held here with ids after `after` and before `before` (either
+    /// bound open when `None`), in id order, with their fingerprints.
+    fn catalog_range(
+        &self,
+        after: Option<&DocId>,
+        before: Option<&DocId>,
+        max: usize,
+    ) -> Vec<(DocId, HeadsHash)>;
+    /// The sync state saved for `peer` and `doc`, if any.
+    fn saved_state(&self, peer: &DeviceId, doc: &DocId) -> Option<sync::State>;
+    /// Documents whose heads differ from what the saved sync states say `peer` last shared
+    /// with us, or that have no saved state for it.
+    fn unsynced(&self, peer: &DeviceId) -> Vec<DocId>;
+}

@@ -1,0 +1,569 @@
+//! One connection with one peer, as a state machine: inputs are the peer's messages, local
+//! document changes and the passing of time; outputs are messages to send and [`Event`]s
+//! (sync states to save, documents now in sync, a peer to drop). No IO, no tokio: the driver
+//! calls [`Session::handle`], [`Session::poll_transmit`] when it can send, [`Session::poll_event`],
+//! and [`Session::handle_timeout`] at [`Session::poll_timeout`].
+//!
+//! Bounds, whatever the number of documents: one stream; at most [`MAX_SLOTS`] per-document
+//! sync states in memory (the rest are saved and reloaded on demand); catalog pages of
+//! [`msg::CATALOG_PAGE`] entries generated one at a time as the stream takes them.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use automerge::ChangeHash;
+use automerge::sync;
+
+use super::digest::{Digest, HeadsHash};
+use super::msg::{self, Msg, PROTOCOL_VERSION};
+use super::{Docs, DocsError};
+use crate::ids::DeviceId;
+use crate::schema::DocId;
+
+/// Per-document sync states kept in memory per peer; beyond this the least recently used one
+/// is saved and dropped.
+pub const MAX_SLOTS: usize = 256;
+/// Sync states are saved once the session has been quiet this long (or when it ends): each
+/// save dirties database pages that the next durable commit must write, on the path whose
+/// latency matters.
+pub const SAVE_AFTER: Duration = Duration::from_millis(250);
+/// Digests that still differ this long after both sides ran out of work mean that one side
+/// cannot tell what the other lacks: ask for the peer's catalog.
+pub const CATALOG_AFTER: Duration = Duration::from_millis(300);
+/// At most this many documents are synced at once on our initiative; more wait their turn.
+/// With the peer's own as many, the exchanges under way fit in [`MAX_SLOTS`], so a slot is
+/// never taken from a document mid-exchange (which would restart its exchange, and with many
+/// documents could do so forever).
+pub const MAX_ACTIVE: usize = 100;
+/// A document's exchange counts as under way until the peer is known to hold our version, or
+/// until nothing about it has been heard for this long.
+pub const SETTLE_AFTER: Duration = Duration::from_secs(2);
+
+/// Something the driver must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Persist these sync states for the peer (a cache: write lazily).
+    SaveStates(Vec<(DocId, Vec<u8>)>),
+    /// We now know the peer holds `doc` exactly as we do.
+    Synced(DocId),
+    /// What the peer is known to hold of `doc` changed.
+    Shared { doc: DocId, heads: Vec<ChangeHash> },
+    /// The peer broke the protocol: drop it, and forget its saved sync states.
+    Misbehaved(String),
+}
+
+/// An input to the session.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A message from the peer.
+    Message(Msg),
+    /// A document changed here (locally, or merged from another peer).
+    Changed(DocId),
+    /// Change notifications were lost: anything may have changed.
+    LostTrack,
+}
+
+#[derive(Debug)]
+struct Slot {
+    state: sync::State,
+    unsaved: bool,
+    used: u64,
+    synced: bool,
+    /// When a message about this document last went either way.
+    touched: Instant,
+}
+
+impl Slot {
+    fn active(&self, now: Instant) -> bool {
+        !self.synced && now < self.touched + SETTLE_AFTER
+    }
+}
+
+/// Where a catalog we are receiving has got to, in id order.
+#[derive(Debug, Default)]
+struct IncomingCatalog {
+    cursor: Option<DocId>,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    peer: DeviceId,
+    opener: bool,
+    hello_sent: bool,
+    hello_received: bool,
+    slots: HashMap<DocId, Slot>,
+    uses: u64,
+    /// Documents with work to do that hold a slot (or may take one).
+    queue: VecDeque<DocId>,
+    /// Documents with work to do that wait for fewer exchanges to be under way.
+    backlog: VecDeque<DocId>,
+    queued: HashSet<DocId>,
+    control: VecDeque<Msg>,
+    /// Sending our catalog: the last id sent, and whether we are done.
+    catalog_out: Option<Option<DocId>>,
+    catalog_in: Option<IncomingCatalog>,
+    peer_digest: Option<Digest>,
+    sent_digest: Option<Digest>,
+    /// The (ours, theirs) digests when we last asked for a catalog: ask once per mismatch.
+    catalog_asked: Option<(Digest, Digest)>,
+    last_activity: Instant,
+    unsaved: bool,
+    events: VecDeque<Event>,
+    failed: bool,
+}
+
+impl Session {
+    /// A session with `peer`. The side that dialled (`opener`) speaks first; the other says
+    /// nothing until the opener's `Hello` arrives, so a fresh device never receives a document
+    /// twice.
+    pub fn new(peer: DeviceId, opener: bool, now: Instant) -> Session {
+        Session {
+            peer,
+            opener,
+            hello_sent: false,
+            hello_received: false,
+            slots: HashMap::new(),
+            uses: 0,
+            queue: VecDeque::new(),
+            backlog: VecDeque::new(),
+            queued: HashSet::new(),
+            control: VecDeque::new(),
+            catalog_out: None,
+            catalog_in: None,
+            peer_digest: None,
+            sent_digest: None,
+            catalog_asked: None,
+            last_activity: now,
+            unsaved: false,
+            events: VecDeque::new(),
+            failed: false,
+        }
+    }
+
+    pub fn peer(&self) -> DeviceId {
+        self.peer
+    }
+
+    /// Starts the session: the opener says hello.
+    pub fn start(&mut self, docs: &dyn Docs) {
+        if self.opener {
+            self.say_hello(docs);
+        }
+    }
+
+    fn say_hello(&mut self, docs: &dyn Docs) {
+        let digest = docs.digest();
+        self.control.push_back(Msg::Hello {
+            version: PROTOCOL_VERSION,
+            digest,
+            docs: u32::try_from(docs.held()).unwrap_or(u32::MAX),
+        });
+        self.sent_digest = Some(digest);
+        self.hello_sent = true;
+    }
+
+    /// Whether the peer is known to hold exactly what we hold, and nothing is under way.
+    pub fn in_sync(&self, docs: &dyn Docs) -> bool {
+        self.hello_received
+            && self.queue.is_empty()
+            && self.backlog.is_empty()
+            && self.catalog_in.is_none()
+            && self.peer_digest == Some(docs.digest())
+    }
+
+    /// The peer's latest digest, if it has sent one.
+    pub fn peer_digest(&self) -> Option<Digest> {
+        self.peer_digest
+    }
+
+    /// A one-line account of the session's state, for logs and failed simulations.
+    pub fn describe(&self) -> String {
+        format!(
+            "hello sent {} received {}, queue {}, control {}, catalog out {:?} in {}, peer digest {:?}, sent digest {:?}, asked {:?}",
+            self.hello_sent,
+            self.hello_received,
+            self.queue.len() + self.backlog.len(),
+            self.control.len(),
+            self.catalog_out,
+            self.catalog_in.is_some(),
+            self.peer_digest,
+            self.sent_digest,
+            self.catalog_asked,
+        )
+    }
+
+    /// How many per-document sync states are held in memory.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the session failed (the peer misbehaved); the driver drops the connection.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    pub fn handle(&mut self, now: Instant, input: Input, docs: &mut dyn Docs) {
+        if self.failed {
+            return;
+        }
+        match input {
+            Input::Message(m) => {
+                self.last_activity = now;
+                self.on_message(now, m, docs);
+            }
+            Input::Changed(doc) => {
+                if self.hello_received {
+                    self.enqueue(doc);
+                }
+            }
+            Input::LostTrack => {
+                if self.hello_received {
+                    for doc in docs.unsynced(&self.peer) {
+                        self.enqueue(doc);
+                    }
+                    let held: Vec<DocId> = self.slots.keys().cloned().collect();
+                    for doc in held {
+                        self.enqueue(doc);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, now: Instant, m: Msg, docs: &mut dyn Docs) {
+        if !self.hello_received {
+            let Msg::Hello {
+                version, digest, ..
+            } = m
+            else {
+                return self.fail("first message was not a hello".into());
+            };
+            if version != PROTOCOL_VERSION {
+                return self.fail(format!("speaks sync protocol version {version}"));
+            }
+            self.hello_received = true;
+            self.peer_digest = Some(digest);
+            if !self.hello_sent {
+                self.say_hello(docs);
+            }
+            if digest != docs.digest() {
+                for doc in docs.unsynced(&self.peer) {
+                    self.enqueue(doc);
+                }
+            }
+            return;
+        }
+        match m {
+            Msg::Hello { .. } => self.fail("said hello twice".into()),
+            Msg::Sync { doc, message } => self.on_sync(now, doc, &message, docs),
+            Msg::Digest(d) => self.peer_digest = Some(d),
+            Msg::CatalogRequest => {
+                if self.catalog_out.is_none() {
+                    self.catalog_out = Some(None);
+                }
+            }
+            Msg::Catalog { entries, last } => self.on_catalog(entries, last, docs),
+        }
+    }
+
+    fn on_sync(&mut self, now: Instant, doc: DocId, message: &[u8], docs: &mut dyn Docs) {
+        let peer = self.peer;
+        let slot = self.slot(&doc, docs, now);
+        match docs.receive(&doc, &mut slot.state, message) {
+            Ok(()) => {}
+            Err(DocsError::Malformed(reason)) => {
+                return self.fail(format!("bad sync message for {doc}: {reason}"));
+            }
+            Err(DocsError::Local(reason)) => {
+                // The state may count changes we could not store as had: start this document
+                // over with the peer rather than trust it.
+                tracing::warn!(%peer, %doc, "cannot apply sync message: {reason}");
+                slot.state = sync::State::new();
+            }
+        }
+        slot.unsaved = true;
+        self.unsaved = true;
+        self.note_progress(&doc, docs);
+        self.enqueue(doc);
+    }
+
+    fn on_catalog(&mut self, entries: Vec<(DocId, HeadsHash)>, last: bool, docs: &dyn Docs) {
+        let incoming = self.catalog_in.get_or_insert_with(IncomingCatalog::default);
+        let mut wanted = Vec::new();
+        for (doc, hash) in entries {
+            if incoming.cursor.as_ref().is_some_and(|c| *c >= doc) {
+                return self.fail("catalog out of order".into());
+            }
+            // Ours between the previous entry and this one: the peer lacks them.
+            let missing = docs.catalog_range(incoming.cursor.as_ref(), Some(&doc), usize::MAX);
+            wanted.extend(missing.into_iter().map(|(d, _)| d));
+            if docs.fingerprint(&doc) != Some(hash) {
+                wanted.push(doc.clone());
+            }
+            incoming.cursor = Some(doc);
+        }
+        if last {
+            let rest = docs.catalog_range(incoming.cursor.as_ref(), None, usize::MAX);
+            wanted.extend(rest.into_iter().map(|(d, _)| d));
+            self.catalog_in = None;
+        }
+        for doc in wanted {
+            // A fresh start for these: whatever state we saved describes a peer that since
+            // lost what it had.
+            if let Some(slot) = self.slots.get_mut(&doc) {
+                slot.state = sync::State::new();
+            }
+            self.enqueue(doc);
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        self.failed = true;
+        self.queue.clear();
+        self.backlog.clear();
+        self.queued.clear();
+        self.control.clear();
+        self.events.push_back(Event::Misbehaved(reason));
+    }
+
+    fn enqueue(&mut self, doc: DocId) {
+        if self.queued.insert(doc.clone()) {
+            if self.slots.contains_key(&doc) {
+                self.queue.push_back(doc);
+            } else {
+                self.backlog.push_back(doc);
+            }
+        }
+    }
+
+    fn active(&self, now: Instant) -> usize {
+        self.slots.values().filter(|s| s.active(now)).count()
+    }
+
+    /// When the oldest exchange under way stops counting as such, if the backlog waits on it.
+    fn backlog_opens(&self, now: Instant) -> Option<Instant> {
+        if self.backlog.is_empty() || self.active(now) < MAX_ACTIVE {
+            return None;
+        }
+        self.slots
+            .values()
+            .filter(|s| s.active(now))
+            .map(|s| s.touched + SETTLE_AFTER)
+            .min()
+    }
+
+    /// The slot of `doc`, loading its saved state, and making room if needed.
+    fn slot(&mut self, doc: &DocId, docs: &dyn Docs, now: Instant) -> &mut Slot {
+        self.uses += 1;
+        let used = self.uses;
+        if !self.slots.contains_key(doc) {
+            if self.slots.len() >= MAX_SLOTS {
+                self.evict_one(now);
+            }
+            let state = docs.saved_state(&self.peer, doc).unwrap_or_default();
+            self.slots.insert(
+                doc.clone(),
+                Slot {
+                    state,
+                    unsaved: false,
+                    used,
+                    synced: false,
+                    touched: now,
+                },
+            );
+        }
+        let slot = self.slots.get_mut(doc).expect("inserted above");
+        slot.used = used;
+        slot.touched = now;
+        slot
+    }
+
+    /// Makes room: the least recently used slot whose exchange is not under way, or failing
+    /// that (only if the peer has more under way than it should) the least recently used.
+    fn evict_one(&mut self, now: Instant) {
+        let Some(oldest) = self
+            .slots
+            .iter()
+            .min_by_key(|(_, s)| (s.active(now), s.used))
+            .map(|(d, _)| d.clone())
+        else {
+            return;
+        };
+        if let Some(slot) = self.slots.remove(&oldest)
+            && slot.unsaved
+        {
+            self.events
+                .push_back(Event::SaveStates(vec![(oldest, slot.state.encode())]));
+        }
+    }
+
+    fn note_progress(&mut self, doc: &DocId, docs: &dyn Docs) {
+        let Some(slot) = self.slots.get_mut(doc) else {
+            return;
+        };
+        let mut ours = docs.heads(doc);
+        ours.sort();
+        let mut theirs = slot.state.their_heads.clone().unwrap_or_default();
+        theirs.sort();
+        let synced = slot.state.their_heads.is_some() && ours == theirs;
+        let newly = synced && !slot.synced;
+        slot.synced = synced;
+        self.events.push_back(Event::Shared {
+            doc: doc.clone(),
+            heads: slot.state.shared_heads.clone(),
+        });
+        if newly {
+            self.events.push_back(Event::Synced(doc.clone()));
+        }
+    }
+
+    /// Whether [`Session::poll_transmit`] may have something to send.
+    pub fn wants_transmit(&self, now: Instant, docs: &dyn Docs) -> bool {
+        if self.failed {
+            return false;
+        }
+        if !self.control.is_empty() {
+            return true;
+        }
+        if !self.hello_sent {
+            return false;
+        }
+        self.catalog_out.is_some()
+            || !self.queue.is_empty()
+            || (!self.backlog.is_empty() && self.active(now) < MAX_ACTIVE)
+            || (self.hello_received
+                && self.catalog_in.is_none()
+                && self.sent_digest != Some(docs.digest()))
+    }
+
+    /// The next message to send, if any. Call it whenever the stream can take a message.
+    pub fn poll_transmit(&mut self, now: Instant, docs: &mut dyn Docs) -> Option<Msg> {
+        if self.failed {
+            return None;
+        }
+        if let Some(m) = self.control.pop_front() {
+            return Some(m);
+        }
+        // The accepting side speaks only after the opener's hello.
+        if !self.hello_sent {
+            return None;
+        }
+        if let Some(after) = self.catalog_out.take() {
+            let entries = docs.catalog_range(after.as_ref(), None, msg::CATALOG_PAGE);
+            let last = entries.len() < msg::CATALOG_PAGE;
+            if !last {
+                self.catalog_out = Some(entries.last().map(|(d, _)| d.clone()));
+            }
+            return Some(Msg::Catalog { entries, last });
+        }
+        loop {
+            let doc = match self.queue.pop_front() {
+                Some(doc) => doc,
+                None if self.active(now) < MAX_ACTIVE => match self.backlog.pop_front() {
+                    Some(doc) => doc,
+                    None => break,
+                },
+                None => break,
+            };
+            self.queued.remove(&doc);
+            let peer = self.peer;
+            let slot = self.slot(&doc, docs, now);
+            match docs.generate(&doc, &mut slot.state) {
+                Ok(Some(message)) => {
+                    slot.unsaved = true;
+                    self.unsaved = true;
+                    self.last_activity = now;
+                    self.note_progress(&doc, docs);
+                    // Ask again at once: automerge says when it has nothing more (usually
+                    // right away, while its message is in flight).
+                    if self.queued.insert(doc.clone()) {
+                        self.queue.push_front(doc.clone());
+                    }
+                    return Some(Msg::Sync { doc, message });
+                }
+                Ok(None) => self.note_progress(&doc, docs),
+                Err(e) => tracing::warn!(%peer, %doc, "cannot generate sync message: {e}"),
+            }
+        }
+        if self.hello_received && self.catalog_in.is_none() && self.backlog.is_empty() {
+            let digest = docs.digest();
+            if self.sent_digest != Some(digest) {
+                self.sent_digest = Some(digest);
+                return Some(Msg::Digest(digest));
+            }
+        }
+        None
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self, now: Instant, docs: &dyn Docs) -> Option<Instant> {
+        if self.failed {
+            return None;
+        }
+        let save = self.unsaved.then(|| self.last_activity + SAVE_AFTER);
+        let catalog = self
+            .catalog_due(docs)
+            .then(|| self.last_activity + CATALOG_AFTER);
+        [save, catalog, self.backlog_opens(now)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whether the digests differ with nothing under way, and we have not asked about this
+    /// mismatch yet.
+    fn catalog_due(&self, docs: &dyn Docs) -> bool {
+        let (Some(theirs), true) = (self.peer_digest, self.hello_received) else {
+            return false;
+        };
+        let ours = docs.digest();
+        theirs != ours
+            && self.queue.is_empty()
+            && self.backlog.is_empty()
+            && self.control.is_empty()
+            && self.catalog_in.is_none()
+            && self.catalog_out.is_none()
+            && self.catalog_asked != Some((ours, theirs))
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant, docs: &dyn Docs) {
+        if self.failed {
+            return;
+        }
+        if self.unsaved && now >= self.last_activity + SAVE_AFTER {
+            self.save_all();
+        }
+        if self.catalog_due(docs)
+            && now >= self.last_activity + CATALOG_AFTER
+            && let Some(theirs) = self.peer_digest
+        {
+            self.catalog_asked = Some((docs.digest(), theirs));
+            self.control.push_back(Msg::CatalogRequest);
+        }
+    }
+
+    fn save_all(&mut self) {
+        let mut states = Vec::new();
+        for (doc, slot) in &mut self.slots {
+            if slot.unsaved {
+                states.push((doc.clone(), slot.state.encode()));
+                slot.unsaved = false;
+            }
+        }
+        self.unsaved = false;
+        if !states.is_empty() {
+            self.events.push_back(Event::SaveStates(states));
+        }
+    }
+
+    /// The connection ended: save what there is to save (nothing, if the peer misbehaved).
+    pub fn close(&mut self) {
+        if !self.failed {
+            self.save_all();
+        }
+    }
+}
