@@ -7,6 +7,7 @@
 //!   path resolution).
 //! - [`tools`]: the tools themselves (shell, files, fetch, screen, input).
 //! - [`model`], [`agent`]: model backends and the bounded tool-calling loop.
+//! - [`conversation`]: what the model is told of a thread's earlier turns (pure).
 //! - [`runner`]: the tokio shell that watches documents and runs tasks.
 //!
 //! This is the only crate that touches the OS: processes, the screen, input, user files.
@@ -14,6 +15,7 @@
 pub mod action;
 pub mod agent;
 pub mod command;
+pub mod conversation;
 pub mod model;
 pub mod policy;
 pub mod runner;

@@ -8,6 +8,11 @@
 //! - Tasks of one thread run one at a time, in order; threads run in parallel up to a bound.
 //! - Every action, whether a direct command or a model's tool call, goes through
 //!   [`Policy::check`] and, when the policy says ask, through a signed approval.
+//! - A thread is a conversation ([`conversation`]): a model task is sent with the thread's
+//!   earlier turns, every task's end is written as an answer in the thread's messages, and the
+//!   model's questions wait in `needs_input` for a signed answer from a phone.
+
+mod conversation;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -24,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::action::{Action, ToolOutput};
-use crate::agent::{self, Limits, ToolRunner};
+use crate::agent::{self, AgentError, Limits, ToolRunner};
 use crate::command;
 use crate::model::ModelBackend;
 use crate::policy::{Decision, Policy};
@@ -266,7 +271,7 @@ impl Shared {
                 if task.target == me
                     && matches!(
                         task.status,
-                        TaskStatus::Running | TaskStatus::WaitingApproval
+                        TaskStatus::Running | TaskStatus::WaitingApproval | TaskStatus::NeedsInput
                     )
                 {
                     let reason = "interrupted: the desktop stopped while this task was running; it was not run again (send it again to retry)";
@@ -281,7 +286,8 @@ impl Shared {
                                 Err(reason),
                                 TaskStatus::Failed,
                                 now_millis(),
-                            )
+                            )?;
+                            conversation::add_answer(tx, &task.id, reason, TaskStatus::Failed, &[])
                         },
                     );
                     info!(task = %task.id, "settled an interrupted task");
@@ -347,14 +353,16 @@ impl Shared {
             return;
         }
         if task.cancel_requested {
+            let reason = "cancelled before it started";
             self.change(doc, &format!("task {} cancelled", short(&task.id)), |tx| {
                 thread::finish(
                     tx,
                     &task.id,
-                    Err("cancelled before it started"),
+                    Err(reason),
                     TaskStatus::Cancelled,
                     now_millis(),
-                )
+                )?;
+                conversation::add_answer(tx, &task.id, reason, TaskStatus::Cancelled, &[])
             });
             return;
         }
@@ -376,8 +384,10 @@ impl Shared {
             doc: doc.clone(),
             task: task.id.clone(),
             cancel: cancel.clone(),
+            steps: Vec::new(),
         };
-        let outcome = ctx.execute(&task.prompt).await;
+        let outcome = ctx.execute(&task).await;
+        let steps = ctx.steps;
         lock(&self.running).remove(&task.id);
         let id = task.id.clone();
         match outcome {
@@ -390,7 +400,8 @@ impl Shared {
                     for a in artifacts.iter().chain(overflow_artifact.iter()) {
                         thread::add_artifact(tx, &id, a)?;
                     }
-                    thread::finish(tx, &id, Ok(&text), TaskStatus::Done, now_millis())
+                    thread::finish(tx, &id, Ok(&text), TaskStatus::Done, now_millis())?;
+                    conversation::add_answer(tx, &id, &text, TaskStatus::Done, &steps)
                 });
             }
             Err(failure) => {
@@ -400,7 +411,8 @@ impl Shared {
                     (TaskStatus::Failed, "failed")
                 };
                 self.change(doc, &format!("task {} {verb}", short(&id)), |tx| {
-                    thread::finish(tx, &id, Err(&failure.message), status, now_millis())
+                    thread::finish(tx, &id, Err(&failure.message), status, now_millis())?;
+                    conversation::add_answer(tx, &id, &failure.message, status, &steps)
                 });
             }
         }
@@ -477,6 +489,8 @@ struct TaskContext {
     doc: DocId,
     task: String,
     cancel: CancellationToken,
+    /// The account of the model's tool calls, one line each, kept with the answer.
+    steps: Vec<String>,
 }
 
 impl TaskContext {
@@ -488,7 +502,8 @@ impl TaskContext {
             });
     }
 
-    async fn execute(&mut self, prompt: &str) -> Result<ToolOutput, Failure> {
+    async fn execute(&mut self, task: &Task) -> Result<ToolOutput, Failure> {
+        let prompt = task.prompt.as_str();
         match command::parse(prompt) {
             Some(Ok(action)) => {
                 self.progress(&format!(
@@ -498,18 +513,29 @@ impl TaskContext {
                 self.perform(action).await
             }
             Some(Err(e)) => Err(Failure::new(e.to_string())),
-            None => self.run_model(prompt).await,
+            None => self.run_model(task).await,
         }
     }
 
-    async fn run_model(&mut self, prompt: &str) -> Result<ToolOutput, Failure> {
+    async fn run_model(&mut self, task: &Task) -> Result<ToolOutput, Failure> {
         let Some(backend) = self.shared.config.model.clone() else {
             return Err(Failure::new(format!(
                 "this task needs an AI model and none is configured: {}",
                 self.shared.config.model_hint
             )));
         };
-        self.progress("asking the model");
+        let earlier = self.shared.earlier_turns(&self.doc, task);
+        let (turns, omitted) =
+            crate::conversation::turns(&earlier, &task.prompt, crate::conversation::HISTORY_BUDGET);
+        self.progress(&match (earlier.len(), omitted) {
+            (0, _) => "asking the model".to_owned(),
+            (n, 0) => format!("asking the model, with the {n} earlier turn(s) of this thread"),
+            (n, left_out) => format!(
+                "asking the model, with {} of the {n} earlier turns of this thread (the \
+                 oldest {left_out} do not fit the context budget)",
+                n - left_out
+            ),
+        });
         let limits = self.shared.config.model_limits;
         let cancel = self.cancel.clone();
         let shared = self.shared.clone();
@@ -527,7 +553,7 @@ impl TaskContext {
         };
         let result = agent::run_agent(
             backend.as_ref(),
-            prompt,
+            turns,
             &mut runner,
             limits,
             cancel,
@@ -737,13 +763,37 @@ impl ToolRunner for ModelTools<'_> {
         action: Action,
     ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'b>> {
         Box::pin(async move {
-            match self.ctx.perform(action).await {
+            let what = action.to_string();
+            let outcome = match self.ctx.perform(action).await {
                 Ok(output) => {
                     self.blobs.extend(output.blobs);
                     Ok(output.text)
                 }
                 Err(f) => Err(f.message),
-            }
+            };
+            let step =
+                crate::conversation::step_line(&what, outcome.as_deref().map_err(String::as_str));
+            self.ctx.steps.push(step);
+            outcome
+        })
+    }
+
+    fn ask_user<'b>(
+        &'b mut self,
+        question: String,
+    ) -> Pin<Box<dyn Future<Output = Result<String, AgentError>> + Send + 'b>> {
+        Box::pin(async move {
+            let what = format!("asked the user {question:?}");
+            let answer = self.ctx.ask_user(&question).await;
+            let step = match &answer {
+                Ok(text) => crate::conversation::step_line(
+                    &format!("{what}, who answered {text:?}"),
+                    Ok(""),
+                ),
+                Err(e) => crate::conversation::step_line(&what, Err(&e.to_string())),
+            };
+            self.ctx.steps.push(step);
+            answer
         })
     }
 }

@@ -79,6 +79,18 @@ pub enum Request {
         approve: bool,
         wait_secs: u64,
     },
+    /// A thread's conversation.
+    Thread {
+        thread: String,
+    },
+    Questions {
+        all: bool,
+    },
+    Answer {
+        question: String,
+        text: String,
+        wait_secs: u64,
+    },
     /// An artifact's bytes, hex-encoded (they may be fetched from the device that made them).
     Artifact {
         hash: String,
@@ -167,6 +179,19 @@ pub async fn dispatch(node: &Node, request: Request) -> Result<serde_json::Value
                 .wait_delivered(&requested_by, &info.thread, Duration::from_secs(wait_secs))
                 .await;
             json(serde_json::json!({ "approval": info, "delivered": delivered }))
+        }
+        Request::Thread { thread } => json(node.conversation(&thread)?),
+        Request::Questions { all } => json(node.questions(!all)?),
+        Request::Answer {
+            question,
+            text,
+            wait_secs,
+        } => {
+            let (info, asked_by) = node.answer(&question, &text)?;
+            let delivered = node
+                .wait_delivered(&asked_by, &info.thread, Duration::from_secs(wait_secs))
+                .await;
+            json(serde_json::json!({ "question": info, "delivered": delivered }))
         }
         Request::Artifact { hash, from } => {
             let bytes = node.fetch_blob(&hash, &from).await?;

@@ -28,6 +28,14 @@ pub enum NodeEvent {
         action: String,
         expires_at: i64,
     },
+    /// The agent asks the user a question; the task waits in `needs_input` for the answer.
+    InputRequested {
+        question: String,
+        task: String,
+        thread: String,
+        text: String,
+        expires_at: i64,
+    },
     PeerConnected {
         peer: String,
     },
@@ -175,11 +183,28 @@ pub(crate) fn counted_decision<'a>(
     })
 }
 
+/// The answer that counts on a question under `membership` (the executor's rule). None
+/// without a membership.
+pub(crate) fn counted_answer<'a>(
+    membership: Option<&Membership>,
+    thread: &str,
+    question: &'a thread::Message,
+) -> Option<&'a thread::Answer> {
+    let membership = membership?;
+    thread::first_valid_answer(
+        &membership.space().to_string(),
+        thread,
+        question,
+        |device| membership.may_approve(device),
+    )
+}
+
 /// Turns document changes into task events by remembering each task's last seen status.
 #[derive(Debug, Default)]
 pub(crate) struct TaskWatcher {
     seen: HashMap<String, thread::TaskStatus>,
     approvals: std::collections::HashSet<String>,
+    questions: std::collections::HashSet<String>,
 }
 
 impl TaskWatcher {
@@ -249,6 +274,36 @@ impl TaskWatcher {
                         thread: a.thread,
                         action: a.action,
                         expires_at: a.expires_at,
+                    });
+                }
+            }
+            // A thread's messages are read only while one of its tasks waits for an answer:
+            // that is rare, and the list grows with every task.
+            let asking: Vec<&thread::TaskState> = states
+                .iter()
+                .filter(|t| t.status == thread::TaskStatus::NeedsInput)
+                .collect();
+            if !asking.is_empty() {
+                let messages = repo.read(&d, thread::messages).ok().flatten();
+                for q in messages.unwrap_or_default() {
+                    let Some(task) = asking.iter().find(|t| t.id == q.task) else {
+                        continue;
+                    };
+                    // Only the desktop that runs the task asks about it.
+                    if q.kind != thread::KIND_QUESTION
+                        || q.author != task.target
+                        || !self.questions.insert(q.id.clone())
+                        || priming
+                        || counted_answer(membership, d.as_str(), &q).is_some()
+                    {
+                        continue;
+                    }
+                    out.push(NodeEvent::InputRequested {
+                        question: q.id,
+                        task: q.task,
+                        thread: d.to_string(),
+                        text: q.text,
+                        expires_at: q.expires_at.unwrap_or(0),
                     });
                 }
             }

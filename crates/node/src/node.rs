@@ -22,6 +22,10 @@ use crate::error::NodeError;
 use crate::events::NodeEvent;
 use crate::lan::LanSightings;
 
+mod conversation;
+
+pub use conversation::{ConversationEntry, QuestionInfo};
+
 const KEY_FILE: &str = "device.key";
 const DB_FILE: &str = "errand.redb";
 const META_SPACE: &str = "space";

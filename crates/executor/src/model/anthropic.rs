@@ -244,7 +244,7 @@ mod tests {
 
     use super::*;
     use crate::action::Action;
-    use crate::agent::{Limits, ToolRunner, run_agent};
+    use crate::agent::{AgentError, Limits, ToolRunner, run_agent};
     use crate::model::{ModelConfig, build_backend_with_env, http_client, tool_specs};
 
     /// A runner that records what it is asked and answers with canned output; the real runner
@@ -264,6 +264,14 @@ mod tests {
                 self.actions.push(action);
                 Ok(out)
             })
+        }
+
+        fn ask_user<'a>(
+            &'a mut self,
+            question: String,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Result<String, AgentError>> + Send + 'a>>
+        {
+            Box::pin(async move { Ok(format!("answer to {question}")) })
         }
     }
 
@@ -313,7 +321,7 @@ mod tests {
         let mut lines = Vec::new();
         let answer = run_agent(
             backend.as_ref(),
-            "what is in the workspace?",
+            vec![Turn::User("what is in the workspace?".into())],
             &mut runner,
             limits(),
             CancellationToken::new(),
@@ -351,7 +359,11 @@ mod tests {
                 request.body["system"]
             );
             let tools = request.body["tools"].as_array().expect("tools");
-            assert_eq!(tools.len(), tool_specs().len());
+            assert_eq!(
+                tools.len(),
+                tool_specs().len() + 1,
+                "the actions and ask_user"
+            );
             let sh = tools.iter().find(|t| t["name"] == "sh").expect("sh tool");
             assert_eq!(sh["input_schema"]["required"], json!(["command"]));
             assert!(sh["description"].is_string());

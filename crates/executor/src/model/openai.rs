@@ -269,7 +269,7 @@ mod tests {
 
     use super::*;
     use crate::action::Action;
-    use crate::agent::{Limits, ToolRunner, run_agent};
+    use crate::agent::{AgentError, Limits, ToolRunner, run_agent};
     use crate::model::{ModelConfig, build_backend_with_env, http_client, tool_specs};
 
     /// A runner that records what it is asked and answers with canned output.
@@ -291,6 +291,14 @@ mod tests {
                 self.actions.push(action);
                 Ok(out)
             })
+        }
+
+        fn ask_user<'a>(
+            &'a mut self,
+            question: String,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Result<String, AgentError>> + Send + 'a>>
+        {
+            Box::pin(async move { Ok(format!("answer to {question}")) })
         }
     }
 
@@ -338,7 +346,7 @@ mod tests {
         let mut runner = Recorder::default();
         let answer = run_agent(
             backend.as_ref(),
-            "what do my notes say?",
+            vec![Turn::User("what do my notes say?".into())],
             &mut runner,
             limits(),
             CancellationToken::new(),
@@ -363,7 +371,11 @@ mod tests {
             assert_eq!(request.body["model"], "llama-test");
             assert_eq!(request.body["max_tokens"], 777);
             let tools = request.body["tools"].as_array().expect("tools");
-            assert_eq!(tools.len(), tool_specs().len());
+            assert_eq!(
+                tools.len(),
+                tool_specs().len() + 1,
+                "the actions and ask_user"
+            );
             let read = tools
                 .iter()
                 .find(|t| t["function"]["name"] == "read")
@@ -491,7 +503,7 @@ mod tests {
         let mut runner = Recorder::default();
         let answer = run_agent(
             &backend,
-            "do it",
+            vec![Turn::User("do it".into())],
             &mut runner,
             limits(),
             CancellationToken::new(),
@@ -526,7 +538,7 @@ mod tests {
         let mut runner = Recorder::default();
         let error = run_agent(
             &backend,
-            "hi",
+            vec![Turn::User("hi".into())],
             &mut runner,
             limits(),
             CancellationToken::new(),

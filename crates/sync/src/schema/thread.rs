@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! { schema, thread, title,
-//!   messages: [ { id, kind, author, text, at } ],
+//!   messages: [ { id, kind, task, text, at, ... } ],      (the desktop's; see [`Message`])
 //!   tasks: { <bucket>: {                             (16 buckets "00".."0f", see TASK_BUCKETS)
 //!            <task>: { prompt, target, created, cancel_requested,                 (the sender's)
 //!                      status, started, finished, progress: [ {at, text} ],      (the executor's)
@@ -16,6 +16,10 @@
 //!
 //! Each field has one writer: the device that sent a task owns its prompt and cancel request,
 //! the executor owns everything about how it ran. That keeps concurrent edits from fighting.
+//!
+//! A thread is a conversation: each task is a turn, its prompt the user's side (owned by the
+//! sender, so it is not repeated as a message), and the desktop's answers and questions are
+//! entries of `messages` (see [`Message`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -26,12 +30,18 @@ use serde::{Deserialize, Serialize};
 
 use super::{Fields, SCHEMA_VERSION, get_i64, get_obj, get_str};
 
+mod messages;
+
+pub use messages::*;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Queued,
     Running,
     WaitingApproval,
+    /// The agent asked the user a question and waits for the answer.
+    NeedsInput,
     Done,
     Failed,
     Cancelled,
@@ -43,6 +53,7 @@ impl TaskStatus {
             TaskStatus::Queued => "queued",
             TaskStatus::Running => "running",
             TaskStatus::WaitingApproval => "waiting_approval",
+            TaskStatus::NeedsInput => "needs_input",
             TaskStatus::Done => "done",
             TaskStatus::Failed => "failed",
             TaskStatus::Cancelled => "cancelled",
@@ -71,6 +82,7 @@ impl FromStr for TaskStatus {
             "queued" => TaskStatus::Queued,
             "running" => TaskStatus::Running,
             "waiting_approval" => TaskStatus::WaitingApproval,
+            "needs_input" => TaskStatus::NeedsInput,
             "done" => TaskStatus::Done,
             "failed" => TaskStatus::Failed,
             "cancelled" => TaskStatus::Cancelled,
@@ -111,16 +123,6 @@ pub struct Task {
     pub error: Option<String>,
     pub artifacts: Vec<Artifact>,
     pub cancel_requested: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    pub id: String,
-    /// `user`, `agent`, `progress` or `system`.
-    pub kind: String,
-    pub author: String,
-    pub text: String,
-    pub at: i64,
 }
 
 /// What the sender of a task writes.
@@ -204,25 +206,6 @@ pub fn add_task(tx: &mut impl Transactable, task: &NewTask<'_>) -> Result<(), Au
     tx.put(&obj, "target", task.target)?;
     tx.put(&obj, "created", task.created)?;
     tx.put(&obj, "status", TaskStatus::Queued.as_str())?;
-    Ok(())
-}
-
-pub fn push_message(
-    tx: &mut impl Transactable,
-    id: &str,
-    kind: &str,
-    author: &str,
-    text: &str,
-    at: i64,
-) -> Result<(), AutomergeError> {
-    let messages = section(tx, "messages")?;
-    let len = tx.length(&messages);
-    let obj = tx.insert_object(&messages, len, ObjType::Map)?;
-    tx.put(&obj, "id", id)?;
-    tx.put(&obj, "kind", kind)?;
-    tx.put(&obj, "author", author)?;
-    tx.put(&obj, "text", text)?;
-    tx.put(&obj, "at", at)?;
     Ok(())
 }
 
@@ -442,24 +425,6 @@ pub fn tasks(doc: &impl ReadDoc, thread: &str) -> Vec<Task> {
         .collect();
     out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
     out
-}
-
-pub fn messages(doc: &impl ReadDoc) -> Vec<Message> {
-    let Some(list) = get_obj(doc, &ROOT, "messages") else {
-        return Vec::new();
-    };
-    (0..doc.length(&list))
-        .filter_map(|i| {
-            let (_, obj) = doc.get(&list, i).ok()??;
-            Some(Message {
-                id: get_str(doc, &obj, "id").unwrap_or_default(),
-                kind: get_str(doc, &obj, "kind")?,
-                author: get_str(doc, &obj, "author").unwrap_or_default(),
-                text: get_str(doc, &obj, "text").unwrap_or_default(),
-                at: get_i64(doc, &obj, "at").unwrap_or(0),
-            })
-        })
-        .collect()
 }
 
 /// What the executor writes to ask before a risky action.
