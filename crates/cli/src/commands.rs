@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use errand_node::control::{self, Request};
-use errand_node::node::ApprovalInfo;
+use errand_node::node::{ApprovalInfo, ConversationEntry, QuestionInfo};
 use errand_node::node::{
     DeviceInfo, HistoryLine, Joined, PeerSync, Sent, Status, TicketInfo, short,
 };
@@ -358,6 +358,46 @@ async fn one_shot(
             session.refresh(Duration::from_millis(1500)).await;
             let approvals: Vec<ApprovalInfo> = session.call(Request::Approvals { all }).await?;
             show(json, &approvals, |a| output::approvals(a))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Thread { id } => {
+            session.refresh(Duration::from_millis(1500)).await;
+            let entries: Vec<ConversationEntry> =
+                session.call(Request::Thread { thread: id }).await?;
+            show(json, &entries, |e| output::conversation(e))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Questions { all } => {
+            session.refresh(Duration::from_millis(1500)).await;
+            let questions: Vec<QuestionInfo> = session.call(Request::Questions { all }).await?;
+            show(json, &questions, |q| output::questions(q))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Answer { id, text } => {
+            session.refresh(Duration::from_millis(1500)).await;
+            let reply: serde_json::Value = session
+                .call(Request::Answer {
+                    question: id,
+                    text,
+                    wait_secs: 3,
+                })
+                .await?;
+            if json {
+                print_json(&reply)?;
+            } else {
+                let delivered = reply["delivered"].as_bool().unwrap_or(false);
+                let q = &reply["question"];
+                out!(
+                    "answered {}: {}{}",
+                    short(q["id"].as_str().unwrap_or_default()),
+                    q["question"].as_str().unwrap_or_default(),
+                    if delivered {
+                        ""
+                    } else {
+                        " (not delivered to the desktop yet)"
+                    }
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Approve { id } => decide(session, id, true, json).await,

@@ -140,6 +140,19 @@ pub enum Command {
     Approve { id: String },
     /// Refuse what an approval request asks (ID prefix)
     Deny { id: String },
+    /// Print a thread's conversation: prompts, answers, questions and approvals, in order
+    Thread {
+        /// Thread id prefix
+        id: String,
+    },
+    /// List the questions the agent asks, waiting for an answer
+    Questions {
+        /// Include answered and expired ones
+        #[arg(long)]
+        all: bool,
+    },
+    /// Answer a question the agent asks (ID prefix); the task goes on with the answer
+    Answer { id: String, text: String },
     /// Wait for a task to finish
     Wait {
         task: String,

@@ -1,7 +1,9 @@
 //! How things look on a terminal.
 
 use errand_node::NodeEvent;
-use errand_node::node::{ApprovalInfo, DeviceInfo, HistoryLine, Sent, Status, short};
+use errand_node::node::{
+    ApprovalInfo, ConversationEntry, DeviceInfo, HistoryLine, QuestionInfo, Sent, Status, short,
+};
 use errand_sync::schema::index::ThreadEntry;
 use errand_sync::schema::thread::Task;
 
@@ -150,6 +152,60 @@ pub fn approvals(approvals: &[ApprovalInfo]) -> String {
     out.trim_end().to_owned()
 }
 
+pub fn questions(questions: &[QuestionInfo]) -> String {
+    if questions.is_empty() {
+        return "no questions waiting".into();
+    }
+    let mut out = format!(
+        "{:<8}  {:<8}  {:<8}  {:<19}  {}\n",
+        "ID", "TASK", "STATE", "EXPIRES", "QUESTION"
+    );
+    for q in questions {
+        out.push_str(&format!(
+            "{:<8}  {:<8}  {:<8}  {}  {}\n",
+            short(&q.id),
+            short(&q.task),
+            q.state,
+            time(q.expires_at),
+            one_line(&q.question, 60)
+        ));
+    }
+    out.trim_end().to_owned()
+}
+
+/// A thread as a conversation: each entry headed by its time, author and kind, its text
+/// indented below (kept whole: this is where a long answer is read).
+pub fn conversation(entries: &[ConversationEntry]) -> String {
+    if entries.is_empty() {
+        return "no turns yet".into();
+    }
+    let mut out = String::new();
+    for e in entries {
+        let head = match e.kind.as_str() {
+            "prompt" => format!("{} asked (task {}, {})", e.by, short(&e.task), e.state),
+            "answer" => format!("{} answered ({})", e.by, e.state),
+            "question" => format!("{} asks (question {}, {})", e.by, short(&e.id), e.state),
+            "approval" => format!(
+                "{} asks for approval (approval {}, {})",
+                e.by,
+                short(&e.id),
+                e.state
+            ),
+            other => format!("{} ({other})", e.by),
+        };
+        out.push_str(&format!("{}  {head}\n", time(e.at)));
+        for line in e.text.lines() {
+            out.push_str(&format!("    {line}\n"));
+        }
+        match (&e.reply_by, &e.reply) {
+            (Some(by), Some(reply)) => out.push_str(&format!("    → {by}: {reply}\n")),
+            (Some(by), None) => out.push_str(&format!("    → {} by {by}\n", e.state)),
+            _ => {}
+        }
+    }
+    out.trim_end().to_owned()
+}
+
 pub fn threads(threads: &[ThreadEntry]) -> String {
     if threads.is_empty() {
         return "no threads".into();
@@ -255,6 +311,17 @@ pub fn event(ev: &NodeEvent) -> String {
                 short(task)
             )
         }
+        NodeEvent::InputRequested {
+            question,
+            task,
+            text,
+            ..
+        } => format!(
+            "question {} for task {}: {}",
+            short(question),
+            short(task),
+            one_line(text, 200)
+        ),
         NodeEvent::PeerConnected { peer } => format!("peer {} connected", short(peer)),
         NodeEvent::PeerLost { peer } => format!("peer {} lost", short(peer)),
         NodeEvent::SyncFinished { peer, doc } => {

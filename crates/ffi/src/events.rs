@@ -40,6 +40,16 @@ pub enum NodeEvent {
         action: String,
         expires_ms: i64,
     },
+    /// The agent asks a question and its task waits for the answer: answer with
+    /// `Node.answer`.
+    InputRequested {
+        question_id: String,
+        task_id: String,
+        thread_id: String,
+        /// The question.
+        text: String,
+        expires_ms: i64,
+    },
     /// A connection to another device of the space opened.
     PeerConnected {
         device_id: String,
@@ -220,6 +230,19 @@ pub(crate) fn convert(ev: EngineEvent, node: Option<&Engine>) -> Option<NodeEven
             task_id: task,
             thread_id: thread,
             action,
+            expires_ms: expires_at,
+        },
+        EngineEvent::InputRequested {
+            question,
+            task,
+            thread,
+            text,
+            expires_at,
+        } => NodeEvent::InputRequested {
+            question_id: question,
+            task_id: task,
+            thread_id: thread,
+            text,
             expires_ms: expires_at,
         },
         EngineEvent::PeerConnected { peer } => NodeEvent::PeerConnected {

@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use crate::error::ErrandError;
 use crate::events::{self, NodeListener, Subscription};
 use crate::records::{
-    ApprovalRecord, DeviceRecord, HistoryEntry, PairedRecord, PeerSyncRecord, SentRecord,
-    StatusRecord, TaskRecord, ThreadRecord,
+    ApprovalRecord, DeviceRecord, HistoryEntry, MessageRecord, PairedRecord, PeerSyncRecord,
+    QuestionRecord, SentRecord, StatusRecord, TaskRecord, ThreadRecord,
 };
 use crate::runtime;
 
@@ -202,6 +202,41 @@ impl Node {
         approve: bool,
     ) -> Result<ApprovalRecord, ErrandError> {
         self.blocking(move |e| Ok(e.decide(&approval_id, approve)?.0.into()))
+            .await
+    }
+
+    /// A thread's conversation (`thread_id`: a thread id or prefix), in order: each task's
+    /// prompt, the approvals and questions asked while it ran, and its answer.
+    pub async fn conversation(&self, thread_id: String) -> Result<Vec<MessageRecord>, ErrandError> {
+        self.blocking(move |e| {
+            Ok(e.conversation(&thread_id)?
+                .into_iter()
+                .map(Into::into)
+                .collect())
+        })
+        .await
+    }
+
+    /// The questions the agent asks, oldest first; with `pending_only`, those still waiting.
+    #[uniffi::method(default(pending_only = true))]
+    pub async fn questions(&self, pending_only: bool) -> Result<Vec<QuestionRecord>, ErrandError> {
+        self.blocking(move |e| {
+            Ok(e.questions(pending_only)?
+                .into_iter()
+                .map(Into::into)
+                .collect())
+        })
+        .await
+    }
+
+    /// Answers a question the agent asks, signed with this device's key; the task goes on
+    /// with the answer once it reaches the desktop.
+    pub async fn answer(
+        &self,
+        question_id: String,
+        text: String,
+    ) -> Result<QuestionRecord, ErrandError> {
+        self.blocking(move |e| Ok(e.answer(&question_id, &text)?.0.into()))
             .await
     }
 

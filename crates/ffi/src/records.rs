@@ -4,7 +4,8 @@
 //! uses (any unique prefix is accepted where a method takes an id).
 
 use errand_node::node::{
-    ApprovalInfo, DeviceInfo, HistoryLine, Joined, PeerStatus, PeerSync, Sent, Status,
+    ApprovalInfo, ConversationEntry, DeviceInfo, HistoryLine, Joined, PeerStatus, PeerSync,
+    QuestionInfo, Sent, Status,
 };
 use errand_sync::Role;
 use errand_sync::schema::{index, thread};
@@ -17,6 +18,8 @@ pub enum TaskStatus {
     Running,
     /// The desktop asks before doing something risky: see the approvals.
     WaitingApproval,
+    /// The agent asked a question and waits for the answer: see the questions.
+    NeedsInput,
     Done,
     Failed,
     Cancelled,
@@ -38,6 +41,7 @@ impl From<thread::TaskStatus> for TaskStatus {
             thread::TaskStatus::Queued => TaskStatus::Queued,
             thread::TaskStatus::Running => TaskStatus::Running,
             thread::TaskStatus::WaitingApproval => TaskStatus::WaitingApproval,
+            thread::TaskStatus::NeedsInput => TaskStatus::NeedsInput,
             thread::TaskStatus::Done => TaskStatus::Done,
             thread::TaskStatus::Failed => TaskStatus::Failed,
             thread::TaskStatus::Cancelled => TaskStatus::Cancelled,
@@ -220,6 +224,115 @@ impl From<ApprovalInfo> for ApprovalRecord {
             requested_ms: a.requested_at,
             expires_ms: a.expires_at,
             decided_by: a.decided_by,
+        }
+    }
+}
+
+/// Where a question is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, uniffi::Enum)]
+pub enum QuestionState {
+    /// Waiting for an answer.
+    Pending,
+    Answered,
+    /// Nobody answered in time: the task ended.
+    Expired,
+}
+
+impl QuestionState {
+    fn parse(state: &str) -> Self {
+        match state {
+            "answered" => QuestionState::Answered,
+            "expired" => QuestionState::Expired,
+            _ => QuestionState::Pending,
+        }
+    }
+}
+
+/// A question the agent asks while a task runs; answer it with `Node.answer`.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct QuestionRecord {
+    pub id: String,
+    pub thread_id: String,
+    pub task_id: String,
+    pub question: String,
+    /// The name of the desktop that asks.
+    pub asked_by: String,
+    pub asked_ms: i64,
+    /// After this, an unanswered question ends its task.
+    pub expires_ms: i64,
+    pub state: QuestionState,
+    pub answer: Option<String>,
+    /// The name of the device that answered.
+    pub answered_by: Option<String>,
+}
+
+impl From<QuestionInfo> for QuestionRecord {
+    fn from(q: QuestionInfo) -> Self {
+        QuestionRecord {
+            state: QuestionState::parse(&q.state),
+            id: q.id,
+            thread_id: q.thread,
+            task_id: q.task,
+            question: q.question,
+            asked_by: q.asked_by,
+            asked_ms: q.asked_at,
+            expires_ms: q.expires_at,
+            answer: q.answer,
+            answered_by: q.answered_by,
+        }
+    }
+}
+
+/// What a conversation entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, uniffi::Enum)]
+pub enum MessageKind {
+    /// The user's side of a turn: a task's prompt.
+    Prompt,
+    /// The agent's side: a task's answer (or why it failed).
+    Answer,
+    /// The agent asked the user something while the task ran.
+    Question,
+    /// The desktop asked before doing something risky.
+    Approval,
+}
+
+/// One entry of a thread's conversation (`Node.conversation`), in order.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct MessageRecord {
+    pub kind: MessageKind,
+    /// The task's, answer's, question's or approval's id.
+    pub id: String,
+    pub task_id: String,
+    pub at_ms: i64,
+    /// The name of the device that wrote it.
+    pub by: String,
+    pub text: String,
+    /// Prompt: the task's status; answer: done, failed or cancelled; question: pending,
+    /// answered or expired; approval: pending, approved, denied or expired.
+    pub state: String,
+    /// Who answered the question or decided the approval.
+    pub reply_by: Option<String>,
+    /// The question's answer.
+    pub reply: Option<String>,
+}
+
+impl From<ConversationEntry> for MessageRecord {
+    fn from(e: ConversationEntry) -> Self {
+        MessageRecord {
+            kind: match e.kind.as_str() {
+                "prompt" => MessageKind::Prompt,
+                "question" => MessageKind::Question,
+                "approval" => MessageKind::Approval,
+                _ => MessageKind::Answer,
+            },
+            id: e.id,
+            task_id: e.task,
+            at_ms: e.at,
+            by: e.by,
+            text: e.text,
+            state: e.state,
+            reply_by: e.reply_by,
+            reply: e.reply,
         }
     }
 }

@@ -37,7 +37,11 @@ fn setup(policy: Option<&str>, env: &[(&str, &str)]) -> (Paired, Option<PathBuf>
     setup_home(Home::new("desk"), policy, env)
 }
 
-fn setup_home(desk: Home, policy: Option<&str>, env: &[(&str, &str)]) -> (Paired, Option<PathBuf>) {
+pub(crate) fn setup_home(
+    desk: Home,
+    policy: Option<&str>,
+    env: &[(&str, &str)],
+) -> (Paired, Option<PathBuf>) {
     let file = policy.map(|text| {
         let file = desk.file("policy.toml");
         fs::write(&file, text).expect("write the policy file");
@@ -51,14 +55,14 @@ fn setup_home(desk: Home, policy: Option<&str>, env: &[(&str, &str)]) -> (Paired
 }
 
 /// The desktop's workspace folder (the default: HOME/workspace), resolved.
-fn workspace(desk: &Home) -> PathBuf {
+pub(crate) fn workspace(desk: &Home) -> PathBuf {
     let dir = desk.path().join("workspace");
     fs::create_dir_all(&dir).expect("workspace");
     dir.canonicalize().expect("resolve the workspace")
 }
 
 /// The phone sends a task; returns (task id, thread id).
-fn send_task(phone: &Home, prompt: &str, extra: &[&str]) -> (String, String) {
+pub(crate) fn send_task(phone: &Home, prompt: &str, extra: &[&str]) -> (String, String) {
     let mut args = vec![prompt, "--timeout", "10"];
     args.extend_from_slice(extra);
     let sent = send(phone, &args);
@@ -90,25 +94,25 @@ fn wait_phone(phone: &Home, task: &str, what: &str, ok: impl Fn(&Value) -> bool)
     }
 }
 
-fn status(task: &Value) -> &str {
+pub(crate) fn status(task: &Value) -> &str {
     task["status"].as_str().unwrap_or("")
 }
 
 /// Waits until the phone sees the task in `want`.
-fn wait_status(phone: &Home, task: &str, want: &str) -> Value {
+pub(crate) fn wait_status(phone: &Home, task: &str, want: &str) -> Value {
     wait_phone(phone, task, &format!("status {want}"), |t| {
         status(t) == want
     })
 }
 
 /// Waits until the phone sees the task ended (done, failed or cancelled).
-fn wait_final(phone: &Home, task: &str) -> Value {
+pub(crate) fn wait_final(phone: &Home, task: &str) -> Value {
     wait_phone(phone, task, "the task ended", |t| {
         matches!(status(t), "done" | "failed" | "cancelled")
     })
 }
 
-fn error_text(task: &Value) -> String {
+pub(crate) fn error_text(task: &Value) -> String {
     task["error"].as_str().unwrap_or("").to_owned()
 }
 
@@ -122,7 +126,7 @@ fn phone_approvals(phone: &Home, task: &str) -> Vec<Value> {
         .collect()
 }
 
-fn progress_texts(task: &Value) -> Vec<String> {
+pub(crate) fn progress_texts(task: &Value) -> Vec<String> {
     array(&task["progress"])
         .iter()
         .map(|p| str_field(p, "text"))
@@ -726,7 +730,7 @@ fn a_screenshot_taken_on_the_desktop_is_saved_on_the_phone() {
 // 9: the model, played by a script server.
 
 /// Writes the model config for a script server into the desktop's home, before `up`.
-fn write_model_config(desk: &Home, server: &ScriptServer, provider: &str) {
+pub(crate) fn write_model_config(desk: &Home, server: &ScriptServer, provider: &str) {
     fs::create_dir_all(desk.path()).expect("home");
     fs::write(
         desk.path().join("model.toml"),
