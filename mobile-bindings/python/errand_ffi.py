@@ -525,11 +525,15 @@ def _uniffi_check_contract_api_version(lib):
         raise InternalError("UniFFI contract version mismatch: try cleaning and rebuilding your project")
 
 def _uniffi_check_api_checksums(lib):
+    if lib.uniffi_errand_ffi_checksum_method_node_answer() != 61338:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_approvals() != 36329:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_cancel() != 511:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_close() != 54855:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_errand_ffi_checksum_method_node_conversation() != 61404:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_decide() != 43791:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -546,6 +550,8 @@ def _uniffi_check_api_checksums(lib):
     if lib.uniffi_errand_ffi_checksum_method_node_is_closed() != 44830:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_pair() != 16578:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_errand_ffi_checksum_method_node_questions() != 725:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_revoke() != 42120:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -602,6 +608,9 @@ _UniffiLib.ffi_errand_ffi_rustbuffer_reserve.restype = _UniffiRustBuffer
 _UniffiLib.ffi_errand_ffi_uniffi_contract_version.argtypes = (
 )
 _UniffiLib.ffi_errand_ffi_uniffi_contract_version.restype = ctypes.c_uint32
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_answer.argtypes = (
+)
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_answer.restype = ctypes.c_uint16
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_approvals.argtypes = (
 )
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_approvals.restype = ctypes.c_uint16
@@ -611,6 +620,9 @@ _UniffiLib.uniffi_errand_ffi_checksum_method_node_cancel.restype = ctypes.c_uint
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_close.argtypes = (
 )
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_close.restype = ctypes.c_uint16
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_conversation.argtypes = (
+)
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_conversation.restype = ctypes.c_uint16
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_decide.argtypes = (
 )
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_decide.restype = ctypes.c_uint16
@@ -635,6 +647,9 @@ _UniffiLib.uniffi_errand_ffi_checksum_method_node_is_closed.restype = ctypes.c_u
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_pair.argtypes = (
 )
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_pair.restype = ctypes.c_uint16
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_questions.argtypes = (
+)
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_questions.restype = ctypes.c_uint16
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_revoke.argtypes = (
 )
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_revoke.restype = ctypes.c_uint16
@@ -674,6 +689,12 @@ _UniffiLib.uniffi_errand_ffi_checksum_method_subscription_cancel.restype = ctype
 _UniffiLib.uniffi_errand_ffi_checksum_method_subscription_is_cancelled.argtypes = (
 )
 _UniffiLib.uniffi_errand_ffi_checksum_method_subscription_is_cancelled.restype = ctypes.c_uint16
+_UniffiLib.uniffi_errand_ffi_fn_method_node_answer.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_errand_ffi_fn_method_node_answer.restype = ctypes.c_uint64
 _UniffiLib.uniffi_errand_ffi_fn_method_node_approvals.argtypes = (
     ctypes.c_uint64,
     ctypes.c_int8,
@@ -688,6 +709,11 @@ _UniffiLib.uniffi_errand_ffi_fn_method_node_close.argtypes = (
     ctypes.c_uint64,
 )
 _UniffiLib.uniffi_errand_ffi_fn_method_node_close.restype = ctypes.c_uint64
+_UniffiLib.uniffi_errand_ffi_fn_method_node_conversation.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_errand_ffi_fn_method_node_conversation.restype = ctypes.c_uint64
 _UniffiLib.uniffi_errand_ffi_fn_method_node_decide.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -732,6 +758,11 @@ _UniffiLib.uniffi_errand_ffi_fn_method_node_pair.argtypes = (
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_errand_ffi_fn_method_node_pair.restype = ctypes.c_uint64
+_UniffiLib.uniffi_errand_ffi_fn_method_node_questions.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_int8,
+)
+_UniffiLib.uniffi_errand_ffi_fn_method_node_questions.restype = ctypes.c_uint64
 _UniffiLib.uniffi_errand_ffi_fn_method_node_revoke.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1678,6 +1709,158 @@ class _UniffiFfiConverterTypeHistoryEntry(_UniffiConverterRustBuffer):
         _UniffiFfiConverterInt64.write(value.time_ms, buf)
         _UniffiFfiConverterString.write(value.message, buf)
 
+
+
+
+
+
+class MessageKind(enum.Enum):
+    """
+    What a conversation entry is.
+"""
+    
+    PROMPT = 0
+    """
+    The user's side of a turn: a task's prompt.
+"""
+    
+    ANSWER = 1
+    """
+    The agent's side: a task's answer (or why it failed).
+"""
+    
+    QUESTION = 2
+    """
+    The agent asked the user something while the task ran.
+"""
+    
+    APPROVAL = 3
+    """
+    The desktop asked before doing something risky.
+"""
+    
+
+
+class _UniffiFfiConverterTypeMessageKind(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        variant = buf.read_i32()
+        if variant == 1:
+            return MessageKind.PROMPT
+        if variant == 2:
+            return MessageKind.ANSWER
+        if variant == 3:
+            return MessageKind.QUESTION
+        if variant == 4:
+            return MessageKind.APPROVAL
+        raise InternalError("Raw enum value doesn't match any cases")
+
+    @staticmethod
+    def check_lower(value):
+        if value == MessageKind.PROMPT:
+            return
+        if value == MessageKind.ANSWER:
+            return
+        if value == MessageKind.QUESTION:
+            return
+        if value == MessageKind.APPROVAL:
+            return
+        raise ValueError(value)
+
+    @staticmethod
+    def write(value, buf):
+        if value == MessageKind.PROMPT:
+            buf.write_i32(1)
+        if value == MessageKind.ANSWER:
+            buf.write_i32(2)
+        if value == MessageKind.QUESTION:
+            buf.write_i32(3)
+        if value == MessageKind.APPROVAL:
+            buf.write_i32(4)
+
+
+
+@dataclass
+class MessageRecord:
+    """
+    One entry of a thread's conversation (`Node.conversation`), in order.
+"""
+    def __init__(self, *, kind:MessageKind, id:str, task_id:str, at_ms:int, by:str, text:str, state:str, reply_by:typing.Optional[str], reply:typing.Optional[str]):
+        self.kind = kind
+        self.id = id
+        self.task_id = task_id
+        self.at_ms = at_ms
+        self.by = by
+        self.text = text
+        self.state = state
+        self.reply_by = reply_by
+        self.reply = reply
+        
+        
+
+    
+    def __str__(self):
+        return "MessageRecord(kind={}, id={}, task_id={}, at_ms={}, by={}, text={}, state={}, reply_by={}, reply={})".format(self.kind, self.id, self.task_id, self.at_ms, self.by, self.text, self.state, self.reply_by, self.reply)
+    def __eq__(self, other):
+        if self.kind != other.kind:
+            return False
+        if self.id != other.id:
+            return False
+        if self.task_id != other.task_id:
+            return False
+        if self.at_ms != other.at_ms:
+            return False
+        if self.by != other.by:
+            return False
+        if self.text != other.text:
+            return False
+        if self.state != other.state:
+            return False
+        if self.reply_by != other.reply_by:
+            return False
+        if self.reply != other.reply:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeMessageRecord(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return MessageRecord(
+            kind=_UniffiFfiConverterTypeMessageKind.read(buf),
+            id=_UniffiFfiConverterString.read(buf),
+            task_id=_UniffiFfiConverterString.read(buf),
+            at_ms=_UniffiFfiConverterInt64.read(buf),
+            by=_UniffiFfiConverterString.read(buf),
+            text=_UniffiFfiConverterString.read(buf),
+            state=_UniffiFfiConverterString.read(buf),
+            reply_by=_UniffiFfiConverterOptionalString.read(buf),
+            reply=_UniffiFfiConverterOptionalString.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterTypeMessageKind.check_lower(value.kind)
+        _UniffiFfiConverterString.check_lower(value.id)
+        _UniffiFfiConverterString.check_lower(value.task_id)
+        _UniffiFfiConverterInt64.check_lower(value.at_ms)
+        _UniffiFfiConverterString.check_lower(value.by)
+        _UniffiFfiConverterString.check_lower(value.text)
+        _UniffiFfiConverterString.check_lower(value.state)
+        _UniffiFfiConverterOptionalString.check_lower(value.reply_by)
+        _UniffiFfiConverterOptionalString.check_lower(value.reply)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterTypeMessageKind.write(value.kind, buf)
+        _UniffiFfiConverterString.write(value.id, buf)
+        _UniffiFfiConverterString.write(value.task_id, buf)
+        _UniffiFfiConverterInt64.write(value.at_ms, buf)
+        _UniffiFfiConverterString.write(value.by, buf)
+        _UniffiFfiConverterString.write(value.text, buf)
+        _UniffiFfiConverterString.write(value.state, buf)
+        _UniffiFfiConverterOptionalString.write(value.reply_by, buf)
+        _UniffiFfiConverterOptionalString.write(value.reply, buf)
+
 @dataclass
 class PairedRecord:
     """
@@ -1857,6 +2040,150 @@ class _UniffiFfiConverterTypeProgressRecord(_UniffiConverterRustBuffer):
     def write(value, buf):
         _UniffiFfiConverterInt64.write(value.at_ms, buf)
         _UniffiFfiConverterString.write(value.text, buf)
+
+
+
+
+
+
+class QuestionState(enum.Enum):
+    """
+    Where a question is.
+"""
+    
+    PENDING = 0
+    """
+    Waiting for an answer.
+"""
+    
+    ANSWERED = 1
+    
+    EXPIRED = 2
+    """
+    Nobody answered in time: the task ended.
+"""
+    
+
+
+class _UniffiFfiConverterTypeQuestionState(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        variant = buf.read_i32()
+        if variant == 1:
+            return QuestionState.PENDING
+        if variant == 2:
+            return QuestionState.ANSWERED
+        if variant == 3:
+            return QuestionState.EXPIRED
+        raise InternalError("Raw enum value doesn't match any cases")
+
+    @staticmethod
+    def check_lower(value):
+        if value == QuestionState.PENDING:
+            return
+        if value == QuestionState.ANSWERED:
+            return
+        if value == QuestionState.EXPIRED:
+            return
+        raise ValueError(value)
+
+    @staticmethod
+    def write(value, buf):
+        if value == QuestionState.PENDING:
+            buf.write_i32(1)
+        if value == QuestionState.ANSWERED:
+            buf.write_i32(2)
+        if value == QuestionState.EXPIRED:
+            buf.write_i32(3)
+
+
+
+@dataclass
+class QuestionRecord:
+    """
+    A question the agent asks while a task runs; answer it with `Node.answer`.
+"""
+    def __init__(self, *, id:str, thread_id:str, task_id:str, question:str, asked_by:str, asked_ms:int, expires_ms:int, state:QuestionState, answer:typing.Optional[str], answered_by:typing.Optional[str]):
+        self.id = id
+        self.thread_id = thread_id
+        self.task_id = task_id
+        self.question = question
+        self.asked_by = asked_by
+        self.asked_ms = asked_ms
+        self.expires_ms = expires_ms
+        self.state = state
+        self.answer = answer
+        self.answered_by = answered_by
+        
+        
+
+    
+    def __str__(self):
+        return "QuestionRecord(id={}, thread_id={}, task_id={}, question={}, asked_by={}, asked_ms={}, expires_ms={}, state={}, answer={}, answered_by={})".format(self.id, self.thread_id, self.task_id, self.question, self.asked_by, self.asked_ms, self.expires_ms, self.state, self.answer, self.answered_by)
+    def __eq__(self, other):
+        if self.id != other.id:
+            return False
+        if self.thread_id != other.thread_id:
+            return False
+        if self.task_id != other.task_id:
+            return False
+        if self.question != other.question:
+            return False
+        if self.asked_by != other.asked_by:
+            return False
+        if self.asked_ms != other.asked_ms:
+            return False
+        if self.expires_ms != other.expires_ms:
+            return False
+        if self.state != other.state:
+            return False
+        if self.answer != other.answer:
+            return False
+        if self.answered_by != other.answered_by:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeQuestionRecord(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return QuestionRecord(
+            id=_UniffiFfiConverterString.read(buf),
+            thread_id=_UniffiFfiConverterString.read(buf),
+            task_id=_UniffiFfiConverterString.read(buf),
+            question=_UniffiFfiConverterString.read(buf),
+            asked_by=_UniffiFfiConverterString.read(buf),
+            asked_ms=_UniffiFfiConverterInt64.read(buf),
+            expires_ms=_UniffiFfiConverterInt64.read(buf),
+            state=_UniffiFfiConverterTypeQuestionState.read(buf),
+            answer=_UniffiFfiConverterOptionalString.read(buf),
+            answered_by=_UniffiFfiConverterOptionalString.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.id)
+        _UniffiFfiConverterString.check_lower(value.thread_id)
+        _UniffiFfiConverterString.check_lower(value.task_id)
+        _UniffiFfiConverterString.check_lower(value.question)
+        _UniffiFfiConverterString.check_lower(value.asked_by)
+        _UniffiFfiConverterInt64.check_lower(value.asked_ms)
+        _UniffiFfiConverterInt64.check_lower(value.expires_ms)
+        _UniffiFfiConverterTypeQuestionState.check_lower(value.state)
+        _UniffiFfiConverterOptionalString.check_lower(value.answer)
+        _UniffiFfiConverterOptionalString.check_lower(value.answered_by)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.id, buf)
+        _UniffiFfiConverterString.write(value.thread_id, buf)
+        _UniffiFfiConverterString.write(value.task_id, buf)
+        _UniffiFfiConverterString.write(value.question, buf)
+        _UniffiFfiConverterString.write(value.asked_by, buf)
+        _UniffiFfiConverterInt64.write(value.asked_ms, buf)
+        _UniffiFfiConverterInt64.write(value.expires_ms, buf)
+        _UniffiFfiConverterTypeQuestionState.write(value.state, buf)
+        _UniffiFfiConverterOptionalString.write(value.answer, buf)
+        _UniffiFfiConverterOptionalString.write(value.answered_by, buf)
 
 @dataclass
 class SentRecord:
@@ -2067,11 +2394,16 @@ class TaskStatus(enum.Enum):
     The desktop asks before doing something risky: see the approvals.
 """
     
-    DONE = 3
+    NEEDS_INPUT = 3
+    """
+    The agent asked a question and waits for the answer: see the questions.
+"""
     
-    FAILED = 4
+    DONE = 4
     
-    CANCELLED = 5
+    FAILED = 5
+    
+    CANCELLED = 6
     
 
 
@@ -2086,10 +2418,12 @@ class _UniffiFfiConverterTypeTaskStatus(_UniffiConverterRustBuffer):
         if variant == 3:
             return TaskStatus.WAITING_APPROVAL
         if variant == 4:
-            return TaskStatus.DONE
+            return TaskStatus.NEEDS_INPUT
         if variant == 5:
-            return TaskStatus.FAILED
+            return TaskStatus.DONE
         if variant == 6:
+            return TaskStatus.FAILED
+        if variant == 7:
             return TaskStatus.CANCELLED
         raise InternalError("Raw enum value doesn't match any cases")
 
@@ -2100,6 +2434,8 @@ class _UniffiFfiConverterTypeTaskStatus(_UniffiConverterRustBuffer):
         if value == TaskStatus.RUNNING:
             return
         if value == TaskStatus.WAITING_APPROVAL:
+            return
+        if value == TaskStatus.NEEDS_INPUT:
             return
         if value == TaskStatus.DONE:
             return
@@ -2117,12 +2453,14 @@ class _UniffiFfiConverterTypeTaskStatus(_UniffiConverterRustBuffer):
             buf.write_i32(2)
         if value == TaskStatus.WAITING_APPROVAL:
             buf.write_i32(3)
-        if value == TaskStatus.DONE:
+        if value == TaskStatus.NEEDS_INPUT:
             buf.write_i32(4)
-        if value == TaskStatus.FAILED:
+        if value == TaskStatus.DONE:
             buf.write_i32(5)
-        if value == TaskStatus.CANCELLED:
+        if value == TaskStatus.FAILED:
             buf.write_i32(6)
+        if value == TaskStatus.CANCELLED:
+            buf.write_i32(7)
 
 
 
@@ -2706,6 +3044,57 @@ class NodeEvent:
             return True
 
     @dataclass
+    class INPUT_REQUESTED:
+        """
+        The agent asks a question and its task waits for the answer: answer with
+        `Node.answer`.
+"""
+        
+        def __init__(self, question_id:str, task_id:str, thread_id:str, text:str, expires_ms:int):
+            self.question_id = question_id
+            
+            
+            self.task_id = task_id
+            
+            
+            self.thread_id = thread_id
+            
+            
+            self.text = text
+            
+            """
+        The question.
+"""
+        
+            self.expires_ms = expires_ms
+            
+            
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "NodeEvent.INPUT_REQUESTED(question_id={}, task_id={}, thread_id={}, text={}, expires_ms={})".format(self.question_id, self.task_id, self.thread_id, self.text, self.expires_ms)
+        def __eq__(self, other):
+            if not isinstance(other, NodeEvent):
+                return NotImplemented
+            if not other.is_INPUT_REQUESTED():
+                return False
+            if self.question_id != other.question_id:
+                return False
+            if self.task_id != other.task_id:
+                return False
+            if self.thread_id != other.thread_id:
+                return False
+            if self.text != other.text:
+                return False
+            if self.expires_ms != other.expires_ms:
+                return False
+            return True
+
+    @dataclass
     class PEER_CONNECTED:
         """
         A connection to another device of the space opened.
@@ -3042,6 +3431,10 @@ class NodeEvent:
         return isinstance(self, NodeEvent.APPROVAL_REQUESTED)
     def is_approval_requested(self) -> bool:
         return isinstance(self, NodeEvent.APPROVAL_REQUESTED)
+    def is_INPUT_REQUESTED(self) -> bool:
+        return isinstance(self, NodeEvent.INPUT_REQUESTED)
+    def is_input_requested(self) -> bool:
+        return isinstance(self, NodeEvent.INPUT_REQUESTED)
     def is_PEER_CONNECTED(self) -> bool:
         return isinstance(self, NodeEvent.PEER_CONNECTED)
     def is_peer_connected(self) -> bool:
@@ -3089,6 +3482,7 @@ class NodeEvent:
 # We might be able to do this a little more neatly with a metaclass, but this'll do.
 NodeEvent.TASK_CHANGED = type("NodeEvent.TASK_CHANGED", (NodeEvent.TASK_CHANGED, NodeEvent,), {})  # type: ignore
 NodeEvent.APPROVAL_REQUESTED = type("NodeEvent.APPROVAL_REQUESTED", (NodeEvent.APPROVAL_REQUESTED, NodeEvent,), {})  # type: ignore
+NodeEvent.INPUT_REQUESTED = type("NodeEvent.INPUT_REQUESTED", (NodeEvent.INPUT_REQUESTED, NodeEvent,), {})  # type: ignore
 NodeEvent.PEER_CONNECTED = type("NodeEvent.PEER_CONNECTED", (NodeEvent.PEER_CONNECTED, NodeEvent,), {})  # type: ignore
 NodeEvent.PEER_LOST = type("NodeEvent.PEER_LOST", (NodeEvent.PEER_LOST, NodeEvent,), {})  # type: ignore
 NodeEvent.SYNC_FINISHED = type("NodeEvent.SYNC_FINISHED", (NodeEvent.SYNC_FINISHED, NodeEvent,), {})  # type: ignore
@@ -3125,53 +3519,61 @@ class _UniffiFfiConverterTypeNodeEvent(_UniffiConverterRustBuffer):
                 _UniffiFfiConverterInt64.read(buf),
             )
         if variant == 3:
+            return NodeEvent.INPUT_REQUESTED(
+                _UniffiFfiConverterString.read(buf),
+                _UniffiFfiConverterString.read(buf),
+                _UniffiFfiConverterString.read(buf),
+                _UniffiFfiConverterString.read(buf),
+                _UniffiFfiConverterInt64.read(buf),
+            )
+        if variant == 4:
             return NodeEvent.PEER_CONNECTED(
                 _UniffiFfiConverterString.read(buf),
                 _UniffiFfiConverterOptionalString.read(buf),
             )
-        if variant == 4:
+        if variant == 5:
             return NodeEvent.PEER_LOST(
                 _UniffiFfiConverterString.read(buf),
                 _UniffiFfiConverterOptionalString.read(buf),
             )
-        if variant == 5:
+        if variant == 6:
             return NodeEvent.SYNC_FINISHED(
                 _UniffiFfiConverterString.read(buf),
                 _UniffiFfiConverterString.read(buf),
             )
-        if variant == 6:
+        if variant == 7:
             return NodeEvent.PEER_DROPPED(
                 _UniffiFfiConverterString.read(buf),
                 _UniffiFfiConverterString.read(buf),
             )
-        if variant == 7:
+        if variant == 8:
             return NodeEvent.PAIRING_REQUESTED(
                 _UniffiFfiConverterString.read(buf),
                 _UniffiFfiConverterString.read(buf),
                 _UniffiFfiConverterString.read(buf),
             )
-        if variant == 8:
+        if variant == 9:
             return NodeEvent.DEVICE_ADDED(
                 _UniffiFfiConverterString.read(buf),
                 _UniffiFfiConverterString.read(buf),
                 _UniffiFfiConverterTypeDeviceRole.read(buf),
                 _UniffiFfiConverterString.read(buf),
             )
-        if variant == 9:
+        if variant == 10:
             return NodeEvent.DEVICE_REVOKED(
                 _UniffiFfiConverterString.read(buf),
                 _UniffiFfiConverterString.read(buf),
             )
-        if variant == 10:
+        if variant == 11:
             return NodeEvent.PAIRING_REFUSED(
                 _UniffiFfiConverterString.read(buf),
                 _UniffiFfiConverterString.read(buf),
             )
-        if variant == 11:
+        if variant == 12:
             return NodeEvent.JOIN_CODE(
                 _UniffiFfiConverterString.read(buf),
             )
-        if variant == 12:
+        if variant == 13:
             return NodeEvent.EVENTS_MISSED(
                 _UniffiFfiConverterUInt64.read(buf),
             )
@@ -3192,6 +3594,13 @@ class _UniffiFfiConverterTypeNodeEvent(_UniffiConverterRustBuffer):
             _UniffiFfiConverterString.check_lower(value.task_id)
             _UniffiFfiConverterString.check_lower(value.thread_id)
             _UniffiFfiConverterString.check_lower(value.action)
+            _UniffiFfiConverterInt64.check_lower(value.expires_ms)
+            return
+        if value.is_INPUT_REQUESTED():
+            _UniffiFfiConverterString.check_lower(value.question_id)
+            _UniffiFfiConverterString.check_lower(value.task_id)
+            _UniffiFfiConverterString.check_lower(value.thread_id)
+            _UniffiFfiConverterString.check_lower(value.text)
             _UniffiFfiConverterInt64.check_lower(value.expires_ms)
             return
         if value.is_PEER_CONNECTED():
@@ -3254,46 +3663,53 @@ class _UniffiFfiConverterTypeNodeEvent(_UniffiConverterRustBuffer):
             _UniffiFfiConverterString.write(value.thread_id, buf)
             _UniffiFfiConverterString.write(value.action, buf)
             _UniffiFfiConverterInt64.write(value.expires_ms, buf)
-        if value.is_PEER_CONNECTED():
+        if value.is_INPUT_REQUESTED():
             buf.write_i32(3)
-            _UniffiFfiConverterString.write(value.device_id, buf)
-            _UniffiFfiConverterOptionalString.write(value.name, buf)
-        if value.is_PEER_LOST():
+            _UniffiFfiConverterString.write(value.question_id, buf)
+            _UniffiFfiConverterString.write(value.task_id, buf)
+            _UniffiFfiConverterString.write(value.thread_id, buf)
+            _UniffiFfiConverterString.write(value.text, buf)
+            _UniffiFfiConverterInt64.write(value.expires_ms, buf)
+        if value.is_PEER_CONNECTED():
             buf.write_i32(4)
             _UniffiFfiConverterString.write(value.device_id, buf)
             _UniffiFfiConverterOptionalString.write(value.name, buf)
-        if value.is_SYNC_FINISHED():
+        if value.is_PEER_LOST():
             buf.write_i32(5)
+            _UniffiFfiConverterString.write(value.device_id, buf)
+            _UniffiFfiConverterOptionalString.write(value.name, buf)
+        if value.is_SYNC_FINISHED():
+            buf.write_i32(6)
             _UniffiFfiConverterString.write(value.device_id, buf)
             _UniffiFfiConverterString.write(value.doc_id, buf)
         if value.is_PEER_DROPPED():
-            buf.write_i32(6)
+            buf.write_i32(7)
             _UniffiFfiConverterString.write(value.device_id, buf)
             _UniffiFfiConverterString.write(value.reason, buf)
         if value.is_PAIRING_REQUESTED():
-            buf.write_i32(7)
+            buf.write_i32(8)
             _UniffiFfiConverterString.write(value.device_id, buf)
             _UniffiFfiConverterString.write(value.name, buf)
             _UniffiFfiConverterString.write(value.code, buf)
         if value.is_DEVICE_ADDED():
-            buf.write_i32(8)
+            buf.write_i32(9)
             _UniffiFfiConverterString.write(value.device_id, buf)
             _UniffiFfiConverterString.write(value.name, buf)
             _UniffiFfiConverterTypeDeviceRole.write(value.role, buf)
             _UniffiFfiConverterString.write(value.added_by, buf)
         if value.is_DEVICE_REVOKED():
-            buf.write_i32(9)
+            buf.write_i32(10)
             _UniffiFfiConverterString.write(value.device_id, buf)
             _UniffiFfiConverterString.write(value.name, buf)
         if value.is_PAIRING_REFUSED():
-            buf.write_i32(10)
+            buf.write_i32(11)
             _UniffiFfiConverterString.write(value.device_id, buf)
             _UniffiFfiConverterString.write(value.reason, buf)
         if value.is_JOIN_CODE():
-            buf.write_i32(11)
+            buf.write_i32(12)
             _UniffiFfiConverterString.write(value.code, buf)
         if value.is_EVENTS_MISSED():
-            buf.write_i32(12)
+            buf.write_i32(13)
             _UniffiFfiConverterUInt64.write(value.count, buf)
 
 
@@ -3319,6 +3735,29 @@ class _UniffiFfiConverterSequenceTypeApprovalRecord(_UniffiConverterRustBuffer):
 
         return [
             _UniffiFfiConverterTypeApprovalRecord.read(buf) for i in range(count)
+        ]
+
+class _UniffiFfiConverterSequenceTypeMessageRecord(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeMessageRecord.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeMessageRecord.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeMessageRecord.read(buf) for i in range(count)
         ]
 
 class _UniffiFfiConverterSequenceTypeDeviceRecord(_UniffiConverterRustBuffer):
@@ -3423,6 +3862,29 @@ class _UniffiFfiConverterSequenceTypeHistoryEntry(_UniffiConverterRustBuffer):
 
         return [
             _UniffiFfiConverterTypeHistoryEntry.read(buf) for i in range(count)
+        ]
+
+class _UniffiFfiConverterSequenceTypeQuestionRecord(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeQuestionRecord.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeQuestionRecord.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeQuestionRecord.read(buf) for i in range(count)
         ]
 
 
@@ -3742,6 +4204,12 @@ class NodeProtocol(typing.Protocol):
     Only one `Node` may have a data directory open at a time.
 """
     
+    async def answer(self, question_id: str,text: str) -> QuestionRecord:
+        """
+        Answers a question the agent asks, signed with this device's key; the task goes on
+        with the answer once it reaches the desktop.
+"""
+        raise NotImplementedError
     async def approvals(self, pending_only: bool = True) -> typing.List[ApprovalRecord]:
         """
         Approval requests, oldest first; with `pending_only`, those still waiting.
@@ -3756,6 +4224,12 @@ class NodeProtocol(typing.Protocol):
         """
         Stops the listeners, closes the connections and releases the data directory. Every
         later call fails with `Closed`. Closing twice is harmless.
+"""
+        raise NotImplementedError
+    async def conversation(self, thread_id: str) -> typing.List[MessageRecord]:
+        """
+        A thread's conversation (`thread_id`: a thread id or prefix), in order: each task's
+        prompt, the approvals and questions asked while it ran, and its answer.
 """
         raise NotImplementedError
     async def decide(self, approval_id: str,approve: bool) -> ApprovalRecord:
@@ -3800,6 +4274,11 @@ class NodeProtocol(typing.Protocol):
         """
         Pairs this device with the one that showed `ticket` (the text of its QR code), as a
         phone. `device_name` is how the others will see this device.
+"""
+        raise NotImplementedError
+    async def questions(self, pending_only: bool = True) -> typing.List[QuestionRecord]:
+        """
+        The questions the agent asks, oldest first; with `pending_only`, those still waiting.
 """
         raise NotImplementedError
     async def revoke(self, device: str) -> DeviceRecord:
@@ -3926,6 +4405,30 @@ class Node(NodeProtocol):
         inst = cls.__new__(cls)
         inst._handle = handle
         return inst
+    async def answer(self, question_id: str,text: str) -> QuestionRecord:
+        """
+        Answers a question the agent asks, signed with this device's key; the task goes on
+        with the answer once it reaches the desktop.
+"""
+        
+        _UniffiFfiConverterString.check_lower(question_id)
+
+        _UniffiFfiConverterString.check_lower(text)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(question_id),
+            _UniffiFfiConverterString.lower(text),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeQuestionRecord.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeErrandError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_errand_ffi_fn_method_node_answer(*_uniffi_lowered_args),
+            _UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     async def approvals(self, pending_only: bool = True) -> typing.List[ApprovalRecord]:
         """
         Approval requests, oldest first; with `pending_only`, those still waiting.
@@ -3981,6 +4484,27 @@ class Node(NodeProtocol):
             _UniffiLib.ffi_errand_ffi_rust_future_poll_void,
             _UniffiLib.ffi_errand_ffi_rust_future_complete_void,
             _UniffiLib.ffi_errand_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def conversation(self, thread_id: str) -> typing.List[MessageRecord]:
+        """
+        A thread's conversation (`thread_id`: a thread id or prefix), in order: each task's
+        prompt, the approvals and questions asked while it ran, and its answer.
+"""
+        
+        _UniffiFfiConverterString.check_lower(thread_id)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(thread_id),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceTypeMessageRecord.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeErrandError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_errand_ffi_fn_method_node_conversation(*_uniffi_lowered_args),
+            _UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer,
             _uniffi_lift_return,
             _uniffi_error_converter,
         )
@@ -4152,6 +4676,26 @@ class Node(NodeProtocol):
         _uniffi_error_converter = _UniffiFfiConverterTypeErrandError
         return await _uniffi_rust_call_async(
             _UniffiLib.uniffi_errand_ffi_fn_method_node_pair(*_uniffi_lowered_args),
+            _UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def questions(self, pending_only: bool = True) -> typing.List[QuestionRecord]:
+        """
+        The questions the agent asks, oldest first; with `pending_only`, those still waiting.
+"""
+        
+        _UniffiFfiConverterBoolean.check_lower(pending_only)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterBoolean.lower(pending_only),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceTypeQuestionRecord.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeErrandError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_errand_ffi_fn_method_node_questions(*_uniffi_lowered_args),
             _UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer,
             _UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer,
             _UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer,
@@ -4386,6 +4930,8 @@ __all__ = [
     "InternalError",
     "ApprovalState",
     "DeviceRole",
+    "MessageKind",
+    "QuestionState",
     "TaskStatus",
     "ErrandError",
     "ListenerError",
@@ -4394,10 +4940,12 @@ __all__ = [
     "ArtifactRecord",
     "DeviceRecord",
     "HistoryEntry",
+    "MessageRecord",
     "PairedRecord",
     "PeerRecord",
     "PeerSyncRecord",
     "ProgressRecord",
+    "QuestionRecord",
     "SentRecord",
     "StatusRecord",
     "TaskRecord",

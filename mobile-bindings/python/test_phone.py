@@ -30,6 +30,7 @@ from errand_ffi import (
     DeviceRole,
     ErrandError,
     ListenerError,
+    MessageKind,
     Node,
     NodeEvent,
     NodeListener,
@@ -294,6 +295,18 @@ class PhoneTest(unittest.IsolatedAsyncioTestCase):
         # The desktop agrees.
         shown = self.desk.cli("show", task)
         self.assertIn("hi", json.dumps(shown))
+
+        # The thread as a conversation: the prompt, the approval asked, the desktop's answer.
+        conversation = await phone.conversation(sent.thread_id[:8])
+        self.assertEqual(
+            [m.kind for m in conversation],
+            [MessageKind.PROMPT, MessageKind.APPROVAL, MessageKind.ANSWER],
+            conversation,
+        )
+        self.assertEqual((conversation[0].text, conversation[0].by), ("/sh echo hi", "pocket"))
+        self.assertEqual((conversation[1].state, conversation[1].reply_by), ("approved", "pocket"))
+        self.assertEqual((conversation[2].text.strip(), conversation[2].by), ("hi", "desk"))
+        self.assertEqual(await phone.questions(), [])
 
     async def test_a_task_sent_while_the_desktop_is_down_arrives_when_it_is_back(self):
         rec = Recorder()

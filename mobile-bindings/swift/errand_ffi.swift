@@ -617,6 +617,12 @@ fileprivate struct FfiConverterData: FfiConverterRustBuffer {
 public protocol NodeProtocol: AnyObject, Sendable {
     
     /**
+     * Answers a question the agent asks, signed with this device's key; the task goes on
+     * with the answer once it reaches the desktop.
+     */
+    func answer(questionId: String, text: String) async throws  -> QuestionRecord
+    
+    /**
      * Approval requests, oldest first; with `pending_only`, those still waiting.
      */
     func approvals(pendingOnly: Bool) async throws  -> [ApprovalRecord]
@@ -631,6 +637,12 @@ public protocol NodeProtocol: AnyObject, Sendable {
      * later call fails with `Closed`. Closing twice is harmless.
      */
     func close() async 
+    
+    /**
+     * A thread's conversation (`thread_id`: a thread id or prefix), in order: each task's
+     * prompt, the approvals and questions asked while it ran, and its answer.
+     */
+    func conversation(threadId: String) async throws  -> [MessageRecord]
     
     /**
      * Approves (or denies) an approval request, signed with this device's key. The decision
@@ -675,6 +687,11 @@ public protocol NodeProtocol: AnyObject, Sendable {
      * phone. `device_name` is how the others will see this device.
      */
     func pair(ticket: String, deviceName: String?) async throws  -> PairedRecord
+    
+    /**
+     * The questions the agent asks, oldest first; with `pending_only`, those still waiting.
+     */
+    func questions(pendingOnly: Bool) async throws  -> [QuestionRecord]
     
     /**
      * Revokes a device (name or id prefix): this device refuses it at once, the others once
@@ -815,6 +832,26 @@ public static func `open`(dataDir: String, bindAddr: String? = nil, relayUrl: St
 
     
     /**
+     * Answers a question the agent asks, signed with this device's key; the task goes on
+     * with the answer once it reaches the desktop.
+     */
+open func answer(questionId: String, text: String)async throws  -> QuestionRecord  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_errand_ffi_fn_method_node_answer(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(questionId),FfiConverterString.lower(text)
+                )
+            },
+            pollFunc: ffi_errand_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_errand_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_errand_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeQuestionRecord_lift,
+            errorHandler: FfiConverterTypeErrandError_lift
+        )
+}
+    
+    /**
      * Approval requests, oldest first; with `pending_only`, those still waiting.
      */
 open func approvals(pendingOnly: Bool = true)async throws  -> [ApprovalRecord]  {
@@ -870,6 +907,26 @@ open func close()async   {
             liftFunc: { $0 },
             errorHandler: nil
             
+        )
+}
+    
+    /**
+     * A thread's conversation (`thread_id`: a thread id or prefix), in order: each task's
+     * prompt, the approvals and questions asked while it ran, and its answer.
+     */
+open func conversation(threadId: String)async throws  -> [MessageRecord]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_errand_ffi_fn_method_node_conversation(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(threadId)
+                )
+            },
+            pollFunc: ffi_errand_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_errand_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_errand_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeMessageRecord.lift,
+            errorHandler: FfiConverterTypeErrandError_lift
         )
 }
     
@@ -1011,6 +1068,25 @@ open func pair(ticket: String, deviceName: String? = nil)async throws  -> Paired
             completeFunc: ffi_errand_ffi_rust_future_complete_rust_buffer,
             freeFunc: ffi_errand_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypePairedRecord_lift,
+            errorHandler: FfiConverterTypeErrandError_lift
+        )
+}
+    
+    /**
+     * The questions the agent asks, oldest first; with `pending_only`, those still waiting.
+     */
+open func questions(pendingOnly: Bool = true)async throws  -> [QuestionRecord]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_errand_ffi_fn_method_node_questions(
+                        self.uniffiCloneHandle(),FfiConverterBool.lower(pendingOnly)
+                )
+            },
+            pollFunc: ffi_errand_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_errand_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_errand_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeQuestionRecord.lift,
             errorHandler: FfiConverterTypeErrandError_lift
         )
 }
@@ -1970,6 +2046,123 @@ public func FfiConverterTypeHistoryEntry_lower(_ value: HistoryEntry) -> RustBuf
 
 
 /**
+ * One entry of a thread's conversation (`Node.conversation`), in order.
+ */
+public struct MessageRecord: Equatable, Hashable {
+    public var kind: MessageKind
+    /**
+     * The task's, answer's, question's or approval's id.
+     */
+    public var id: String
+    public var taskId: String
+    public var atMs: Int64
+    /**
+     * The name of the device that wrote it.
+     */
+    public var by: String
+    public var text: String
+    /**
+     * Prompt: the task's status; answer: done, failed or cancelled; question: pending,
+     * answered or expired; approval: pending, approved, denied or expired.
+     */
+    public var state: String
+    /**
+     * Who answered the question or decided the approval.
+     */
+    public var replyBy: String?
+    /**
+     * The question's answer.
+     */
+    public var reply: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(kind: MessageKind, 
+        /**
+         * The task's, answer's, question's or approval's id.
+         */id: String, taskId: String, atMs: Int64, 
+        /**
+         * The name of the device that wrote it.
+         */by: String, text: String, 
+        /**
+         * Prompt: the task's status; answer: done, failed or cancelled; question: pending,
+         * answered or expired; approval: pending, approved, denied or expired.
+         */state: String, 
+        /**
+         * Who answered the question or decided the approval.
+         */replyBy: String?, 
+        /**
+         * The question's answer.
+         */reply: String?) {
+        self.kind = kind
+        self.id = id
+        self.taskId = taskId
+        self.atMs = atMs
+        self.by = by
+        self.text = text
+        self.state = state
+        self.replyBy = replyBy
+        self.reply = reply
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension MessageRecord: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeMessageRecord: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> MessageRecord {
+        return
+            try MessageRecord(
+                kind: FfiConverterTypeMessageKind.read(from: &buf), 
+                id: FfiConverterString.read(from: &buf), 
+                taskId: FfiConverterString.read(from: &buf), 
+                atMs: FfiConverterInt64.read(from: &buf), 
+                by: FfiConverterString.read(from: &buf), 
+                text: FfiConverterString.read(from: &buf), 
+                state: FfiConverterString.read(from: &buf), 
+                replyBy: FfiConverterOptionString.read(from: &buf), 
+                reply: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: MessageRecord, into buf: inout [UInt8]) {
+        FfiConverterTypeMessageKind.write(value.kind, into: &buf)
+        FfiConverterString.write(value.id, into: &buf)
+        FfiConverterString.write(value.taskId, into: &buf)
+        FfiConverterInt64.write(value.atMs, into: &buf)
+        FfiConverterString.write(value.by, into: &buf)
+        FfiConverterString.write(value.text, into: &buf)
+        FfiConverterString.write(value.state, into: &buf)
+        FfiConverterOptionString.write(value.replyBy, into: &buf)
+        FfiConverterOptionString.write(value.reply, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeMessageRecord_lift(_ buf: RustBuffer) throws -> MessageRecord {
+    return try FfiConverterTypeMessageRecord.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeMessageRecord_lower(_ value: MessageRecord) -> RustBuffer {
+    return FfiConverterTypeMessageRecord.lower(value)
+}
+
+
+/**
  * The outcome of pairing with a ticket.
  */
 public struct PairedRecord: Equatable, Hashable {
@@ -2228,6 +2421,113 @@ public func FfiConverterTypeProgressRecord_lift(_ buf: RustBuffer) throws -> Pro
 #endif
 public func FfiConverterTypeProgressRecord_lower(_ value: ProgressRecord) -> RustBuffer {
     return FfiConverterTypeProgressRecord.lower(value)
+}
+
+
+/**
+ * A question the agent asks while a task runs; answer it with `Node.answer`.
+ */
+public struct QuestionRecord: Equatable, Hashable {
+    public var id: String
+    public var threadId: String
+    public var taskId: String
+    public var question: String
+    /**
+     * The name of the desktop that asks.
+     */
+    public var askedBy: String
+    public var askedMs: Int64
+    /**
+     * After this, an unanswered question ends its task.
+     */
+    public var expiresMs: Int64
+    public var state: QuestionState
+    public var answer: String?
+    /**
+     * The name of the device that answered.
+     */
+    public var answeredBy: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(id: String, threadId: String, taskId: String, question: String, 
+        /**
+         * The name of the desktop that asks.
+         */askedBy: String, askedMs: Int64, 
+        /**
+         * After this, an unanswered question ends its task.
+         */expiresMs: Int64, state: QuestionState, answer: String?, 
+        /**
+         * The name of the device that answered.
+         */answeredBy: String?) {
+        self.id = id
+        self.threadId = threadId
+        self.taskId = taskId
+        self.question = question
+        self.askedBy = askedBy
+        self.askedMs = askedMs
+        self.expiresMs = expiresMs
+        self.state = state
+        self.answer = answer
+        self.answeredBy = answeredBy
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension QuestionRecord: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeQuestionRecord: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> QuestionRecord {
+        return
+            try QuestionRecord(
+                id: FfiConverterString.read(from: &buf), 
+                threadId: FfiConverterString.read(from: &buf), 
+                taskId: FfiConverterString.read(from: &buf), 
+                question: FfiConverterString.read(from: &buf), 
+                askedBy: FfiConverterString.read(from: &buf), 
+                askedMs: FfiConverterInt64.read(from: &buf), 
+                expiresMs: FfiConverterInt64.read(from: &buf), 
+                state: FfiConverterTypeQuestionState.read(from: &buf), 
+                answer: FfiConverterOptionString.read(from: &buf), 
+                answeredBy: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: QuestionRecord, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.id, into: &buf)
+        FfiConverterString.write(value.threadId, into: &buf)
+        FfiConverterString.write(value.taskId, into: &buf)
+        FfiConverterString.write(value.question, into: &buf)
+        FfiConverterString.write(value.askedBy, into: &buf)
+        FfiConverterInt64.write(value.askedMs, into: &buf)
+        FfiConverterInt64.write(value.expiresMs, into: &buf)
+        FfiConverterTypeQuestionState.write(value.state, into: &buf)
+        FfiConverterOptionString.write(value.answer, into: &buf)
+        FfiConverterOptionString.write(value.answeredBy, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQuestionRecord_lift(_ buf: RustBuffer) throws -> QuestionRecord {
+    return try FfiConverterTypeQuestionRecord.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQuestionRecord_lower(_ value: QuestionRecord) -> RustBuffer {
+    return FfiConverterTypeQuestionRecord.lower(value)
 }
 
 
@@ -3011,6 +3311,101 @@ public func FfiConverterTypeListenerError_lower(_ value: ListenerError) -> RustB
 
 
 /**
+ * What a conversation entry is.
+ */
+
+public enum MessageKind: Equatable, Hashable {
+    
+    /**
+     * The user's side of a turn: a task's prompt.
+     */
+    case prompt
+    /**
+     * The agent's side: a task's answer (or why it failed).
+     */
+    case answer
+    /**
+     * The agent asked the user something while the task ran.
+     */
+    case question
+    /**
+     * The desktop asked before doing something risky.
+     */
+    case approval
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension MessageKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeMessageKind: FfiConverterRustBuffer {
+    typealias SwiftType = MessageKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> MessageKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .prompt
+        
+        case 2: return .answer
+        
+        case 3: return .question
+        
+        case 4: return .approval
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: MessageKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .prompt:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .answer:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .question:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .approval:
+            writeInt(&buf, Int32(4))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeMessageKind_lift(_ buf: RustBuffer) throws -> MessageKind {
+    return try FfiConverterTypeMessageKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeMessageKind_lower(_ value: MessageKind) -> RustBuffer {
+    return FfiConverterTypeMessageKind.lower(value)
+}
+
+
+
+/**
  * Something that happened on this node. Turn these into notifications, or refresh a screen.
  */
 
@@ -3029,6 +3424,15 @@ public enum NodeEvent: Equatable, Hashable {
         /**
          * What will happen ("run shell command `echo hi`").
          */action: String, expiresMs: Int64
+    )
+    /**
+     * The agent asks a question and its task waits for the answer: answer with
+     * `Node.answer`.
+     */
+    case inputRequested(questionId: String, taskId: String, threadId: String, 
+        /**
+         * The question.
+         */text: String, expiresMs: Int64
     )
     /**
      * A connection to another device of the space opened.
@@ -3107,34 +3511,37 @@ public struct FfiConverterTypeNodeEvent: FfiConverterRustBuffer {
         case 2: return .approvalRequested(approvalId: try FfiConverterString.read(from: &buf), taskId: try FfiConverterString.read(from: &buf), threadId: try FfiConverterString.read(from: &buf), action: try FfiConverterString.read(from: &buf), expiresMs: try FfiConverterInt64.read(from: &buf)
         )
         
-        case 3: return .peerConnected(deviceId: try FfiConverterString.read(from: &buf), name: try FfiConverterOptionString.read(from: &buf)
+        case 3: return .inputRequested(questionId: try FfiConverterString.read(from: &buf), taskId: try FfiConverterString.read(from: &buf), threadId: try FfiConverterString.read(from: &buf), text: try FfiConverterString.read(from: &buf), expiresMs: try FfiConverterInt64.read(from: &buf)
         )
         
-        case 4: return .peerLost(deviceId: try FfiConverterString.read(from: &buf), name: try FfiConverterOptionString.read(from: &buf)
+        case 4: return .peerConnected(deviceId: try FfiConverterString.read(from: &buf), name: try FfiConverterOptionString.read(from: &buf)
         )
         
-        case 5: return .syncFinished(deviceId: try FfiConverterString.read(from: &buf), docId: try FfiConverterString.read(from: &buf)
+        case 5: return .peerLost(deviceId: try FfiConverterString.read(from: &buf), name: try FfiConverterOptionString.read(from: &buf)
         )
         
-        case 6: return .peerDropped(deviceId: try FfiConverterString.read(from: &buf), reason: try FfiConverterString.read(from: &buf)
+        case 6: return .syncFinished(deviceId: try FfiConverterString.read(from: &buf), docId: try FfiConverterString.read(from: &buf)
         )
         
-        case 7: return .pairingRequested(deviceId: try FfiConverterString.read(from: &buf), name: try FfiConverterString.read(from: &buf), code: try FfiConverterString.read(from: &buf)
+        case 7: return .peerDropped(deviceId: try FfiConverterString.read(from: &buf), reason: try FfiConverterString.read(from: &buf)
         )
         
-        case 8: return .deviceAdded(deviceId: try FfiConverterString.read(from: &buf), name: try FfiConverterString.read(from: &buf), role: try FfiConverterTypeDeviceRole.read(from: &buf), addedBy: try FfiConverterString.read(from: &buf)
+        case 8: return .pairingRequested(deviceId: try FfiConverterString.read(from: &buf), name: try FfiConverterString.read(from: &buf), code: try FfiConverterString.read(from: &buf)
         )
         
-        case 9: return .deviceRevoked(deviceId: try FfiConverterString.read(from: &buf), name: try FfiConverterString.read(from: &buf)
+        case 9: return .deviceAdded(deviceId: try FfiConverterString.read(from: &buf), name: try FfiConverterString.read(from: &buf), role: try FfiConverterTypeDeviceRole.read(from: &buf), addedBy: try FfiConverterString.read(from: &buf)
         )
         
-        case 10: return .pairingRefused(deviceId: try FfiConverterString.read(from: &buf), reason: try FfiConverterString.read(from: &buf)
+        case 10: return .deviceRevoked(deviceId: try FfiConverterString.read(from: &buf), name: try FfiConverterString.read(from: &buf)
         )
         
-        case 11: return .joinCode(code: try FfiConverterString.read(from: &buf)
+        case 11: return .pairingRefused(deviceId: try FfiConverterString.read(from: &buf), reason: try FfiConverterString.read(from: &buf)
         )
         
-        case 12: return .eventsMissed(count: try FfiConverterUInt64.read(from: &buf)
+        case 12: return .joinCode(code: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 13: return .eventsMissed(count: try FfiConverterUInt64.read(from: &buf)
         )
         
         default: throw UniffiInternalError.unexpectedEnumCase
@@ -3164,39 +3571,48 @@ public struct FfiConverterTypeNodeEvent: FfiConverterRustBuffer {
             FfiConverterInt64.write(expiresMs, into: &buf)
             
         
-        case let .peerConnected(deviceId,name):
+        case let .inputRequested(questionId,taskId,threadId,text,expiresMs):
             writeInt(&buf, Int32(3))
-            FfiConverterString.write(deviceId, into: &buf)
-            FfiConverterOptionString.write(name, into: &buf)
+            FfiConverterString.write(questionId, into: &buf)
+            FfiConverterString.write(taskId, into: &buf)
+            FfiConverterString.write(threadId, into: &buf)
+            FfiConverterString.write(text, into: &buf)
+            FfiConverterInt64.write(expiresMs, into: &buf)
             
         
-        case let .peerLost(deviceId,name):
+        case let .peerConnected(deviceId,name):
             writeInt(&buf, Int32(4))
             FfiConverterString.write(deviceId, into: &buf)
             FfiConverterOptionString.write(name, into: &buf)
             
         
-        case let .syncFinished(deviceId,docId):
+        case let .peerLost(deviceId,name):
             writeInt(&buf, Int32(5))
+            FfiConverterString.write(deviceId, into: &buf)
+            FfiConverterOptionString.write(name, into: &buf)
+            
+        
+        case let .syncFinished(deviceId,docId):
+            writeInt(&buf, Int32(6))
             FfiConverterString.write(deviceId, into: &buf)
             FfiConverterString.write(docId, into: &buf)
             
         
         case let .peerDropped(deviceId,reason):
-            writeInt(&buf, Int32(6))
+            writeInt(&buf, Int32(7))
             FfiConverterString.write(deviceId, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
         case let .pairingRequested(deviceId,name,code):
-            writeInt(&buf, Int32(7))
+            writeInt(&buf, Int32(8))
             FfiConverterString.write(deviceId, into: &buf)
             FfiConverterString.write(name, into: &buf)
             FfiConverterString.write(code, into: &buf)
             
         
         case let .deviceAdded(deviceId,name,role,addedBy):
-            writeInt(&buf, Int32(8))
+            writeInt(&buf, Int32(9))
             FfiConverterString.write(deviceId, into: &buf)
             FfiConverterString.write(name, into: &buf)
             FfiConverterTypeDeviceRole.write(role, into: &buf)
@@ -3204,24 +3620,24 @@ public struct FfiConverterTypeNodeEvent: FfiConverterRustBuffer {
             
         
         case let .deviceRevoked(deviceId,name):
-            writeInt(&buf, Int32(9))
+            writeInt(&buf, Int32(10))
             FfiConverterString.write(deviceId, into: &buf)
             FfiConverterString.write(name, into: &buf)
             
         
         case let .pairingRefused(deviceId,reason):
-            writeInt(&buf, Int32(10))
+            writeInt(&buf, Int32(11))
             FfiConverterString.write(deviceId, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
         case let .joinCode(code):
-            writeInt(&buf, Int32(11))
+            writeInt(&buf, Int32(12))
             FfiConverterString.write(code, into: &buf)
             
         
         case let .eventsMissed(count):
-            writeInt(&buf, Int32(12))
+            writeInt(&buf, Int32(13))
             FfiConverterUInt64.write(count, into: &buf)
             
         }
@@ -3246,6 +3662,88 @@ public func FfiConverterTypeNodeEvent_lower(_ value: NodeEvent) -> RustBuffer {
 
 
 /**
+ * Where a question is.
+ */
+
+public enum QuestionState: Equatable, Hashable {
+    
+    /**
+     * Waiting for an answer.
+     */
+    case pending
+    case answered
+    /**
+     * Nobody answered in time: the task ended.
+     */
+    case expired
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension QuestionState: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeQuestionState: FfiConverterRustBuffer {
+    typealias SwiftType = QuestionState
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> QuestionState {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .pending
+        
+        case 2: return .answered
+        
+        case 3: return .expired
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: QuestionState, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .pending:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .answered:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .expired:
+            writeInt(&buf, Int32(3))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQuestionState_lift(_ buf: RustBuffer) throws -> QuestionState {
+    return try FfiConverterTypeQuestionState.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQuestionState_lower(_ value: QuestionState) -> RustBuffer {
+    return FfiConverterTypeQuestionState.lower(value)
+}
+
+
+
+/**
  * Where a task is.
  */
 
@@ -3260,6 +3758,10 @@ public enum TaskStatus: Equatable, Hashable {
      * The desktop asks before doing something risky: see the approvals.
      */
     case waitingApproval
+    /**
+     * The agent asked a question and waits for the answer: see the questions.
+     */
+    case needsInput
     case done
     case failed
     case cancelled
@@ -3290,11 +3792,13 @@ public struct FfiConverterTypeTaskStatus: FfiConverterRustBuffer {
         
         case 3: return .waitingApproval
         
-        case 4: return .done
+        case 4: return .needsInput
         
-        case 5: return .failed
+        case 5: return .done
         
-        case 6: return .cancelled
+        case 6: return .failed
+        
+        case 7: return .cancelled
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -3316,16 +3820,20 @@ public struct FfiConverterTypeTaskStatus: FfiConverterRustBuffer {
             writeInt(&buf, Int32(3))
         
         
-        case .done:
+        case .needsInput:
             writeInt(&buf, Int32(4))
         
         
-        case .failed:
+        case .done:
             writeInt(&buf, Int32(5))
         
         
-        case .cancelled:
+        case .failed:
             writeInt(&buf, Int32(6))
+        
+        
+        case .cancelled:
+            writeInt(&buf, Int32(7))
         
         }
     }
@@ -3571,6 +4079,31 @@ fileprivate struct FfiConverterSequenceTypeHistoryEntry: FfiConverterRustBuffer 
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeMessageRecord: FfiConverterRustBuffer {
+    typealias SwiftType = [MessageRecord]
+
+    public static func write(_ value: [MessageRecord], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeMessageRecord.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [MessageRecord] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [MessageRecord]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeMessageRecord.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypePeerRecord: FfiConverterRustBuffer {
     typealias SwiftType = [PeerRecord]
 
@@ -3638,6 +4171,31 @@ fileprivate struct FfiConverterSequenceTypeProgressRecord: FfiConverterRustBuffe
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypeProgressRecord.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeQuestionRecord: FfiConverterRustBuffer {
+    typealias SwiftType = [QuestionRecord]
+
+    public static func write(_ value: [QuestionRecord], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeQuestionRecord.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [QuestionRecord] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [QuestionRecord]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeQuestionRecord.read(from: &buf))
         }
         return seq
     }
@@ -3765,6 +4323,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_errand_ffi_checksum_method_subscription_is_cancelled() != 53641) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_errand_ffi_checksum_method_node_answer() != 61338) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_errand_ffi_checksum_method_node_approvals() != 36329) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -3772,6 +4333,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_errand_ffi_checksum_method_node_close() != 54855) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_errand_ffi_checksum_method_node_conversation() != 61404) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_errand_ffi_checksum_method_node_decide() != 43791) {
@@ -3796,6 +4360,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_errand_ffi_checksum_method_node_pair() != 16578) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_errand_ffi_checksum_method_node_questions() != 725) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_errand_ffi_checksum_method_node_revoke() != 42120) {

@@ -314,6 +314,11 @@ void uniffi_errand_ffi_fn_free_node(uint64_t handle, RustCallStatus *_Nonnull ou
 uint64_t uniffi_errand_ffi_fn_constructor_node_open(RustBuffer data_dir, RustBuffer bind_addr, RustBuffer relay_url, int8_t lan_discovery
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_ANSWER
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_ANSWER
+uint64_t uniffi_errand_ffi_fn_method_node_answer(uint64_t ptr, RustBuffer question_id, RustBuffer text
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_APPROVALS
 #define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_APPROVALS
 uint64_t uniffi_errand_ffi_fn_method_node_approvals(uint64_t ptr, int8_t pending_only
@@ -327,6 +332,11 @@ uint64_t uniffi_errand_ffi_fn_method_node_cancel(uint64_t ptr, RustBuffer task_i
 #ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_CLOSE
 #define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_CLOSE
 uint64_t uniffi_errand_ffi_fn_method_node_close(uint64_t ptr
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_CONVERSATION
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_CONVERSATION
+uint64_t uniffi_errand_ffi_fn_method_node_conversation(uint64_t ptr, RustBuffer thread_id
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_DECIDE
@@ -367,6 +377,11 @@ int8_t uniffi_errand_ffi_fn_method_node_is_closed(uint64_t ptr, RustCallStatus *
 #ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_PAIR
 #define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_PAIR
 uint64_t uniffi_errand_ffi_fn_method_node_pair(uint64_t ptr, RustBuffer ticket, RustBuffer device_name
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_QUESTIONS
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_QUESTIONS
+uint64_t uniffi_errand_ffi_fn_method_node_questions(uint64_t ptr, int8_t pending_only
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_REVOKE
@@ -692,6 +707,12 @@ uint16_t uniffi_errand_ffi_checksum_method_subscription_is_cancelled(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_ANSWER
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_ANSWER
+uint16_t uniffi_errand_ffi_checksum_method_node_answer(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_APPROVALS
 #define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_APPROVALS
 uint16_t uniffi_errand_ffi_checksum_method_node_approvals(void
@@ -707,6 +728,12 @@ uint16_t uniffi_errand_ffi_checksum_method_node_cancel(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_CLOSE
 #define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_CLOSE
 uint16_t uniffi_errand_ffi_checksum_method_node_close(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_CONVERSATION
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_CONVERSATION
+uint16_t uniffi_errand_ffi_checksum_method_node_conversation(void
     
 );
 #endif
@@ -755,6 +782,12 @@ uint16_t uniffi_errand_ffi_checksum_method_node_is_closed(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_PAIR
 #define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_PAIR
 uint16_t uniffi_errand_ffi_checksum_method_node_pair(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_QUESTIONS
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_QUESTIONS
+uint16_t uniffi_errand_ffi_checksum_method_node_questions(void
     
 );
 #endif

@@ -710,11 +710,15 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_errand_ffi_checksum_method_subscription_is_cancelled(
     ): Int
+    external fun uniffi_errand_ffi_checksum_method_node_answer(
+    ): Int
     external fun uniffi_errand_ffi_checksum_method_node_approvals(
     ): Int
     external fun uniffi_errand_ffi_checksum_method_node_cancel(
     ): Int
     external fun uniffi_errand_ffi_checksum_method_node_close(
+    ): Int
+    external fun uniffi_errand_ffi_checksum_method_node_conversation(
     ): Int
     external fun uniffi_errand_ffi_checksum_method_node_decide(
     ): Int
@@ -731,6 +735,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_errand_ffi_checksum_method_node_is_closed(
     ): Int
     external fun uniffi_errand_ffi_checksum_method_node_pair(
+    ): Int
+    external fun uniffi_errand_ffi_checksum_method_node_questions(
     ): Int
     external fun uniffi_errand_ffi_checksum_method_node_revoke(
     ): Int
@@ -795,11 +801,15 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_errand_ffi_fn_constructor_node_open(`dataDir`: RustBuffer.ByValue,`bindAddr`: RustBuffer.ByValue,`relayUrl`: RustBuffer.ByValue,`lanDiscovery`: Byte,
     ): Long
+    external fun uniffi_errand_ffi_fn_method_node_answer(`ptr`: Long,`questionId`: RustBuffer.ByValue,`text`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_errand_ffi_fn_method_node_approvals(`ptr`: Long,`pendingOnly`: Byte,
     ): Long
     external fun uniffi_errand_ffi_fn_method_node_cancel(`ptr`: Long,`taskId`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_errand_ffi_fn_method_node_close(`ptr`: Long,
+    ): Long
+    external fun uniffi_errand_ffi_fn_method_node_conversation(`ptr`: Long,`threadId`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_errand_ffi_fn_method_node_decide(`ptr`: Long,`approvalId`: RustBuffer.ByValue,`approve`: Byte,
     ): Long
@@ -816,6 +826,8 @@ internal object UniffiLib {
     external fun uniffi_errand_ffi_fn_method_node_is_closed(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Byte
     external fun uniffi_errand_ffi_fn_method_node_pair(`ptr`: Long,`ticket`: RustBuffer.ByValue,`deviceName`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_errand_ffi_fn_method_node_questions(`ptr`: Long,`pendingOnly`: Byte,
     ): Long
     external fun uniffi_errand_ffi_fn_method_node_revoke(`ptr`: Long,`device`: RustBuffer.ByValue,
     ): Long
@@ -963,6 +975,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_errand_ffi_checksum_method_subscription_is_cancelled() and 0xFFFF) != 53641) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_errand_ffi_checksum_method_node_answer() and 0xFFFF) != 61338) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_errand_ffi_checksum_method_node_approvals() and 0xFFFF) != 36329) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -970,6 +985,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_errand_ffi_checksum_method_node_close() and 0xFFFF) != 54855) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_errand_ffi_checksum_method_node_conversation() and 0xFFFF) != 61404) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_errand_ffi_checksum_method_node_decide() and 0xFFFF) != 43791) {
@@ -994,6 +1012,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_errand_ffi_checksum_method_node_pair() and 0xFFFF) != 16578) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_errand_ffi_checksum_method_node_questions() and 0xFFFF) != 725) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_errand_ffi_checksum_method_node_revoke() and 0xFFFF) != 42120) {
@@ -1528,6 +1549,12 @@ public object FfiConverterByteArray: FfiConverterRustBuffer<ByteArray> {
 public interface NodeInterface {
     
     /**
+     * Answers a question the agent asks, signed with this device's key; the task goes on
+     * with the answer once it reaches the desktop.
+     */
+    suspend fun `answer`(`questionId`: kotlin.String, `text`: kotlin.String): QuestionRecord
+    
+    /**
      * Approval requests, oldest first; with `pending_only`, those still waiting.
      */
     suspend fun `approvals`(`pendingOnly`: kotlin.Boolean = true): List<ApprovalRecord>
@@ -1542,6 +1569,12 @@ public interface NodeInterface {
      * later call fails with `Closed`. Closing twice is harmless.
      */
     suspend fun `shutdown`()
+    
+    /**
+     * A thread's conversation (`thread_id`: a thread id or prefix), in order: each task's
+     * prompt, the approvals and questions asked while it ran, and its answer.
+     */
+    suspend fun `conversation`(`threadId`: kotlin.String): List<MessageRecord>
     
     /**
      * Approves (or denies) an approval request, signed with this device's key. The decision
@@ -1586,6 +1619,11 @@ public interface NodeInterface {
      * phone. `device_name` is how the others will see this device.
      */
     suspend fun `pair`(`ticket`: kotlin.String, `deviceName`: kotlin.String? = null): PairedRecord
+    
+    /**
+     * The questions the agent asks, oldest first; with `pending_only`, those still waiting.
+     */
+    suspend fun `questions`(`pendingOnly`: kotlin.Boolean = true): List<QuestionRecord>
     
     /**
      * Revokes a device (name or id prefix): this device refuses it at once, the others once
@@ -1752,6 +1790,33 @@ open class Node: Disposable, AutoCloseable, NodeInterface
 
     
     /**
+     * Answers a question the agent asks, signed with this device's key; the task goes on
+     * with the answer once it reaches the desktop.
+     */
+    @Throws(ErrandException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `answer`(`questionId`: kotlin.String, `text`: kotlin.String) : QuestionRecord {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_errand_ffi_fn_method_node_answer(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`questionId`),
+        FfiConverterString.lower(`text`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeQuestionRecord.lift(it) },
+        // Error FFI converter
+        ErrandException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * Approval requests, oldest first; with `pending_only`, those still waiting.
      */
     @Throws(ErrandException::class)
@@ -1822,6 +1887,32 @@ open class Node: Disposable, AutoCloseable, NodeInterface
         
         // Error FFI converter
         UniffiNullRustCallStatusErrorHandler,
+    )
+    }
+
+    
+    /**
+     * A thread's conversation (`thread_id`: a thread id or prefix), in order: each task's
+     * prompt, the approvals and questions asked while it ran, and its answer.
+     */
+    @Throws(ErrandException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `conversation`(`threadId`: kotlin.String) : List<MessageRecord> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_errand_ffi_fn_method_node_conversation(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`threadId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeMessageRecord.lift(it) },
+        // Error FFI converter
+        ErrandException.ErrorHandler,
     )
     }
 
@@ -2011,6 +2102,31 @@ open class Node: Disposable, AutoCloseable, NodeInterface
         { future -> UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer(future) },
         // lift function
         { FfiConverterTypePairedRecord.lift(it) },
+        // Error FFI converter
+        ErrandException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The questions the agent asks, oldest first; with `pending_only`, those still waiting.
+     */
+    @Throws(ErrandException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `questions`(`pendingOnly`: kotlin.Boolean) : List<QuestionRecord> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_errand_ffi_fn_method_node_questions(
+                uniffiHandle,
+                
+        FfiConverterBoolean.lower(`pendingOnly`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeQuestionRecord.lift(it) },
         // Error FFI converter
         ErrandException.ErrorHandler,
     )
@@ -3222,6 +3338,98 @@ public object FfiConverterTypeHistoryEntry: FfiConverterRustBuffer<HistoryEntry>
 
 
 /**
+ * One entry of a thread's conversation (`Node.conversation`), in order.
+ */
+data class MessageRecord (
+    var `kind`: MessageKind
+    , 
+    /**
+     * The task's, answer's, question's or approval's id.
+     */
+    var `id`: kotlin.String
+    , 
+    var `taskId`: kotlin.String
+    , 
+    var `atMs`: kotlin.Long
+    , 
+    /**
+     * The name of the device that wrote it.
+     */
+    var `by`: kotlin.String
+    , 
+    var `text`: kotlin.String
+    , 
+    /**
+     * Prompt: the task's status; answer: done, failed or cancelled; question: pending,
+     * answered or expired; approval: pending, approved, denied or expired.
+     */
+    var `state`: kotlin.String
+    , 
+    /**
+     * Who answered the question or decided the approval.
+     */
+    var `replyBy`: kotlin.String?
+    , 
+    /**
+     * The question's answer.
+     */
+    var `reply`: kotlin.String?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeMessageRecord: FfiConverterRustBuffer<MessageRecord> {
+    override fun read(buf: ByteBuffer): MessageRecord {
+        return MessageRecord(
+            FfiConverterTypeMessageKind.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: MessageRecord) = (
+            FfiConverterTypeMessageKind.allocationSize(value.`kind`) +
+            FfiConverterString.allocationSize(value.`id`) +
+            FfiConverterString.allocationSize(value.`taskId`) +
+            FfiConverterLong.allocationSize(value.`atMs`) +
+            FfiConverterString.allocationSize(value.`by`) +
+            FfiConverterString.allocationSize(value.`text`) +
+            FfiConverterString.allocationSize(value.`state`) +
+            FfiConverterOptionalString.allocationSize(value.`replyBy`) +
+            FfiConverterOptionalString.allocationSize(value.`reply`)
+    )
+
+    override fun write(value: MessageRecord, buf: ByteBuffer) {
+            FfiConverterTypeMessageKind.write(value.`kind`, buf)
+            FfiConverterString.write(value.`id`, buf)
+            FfiConverterString.write(value.`taskId`, buf)
+            FfiConverterLong.write(value.`atMs`, buf)
+            FfiConverterString.write(value.`by`, buf)
+            FfiConverterString.write(value.`text`, buf)
+            FfiConverterString.write(value.`state`, buf)
+            FfiConverterOptionalString.write(value.`replyBy`, buf)
+            FfiConverterOptionalString.write(value.`reply`, buf)
+    }
+}
+
+
+
+/**
  * The outcome of pairing with a ticket.
  */
 data class PairedRecord (
@@ -3409,6 +3617,96 @@ public object FfiConverterTypeProgressRecord: FfiConverterRustBuffer<ProgressRec
     override fun write(value: ProgressRecord, buf: ByteBuffer) {
             FfiConverterLong.write(value.`atMs`, buf)
             FfiConverterString.write(value.`text`, buf)
+    }
+}
+
+
+
+/**
+ * A question the agent asks while a task runs; answer it with `Node.answer`.
+ */
+data class QuestionRecord (
+    var `id`: kotlin.String
+    , 
+    var `threadId`: kotlin.String
+    , 
+    var `taskId`: kotlin.String
+    , 
+    var `question`: kotlin.String
+    , 
+    /**
+     * The name of the desktop that asks.
+     */
+    var `askedBy`: kotlin.String
+    , 
+    var `askedMs`: kotlin.Long
+    , 
+    /**
+     * After this, an unanswered question ends its task.
+     */
+    var `expiresMs`: kotlin.Long
+    , 
+    var `state`: QuestionState
+    , 
+    var `answer`: kotlin.String?
+    , 
+    /**
+     * The name of the device that answered.
+     */
+    var `answeredBy`: kotlin.String?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeQuestionRecord: FfiConverterRustBuffer<QuestionRecord> {
+    override fun read(buf: ByteBuffer): QuestionRecord {
+        return QuestionRecord(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterTypeQuestionState.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: QuestionRecord) = (
+            FfiConverterString.allocationSize(value.`id`) +
+            FfiConverterString.allocationSize(value.`threadId`) +
+            FfiConverterString.allocationSize(value.`taskId`) +
+            FfiConverterString.allocationSize(value.`question`) +
+            FfiConverterString.allocationSize(value.`askedBy`) +
+            FfiConverterLong.allocationSize(value.`askedMs`) +
+            FfiConverterLong.allocationSize(value.`expiresMs`) +
+            FfiConverterTypeQuestionState.allocationSize(value.`state`) +
+            FfiConverterOptionalString.allocationSize(value.`answer`) +
+            FfiConverterOptionalString.allocationSize(value.`answeredBy`)
+    )
+
+    override fun write(value: QuestionRecord, buf: ByteBuffer) {
+            FfiConverterString.write(value.`id`, buf)
+            FfiConverterString.write(value.`threadId`, buf)
+            FfiConverterString.write(value.`taskId`, buf)
+            FfiConverterString.write(value.`question`, buf)
+            FfiConverterString.write(value.`askedBy`, buf)
+            FfiConverterLong.write(value.`askedMs`, buf)
+            FfiConverterLong.write(value.`expiresMs`, buf)
+            FfiConverterTypeQuestionState.write(value.`state`, buf)
+            FfiConverterOptionalString.write(value.`answer`, buf)
+            FfiConverterOptionalString.write(value.`answeredBy`, buf)
     }
 }
 
@@ -4002,6 +4300,57 @@ public object FfiConverterTypeListenerError : FfiConverterRustBuffer<ListenerExc
 
 
 /**
+ * What a conversation entry is.
+ */
+
+enum class MessageKind {
+    
+    /**
+     * The user's side of a turn: a task's prompt.
+     */
+    PROMPT,
+    /**
+     * The agent's side: a task's answer (or why it failed).
+     */
+    ANSWER,
+    /**
+     * The agent asked the user something while the task ran.
+     */
+    QUESTION,
+    /**
+     * The desktop asked before doing something risky.
+     */
+    APPROVAL;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeMessageKind: FfiConverterRustBuffer<MessageKind> {
+    override fun read(buf: ByteBuffer) = try {
+        MessageKind.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: MessageKind) = 4UL
+
+    override fun write(value: MessageKind, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
  * Something that happened on this node. Turn these into notifications, or refresh a screen.
  */
 sealed class NodeEvent {
@@ -4035,6 +4384,26 @@ sealed class NodeEvent {
          * What will happen ("run shell command `echo hi`").
          */
         val `action`: kotlin.String, 
+        val `expiresMs`: kotlin.Long) : NodeEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * The agent asks a question and its task waits for the answer: answer with
+     * `Node.answer`.
+     */
+    data class InputRequested(
+        val `questionId`: kotlin.String, 
+        val `taskId`: kotlin.String, 
+        val `threadId`: kotlin.String, 
+        /**
+         * The question.
+         */
+        val `text`: kotlin.String, 
         val `expiresMs`: kotlin.Long) : NodeEvent()
         
     {
@@ -4205,45 +4574,52 @@ public object FfiConverterTypeNodeEvent : FfiConverterRustBuffer<NodeEvent>{
                 FfiConverterString.read(buf),
                 FfiConverterLong.read(buf),
                 )
-            3 -> NodeEvent.PeerConnected(
+            3 -> NodeEvent.InputRequested(
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterLong.read(buf),
+                )
+            4 -> NodeEvent.PeerConnected(
                 FfiConverterString.read(buf),
                 FfiConverterOptionalString.read(buf),
                 )
-            4 -> NodeEvent.PeerLost(
+            5 -> NodeEvent.PeerLost(
                 FfiConverterString.read(buf),
                 FfiConverterOptionalString.read(buf),
                 )
-            5 -> NodeEvent.SyncFinished(
+            6 -> NodeEvent.SyncFinished(
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 )
-            6 -> NodeEvent.PeerDropped(
+            7 -> NodeEvent.PeerDropped(
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 )
-            7 -> NodeEvent.PairingRequested(
+            8 -> NodeEvent.PairingRequested(
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 )
-            8 -> NodeEvent.DeviceAdded(
+            9 -> NodeEvent.DeviceAdded(
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 FfiConverterTypeDeviceRole.read(buf),
                 FfiConverterString.read(buf),
                 )
-            9 -> NodeEvent.DeviceRevoked(
+            10 -> NodeEvent.DeviceRevoked(
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 )
-            10 -> NodeEvent.PairingRefused(
+            11 -> NodeEvent.PairingRefused(
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 )
-            11 -> NodeEvent.JoinCode(
+            12 -> NodeEvent.JoinCode(
                 FfiConverterString.read(buf),
                 )
-            12 -> NodeEvent.EventsMissed(
+            13 -> NodeEvent.EventsMissed(
                 FfiConverterULong.read(buf),
                 )
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
@@ -4271,6 +4647,17 @@ public object FfiConverterTypeNodeEvent : FfiConverterRustBuffer<NodeEvent>{
                 + FfiConverterString.allocationSize(value.`taskId`)
                 + FfiConverterString.allocationSize(value.`threadId`)
                 + FfiConverterString.allocationSize(value.`action`)
+                + FfiConverterLong.allocationSize(value.`expiresMs`)
+            )
+        }
+        is NodeEvent.InputRequested -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`questionId`)
+                + FfiConverterString.allocationSize(value.`taskId`)
+                + FfiConverterString.allocationSize(value.`threadId`)
+                + FfiConverterString.allocationSize(value.`text`)
                 + FfiConverterLong.allocationSize(value.`expiresMs`)
             )
         }
@@ -4378,39 +4765,48 @@ public object FfiConverterTypeNodeEvent : FfiConverterRustBuffer<NodeEvent>{
                 FfiConverterLong.write(value.`expiresMs`, buf)
                 Unit
             }
-            is NodeEvent.PeerConnected -> {
+            is NodeEvent.InputRequested -> {
                 buf.putInt(3)
-                FfiConverterString.write(value.`deviceId`, buf)
-                FfiConverterOptionalString.write(value.`name`, buf)
+                FfiConverterString.write(value.`questionId`, buf)
+                FfiConverterString.write(value.`taskId`, buf)
+                FfiConverterString.write(value.`threadId`, buf)
+                FfiConverterString.write(value.`text`, buf)
+                FfiConverterLong.write(value.`expiresMs`, buf)
                 Unit
             }
-            is NodeEvent.PeerLost -> {
+            is NodeEvent.PeerConnected -> {
                 buf.putInt(4)
                 FfiConverterString.write(value.`deviceId`, buf)
                 FfiConverterOptionalString.write(value.`name`, buf)
                 Unit
             }
-            is NodeEvent.SyncFinished -> {
+            is NodeEvent.PeerLost -> {
                 buf.putInt(5)
+                FfiConverterString.write(value.`deviceId`, buf)
+                FfiConverterOptionalString.write(value.`name`, buf)
+                Unit
+            }
+            is NodeEvent.SyncFinished -> {
+                buf.putInt(6)
                 FfiConverterString.write(value.`deviceId`, buf)
                 FfiConverterString.write(value.`docId`, buf)
                 Unit
             }
             is NodeEvent.PeerDropped -> {
-                buf.putInt(6)
+                buf.putInt(7)
                 FfiConverterString.write(value.`deviceId`, buf)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is NodeEvent.PairingRequested -> {
-                buf.putInt(7)
+                buf.putInt(8)
                 FfiConverterString.write(value.`deviceId`, buf)
                 FfiConverterString.write(value.`name`, buf)
                 FfiConverterString.write(value.`code`, buf)
                 Unit
             }
             is NodeEvent.DeviceAdded -> {
-                buf.putInt(8)
+                buf.putInt(9)
                 FfiConverterString.write(value.`deviceId`, buf)
                 FfiConverterString.write(value.`name`, buf)
                 FfiConverterTypeDeviceRole.write(value.`role`, buf)
@@ -4418,28 +4814,72 @@ public object FfiConverterTypeNodeEvent : FfiConverterRustBuffer<NodeEvent>{
                 Unit
             }
             is NodeEvent.DeviceRevoked -> {
-                buf.putInt(9)
+                buf.putInt(10)
                 FfiConverterString.write(value.`deviceId`, buf)
                 FfiConverterString.write(value.`name`, buf)
                 Unit
             }
             is NodeEvent.PairingRefused -> {
-                buf.putInt(10)
+                buf.putInt(11)
                 FfiConverterString.write(value.`deviceId`, buf)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is NodeEvent.JoinCode -> {
-                buf.putInt(11)
+                buf.putInt(12)
                 FfiConverterString.write(value.`code`, buf)
                 Unit
             }
             is NodeEvent.EventsMissed -> {
-                buf.putInt(12)
+                buf.putInt(13)
                 FfiConverterULong.write(value.`count`, buf)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
+    }
+}
+
+
+
+
+
+/**
+ * Where a question is.
+ */
+
+enum class QuestionState {
+    
+    /**
+     * Waiting for an answer.
+     */
+    PENDING,
+    ANSWERED,
+    /**
+     * Nobody answered in time: the task ended.
+     */
+    EXPIRED;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeQuestionState: FfiConverterRustBuffer<QuestionState> {
+    override fun read(buf: ByteBuffer) = try {
+        QuestionState.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: QuestionState) = 4UL
+
+    override fun write(value: QuestionState, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
     }
 }
 
@@ -4462,6 +4902,10 @@ enum class TaskStatus {
      * The desktop asks before doing something risky: see the approvals.
      */
     WAITING_APPROVAL,
+    /**
+     * The agent asked a question and waits for the answer: see the questions.
+     */
+    NEEDS_INPUT,
     DONE,
     FAILED,
     CANCELLED;
@@ -4766,6 +5210,34 @@ public object FfiConverterSequenceTypeHistoryEntry: FfiConverterRustBuffer<List<
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeMessageRecord: FfiConverterRustBuffer<List<MessageRecord>> {
+    override fun read(buf: ByteBuffer): List<MessageRecord> {
+        val len = buf.getInt()
+        return List<MessageRecord>(len) {
+            FfiConverterTypeMessageRecord.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<MessageRecord>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeMessageRecord.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<MessageRecord>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeMessageRecord.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypePeerRecord: FfiConverterRustBuffer<List<PeerRecord>> {
     override fun read(buf: ByteBuffer): List<PeerRecord> {
         val len = buf.getInt()
@@ -4840,6 +5312,34 @@ public object FfiConverterSequenceTypeProgressRecord: FfiConverterRustBuffer<Lis
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeProgressRecord.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeQuestionRecord: FfiConverterRustBuffer<List<QuestionRecord>> {
+    override fun read(buf: ByteBuffer): List<QuestionRecord> {
+        val len = buf.getInt()
+        return List<QuestionRecord>(len) {
+            FfiConverterTypeQuestionRecord.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<QuestionRecord>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeQuestionRecord.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<QuestionRecord>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeQuestionRecord.write(it, buf)
         }
     }
 }
