@@ -187,6 +187,15 @@ mod tests {
                 assert!(text.ends_with(&"x".repeat(1000)), "{text}");
             }
         }
+        // A big turn that does not fit ends the history there: no older turn is sent after a
+        // gap, even one that would fit.
+        let gap = [turn(1, 10), turn(2, 5000), turn(3, 10)];
+        let (out, omitted) = turns(&gap, "next", 1000);
+        assert_eq!(omitted, 2);
+        assert_eq!(
+            user_texts(&out),
+            ["[2 earlier turns omitted]\n\nprompt 3", "next"]
+        );
         // A turn larger than the whole budget leaves nothing but the note.
         let (out, omitted) = turns(&earlier, "next", 100);
         assert_eq!(omitted, 5);
