@@ -56,6 +56,7 @@ fn start_executor(desk: &TestNode) -> ExecutorHandle {
         model_hint: "direct commands only".into(),
         max_parallel: 2,
         shell_timeout: Duration::from_secs(20),
+        connectors: std::sync::Arc::new(errand_executor::connectors::Connectors::none()),
     };
     runner::start(
         desk.node.repo().clone(),

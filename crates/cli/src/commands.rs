@@ -105,8 +105,12 @@ fn start_executor(
     if run.no_executor {
         return Ok(None);
     }
-    let paths =
-        crate::executor::Paths::new(&config.home, run.policy.clone(), run.model_config.clone());
+    let paths = crate::executor::Paths::new(
+        &config.home,
+        run.policy.clone(),
+        run.model_config.clone(),
+        run.connectors.clone(),
+    );
     crate::executor::start(node, &paths)
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use errand_executor::agent::Limits;
+use errand_executor::connectors::{self, Connectors};
 use errand_executor::model::{ModelConfig, build_backend};
 use errand_executor::policy::Policy;
 use errand_executor::runner::{self, Authority, ExecutorConfig, ExecutorHandle};
@@ -29,25 +30,35 @@ impl Authority for Members {
 pub struct Paths {
     pub policy: PathBuf,
     pub model: PathBuf,
+    pub connectors: PathBuf,
 }
 
 impl Paths {
-    pub fn new(home: &Path, policy: Option<PathBuf>, model: Option<PathBuf>) -> Self {
+    pub fn new(
+        home: &Path,
+        policy: Option<PathBuf>,
+        model: Option<PathBuf>,
+        connectors: Option<PathBuf>,
+    ) -> Self {
         Paths {
             policy: policy.unwrap_or_else(|| home.join("policy.toml")),
             model: model.unwrap_or_else(|| home.join("model.toml")),
+            connectors: connectors.unwrap_or_else(|| home.join("connectors.toml")),
         }
     }
 }
 
-/// Starts the executor if this device is a desktop. A policy or model file that does not
-/// parse stops here with its error: the executor never runs on a guess.
+/// Starts the executor if this device is a desktop. A policy, model or connectors file that
+/// does not parse stops here with its error: the executor never runs on a guess.
 pub fn start(node: &Arc<Node>, paths: &Paths) -> Result<Option<ExecutorHandle>> {
     if node.role() != Some(Role::Desktop) {
         return Ok(None);
     }
     let policy = Policy::load(&paths.policy, node.home()).context("cannot start the executor")?;
     let model_config = ModelConfig::load(&paths.model).context("cannot start the executor")?;
+    let connectors =
+        connectors::config::load(&paths.connectors).context("cannot start the executor")?;
+    let connectors = Arc::new(Connectors::new(connectors, policy.workspace().to_owned()));
     let (model, model_limits) = match &model_config {
         Some(config) => {
             let backend = build_backend(config).context("cannot start the executor")?;
@@ -72,6 +83,7 @@ pub fn start(node: &Arc<Node>, paths: &Paths) -> Result<Option<ExecutorHandle>> 
         ),
         max_parallel: 4,
         shell_timeout: Duration::from_secs(600),
+        connectors,
     };
     Ok(Some(runner::start(
         node.repo().clone(),

@@ -213,6 +213,9 @@ pub struct RunOptions {
     /// The model configuration [default: HOME/model.toml]
     #[arg(long)]
     model_config: Option<PathBuf>,
+    /// The connectors (MCP servers) file [default: HOME/connectors.toml]
+    #[arg(long)]
+    connectors: Option<PathBuf>,
 }
 
 fn default_home() -> Result<PathBuf> {

@@ -29,6 +29,14 @@ pub enum Action {
     Key { combo: String },
     /// Click the left mouse button at screen coordinates.
     Click { x: i32, y: i32 },
+    /// Call a tool of a connector (an MCP server); ruled on by `connectors.toml`, not by the
+    /// risk classes (see [`crate::connectors`]).
+    Mcp {
+        connector: String,
+        /// The tool's name on its server (`tool` is this enum's serde tag).
+        name: String,
+        arguments: serde_json::Value,
+    },
 }
 
 /// The classes of risky actions that the policy rules on with allow, ask or deny.
@@ -75,6 +83,13 @@ impl fmt::Display for Action {
             Action::Type { text } => write!(f, "type {text:?}"),
             Action::Key { combo } => write!(f, "press {combo}"),
             Action::Click { x, y } => write!(f, "click at {x},{y}"),
+            Action::Mcp {
+                connector,
+                name,
+                arguments,
+            } => f.write_str(&crate::connectors::content::describe_call(
+                connector, name, arguments,
+            )),
         }
     }
 }

@@ -77,6 +77,11 @@ pub trait ToolRunner: Send {
         &'a mut self,
         question: String,
     ) -> Pin<Box<dyn Future<Output = Result<String, AgentError>> + Send + 'a>>;
+
+    /// Tools offered besides the built-in ones: the connectors' tools the policy does not hide.
+    fn extra_tools(&self) -> Vec<ToolSpec> {
+        Vec::new()
+    }
 }
 
 /// Bounds on one run of the loop.
@@ -129,6 +134,7 @@ pub async fn run_agent(
     };
     let mut tools = tool_specs();
     tools.push(ask_user_spec());
+    tools.extend(runner.extra_tools());
     for step in 1..=limits.max_steps {
         let reply = bounds
             .run(backend.complete(SYSTEM_PROMPT, &turns, &tools))

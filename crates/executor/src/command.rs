@@ -31,6 +31,9 @@ pub enum CommandError {
     /// The key combination of `/key` is empty or has an empty part.
     #[error("/key needs keys joined by +, such as ctrl+c or Return, not {0:?}")]
     BadCombo(String),
+    /// The arguments of `/mcp` are not a JSON object.
+    #[error("/mcp arguments must be a JSON object such as {{\"path\": \"a.txt\"}}: {0}")]
+    BadJson(String),
 }
 
 /// Parses a prompt as a direct command.
@@ -61,6 +64,7 @@ enum Command {
     Type,
     Key,
     Click,
+    Mcp,
 }
 
 impl Command {
@@ -76,6 +80,7 @@ impl Command {
             "type" => Command::Type,
             "key" => Command::Key,
             "click" => Command::Click,
+            "mcp" => Command::Mcp,
             _ => return None,
         };
         Some(command)
@@ -93,6 +98,7 @@ impl Command {
             Command::Type => "/type",
             Command::Key => "/key",
             Command::Click => "/click",
+            Command::Mcp => "/mcp",
         }
     }
 
@@ -190,6 +196,36 @@ impl Command {
                     (Some(x), Some(y), None) => Ok(Action::Click { x, y }),
                     _ => Err(self.usage_error("two integers", "/click X Y")),
                 }
+            }
+            Command::Mcp => {
+                let usage = || {
+                    self.usage_error(
+                        "a connector and a tool",
+                        "/mcp CONNECTOR TOOL [JSON ARGUMENTS]",
+                    )
+                };
+                let rest = rest.trim();
+                let (connector, rest) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+                let rest = rest.trim_start();
+                let (tool, json) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+                if connector.is_empty() || tool.is_empty() {
+                    return Err(usage());
+                }
+                let json = json.trim();
+                let arguments = if json.is_empty() {
+                    serde_json::Value::Object(serde_json::Map::new())
+                } else {
+                    match serde_json::from_str::<serde_json::Value>(json) {
+                        Ok(value @ serde_json::Value::Object(_)) => value,
+                        Ok(other) => return Err(CommandError::BadJson(format!("got {other}"))),
+                        Err(e) => return Err(CommandError::BadJson(e.to_string())),
+                    }
+                };
+                Ok(Action::Mcp {
+                    connector: connector.to_owned(),
+                    name: tool.to_owned(),
+                    arguments,
+                })
             }
         }
     }
@@ -496,6 +532,35 @@ mod tests {
         );
         assert!(err("/key ctrl++c").contains("joined by +"));
         assert!(err("/key ctrl c").contains("joined by +"));
+    }
+
+    #[test]
+    fn mcp_takes_connector_tool_and_a_json_object() {
+        assert_eq!(
+            ok("/mcp files read_text_file {\"path\": \"/w/a b.txt\"}"),
+            Action::Mcp {
+                connector: "files".into(),
+                name: "read_text_file".into(),
+                arguments: serde_json::json!({"path": "/w/a b.txt"}),
+            }
+        );
+        assert_eq!(
+            ok("/MCP  files\tlist_allowed_directories  "),
+            Action::Mcp {
+                connector: "files".into(),
+                name: "list_allowed_directories".into(),
+                arguments: serde_json::json!({}),
+            }
+        );
+        for bad in ["/mcp", "/mcp files", "/mcp   "] {
+            assert_eq!(
+                err(bad),
+                "/mcp needs a connector and a tool: /mcp CONNECTOR TOOL [JSON ARGUMENTS]",
+                "{bad}"
+            );
+        }
+        assert!(err("/mcp files read {path}").starts_with("/mcp arguments must be a JSON object"));
+        assert!(err("/mcp files read [1]").ends_with("got [1]"));
     }
 
     #[test]

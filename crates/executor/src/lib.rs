@@ -2,6 +2,7 @@
 //! before risky actions.
 //!
 //! - [`action`]: what can be done, and the risk classes the policy rules on.
+//! - [`connectors`]: MCP servers (connectors.toml, their tools' rules, the client shell).
 //! - [`command`]: direct commands (`/sh`, `/read`, ...) parsed into actions.
 //! - [`policy`]: the policy file, path resolution, and allow/ask/deny decisions (no IO but
 //!   path resolution).
@@ -15,6 +16,7 @@
 pub mod action;
 pub mod agent;
 pub mod command;
+pub mod connectors;
 pub mod conversation;
 pub mod model;
 pub mod policy;

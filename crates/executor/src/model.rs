@@ -698,6 +698,18 @@ pub fn action_from_call(call: &ToolCall) -> Result<Action, String> {
                 y: fields.int("y")?,
             }
         }
+        // A connector's tool (`CONNECTOR__TOOL`): whether it exists and may run is decided by
+        // the runner through `crate::connectors`, like a `/mcp` command.
+        other
+            if let Some((connector, tool)) =
+                crate::connectors::config::split_model_tool_name(other) =>
+        {
+            Action::Mcp {
+                connector: connector.to_owned(),
+                name: tool.to_owned(),
+                arguments: Value::Object(input.clone()),
+            }
+        }
         other => {
             let known: Vec<String> = tool_specs().into_iter().map(|spec| spec.name).collect();
             return Err(format!(

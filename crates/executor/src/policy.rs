@@ -186,6 +186,9 @@ pub enum Denied {
     /// The policy says deny for this class of action.
     #[error("policy denies {0}")]
     Policy(ActionClass),
+    /// A connector call, which only the connectors' rules decide.
+    #[error("connector tools are ruled on by connectors.toml, not the policy file")]
+    Connector,
 }
 
 /// An action that passed the policy check.
@@ -415,6 +418,10 @@ impl Policy {
             Action::Type { .. } | Action::Key { .. } | Action::Click { .. } => {
                 (action.clone(), Some(ActionClass::Input), None)
             }
+            // Connector tools are ruled on per tool by connectors.toml, in
+            // `crate::connectors`, which the runner asks instead; refusing here keeps a caller
+            // that asks the wrong module from running one unchecked.
+            Action::Mcp { .. } => return Err(Denied::Connector),
         };
         if let Some(class) = class
             && self.decision(class) == Decision::Deny

@@ -7,7 +7,8 @@
 //!   with a reason, because half a shell command cannot be safely resumed.
 //! - Tasks of one thread run one at a time, in order; threads run in parallel up to a bound.
 //! - Every action, whether a direct command or a model's tool call, goes through
-//!   [`Policy::check`] and, when the policy says ask, through a signed approval.
+//!   [`Policy::check`] and, when the policy says ask, through a signed approval. Connector
+//!   calls go through their connector's rules instead ([`connectors`]), and the same approvals.
 //! - A thread is a conversation ([`conversation`]): a model task is sent with the thread's
 //!   earlier turns, every task's end is written as an answer in the thread's messages, and the
 //!   model's questions wait in `needs_input` for a signed answer from a phone.
@@ -31,10 +32,13 @@ use tracing::{info, warn};
 use crate::action::{Action, ToolOutput};
 use crate::agent::{self, AgentError, Limits, ToolRunner};
 use crate::command;
-use crate::model::ModelBackend;
+use crate::connectors::Connectors;
+use crate::model::{ModelBackend, ToolSpec};
 use crate::policy::{Decision, Policy};
 use crate::tools::shell::ProcessLedger;
 use crate::tools::{self, ToolError};
+
+mod connector;
 
 /// Results longer than this go into a blob, with the start kept in the document.
 const MAX_RESULT_IN_DOC: usize = 16 * 1024;
@@ -62,6 +66,8 @@ pub struct ExecutorConfig {
     pub max_parallel: usize,
     /// How long one shell command may run.
     pub shell_timeout: Duration,
+    /// The MCP servers whose tools tasks may use ([`Connectors::none`] for none).
+    pub connectors: Arc<Connectors>,
 }
 
 /// A running executor; dropping it stops starting new tasks.
@@ -137,6 +143,7 @@ pub fn start(
         ended: Mutex::default(),
         stop: stop.clone(),
     });
+    shared.config.connectors.warm_up();
     let task = tokio::spawn(async move { shared.run().await });
     ExecutorHandle {
         stop,
@@ -261,6 +268,7 @@ impl Shared {
                 .acquire_many(self.config.max_parallel.max(1) as u32),
         )
         .await;
+        self.config.connectors.shutdown().await;
     }
 
     /// Tasks left running by a previous run cannot be resumed safely: end them with a reason.
@@ -524,6 +532,7 @@ impl TaskContext {
                 self.shared.config.model_hint
             )));
         };
+        let extra_tools = self.connector_tools().await?;
         let earlier = self.shared.earlier_turns(&self.doc, task);
         let (turns, omitted) =
             crate::conversation::turns(&earlier, &task.prompt, crate::conversation::HISTORY_BUDGET);
@@ -550,6 +559,7 @@ impl TaskContext {
         let mut runner = ModelTools {
             ctx: self,
             blobs: Vec::new(),
+            extra_tools,
         };
         let result = agent::run_agent(
             backend.as_ref(),
@@ -570,6 +580,14 @@ impl TaskContext {
 
     /// Checks an action against the policy, asks when it must, and runs it.
     async fn perform(&mut self, action: Action) -> Result<ToolOutput, Failure> {
+        if let Action::Mcp {
+            connector,
+            name: tool,
+            arguments,
+        } = action
+        {
+            return self.perform_connector(connector, tool, arguments).await;
+        }
         let checked = self
             .shared
             .config
@@ -627,6 +645,17 @@ impl TaskContext {
             Action::Type { text } => tools::input::type_text(&text).await,
             Action::Key { combo } => tools::input::key(&combo).await,
             Action::Click { x, y } => tools::input::click(x, y).await,
+            Action::Mcp {
+                connector,
+                name: tool,
+                arguments,
+            } => {
+                let connectors = &config.connectors;
+                connectors
+                    .call(&connector, &tool, arguments, &self.cancel)
+                    .await
+                    .map_err(ToolError::from)
+            }
         }
     }
 
@@ -755,6 +784,7 @@ fn shared_id() -> String {
 struct ModelTools<'a> {
     ctx: &'a mut TaskContext,
     blobs: Vec<crate::action::BlobOutput>,
+    extra_tools: Vec<ToolSpec>,
 }
 
 impl ToolRunner for ModelTools<'_> {
@@ -795,5 +825,9 @@ impl ToolRunner for ModelTools<'_> {
             self.ctx.steps.push(step);
             answer
         })
+    }
+
+    fn extra_tools(&self) -> Vec<ToolSpec> {
+        self.extra_tools.clone()
     }
 }

@@ -879,6 +879,7 @@ async fn round_trip(tasks: usize, iterations: usize) -> Result<RoundTrip> {
         model_hint: "errand-bench runs direct commands only".into(),
         max_parallel: 4,
         shell_timeout: WAIT,
+        connectors: std::sync::Arc::new(errand_executor::connectors::Connectors::none()),
     };
     let exec = executor::start(desktop.repo.clone(), config, Arc::new(NoApprovers));
 

@@ -117,7 +117,7 @@ pub(crate) fn error_text(task: &Value) -> String {
 }
 
 /// The approval requests the phone lists (`approvals --all --json`), for one task.
-fn phone_approvals(phone: &Home, task: &str) -> Vec<Value> {
+pub(crate) fn phone_approvals(phone: &Home, task: &str) -> Vec<Value> {
     let all = phone.json(&["approvals", "--all"]);
     array(&all)
         .iter()
@@ -752,7 +752,7 @@ fn bodies(requests: &[RecordedRequest]) -> String {
 }
 
 /// The Anthropic `tool_result` block answering `id` in a request body.
-fn anthropic_tool_result(body: &Value, id: &str) -> Value {
+pub(crate) fn anthropic_tool_result(body: &Value, id: &str) -> Value {
     array(&body["messages"])
         .iter()
         .filter_map(|m| m["content"].as_array())

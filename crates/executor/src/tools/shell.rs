@@ -231,20 +231,26 @@ async fn sleep_until_opt(until: Option<Instant>) {
 /// been reused. If the `kill` command cannot run, the shell alone is killed as a fallback.
 async fn kill_group(pgid: Option<u32>, child: &mut Child) {
     if let Some(pgid) = pgid {
-        let killed = Command::new("kill")
-            .args(["-s", "KILL", "--", &format!("-{pgid}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await;
-        if let Err(err) = killed {
-            tracing::warn!("cannot run kill for process group {pgid}: {err}");
-        }
+        kill_process_group(pgid).await;
     }
     // Whatever happened above, the shell itself must go; errors mean it is already gone.
     let _ = child.start_kill();
     let _ = child.wait().await;
+}
+
+/// Sends SIGKILL to a whole process group. The caller makes sure the group is still its own
+/// (its leader not yet reaped). Connector servers are stopped with this too.
+pub(crate) async fn kill_process_group(pgid: u32) {
+    let killed = Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{pgid}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+    if let Err(err) = killed {
+        tracing::warn!("cannot run kill for process group {pgid}: {err}");
+    }
 }
 
 /// A timeout in whole seconds for [`ToolError::TimedOut`], rounded up so a sub-second timeout
