@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p errand-tests --bin errand-bench -- [--json] [--iterations N] [--sync-runs N]
-//!     [--round-trips N] [--only abcd]
+//!     [--round-trips N] [--only abcde]
 //! ```
 //!
 //! (a) Propagation of one new task from a phone home to a desktop home over an established
@@ -23,6 +23,11 @@
 //!     announcement of the executor's `done` commit, split at its `running` and progress
 //!     commits. Also timed: the shell tool alone, and reading the whole thread.
 //!
+//! (e) The round trip of a trivial connector call, `/mcp files list_allowed_directories` (a
+//!     read-only tool of `@modelcontextprotocol/server-filesystem`, installed by
+//!     `scripts/setup-tests`, running as the desktop's child process), measured as (d) in a
+//!     thread of 0 tasks, beside `/sh true` measured the same way in the same run.
+//!
 //! Bytes on the wire are the UDP payload bytes of the phone's connection in both directions
 //! (`Connection::stats()`: `udp_tx.bytes + udp_rx.bytes`), i.e. everything both endpoints sent
 //! to each other: QUIC headers, encryption overhead, acks and the framed sync messages.
@@ -34,6 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use automerge::{ObjType, ROOT, ReadDoc, Value};
 use errand_executor::agent::Limits;
+use errand_executor::connectors::{ConnectorConfig, Connectors, Server};
 use errand_executor::policy::Policy;
 use errand_executor::runner::{self as executor, Authority, ExecutorConfig};
 use errand_executor::tools;
@@ -58,6 +64,11 @@ const GOAL_P99_MS: f64 = 5.0;
 const GOAL_BYTES_PER_TASK: f64 = 400.0;
 const GOAL_INITIAL_10K_MS: f64 = 150.0;
 const GOAL_ROUND_TRIP_MEDIAN_MS: f64 = 10.0;
+/// (e): the most a trivial `/mcp` round trip may add to the `/sh true` one.
+const GOAL_MCP_EXTRA_MS: f64 = 20.0;
+
+/// The task of (e): a read-only tool of the filesystem server, so no approval is needed.
+const MCP_PROMPT: &str = "/mcp files list_allowed_directories";
 
 /// The task of (d), and the policy under which the desktop runs it without asking.
 const ROUND_TRIP_PROMPT: &str = "/sh true";
@@ -117,8 +128,8 @@ fn parse_args() -> Result<Args> {
             }
             "--only" => {
                 let sections = it.next().context("--only needs section letters, e.g. ad")?;
-                if sections.is_empty() || !sections.chars().all(|c| "abcd".contains(c)) {
-                    bail!("--only {sections:?}: give some of the letters a, b, c, d");
+                if sections.is_empty() || !sections.chars().all(|c| "abcde".contains(c)) {
+                    bail!("--only {sections:?}: give some of the letters a, b, c, d, e");
                 }
                 args.only = sections;
             }
@@ -131,7 +142,7 @@ fn parse_args() -> Result<Args> {
                      (default 300 at 1,000 tasks, 100 at 10,000)\n\
                      --sync-runs N    fresh phones per initial-sync size (default 5)\n\
                      --round-trips N  timed /sh true round trips per thread size (default 100)\n\
-                     --only SECTIONS  run only these of the sections a, b, c, d (default abcd)"
+                     --only SECTIONS  run only these of the sections a, b, c, d, e (default abcde)"
                 );
                 std::process::exit(0);
             }
@@ -807,6 +818,8 @@ struct Mark {
 
 #[derive(Debug)]
 struct RoundTrip {
+    /// The task sent each time.
+    prompt: &'static str,
     /// Finished tasks in the thread before the first timed round trip.
     tasks: usize,
     /// Phone's change until the phone's repo shows the task done.
@@ -841,7 +854,7 @@ struct RoundTrip {
 
 /// (d): a desktop with the real executor and a thread of `tasks` finished tasks, synced to a
 /// phone; then `iterations` round trips of `/sh true`, one at a time.
-async fn round_trip(tasks: usize, iterations: usize) -> Result<RoundTrip> {
+async fn round_trip(tasks: usize, iterations: usize, prompt: &'static str) -> Result<RoundTrip> {
     let setup = Instant::now();
     let desktop = Home::new(true).await?;
     let phone = Home::new(false).await?;
@@ -868,6 +881,7 @@ async fn round_trip(tasks: usize, iterations: usize) -> Result<RoundTrip> {
         shell.push(ms(t0.elapsed()));
     }
     shell.drain(..WARMUP);
+    let connectors = Arc::new(bench_connectors(prompt, policy.workspace())?);
     let config = ExecutorConfig {
         device: desktop.id(),
         policy,
@@ -879,7 +893,7 @@ async fn round_trip(tasks: usize, iterations: usize) -> Result<RoundTrip> {
         model_hint: "errand-bench runs direct commands only".into(),
         max_parallel: 4,
         shell_timeout: WAIT,
-        connectors: std::sync::Arc::new(errand_executor::connectors::Connectors::none()),
+        connectors,
     };
     let exec = executor::start(desktop.repo.clone(), config, Arc::new(NoApprovers));
 
@@ -947,7 +961,7 @@ async fn round_trip(tasks: usize, iterations: usize) -> Result<RoundTrip> {
                     tx,
                     &thread::NewTask {
                         id: &id,
-                        prompt: ROUND_TRIP_PROMPT,
+                        prompt,
                         target: &desktop_id,
                         created: schema::now_millis(),
                     },
@@ -977,7 +991,7 @@ async fn round_trip(tasks: usize, iterations: usize) -> Result<RoundTrip> {
                         .flatten()
                         .and_then(|t| t.error)
                         .unwrap_or_default();
-                    bail!("task {id} ({ROUND_TRIP_PROMPT}) ended {status}: {error}");
+                    bail!("task {id} ({prompt}) ended {status}: {error}");
                 }
                 _ => {}
             }
@@ -1081,6 +1095,7 @@ async fn round_trip(tasks: usize, iterations: usize) -> Result<RoundTrip> {
     desktop.close().await;
     let n = iterations as f64;
     Ok(RoundTrip {
+        prompt,
         tasks,
         latency: stats(latency),
         executor: stats(executor_ms),
@@ -1120,6 +1135,7 @@ fn report_json(
     syncs: &[InitialSync],
     parts: &[Breakdown],
     trips: &[RoundTrip],
+    mcp: &[RoundTrip],
 ) -> Json {
     let propagation: Vec<Json> = props
         .iter()
@@ -1199,7 +1215,7 @@ fn report_json(
             "doc_ids_scan": stats_json(&b.doc_ids),
         })).collect::<Vec<_>>(),
         "round_trip": trips.iter().map(|t| json!({
-            "prompt": ROUND_TRIP_PROMPT,
+            "prompt": t.prompt,
             "finished_tasks_in_thread": t.tasks,
             "warmup_iterations": WARMUP,
             "latency": stats_json(&t.latency),
@@ -1222,6 +1238,20 @@ fn report_json(
                 "met": t.latency.median <= GOAL_ROUND_TRIP_MEDIAN_MS,
             },
         })).collect::<Vec<_>>(),
+        "mcp_round_trip": mcp.iter().map(|t| json!({
+            "prompt": t.prompt,
+            "latency": stats_json(&t.latency),
+            "executor": stats_json(&t.executor),
+            "bytes_per_task": t.bytes_per_task,
+        })).collect::<Vec<_>>(),
+        "mcp_extra_median_ms": match mcp {
+            [sh, call] => json!({
+                "value": call.latency.median - sh.latency.median,
+                "max": GOAL_MCP_EXTRA_MS,
+                "met": call.latency.median - sh.latency.median <= GOAL_MCP_EXTRA_MS,
+            }),
+            _ => Json::Null,
+        },
     })
 }
 
@@ -1230,6 +1260,7 @@ fn report_table(
     syncs: &[InitialSync],
     parts: &[Breakdown],
     trips: &[RoundTrip],
+    mcp: &[RoundTrip],
 ) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let load = load_average().map_or_else(|| "unknown".to_owned(), |l| format!("{l:.2}"));
@@ -1255,6 +1286,52 @@ fn report_table(
         println!();
         table_d(trips);
     }
+    if let [sh, call] = mcp {
+        println!();
+        println!(
+            "(e) round trip of a trivial connector call beside `/sh true`, thread of 0 tasks, as (d)"
+        );
+        for t in mcp {
+            let l = &t.latency;
+            println!(
+                "    {:<40} {:>4} iters  median {:>7.3}ms  p99 {:>7.3}ms  executor median {:>7.3}ms",
+                t.prompt, l.n, l.median, l.p99, t.executor.median
+            );
+        }
+        let extra = call.latency.median - sh.latency.median;
+        println!(
+            "    /mcp adds {extra:.3} ms to the median (goal: at most {GOAL_MCP_EXTRA_MS} ms): {}",
+            verdict(extra <= GOAL_MCP_EXTRA_MS)
+        );
+    }
+}
+
+/// The connectors of a round trip: the filesystem server over the workspace for (e)'s `/mcp`,
+/// none otherwise.
+fn bench_connectors(prompt: &str, workspace: &std::path::Path) -> Result<Connectors> {
+    if !prompt.starts_with("/mcp ") {
+        return Ok(Connectors::none());
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "../target/tools/npm/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js",
+    );
+    if !script.exists() {
+        bail!("{} is missing: run scripts/setup-tests", script.display());
+    }
+    let config = ConnectorConfig {
+        name: "files".into(),
+        server: Server::Local {
+            command: "node".into(),
+            args: vec![
+                script.display().to_string(),
+                workspace.display().to_string(),
+            ],
+            env: Default::default(),
+        },
+        timeout: WAIT,
+        tools: Default::default(),
+    };
+    Ok(Connectors::new(vec![config], workspace.to_owned()))
 }
 
 fn table_a(props: &[Propagation]) {
@@ -1590,15 +1667,25 @@ async fn run(args: Args) -> Result<()> {
             group(tasks),
             args.round_trips
         ));
-        trips.push(round_trip(tasks, args.round_trips).await?);
+        trips.push(round_trip(tasks, args.round_trips, ROUND_TRIP_PROMPT).await?);
+    }
+    let mut mcp = Vec::new();
+    if run_section('e') {
+        for prompt in [ROUND_TRIP_PROMPT, MCP_PROMPT] {
+            note(&format!(
+                "(e) round trip of {prompt} in a thread of 0 finished tasks, {} iterations",
+                args.round_trips
+            ));
+            mcp.push(round_trip(0, args.round_trips, prompt).await?);
+        }
     }
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report_json(&props, &syncs, &parts, &trips))?
+            serde_json::to_string_pretty(&report_json(&props, &syncs, &parts, &trips, &mcp))?
         );
     } else {
-        report_table(&props, &syncs, &parts, &trips);
+        report_table(&props, &syncs, &parts, &trips, &mcp);
     }
     Ok(())
 }
