@@ -16,6 +16,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
 
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::RunningService;
@@ -113,7 +114,31 @@ struct Live {
     /// The process group of a local server (its leader's pid), killed as a whole so that
     /// helpers it started (a browser) go with it.
     group: Option<u32>,
-    stderr: Arc<StdMutex<String>>,
+    stderr: Stderr,
+}
+
+/// A server's stderr as it is read: its last bytes, and whether it has ended.
+#[derive(Clone)]
+struct Stderr {
+    tail: Arc<StdMutex<String>>,
+    ended: CancellationToken,
+}
+
+impl Stderr {
+    fn new() -> Stderr {
+        Stderr {
+            tail: Arc::default(),
+            ended: CancellationToken::new(),
+        }
+    }
+
+    /// The last line it wrote, once it has been read to its end: a server that died has
+    /// usually just said why, and the reader may not have caught up yet. A helper process that
+    /// keeps the pipe open does not hold this up for long.
+    async fn last_words(&self) -> Option<String> {
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.ended.cancelled()).await;
+        tail_line(&lock(&self.tail))
+    }
 }
 
 impl Connectors {
@@ -297,7 +322,7 @@ impl Entry {
             *live = None;
         }
         let group = Arc::new(StdMutex::new(None));
-        let stderr = Arc::new(StdMutex::new(String::new()));
+        let stderr = Stderr::new();
         let limit = self.config.timeout;
         let started = tokio::time::timeout(limit, self.start(&group, &stderr)).await;
         let started = match started {
@@ -314,16 +339,18 @@ impl Entry {
                 });
             }
         };
-        let (service, tools) = started.map_err(|reason| {
-            let words = tail_line(&lock(&stderr));
-            ConnectorError::Start {
-                connector: self.config.name.clone(),
-                reason: match words {
-                    Some(words) => format!("{reason} (it said: {words})"),
-                    None => reason,
-                },
+        let (service, tools) = match started {
+            Ok(started) => started,
+            Err(reason) => {
+                return Err(ConnectorError::Start {
+                    connector: self.config.name.clone(),
+                    reason: match stderr.last_words().await {
+                        Some(words) => format!("{reason} (it said: {words})"),
+                        None => reason,
+                    },
+                });
             }
-        })?;
+        };
         let peer = service.peer().clone();
         let tools = Arc::new(tools);
         info!(connector = %self.config.name, tools = tools.len(), "connector ready");
@@ -339,7 +366,7 @@ impl Entry {
     async fn start(
         &self,
         group: &StdMutex<Option<u32>>,
-        stderr_tail: &Arc<StdMutex<String>>,
+        stderr_tail: &Stderr,
     ) -> Result<(RunningService<RoleClient, ()>, Vec<ToolInfo>), String> {
         let service = match &self.config.server {
             Server::Local { command, args, env } => {
@@ -355,18 +382,22 @@ impl Entry {
                     .spawn()
                     .map_err(|e| format!("cannot run {command:?}: {e}"))?;
                 *lock(group) = process.id();
-                if let Some(stderr) = stderr {
-                    tokio::spawn(keep_tail(
-                        self.config.name.clone(),
-                        stderr,
-                        stderr_tail.clone(),
-                    ));
+                match stderr {
+                    Some(stderr) => {
+                        tokio::spawn(keep_tail(
+                            self.config.name.clone(),
+                            stderr,
+                            stderr_tail.clone(),
+                        ));
+                    }
+                    None => stderr_tail.ended.cancel(),
                 }
                 ().serve(process).await.map_err(|e| {
                     format!("the MCP handshake failed: {}", one_line(&e.to_string()))
                 })?
             }
             Server::Remote { url } => {
+                stderr_tail.ended.cancel();
                 // Any installed provider will do; only the first install wins.
                 let _ = rustls::crypto::ring::default_provider().install_default();
                 let client = reqwest::Client::builder()
@@ -414,10 +445,11 @@ impl Entry {
     /// killed: the group id may be someone else's by now.
     async fn died(&self) -> String {
         let live = self.live.lock().await.take();
-        let words = live.as_ref().and_then(|l| tail_line(&lock(&l.stderr)));
-        if let Some(live) = live {
-            live.service.cancellation_token().cancel();
-        }
+        let Some(live) = live else {
+            return String::new();
+        };
+        live.service.cancellation_token().cancel();
+        let words = live.stderr.last_words().await;
         match words {
             Some(words) => format!(" (it said: {words})"),
             None => String::new(),
@@ -433,11 +465,7 @@ fn server_environment(_cmd: &mut tokio::process::Command) {}
 
 /// Reads a server's stderr to its end (so the server never blocks on a full pipe), logging it
 /// and keeping its last bytes.
-async fn keep_tail(
-    connector: String,
-    mut stderr: tokio::process::ChildStderr,
-    tail: Arc<StdMutex<String>>,
-) {
+async fn keep_tail(connector: String, mut stderr: tokio::process::ChildStderr, sink: Stderr) {
     let mut buf = [0u8; 4096];
     loop {
         match stderr.read(&mut buf).await {
@@ -445,7 +473,7 @@ async fn keep_tail(
             Ok(n) => {
                 let chunk = String::from_utf8_lossy(&buf[..n]);
                 debug!(%connector, "stderr: {}", chunk.trim_end());
-                let mut tail = lock(&tail);
+                let mut tail = lock(&sink.tail);
                 tail.push_str(&chunk);
                 if tail.len() > STDERR_TAIL {
                     let mut cut = tail.len() - STDERR_TAIL;
@@ -457,6 +485,7 @@ async fn keep_tail(
             }
         }
     }
+    sink.ended.cancel();
 }
 
 /// A call's arguments as the object MCP wants (none is an empty object).
