@@ -449,3 +449,77 @@ fn a_connectors_file_that_does_not_parse_stops_the_executor() {
         "{reason}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A remote connector: Playwright's server over streamable HTTP on loopback.
+
+/// A server process of the test's own, in its own process group (so the browser it starts goes
+/// with it), killed when the test ends.
+struct Group(std::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_remote_connector_over_streamable_http_opens_a_page() {
+    use std::os::unix::process::CommandExt;
+
+    let cli = installed(npm_dir().join("@playwright/mcp/cli.js"));
+    let chromium = installed(PathBuf::from("/usr/bin/chromium"));
+    let page = serve_page(
+        "<!doctype html><html><head><title>Errand Remote Lighthouse</title></head>\
+         <body>Beam</body></html>",
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+        .to_string();
+    let host = format!("127.0.0.1:{port}");
+    let _server = Group(
+        std::process::Command::new(node())
+            .args([cli.as_str(), "--port", &port, "--host", "127.0.0.1"])
+            .args([
+                "--allowed-hosts",
+                &host,
+                "--headless",
+                "--isolated",
+                "--no-sandbox",
+            ])
+            .args(["--browser", "chromium", "--executable-path", &chromium])
+            .current_dir(std::env::temp_dir())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start the Playwright server"),
+    );
+    crate::support::wait_until(
+        "the Playwright server to listen",
+        std::time::Duration::from_secs(20),
+        || std::net::TcpStream::connect(&host).ok(),
+    );
+    let desk = desk_with_connectors(&format!(
+        "[web]\nurl = \"http://{host}/mcp\"\n[web.tools]\nbrowser_navigate = \"allow\"\n"
+    ));
+    let (p, _) = setup_home(desk, None, &[]);
+    let (task, _) = send_task(
+        &p.phone,
+        &format!("/mcp web browser_navigate {}", json!({ "url": page })),
+        &[],
+    );
+    let done = wait_final(&p.phone, &task);
+    assert_eq!(status(&done), "done", "{done:#}");
+    let result = done["result"].as_str().unwrap_or("");
+    assert!(
+        result.contains("Errand Remote Lighthouse"),
+        "the page's title comes back: {done:#}"
+    );
+}
