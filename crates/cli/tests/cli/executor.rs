@@ -33,7 +33,7 @@ const TASK_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A desktop started with `up --policy FILE` when `policy` is given (the file is written beside
 /// its home), with `env` in the daemon's environment, and a phone paired with it.
-fn setup(policy: Option<&str>, env: &[(&str, &str)]) -> (Paired, Option<PathBuf>) {
+pub(crate) fn setup(policy: Option<&str>, env: &[(&str, &str)]) -> (Paired, Option<PathBuf>) {
     setup_home(Home::new("desk"), policy, env)
 }
 
@@ -51,14 +51,14 @@ fn setup_home(desk: Home, policy: Option<&str>, env: &[(&str, &str)]) -> (Paired
 }
 
 /// The desktop's workspace folder (the default: HOME/workspace), resolved.
-fn workspace(desk: &Home) -> PathBuf {
+pub(crate) fn workspace(desk: &Home) -> PathBuf {
     let dir = desk.path().join("workspace");
     fs::create_dir_all(&dir).expect("workspace");
     dir.canonicalize().expect("resolve the workspace")
 }
 
 /// The phone sends a task; returns (task id, thread id).
-fn send_task(phone: &Home, prompt: &str, extra: &[&str]) -> (String, String) {
+pub(crate) fn send_task(phone: &Home, prompt: &str, extra: &[&str]) -> (String, String) {
     let mut args = vec![prompt, "--timeout", "10"];
     args.extend_from_slice(extra);
     let sent = send(phone, &args);
@@ -70,7 +70,7 @@ fn send_task(phone: &Home, prompt: &str, extra: &[&str]) -> (String, String) {
 }
 
 /// The task as the phone shows it (`errand --json show TASK` on the phone's home).
-fn phone_show(phone: &Home, task: &str) -> Value {
+pub(crate) fn phone_show(phone: &Home, task: &str) -> Value {
     phone.json(&["show", task])
 }
 
@@ -90,30 +90,30 @@ fn wait_phone(phone: &Home, task: &str, what: &str, ok: impl Fn(&Value) -> bool)
     }
 }
 
-fn status(task: &Value) -> &str {
+pub(crate) fn status(task: &Value) -> &str {
     task["status"].as_str().unwrap_or("")
 }
 
 /// Waits until the phone sees the task in `want`.
-fn wait_status(phone: &Home, task: &str, want: &str) -> Value {
+pub(crate) fn wait_status(phone: &Home, task: &str, want: &str) -> Value {
     wait_phone(phone, task, &format!("status {want}"), |t| {
         status(t) == want
     })
 }
 
 /// Waits until the phone sees the task ended (done, failed or cancelled).
-fn wait_final(phone: &Home, task: &str) -> Value {
+pub(crate) fn wait_final(phone: &Home, task: &str) -> Value {
     wait_phone(phone, task, "the task ended", |t| {
         matches!(status(t), "done" | "failed" | "cancelled")
     })
 }
 
-fn error_text(task: &Value) -> String {
+pub(crate) fn error_text(task: &Value) -> String {
     task["error"].as_str().unwrap_or("").to_owned()
 }
 
 /// The approval requests the phone lists (`approvals --all --json`), for one task.
-fn phone_approvals(phone: &Home, task: &str) -> Vec<Value> {
+pub(crate) fn phone_approvals(phone: &Home, task: &str) -> Vec<Value> {
     let all = phone.json(&["approvals", "--all"]);
     array(&all)
         .iter()
@@ -122,7 +122,7 @@ fn phone_approvals(phone: &Home, task: &str) -> Vec<Value> {
         .collect()
 }
 
-fn progress_texts(task: &Value) -> Vec<String> {
+pub(crate) fn progress_texts(task: &Value) -> Vec<String> {
     array(&task["progress"])
         .iter()
         .map(|p| str_field(p, "text"))
@@ -141,7 +141,7 @@ fn millis(task: &Value, key: &str) -> i64 {
 /// The ids of processes running `sleep ARG` (directly, or as `sh -c sleep ARG`) in `cwd`. The
 /// working directory ties them to this test's workspace, so another test run on this machine
 /// cannot be mistaken for ours.
-fn sleeps_in(arg: &str, cwd: &Path) -> Vec<u32> {
+pub(crate) fn sleeps_in(arg: &str, cwd: &Path) -> Vec<u32> {
     let wanted = [format!("sleep {arg}"), format!("sh -c sleep {arg}")];
     let mut found = Vec::new();
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -179,9 +179,9 @@ fn sleeps_in(arg: &str, cwd: &Path) -> Vec<u32> {
 /// orphans its command; a failed cancel leaves it running), killed when the test ends whatever
 /// its outcome. Only processes that still match at that moment are killed, so a recycled pid
 /// is never hit.
-struct Orphans {
-    arg: &'static str,
-    cwd: PathBuf,
+pub(crate) struct Orphans {
+    pub(crate) arg: &'static str,
+    pub(crate) cwd: PathBuf,
 }
 
 impl Drop for Orphans {

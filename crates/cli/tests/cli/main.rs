@@ -11,4 +11,5 @@ mod offline;
 mod pairing;
 mod reach;
 mod refusals;
+mod stops;
 mod support;
