@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use errand_node::control::{self, Request};
+use errand_node::control::{self, ControlServer, Request};
+use errand_node::home::{self, HOME_WAIT, Reached};
 use errand_node::node::{ApprovalInfo, ConversationEntry, QuestionInfo};
 use errand_node::node::{
     DeviceInfo, HistoryLine, Joined, PeerSync, Sent, Status, TicketInfo, short,
@@ -18,7 +19,7 @@ use errand_sync::schema::index::ThreadEntry;
 use errand_sync::schema::thread::Task;
 use serde::Serialize;
 
-use crate::session::{Session, open_local};
+use crate::session::Session;
 use crate::{Cli, Command, output};
 
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
@@ -48,7 +49,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             run,
         } => {
             let stop = Stop::install()?;
-            let node = serve_here(&config).await?;
+            let (node, control) = serve_here(&config).await?;
             node.init_space(name.as_deref())?;
             let executor = start_executor(&node, &config, &run)?;
             let info = node.create_ticket(Duration::from_secs(ttl), yes)?;
@@ -64,15 +65,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             // Confirm joins on this terminal only for the ticket shown here; tickets from
             // `errand pair` are confirmed by that command.
             let own_ticket = (!yes).then_some(info.id);
-            let code = run_until_stopped(node, own_ticket, json, stop).await;
-            if let Some(executor) = executor {
-                executor.stop().await;
-            }
+            let code = run_until_stopped(&node, own_ticket, json, stop).await;
+            stop_serving(node, control, executor).await;
             code
         }
         Command::Serve { run } => {
             let stop = Stop::install()?;
-            let node = serve_here(&config).await?;
+            let (node, control) = serve_here(&config).await?;
             let executor = start_executor(&node, &config, &run)?;
             if !json {
                 let status = node.status()?;
@@ -82,10 +81,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     status.addrs.join(" ")
                 );
             }
-            let code = run_until_stopped(node, None, json, stop).await;
-            if let Some(executor) = executor {
-                executor.stop().await;
-            }
+            let code = run_until_stopped(&node, None, json, stop).await;
+            stop_serving(node, control, executor).await;
             code
         }
         command => {
@@ -114,15 +111,39 @@ fn start_executor(
     crate::executor::start(node, &paths)
 }
 
-/// Opens the home in this process and serves its control socket.
-async fn serve_here(config: &NodeConfig) -> Result<Arc<Node>> {
-    if control::Client::connect(&config.home).await.is_some() {
-        bail!("a node is already running on {}", config.home.display());
-    }
-    let node = Arc::new(open_local(config).await?);
-    control::serve(node.clone())?;
-    Ok(node)
+/// Opens the home in this process and serves its control socket. A node that is still
+/// letting go of the home (stopping, or killed a moment ago) or a command using it for a
+/// moment is waited for, up to [`HOME_WAIT`].
+async fn serve_here(config: &NodeConfig) -> Result<(Arc<Node>, ControlServer)> {
+    let node = match home::reach(config, HOME_WAIT).await? {
+        Reached::Running { pid, .. } => bail!(
+            "a node (pid {pid}) is already running on {}",
+            config.home.display()
+        ),
+        Reached::Here(node) => node,
+    };
+    let control = control::serve(node.clone())?;
+    Ok((node, control))
 }
+
+/// The end of `up` and `serve`: the executor stops first (running tasks get their grace
+/// period, and the node still syncs and answers commands meanwhile), then what it wrote goes
+/// out to connected peers, then the node lets go of the home.
+async fn stop_serving(
+    node: Arc<Node>,
+    control: ControlServer,
+    executor: Option<errand_executor::runner::ExecutorHandle>,
+) {
+    if let Some(executor) = executor {
+        executor.stop().await;
+    }
+    node.flush(FLUSH_ON_STOP).await;
+    control.close();
+    node.shutdown().await;
+}
+
+/// How long a stopping node waits for connected peers to receive its last changes.
+const FLUSH_ON_STOP: Duration = Duration::from_secs(2);
 
 /// SIGINT and SIGTERM, caught from before the node says it is serving.
 struct Stop {
@@ -148,7 +169,7 @@ impl Stop {
 }
 
 async fn run_until_stopped(
-    node: Arc<Node>,
+    node: &Arc<Node>,
     confirm_ticket: Option<String>,
     json: bool,
     mut stop: Stop,
@@ -180,7 +201,6 @@ async fn run_until_stopped(
             }
         }
     }
-    node.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 

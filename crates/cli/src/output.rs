@@ -136,16 +136,17 @@ pub fn approvals(approvals: &[ApprovalInfo]) -> String {
         return "no approval requests waiting".into();
     }
     let mut out = format!(
-        "{:<8}  {:<8}  {:<9}  {:<19}  {}\n",
+        "{:<8}  {:<8}  {:<9}  {:<10}  {}\n",
         "ID", "TASK", "STATE", "EXPIRES", "ACTION"
     );
     for a in approvals {
+        // Relative, by the asking desktop's clock: this device's own clock may be off.
         out.push_str(&format!(
-            "{:<8}  {:<8}  {:<9}  {}  {}\n",
+            "{:<8}  {:<8}  {:<9}  {:<10}  {}\n",
             short(&a.id),
             short(&a.task),
             a.state,
-            time(a.expires_at),
+            remaining(a.expires_in_ms),
             one_line(&a.action, 60)
         ));
     }
@@ -236,11 +237,12 @@ pub fn devices(devices: &[DeviceInfo]) -> String {
             "not connected"
         };
         out.push_str(&format!(
-            "{:<8}  {:<20}  {:<8}  {}\n",
+            "{:<8}  {:<20}  {:<8}  {}{}\n",
             short(&d.id),
             one_line(&d.name, 20),
             d.role.as_str(),
-            state
+            state,
+            skew_note(d.clock_offset_ms)
         ));
     }
     out.trim_end().to_owned()
@@ -276,14 +278,15 @@ pub fn status(s: &Status) -> String {
     out.push_str(&format!("threads {}\n", s.threads));
     for p in &s.peers {
         out.push_str(&format!(
-            "peer    {} {} {}\n",
+            "peer    {} {} {}{}\n",
             short(&p.id),
             p.name,
             if p.connected {
                 "connected"
             } else {
                 "not connected"
-            }
+            },
+            skew_note(p.clock_offset_ms)
         ));
     }
     out.trim_end().to_owned()
@@ -295,9 +298,14 @@ pub fn event(ev: &NodeEvent) -> String {
             task,
             status,
             prompt,
+            reason,
             ..
         } => {
-            format!("task {} {}: {}", short(task), status, one_line(prompt, 60))
+            let line = format!("task {} {}: {}", short(task), status, one_line(prompt, 60));
+            match reason {
+                Some(reason) => format!("{line} ({})", one_line(reason, 200)),
+                None => line,
+            }
         }
         NodeEvent::ApprovalRequested {
             approval,
@@ -343,12 +351,63 @@ pub fn event(ev: &NodeEvent) -> String {
             format!("pairing with {} refused: {reason}", short(device))
         }
         NodeEvent::JoinCode { code } => format!("verification code {code}"),
+        NodeEvent::ClockSkew { peer, offset_ms } => {
+            format!("peer {} {}", short(peer), skew(*offset_ms))
+        }
+    }
+}
+
+/// How far another device's clock is from this one's, for people.
+fn skew(offset_ms: i64) -> String {
+    let secs = offset_ms.unsigned_abs().div_ceil(1000);
+    let amount = match secs {
+        0..=119 => format!("{secs} s"),
+        120..=7199 => format!("{} min", secs / 60),
+        _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+    };
+    let way = if offset_ms > 0 { "ahead of" } else { "behind" };
+    format!(
+        "has a clock {amount} {way} this device's; its approval requests still expire by its clock"
+    )
+}
+
+/// A warning for a clock more than a minute off, else nothing.
+fn skew_note(offset_ms: Option<i64>) -> String {
+    match offset_ms {
+        Some(ms) if ms.abs() > errand_node::clock::SKEW_LIMIT_MS => {
+            format!(" (clock off: {})", skew(ms))
+        }
+        _ => String::new(),
+    }
+}
+
+/// Time left until `in_ms` from now, for people.
+fn remaining(in_ms: i64) -> String {
+    if in_ms <= 0 {
+        return "passed".to_owned();
+    }
+    let secs = in_ms.div_euclid(1000);
+    if secs < 120 {
+        format!("in {secs} s")
+    } else {
+        format!("in {} min", secs / 60)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_skew_reads_in_sensible_units() {
+        assert_eq!(skew_note(Some(59_000)), "");
+        assert_eq!(skew_note(None), "");
+        assert!(skew(7_200_000).starts_with("has a clock 2 h 0 min ahead of"));
+        assert!(skew(-90_000).starts_with("has a clock 90 s behind"));
+        assert!(skew(-600_000).starts_with("has a clock 10 min behind"));
+        assert_eq!(remaining(-1), "passed");
+        assert_eq!(remaining(30_500), "in 30 s");
+    }
 
     #[test]
     fn times_are_utc_calendar_dates() {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use errand_node::control::{self, Client, Request};
+use errand_node::home::{self, HOME_WAIT, Reached};
 use errand_node::{Node, NodeConfig, NodeEvent};
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
@@ -43,12 +44,13 @@ impl Events {
 }
 
 impl Session {
-    /// Talks to the running node if there is one, else opens the home here.
+    /// Talks to the running node if there is one, else opens the home here; waits up to
+    /// [`HOME_WAIT`] for a node that is starting or stopping, or another command, to let go.
     pub async fn open(config: &NodeConfig) -> Result<Session> {
-        if let Some(client) = Client::connect(&config.home).await {
-            return Ok(Session::Remote(client));
-        }
-        Ok(Session::Local(Arc::new(open_local(config).await?)))
+        Ok(match home::reach(config, HOME_WAIT).await? {
+            Reached::Running { client, .. } => Session::Remote(client),
+            Reached::Here(node) => Session::Local(node),
+        })
     }
 
     pub async fn call<T: DeserializeOwned>(&mut self, request: Request) -> Result<T> {
@@ -88,8 +90,4 @@ impl Session {
             node.shutdown().await;
         }
     }
-}
-
-pub async fn open_local(config: &NodeConfig) -> Result<Node> {
-    Ok(Node::open(config.clone()).await?)
 }

@@ -6,6 +6,10 @@
 //!   `waiting_approval` at start-up was interrupted by a crash or a stop: it ends as `failed`
 //!   with a reason, because half a shell command cannot be safely resumed.
 //! - Tasks of one thread run one at a time, in order; threads run in parallel up to a bound.
+//! - A graceful stop starts nothing new and gives running tasks [`STOP_GRACE`] to finish;
+//!   those still running then are interrupted and recorded as failed, with a reason that says
+//!   the desktop was stopped and whatever output they had produced. A task's cancel token is
+//!   its own (not a child of the stop), so only a user's cancel ever reads `cancelled`.
 //! - Every action, whether a direct command or a model's tool call, goes through
 //!   [`Policy::check`] and, when the policy says ask, through a signed approval. Connector
 //!   calls go through their connector's rules instead ([`connectors`]), and the same approvals.
@@ -47,6 +51,20 @@ const MAX_READ: usize = 1024 * 1024;
 /// The most of a web page `/fetch` returns.
 const MAX_FETCH: usize = 4 * 1024 * 1024;
 
+/// How long a graceful stop (SIGTERM, Ctrl-C) lets running tasks go on, to finish and write
+/// their results, before it interrupts them (README, "The desktop executor").
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// After the grace period, how long interrupted tasks get to record how they ended; one that
+/// has not by then is settled as interrupted at the next start.
+const STOP_RECORD: Duration = Duration::from_secs(3);
+/// What a task still running at the end of [`STOP_GRACE`] ends with.
+fn stop_reason() -> String {
+    format!(
+        "interrupted: the desktop was stopped while this task was running and it did not finish within the {} s grace period; it was not run again (send it again to retry)",
+        STOP_GRACE.as_secs()
+    )
+}
+
 /// Who may decide approvals, and what they are called.
 pub trait Authority: Send + Sync + fmt::Debug + 'static {
     fn may_approve(&self, device: &DeviceId) -> bool;
@@ -78,7 +96,8 @@ pub struct ExecutorHandle {
 }
 
 impl ExecutorHandle {
-    /// Stops the executor: running tasks are cancelled (and end as cancelled).
+    /// Stops the executor gracefully: nothing new starts, running tasks get [`STOP_GRACE`] to
+    /// finish, and those still running then end as failed with the stop as the reason.
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
@@ -103,6 +122,8 @@ struct Shared {
     busy: Mutex<HashSet<String>>,
     /// Cancellation of each running task.
     running: Mutex<HashMap<String, CancellationToken>>,
+    /// Running tasks that a stop (not a user) cancelled.
+    stopped: Mutex<HashSet<String>>,
     /// Tasks known to have ended; never read again, so a long thread stays cheap to scan.
     ended: Mutex<HashSet<String>>,
     slots: Semaphore,
@@ -140,6 +161,7 @@ pub fn start(
         space,
         busy: Mutex::default(),
         running: Mutex::default(),
+        stopped: Mutex::default(),
         ended: Mutex::default(),
         stop: stop.clone(),
     });
@@ -258,16 +280,41 @@ impl Shared {
                 Err(broadcast::error::RecvError::Closed) => break,
             }
         }
-        for token in lock(&self.running).values() {
+        self.wind_down(changes).await;
+    }
+
+    /// The graceful stop: running tasks get [`STOP_GRACE`] to finish (a user's cancel still
+    /// works meanwhile); then those left are interrupted and get [`STOP_RECORD`] to write how
+    /// they ended.
+    async fn wind_down(&self, mut changes: broadcast::Receiver<errand_sync::DocChanged>) {
+        let all = u32::try_from(self.config.max_parallel.max(1)).unwrap_or(u32::MAX);
+        let idle = self.slots.acquire_many(all);
+        tokio::pin!(idle);
+        let grace = tokio::time::sleep(STOP_GRACE);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                _ = &mut idle => return,
+                () = &mut grace => break,
+                changed = changes.recv() => match changed {
+                    Ok(c) if !c.doc.is_index() => self.check_cancels(&c.doc),
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        for doc in self.threads() {
+                            self.check_cancels(&doc);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+        let running = lock(&self.running).clone();
+        lock(&self.stopped).extend(running.keys().cloned());
+        for (task, token) in &running {
+            info!(%task, "interrupting: the desktop is stopping");
             token.cancel();
         }
-        // Let cancelled tasks record how they ended.
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            self.slots
-                .acquire_many(self.config.max_parallel.max(1) as u32),
-        )
-        .await;
+        let _ = tokio::time::timeout(STOP_RECORD, idle).await;
         self.config.connectors.shutdown().await;
     }
 
@@ -385,7 +432,8 @@ impl Shared {
             return;
         }
         info!(task = %task.id, "running");
-        let cancel = self.stop.child_token();
+        // Not a child of `stop`: a stop first lets the task finish (see `wind_down`).
+        let cancel = CancellationToken::new();
         lock(&self.running).insert(task.id.clone(), cancel.clone());
         let mut ctx = TaskContext {
             shared: self.clone(),
@@ -412,13 +460,25 @@ impl Shared {
                     conversation::add_answer(tx, &id, &text, TaskStatus::Done, &steps)
                 });
             }
-            Err(failure) => {
-                let (status, verb) = if failure.cancelled {
+            Err(mut failure) => {
+                let stopped = lock(&self.stopped).remove(&id) && failure.cancelled;
+                let (status, verb) = if stopped {
+                    failure.message = stop_reason();
+                    (TaskStatus::Failed, "interrupted by a stop")
+                } else if failure.cancelled {
                     (TaskStatus::Cancelled, "cancelled")
                 } else {
                     (TaskStatus::Failed, "failed")
                 };
+                let output = failure.output.as_deref().map(split_result);
                 self.change(doc, &format!("task {} {verb}", short(&id)), |tx| {
+                    if stopped {
+                        thread::add_progress(tx, &id, "the desktop was stopped", now_millis())?;
+                    }
+                    // What it printed before it was stopped is kept (the start of it, if long).
+                    if let Some((text, _)) = &output {
+                        thread::finish(tx, &id, Ok(text.as_str()), status, now_millis())?;
+                    }
                     thread::finish(tx, &id, Err(&failure.message), status, now_millis())?;
                     conversation::add_answer(tx, &id, &failure.message, status, &steps)
                 });
@@ -474,6 +534,8 @@ fn split_result(text: &str) -> (String, Option<Vec<u8>>) {
 struct Failure {
     message: String,
     cancelled: bool,
+    /// What the task had produced when it was cancelled, if anything.
+    output: Option<String>,
 }
 
 impl Failure {
@@ -481,12 +543,14 @@ impl Failure {
         Failure {
             message: message.into(),
             cancelled: false,
+            output: None,
         }
     }
     fn cancelled() -> Self {
         Failure {
             message: "cancelled".into(),
             cancelled: true,
+            output: None,
         }
     }
 }
@@ -610,6 +674,10 @@ impl TaskContext {
         }
         self.run_tool(checked.action).await.map_err(|e| match e {
             ToolError::Cancelled => Failure::cancelled(),
+            ToolError::CancelledWithOutput(output) => Failure {
+                output: Some(output),
+                ..Failure::cancelled()
+            },
             other => Failure::new(other.to_string()),
         })
     }
@@ -709,6 +777,7 @@ impl TaskContext {
                 _ = self.cancel.cancelled() => return Err(Failure::cancelled()),
             }
         };
+        let expired = matches!(verdict, Verdict::Expired);
         let (text, outcome) = match verdict {
             Verdict::Approved(by) => (format!("approved by {by}"), Ok(())),
             Verdict::Denied(by) => (
@@ -727,6 +796,11 @@ impl TaskContext {
             &self.doc,
             &format!("approval {} {}", short(&id), text),
             |tx| {
+                // Expiry is decided here, by this desktop's clock: every device then shows the
+                // request as expired, and a decision that arrives later does not count.
+                if expired {
+                    thread::expire_approval(tx, &id, now_millis())?;
+                }
                 thread::add_progress(tx, &task, &text, now_millis())?;
                 thread::set_status(tx, &task, TaskStatus::Running, now_millis())
             },

@@ -24,6 +24,9 @@ pub enum ToolError {
     Failed(String),
     #[error("cancelled")]
     Cancelled,
+    /// Cancelled after printing something; the output so far is kept with the task.
+    #[error("cancelled")]
+    CancelledWithOutput(String),
     #[error("timed out after {0} s")]
     TimedOut(u64),
 }

@@ -57,6 +57,7 @@ impl From<NodeError> for ErrandError {
             NodeError::Home(_)
             | NodeError::Identity(_)
             | NodeError::Open(_)
+            | NodeError::Busy { .. }
             | NodeError::Store(_)
             | NodeError::Change(_)
             | NodeError::Load(_)

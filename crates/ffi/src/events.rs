@@ -208,6 +208,7 @@ pub(crate) fn convert(ev: EngineEvent, node: Option<&Engine>) -> Option<NodeEven
             thread,
             status,
             prompt,
+            ..
         } => {
             let found = node.and_then(|n| n.task(&task).ok());
             NodeEvent::TaskChanged {

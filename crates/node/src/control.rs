@@ -27,6 +27,8 @@ const MAX_REQUEST: usize = 1024 * 1024;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
+    /// Whether the node serves: it answers with its pid.
+    Ping,
     Status,
     Init {
         name: Option<String>,
@@ -124,6 +126,7 @@ fn json<T: Serialize>(value: T) -> Result<serde_json::Value, NodeError> {
 /// Carries out one request on a node. `watch` is not handled here (it streams).
 pub async fn dispatch(node: &Node, request: Request) -> Result<serde_json::Value, NodeError> {
     match request {
+        Request::Ping => json(std::process::id()),
         Request::Status => json(node.status()?),
         Request::Init { name } => json(node.init_space(name.as_deref())?.to_string()),
         Request::Ticket {
@@ -212,18 +215,30 @@ pub fn socket_path(home: &Path) -> PathBuf {
     home.join(SOCKET_FILE)
 }
 
+/// The control socket being served.
+#[derive(Debug)]
+pub struct ControlServer {
+    path: PathBuf,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl ControlServer {
+    /// Stops taking new clients and removes the socket, so that commands from now on wait for
+    /// the home instead of talking to a node that is going away. Clients already connected
+    /// are served to the end of their request.
+    pub fn close(self) {
+        self.accept.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Serves the control socket until the node is dropped. Removes a stale socket first.
-pub fn serve(node: Arc<Node>) -> Result<tokio::task::JoinHandle<()>, NodeError> {
+pub fn serve(node: Arc<Node>) -> Result<ControlServer, NodeError> {
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path(node.home());
     if path.exists() {
-        // A socket file nobody answers on is left over from a node that died.
-        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-            return Err(NodeError::Control(format!(
-                "another node already serves {}",
-                path.display()
-            )));
-        }
+        // This process holds the home's database, which a serving node never lets go of
+        // while it lives: the socket file is left over from a node that died.
         std::fs::remove_file(&path).map_err(|e| {
             NodeError::Control(format!("cannot remove stale {}: {e}", path.display()))
         })?;
@@ -232,7 +247,7 @@ pub fn serve(node: Arc<Node>) -> Result<tokio::task::JoinHandle<()>, NodeError> 
         .map_err(|e| NodeError::Control(format!("cannot listen on {}: {e}", path.display())))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| NodeError::Control(e.to_string()))?;
-    Ok(tokio::spawn(async move {
+    let accept = tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
@@ -249,7 +264,8 @@ pub fn serve(node: Arc<Node>) -> Result<tokio::task::JoinHandle<()>, NodeError> 
                 }
             }
         }
-    }))
+    });
+    Ok(ControlServer { path, accept })
 }
 
 async fn serve_client(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
@@ -314,6 +330,19 @@ impl Client {
             lines: BufReader::new(read).lines(),
             write,
         })
+    }
+
+    /// Connects to the node serving `home` if it answers a ping within `timeout`; returns the
+    /// client and the node's pid. A socket nobody answers on belongs to a node that is going
+    /// away (or is stopped): `None`.
+    pub async fn connect_serving(home: &Path, timeout: Duration) -> Option<(Client, u32)> {
+        let mut client = Client::connect(home).await?;
+        let pong = tokio::time::timeout(timeout, client.call(&Request::Ping))
+            .await
+            .ok()?
+            .ok()?;
+        let pid = serde_json::from_value(pong).ok()?;
+        Some((client, pid))
     }
 
     /// Sends a request and reads its reply.

@@ -10,7 +10,19 @@ pub enum NodeError {
     #[error("device key: {0}")]
     Identity(#[from] errand_pairing::identity::IdentityError),
     #[error(transparent)]
-    Open(#[from] errand_sync::store::OpenError),
+    Open(errand_sync::store::OpenError),
+    /// Another process has the home's database open (see [`crate::home`]).
+    #[error(
+        "another errand process is using this home ({database}): {holder}{}; talk to it, or stop it first",
+        waited_text(*waited)
+    )]
+    Busy {
+        database: String,
+        /// Who holds it: `pid N, \`errand ...\``, as far as can be told.
+        holder: String,
+        /// How long this process waited for it, in seconds.
+        waited: u64,
+    },
     #[error(transparent)]
     Store(#[from] errand_sync::store::StoreError),
     #[error("cannot listen: {0}")]
@@ -48,4 +60,12 @@ pub enum NodeError {
     Blob(String),
     #[error("control socket: {0}")]
     Control(String),
+}
+
+fn waited_text(waited: u64) -> String {
+    if waited == 0 {
+        String::new()
+    } else {
+        format!(", and it did not let go within {waited} s")
+    }
 }

@@ -19,6 +19,9 @@ pub enum NodeEvent {
         thread: String,
         status: thread::TaskStatus,
         prompt: String,
+        /// Why it failed or was cancelled (the task's error), when it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// The executor asks before doing something risky.
     ApprovalRequested {
@@ -77,6 +80,13 @@ pub enum NodeEvent {
     /// Shown on a joining device: compare it with the desktop's.
     JoinCode {
         code: String,
+    },
+    /// A peer's clock is more than a minute from this device's (measured on connection).
+    /// Expiry of its approval requests is still decided by its clock, and shown by it.
+    ClockSkew {
+        peer: String,
+        /// The peer's clock minus this device's.
+        offset_ms: i64,
     },
 }
 
@@ -199,6 +209,25 @@ pub(crate) fn counted_answer<'a>(
     )
 }
 
+/// An approval's state as a person should see it: `expired` once the asking desktop has said
+/// so (a decision arriving after that does not count), else the counted decision, else
+/// `expired` or `pending` by `now` on the asking desktop's clock.
+pub(crate) fn approval_state(
+    approval: &thread::Approval,
+    counted: Option<&thread::Decision>,
+    now: i64,
+) -> &'static str {
+    if approval.expired {
+        return "expired";
+    }
+    match counted {
+        Some(d) if d.approve => "approved",
+        Some(_) => "denied",
+        None if approval.expires_at <= now => "expired",
+        None => "pending",
+    }
+}
+
 /// Turns document changes into task events by remembering each task's last seen status.
 #[derive(Debug, Default)]
 pub(crate) struct TaskWatcher {
@@ -266,6 +295,7 @@ impl TaskWatcher {
             for a in approvals {
                 if self.approvals.insert(a.id.clone())
                     && counted_decision(membership, &a).is_none()
+                    && !a.expired
                     && !priming
                 {
                     out.push(NodeEvent::ApprovalRequested {
@@ -309,18 +339,18 @@ impl TaskWatcher {
             }
             for t in states {
                 if self.seen.insert(t.id.clone(), t.status) != Some(t.status) && !priming {
-                    let prompt = repo
+                    let task = repo
                         .read(&d, |doc| thread::task(doc, d.as_str(), &t.id))
                         .ok()
                         .flatten()
-                        .flatten()
-                        .map(|task| task.prompt)
-                        .unwrap_or_default();
+                        .flatten();
+                    let (prompt, error) = task.map(|t| (t.prompt, t.error)).unwrap_or_default();
                     out.push(NodeEvent::TaskChanged {
                         task: t.id,
                         thread: d.to_string(),
                         status: t.status,
                         prompt,
+                        reason: error.filter(|_| t.status.is_final()),
                     });
                 }
             }

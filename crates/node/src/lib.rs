@@ -5,9 +5,11 @@
 //! (send, list, pair, history, ...). The command line drives it either in-process or, while a
 //! node already runs on the home, through the [`control`] socket; the mobile bindings embed it.
 
+pub mod clock;
 pub mod control;
 pub mod error;
 pub mod events;
+pub mod home;
 mod lan;
 pub mod node;
 

@@ -10,7 +10,7 @@ use errand_pairing::protocol::{self as pairing, PairingEvent, PairingHost};
 use errand_pairing::{MembershipGate, Ticket, TrustHooks, identity, trust};
 use errand_sync::repo::COMPACT_AFTER_CHUNKS;
 use errand_sync::schema::{self, DocId, HistoryEntry, index, thread};
-use errand_sync::{DeviceId, Replicator, Repo, Role, SpaceId, Store};
+use errand_sync::{DeviceId, NetEvent, Replicator, Repo, Role, SpaceId, Store};
 use iroh::endpoint::{PortmapperConfig, presets};
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
 use iroh::{Endpoint, EndpointAddr, RelayMode, RelayUrl, SecretKey};
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
+use crate::clock::{CLOCK_ALPN, ClockServer, Clocks};
 use crate::error::NodeError;
 use crate::events::NodeEvent;
 use crate::lan::LanSightings;
@@ -70,6 +71,8 @@ pub struct DeviceInfo {
     pub this_device: bool,
     pub connected: bool,
     pub addrs: Vec<String>,
+    /// The device's clock minus this device's, in milliseconds, as last measured.
+    pub clock_offset_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -77,6 +80,8 @@ pub struct PeerStatus {
     pub id: String,
     pub name: String,
     pub connected: bool,
+    /// The peer's clock minus this device's, in milliseconds, as last measured.
+    pub clock_offset_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -133,7 +138,11 @@ pub struct ApprovalInfo {
     pub class: String,
     pub requested_by: String,
     pub requested_at: i64,
+    /// By the clock of the device that asked (which decides).
     pub expires_at: i64,
+    /// Milliseconds until it expires by the asking device's clock, as this device estimates it
+    /// (its own clock corrected by the offset measured on connection); negative once past.
+    pub expires_in_ms: i64,
     /// pending, approved, denied or expired.
     pub state: String,
     pub decided_by: Option<String>,
@@ -187,6 +196,7 @@ pub struct Node {
     pairing_log: Arc<Mutex<std::collections::HashMap<String, Vec<PairingEvent>>>>,
     tasks: Mutex<tokio::task::JoinSet<()>>,
     lan: LanSightings,
+    clocks: Clocks,
 }
 
 fn now_unix() -> u64 {
@@ -207,7 +217,18 @@ impl Node {
         create_home(&home)?;
         let secret_key = identity::load_or_create(&home.join(KEY_FILE))?;
         let me = secret_key.public();
-        let store = Arc::new(Store::open(&home.join(DB_FILE))?);
+        let store = match Store::open(&home.join(DB_FILE)) {
+            Ok(store) => Arc::new(store),
+            Err(errand_sync::store::OpenError::Locked(database)) => {
+                return Err(NodeError::Busy {
+                    database,
+                    holder: crate::home::holder(&home),
+                    waited: 0,
+                });
+            }
+            Err(e) => return Err(NodeError::Open(e)),
+        };
+        crate::home::claim(&home);
         let repo = Arc::new(Repo::new(store.clone(), me));
         let gate = Arc::new(MembershipGate::new(me));
         gate.refresh(&repo);
@@ -215,6 +236,7 @@ impl Node {
         let endpoint = bind_endpoint(&secret_key, &config, &store, gate.clone()).await?;
         let replicator = Replicator::new(repo.clone(), endpoint.clone(), gate.clone());
         let pairing = PairingSlot::default();
+        let clocks = Clocks::new(store.clone());
         let router = Router::builder(endpoint.clone())
             .accept(errand_sync::SYNC_ALPN, replicator.clone())
             .accept(pairing::PAIR_ALPN, pairing.clone())
@@ -222,6 +244,7 @@ impl Node {
                 errand_sync::blob::BLOB_ALPN,
                 errand_sync::blob::BlobServer::new(store.clone(), gate.clone()),
             )
+            .accept(CLOCK_ALPN, ClockServer::new(gate.clone()))
             .spawn();
         let node = Node {
             home,
@@ -237,6 +260,7 @@ impl Node {
             pairing_log: Arc::default(),
             tasks: Mutex::default(),
             lan: LanSightings::default(),
+            clocks,
         };
         if config.lan_discovery {
             let (repo, replicator, lan) =
@@ -423,10 +447,30 @@ impl Node {
         });
         let mut net = self.replicator.events();
         let events = self.events.clone();
+        let (endpoint, repo, lan, clocks) = (
+            self.endpoint.clone(),
+            self.repo.clone(),
+            self.lan.clone(),
+            self.clocks.clone(),
+        );
         self.spawn(async move {
             loop {
                 match net.recv().await {
                     Ok(ev) => {
+                        if let NetEvent::Connected(peer) = &ev {
+                            let addrs = repo
+                                .read(&DocId::index(), index::addrs)
+                                .ok()
+                                .flatten()
+                                .unwrap_or_default();
+                            let addr = dial_addr(*peer, &addrs, &lan.get(peer));
+                            crate::clock::measure_in_background(
+                                endpoint.clone(),
+                                addr,
+                                clocks.clone(),
+                                events.clone(),
+                            );
+                        }
                         let _ = events.send(NodeEvent::from_net(ev));
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -642,6 +686,9 @@ impl Node {
                     .find(|a| a.device == m.device.to_string())
                     .map(|a| a.addrs.clone())
                     .unwrap_or_default(),
+                clock_offset_ms: (m.device != self.id())
+                    .then(|| self.clocks.get(&m.device).map(|o| o.offset_ms))
+                    .flatten(),
             })
             .collect())
     }
@@ -835,14 +882,13 @@ impl Node {
                 ids
             }
         };
-        let mut out = Vec::new();
+        let mut each = Vec::new();
         for t in threads {
             if let Some(tasks) = self.repo.read(&t, |d| thread::tasks(d, t.as_str()))? {
-                out.extend(tasks);
+                each.push(tasks);
             }
         }
-        out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
-        Ok(out)
+        Ok(interleave(each))
     }
 
     /// Finds a task by id prefix.
@@ -966,6 +1012,7 @@ impl Node {
                         id: m.device.to_string(),
                         name: m.name.clone(),
                         connected: connected.contains(&m.device),
+                        clock_offset_ms: self.clocks.get(&m.device).map(|o| o.offset_ms),
                     })
                     .collect()
             })
@@ -997,6 +1044,7 @@ impl Node {
             })
             .unwrap_or_default();
         let mut progress = self.replicator.progress();
+        let mut clocks = self.clocks.progress();
         let deadline = tokio::time::Instant::now() + timeout;
         // In sync with a peer: it holds exactly what we hold (equal digests, nothing under
         // way), and we hold every document the index lists.
@@ -1010,15 +1058,24 @@ impl Node {
                 .map(|(p, _)| held && node.replicator.in_sync(p))
                 .collect()
         };
-        loop {
-            let state = all_synced(self);
-            if state.iter().all(|s| *s) {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, progress.changed())
-                .await
-                .is_err()
-            {
+        // Synced, and each connected peer's clock asked for (what this device shows of
+        // approval expiry depends on it).
+        let done = |node: &Node| {
+            all_synced(node).iter().all(|s| *s)
+                && node
+                    .replicator
+                    .connected_peers()
+                    .iter()
+                    .all(|p| node.clocks.asked(p))
+        };
+        while !done(self) {
+            let more = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    _ = progress.changed() => {}
+                    _ = clocks.changed() => {}
+                }
+            });
+            if more.await.is_err() {
                 break;
             }
         }
@@ -1053,7 +1110,6 @@ impl Node {
         let names = self.names();
         self.require_space()?;
         let membership = self.membership();
-        let now = schema::now_millis();
         let mut out = Vec::new();
         for t in self.threads()? {
             let Some(doc) = DocId::parse(&t.id) else {
@@ -1064,19 +1120,20 @@ impl Node {
                 .read(&doc, |d| thread::approvals(d, doc.as_str()))?
                 .unwrap_or_default();
             for a in approvals {
+                // Expiry is the asking desktop's to decide, by its clock.
+                let now = a
+                    .requested_by
+                    .parse::<DeviceId>()
+                    .map_or_else(|_| schema::now_millis(), |d| self.clocks.now_at(&d));
                 let first = crate::events::counted_decision(membership.as_ref(), &a).cloned();
                 let first = first.as_ref();
-                let state = match first {
-                    Some(d) if d.approve => "approved",
-                    Some(_) => "denied",
-                    None if a.expires_at <= now => "expired",
-                    None => "pending",
-                };
+                let state = crate::events::approval_state(&a, first, now);
                 if pending_only && state != "pending" {
                     continue;
                 }
+                let decided = matches!(state, "approved" | "denied");
                 out.push(ApprovalInfo {
-                    decided_by: first.map(|d| {
+                    decided_by: first.filter(|_| decided).map(|d| {
                         names
                             .get(&d.device)
                             .cloned()
@@ -1094,6 +1151,7 @@ impl Node {
                         .unwrap_or(a.requested_by),
                     requested_at: a.requested_at,
                     expires_at: a.expires_at,
+                    expires_in_ms: a.expires_at.saturating_sub(now),
                 });
             }
         }
@@ -1246,6 +1304,41 @@ impl Node {
             .and_then(|m| m.get(&self.id()).map(|m| m.role))
     }
 
+    /// Waits until every connected peer holds this device's current version of every
+    /// document, or `timeout` passes: what a stopping node wrote last reaches its peers.
+    pub async fn flush(&self, timeout: Duration) {
+        let docs: Vec<(DocId, Vec<automerge::ChangeHash>)> = self
+            .repo
+            .doc_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| {
+                let heads = self.repo.heads(&d).unwrap_or_default();
+                (d, heads)
+            })
+            .collect();
+        let mut progress = self.replicator.progress();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let delivered = self.replicator.connected_peers().iter().all(|p| {
+                docs.iter()
+                    .all(|(d, heads)| self.replicator.delivered(p, d, heads))
+            });
+            if delivered
+                || tokio::time::timeout_at(deadline, progress.changed())
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// The clock offsets this node has measured.
+    pub fn clocks(&self) -> &Clocks {
+        &self.clocks
+    }
+
     /// Stops serving: closes connections and the endpoint.
     pub async fn shutdown(&self) {
         self.replicator.shutdown();
@@ -1260,6 +1353,27 @@ impl Node {
             Err(_) => debug!("router shutdown timed out"),
             Ok(Ok(())) => {}
         }
+    }
+}
+
+/// Tasks of several threads in one list: each thread's tasks stay in the thread's own order
+/// (causal, whatever the senders' clocks say); between threads, the task sent earliest (by its
+/// sender's clock) comes first.
+fn interleave(threads: Vec<Vec<thread::Task>>) -> Vec<thread::Task> {
+    let mut queues: Vec<std::collections::VecDeque<thread::Task>> =
+        threads.into_iter().map(Into::into).collect();
+    let mut out = Vec::with_capacity(queues.iter().map(|q| q.len()).sum());
+    loop {
+        let next = queues
+            .iter()
+            .enumerate()
+            .filter_map(|(i, q)| q.front().map(|t| (t.created, &t.id, i)))
+            .min()
+            .map(|(_, _, i)| i);
+        let Some(task) = next.and_then(|i| queues[i].pop_front()) else {
+            return out;
+        };
+        out.push(task);
     }
 }
 

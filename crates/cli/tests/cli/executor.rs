@@ -33,7 +33,7 @@ const TASK_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A desktop started with `up --policy FILE` when `policy` is given (the file is written beside
 /// its home), with `env` in the daemon's environment, and a phone paired with it.
-fn setup(policy: Option<&str>, env: &[(&str, &str)]) -> (Paired, Option<PathBuf>) {
+pub(crate) fn setup(policy: Option<&str>, env: &[(&str, &str)]) -> (Paired, Option<PathBuf>) {
     setup_home(Home::new("desk"), policy, env)
 }
 
@@ -74,7 +74,7 @@ pub(crate) fn send_task(phone: &Home, prompt: &str, extra: &[&str]) -> (String, 
 }
 
 /// The task as the phone shows it (`errand --json show TASK` on the phone's home).
-fn phone_show(phone: &Home, task: &str) -> Value {
+pub(crate) fn phone_show(phone: &Home, task: &str) -> Value {
     phone.json(&["show", task])
 }
 
@@ -145,7 +145,7 @@ fn millis(task: &Value, key: &str) -> i64 {
 /// The ids of processes running `sleep ARG` (directly, or as `sh -c sleep ARG`) in `cwd`. The
 /// working directory ties them to this test's workspace, so another test run on this machine
 /// cannot be mistaken for ours.
-fn sleeps_in(arg: &str, cwd: &Path) -> Vec<u32> {
+pub(crate) fn sleeps_in(arg: &str, cwd: &Path) -> Vec<u32> {
     let wanted = [format!("sleep {arg}"), format!("sh -c sleep {arg}")];
     let mut found = Vec::new();
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -183,9 +183,9 @@ fn sleeps_in(arg: &str, cwd: &Path) -> Vec<u32> {
 /// orphans its command; a failed cancel leaves it running), killed when the test ends whatever
 /// its outcome. Only processes that still match at that moment are killed, so a recycled pid
 /// is never hit.
-struct Orphans {
-    arg: &'static str,
-    cwd: PathBuf,
+pub(crate) struct Orphans {
+    pub(crate) arg: &'static str,
+    pub(crate) cwd: PathBuf,
 }
 
 impl Drop for Orphans {

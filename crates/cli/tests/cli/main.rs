@@ -13,4 +13,5 @@ mod offline;
 mod pairing;
 mod reach;
 mod refusals;
+mod stops;
 mod support;

@@ -101,6 +101,39 @@ impl Home {
         run(self.label, self.command(args), COMMAND_DEADLINE)
     }
 
+    /// Runs a command under a clock shifted by `shift` (libfaketime's syntax: `+2h`, `-1h`),
+    /// as on a device whose clock is that far off.
+    pub fn run_skewed(&self, shift: &str, args: &[&str]) -> Out {
+        let errand = self.command(args);
+        let mut cmd = Command::new("faketime");
+        cmd.arg("-f")
+            .arg(shift)
+            .arg(errand.get_program())
+            .args(errand.get_args())
+            .stdin(Stdio::null());
+        for (key, value) in errand.get_envs() {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        run(self.label, cmd, COMMAND_DEADLINE)
+    }
+
+    /// [`Home::run_skewed`] for a command that must succeed and print JSON.
+    pub fn json_skewed(&self, shift: &str, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        self.run_skewed(shift, &all).json()
+    }
+
+    /// The pid that the process holding this home wrote, if any.
+    pub fn holder_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.path().join("errand.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
     /// Runs a command that must succeed and print JSON; returns the JSON.
     pub fn json(&self, args: &[&str]) -> Value {
         let mut all = vec!["--json"];
@@ -511,6 +544,16 @@ impl Daemon {
             "SIGTERM should stop it cleanly, got {status}: {}",
             self.describe()
         );
+    }
+
+    /// Sends a signal (`-STOP`, `-CONT`, `-KILL`) without waiting for anything.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid} failed");
     }
 
     /// SIGKILL: no chance to clean up.

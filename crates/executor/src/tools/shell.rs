@@ -78,7 +78,8 @@ enum Interrupted {
 ///
 /// Success is exit status 0; the text is stdout, then stderr (if any) under a `stderr:` line.
 /// A non-zero exit is [`ToolError::Failed`] with the status and the end of stderr (or of
-/// stdout when stderr is empty). Cancel gives [`ToolError::Cancelled`] and timeout
+/// stdout when stderr is empty). Cancel gives [`ToolError::Cancelled`] (or
+/// [`ToolError::CancelledWithOutput`] with what it printed so far) and timeout
 /// [`ToolError::TimedOut`], both after the whole process group has been killed.
 /// `started` gets the process group id as soon as the command runs (see [`ProcessLedger`]).
 pub async fn sh(
@@ -158,7 +159,28 @@ pub async fn sh(
     match interrupted {
         Some(Interrupted::Cancelled) => {
             kill_group(pgid, &mut child).await;
-            return Err(ToolError::Cancelled);
+            // What it wrote before it was killed may still sit in the pipes.
+            let drain = async {
+                while out_open || err_open {
+                    tokio::select! {
+                        read = read_some(&mut stdout, &mut out_buf), if out_open => match read {
+                            Some(n) => out.push(&out_buf[..n]),
+                            None => out_open = false,
+                        },
+                        read = read_some(&mut stderr, &mut err_buf), if err_open => match read {
+                            Some(n) => err.push(&err_buf[..n]),
+                            None => err_open = false,
+                        },
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(EXIT_GRACE, drain).await;
+            let so_far = joined(&out.text(), &err.text());
+            return Err(if so_far.is_empty() {
+                ToolError::Cancelled
+            } else {
+                ToolError::CancelledWithOutput(so_far)
+            });
         }
         Some(Interrupted::TimedOut) => {
             kill_group(pgid, &mut child).await;
@@ -173,39 +195,43 @@ pub async fn sh(
 
     let stdout_text = out.text();
     let stderr_text = err.text();
-    if !status.success() {
-        let how = match status.code() {
-            Some(code) => format!("exit status {code}"),
-            None => {
-                use std::os::unix::process::ExitStatusExt;
-                match status.signal() {
-                    Some(signal) => format!("killed by signal {signal}"),
-                    None => "abnormal exit".to_owned(),
-                }
-            }
-        };
-        let detail = if stderr_text.trim().is_empty() {
-            &stdout_text
-        } else {
-            &stderr_text
-        };
-        let detail = tail(detail.trim(), ERROR_TAIL_CHARS);
-        return Err(ToolError::Failed(if detail.is_empty() {
-            how
-        } else {
-            format!("{how}: {detail}")
-        }));
+    if status.success() {
+        return Ok(ToolOutput::text(joined(&stdout_text, &stderr_text)));
     }
+    let how = match status.code() {
+        Some(code) => format!("exit status {code}"),
+        None => {
+            use std::os::unix::process::ExitStatusExt;
+            match status.signal() {
+                Some(signal) => format!("killed by signal {signal}"),
+                None => "abnormal exit".to_owned(),
+            }
+        }
+    };
+    let detail = if stderr_text.trim().is_empty() {
+        &stdout_text
+    } else {
+        &stderr_text
+    };
+    let detail = tail(detail.trim(), ERROR_TAIL_CHARS);
+    Err(ToolError::Failed(if detail.is_empty() {
+        how
+    } else {
+        format!("{how}: {detail}")
+    }))
+}
 
-    let mut text = stdout_text;
-    if !stderr_text.is_empty() {
+/// stdout, then stderr (if any) under a `stderr:` line.
+fn joined(stdout: &str, stderr: &str) -> String {
+    let mut text = stdout.to_owned();
+    if !stderr.is_empty() {
         if !text.is_empty() {
             text.push('\n');
         }
         text.push_str("stderr:\n");
-        text.push_str(&stderr_text);
+        text.push_str(stderr);
     }
-    Ok(ToolOutput::text(text))
+    text
 }
 
 /// Reads once; `None` at end of stream or on a read error (a broken pipe ends the capture,
@@ -372,6 +398,39 @@ mod tests {
         let _ = std::process::Command::new("kill")
             .args(["-KILL", pid.trim()])
             .status();
+    }
+
+    #[tokio::test]
+    async fn cancel_keeps_what_the_command_printed_so_far() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let cwd = tmp.path().to_owned();
+            let cancel = cancel.clone();
+            async move {
+                sh(
+                    "echo started; echo warned >&2; touch ready; sleep 30",
+                    &cwd,
+                    cancel,
+                    LONG,
+                    |_| {},
+                )
+                .await
+            }
+        });
+        let ready = tmp.path().join("ready");
+        assert!(eventually(|| ready.exists(), Duration::from_secs(10)).await);
+        cancel.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        match result {
+            Err(ToolError::CancelledWithOutput(text)) => {
+                assert_eq!(text, "started\nstderr:\nwarned");
+            }
+            other => panic!("expected the output so far: {other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -8,11 +8,15 @@
 //!                      status, started, finished, progress: [ {at, text} ],      (the executor's)
 //!                      result, error, artifacts: [ {hash, size, mime, name} ] } } },
 //!   approvals: { <approval>: { task, action, class, requested_by, requested_at, expires_at,
+//!                              expired_at,
 //!                              decisions: { <device>: { approve, at, signature } } } } }
 //! ```
 //!
 //! An approval's request fields are the executor's; each deciding device writes only its own
 //! entry under `decisions`, signed, so two phones answering at once cannot interleave fields.
+//! The executor decides expiry by its own clock and writes `expired_at` when it gives up
+//! waiting; a decision that arrives after that does not count, whatever the deciding device's
+//! clock said, and only the asking device's own `expired_at` is believed.
 //!
 //! Each field has one writer: the device that sent a task owns its prompt and cancel request,
 //! the executor owns everything about how it ran. That keeps concurrent edits from fighting.
@@ -176,22 +180,6 @@ fn bucket_of(doc: &impl ReadDoc, task: &str) -> Option<ObjId> {
     get_obj(doc, &tasks, &task_bucket(task))
 }
 
-/// Every task id of the thread with the bucket that holds it, in no particular order. Reads
-/// only keys: callers look up the tasks they want (an ended task is not worth a look-up).
-fn task_ids(doc: &impl ReadDoc) -> Vec<(ObjId, String)> {
-    let Some(tasks) = get_obj(doc, &ROOT, "tasks") else {
-        return Vec::new();
-    };
-    doc.keys(&tasks)
-        .filter_map(|b| get_obj(doc, &tasks, &b))
-        .flat_map(|bucket| {
-            doc.keys(&bucket)
-                .map(|id| (bucket.clone(), id))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 fn section(doc: &impl ReadDoc, key: &str) -> Result<ObjId, AutomergeError> {
     get_obj(doc, &ROOT, key).ok_or(AutomergeError::InvalidOp(ObjType::Map))
 }
@@ -301,7 +289,11 @@ pub fn title(doc: &impl ReadDoc) -> Option<String> {
 
 pub fn task(doc: &impl ReadDoc, thread: &str, id: &str) -> Option<Task> {
     let obj = task_obj(doc, id).ok()?;
-    let fields = Fields::read(doc, &obj);
+    Some(task_at(doc, thread, id, &obj))
+}
+
+fn task_at(doc: &impl ReadDoc, thread: &str, id: &str, obj: &ObjId) -> Task {
+    let fields = Fields::read(doc, obj);
     // Each list entry is a small map: read it whole, in one pass.
     let entries = |key: &str| -> Vec<Fields> {
         fields
@@ -334,12 +326,12 @@ pub fn task(doc: &impl ReadDoc, thread: &str, id: &str) -> Option<Task> {
             })
         })
         .collect();
-    Some(Task {
+    Task {
         id: id.to_owned(),
         thread: thread.to_owned(),
         prompt: fields.str("prompt").unwrap_or_default(),
         target: fields.str("target").unwrap_or_default(),
-        created_by: creator(&obj),
+        created_by: creator(obj),
         created: fields.i64("created").unwrap_or(0),
         status: fields
             .str("status")
@@ -352,7 +344,38 @@ pub fn task(doc: &impl ReadDoc, thread: &str, id: &str) -> Option<Task> {
         error: fields.str("error"),
         artifacts,
         cancel_requested: fields.bool("cancel_requested").unwrap_or(false),
-    })
+    }
+}
+
+/// Where a task stands in its thread, the same on every device and whatever the senders'
+/// clocks say: the counter of the operation that created it is a Lamport clock (automerge
+/// numbers each operation above every one its author had seen), so a task sent after another
+/// had arrived sorts after it. Tasks sent concurrently, neither sender having seen the other's,
+/// are ordered by counter, then by sending actor.
+fn causal_key(obj: &ObjId) -> (u64, Vec<u8>) {
+    match obj {
+        ObjId::Id(counter, actor, _) => (*counter, actor.to_bytes().to_vec()),
+        ObjId::Root => (0, Vec::new()),
+    }
+}
+
+/// Every task's id and object, in causal order (see [`causal_key`]).
+fn task_objects(doc: &impl ReadDoc) -> Vec<(String, ObjId)> {
+    let Some(tasks) = get_obj(doc, &ROOT, "tasks") else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, ObjId)> = doc
+        .keys(&tasks)
+        .filter_map(|b| get_obj(doc, &tasks, &b))
+        .flat_map(|bucket| {
+            doc.map_range(&bucket, ..)
+                .filter(|item| matches!(item.value, automerge::ValueRef::Object(_)))
+                .map(|item| (item.key.to_string(), item.id()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort_by_cached_key(|(id, obj)| (causal_key(obj), id.clone()));
+    out
 }
 
 /// The device that created an object: named by the actor of the operation that made it
@@ -392,16 +415,16 @@ pub struct TaskState {
     pub created: i64,
 }
 
-/// The state of every task not in `skip`, oldest first. Much cheaper than [`tasks`] on a long
-/// thread: it reads four fields per task, and none for the tasks the caller already knows to
-/// have ended.
+/// The state of every task not in `skip`, in the thread's order (causal, see [`causal_key`]).
+/// Much cheaper than [`tasks`] on a long thread: it reads four fields per task, and none for
+/// the tasks the caller already knows to have ended.
 pub fn task_states(doc: &impl ReadDoc, skip: &std::collections::HashSet<String>) -> Vec<TaskState> {
-    let mut out: Vec<TaskState> = task_ids(doc)
+    task_objects(doc)
         .into_iter()
-        .filter(|(_, id)| !skip.contains(id))
-        .filter_map(|(bucket, id)| {
-            let fields = Fields::read(doc, &get_obj(doc, &bucket, &id)?);
-            Some(TaskState {
+        .filter(|(id, _)| !skip.contains(id))
+        .map(|(id, obj)| {
+            let fields = Fields::read(doc, &obj);
+            TaskState {
                 status: fields
                     .str("status")
                     .and_then(|s| s.parse().ok())
@@ -410,21 +433,17 @@ pub fn task_states(doc: &impl ReadDoc, skip: &std::collections::HashSet<String>)
                 cancel_requested: fields.bool("cancel_requested").unwrap_or(false),
                 created: fields.i64("created").unwrap_or(0),
                 id,
-            })
+            }
         })
-        .collect();
-    out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
-    out
+        .collect()
 }
 
-/// Every task of the thread, oldest first.
+/// Every task of the thread, in the thread's order (causal, see [`causal_key`]).
 pub fn tasks(doc: &impl ReadDoc, thread: &str) -> Vec<Task> {
-    let mut out: Vec<Task> = task_ids(doc)
+    task_objects(doc)
         .into_iter()
-        .filter_map(|(_, id)| task(doc, thread, &id))
-        .collect();
-    out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
-    out
+        .map(|(id, obj)| task_at(doc, thread, &id, &obj))
+        .collect()
 }
 
 /// What the executor writes to ask before a risky action.
@@ -460,6 +479,8 @@ pub struct Approval {
     pub requested_at: i64,
     pub expires_at: i64,
     pub decisions: Vec<Decision>,
+    /// The asking device gave up waiting (by its clock): no decision counts any more.
+    pub expired: bool,
 }
 
 pub fn request_approval(
@@ -476,6 +497,28 @@ pub fn request_approval(
     tx.put(&obj, "expires_at", a.expires_at)?;
     tx.put_object(&obj, "decisions", ObjType::Map)?;
     Ok(())
+}
+
+/// Records that the executor stopped waiting for a decision: the request expired by its
+/// clock. Asking device only.
+pub fn expire_approval(
+    tx: &mut impl Transactable,
+    approval: &str,
+    at: i64,
+) -> Result<(), AutomergeError> {
+    let approvals = section(tx, "approvals")?;
+    let obj = get_obj(tx, &approvals, approval).ok_or(AutomergeError::InvalidOp(ObjType::Map))?;
+    tx.put(&obj, "expired_at", at)?;
+    Ok(())
+}
+
+/// Whether the device that created `obj` wrote `key` of it (among concurrent writes too: a
+/// member that overwrites the field does not hide the creator's value).
+fn written_by_creator(doc: &impl ReadDoc, obj: &ObjId, key: &str) -> bool {
+    let by = creator(obj);
+    doc.get_all(obj, key).unwrap_or_default().iter().any(
+        |(_, op)| matches!(op, ObjId::Id(_, actor, _) if crate::ids::actor_device(actor) == by),
+    )
 }
 
 /// Records one device's signed decision on an approval.
@@ -535,6 +578,8 @@ pub fn approvals(doc: &impl ReadDoc, thread: &str) -> Vec<Approval> {
                 requested_at: fields.i64("requested_at").unwrap_or(0),
                 expires_at: fields.i64("expires_at").unwrap_or(0),
                 decisions,
+                expired: fields.i64("expired_at").is_some()
+                    && written_by_creator(doc, &obj, "expired_at"),
                 id,
             })
         })
@@ -634,6 +679,7 @@ mod tests {
             requested_at: 1,
             expires_at: 100,
             decisions: Vec::new(),
+            expired: false,
         };
         let by_phone = signed(&phone, "space", &approval, true, 20);
         assert!(decision_is_signed("space", &approval, &by_phone));
@@ -795,6 +841,60 @@ mod tests {
         assert_eq!(task.artifacts.len(), 1);
         assert_eq!(task.artifacts[0].size, 42);
         assert_eq!(task.artifacts[0].name, "shot.png");
+    }
+
+    #[test]
+    fn a_task_sent_after_another_arrived_comes_after_it_whatever_the_clocks_say() {
+        let mut desk = thread_doc();
+        let mut phone = desk.fork().with_actor(ActorId::from([2; 32]));
+        desk.transact(|tx| add_task(tx, &new_task("00000000000000d1", "first", 5_000)))
+            .expect("first");
+        phone.merge(&mut desk).expect("merge");
+        // The phone's clock is far behind: its task claims to be older.
+        phone
+            .transact(|tx| add_task(tx, &new_task("00000000000000a2", "second", 1)))
+            .expect("second");
+        desk.merge(&mut phone).expect("merge");
+        for doc in [&phone, &desk] {
+            let prompts: Vec<String> = tasks(doc, "t1").into_iter().map(|t| t.prompt).collect();
+            assert_eq!(prompts, ["first", "second"]);
+            let states: Vec<String> = task_states(doc, &HashSet::new())
+                .into_iter()
+                .map(|t| t.id)
+                .collect();
+            assert_eq!(states, ["00000000000000d1", "00000000000000a2"]);
+        }
+    }
+
+    #[test]
+    fn only_the_asking_device_marks_its_approval_expired() {
+        let mut desk = thread_doc();
+        desk.transact(|tx| {
+            request_approval(
+                tx,
+                &NewApproval {
+                    id: "a1",
+                    task: "k1",
+                    action: "sh ls",
+                    class: "shell",
+                    requested_by: "desk",
+                    requested_at: 1,
+                    expires_at: 2,
+                },
+            )
+        })
+        .expect("request");
+        let mut other = desk.fork().with_actor(ActorId::from([3; 32]));
+        other
+            .transact(|tx| expire_approval(tx, "a1", 3))
+            .expect("another device writes the mark");
+        assert!(!approvals(&other, "t1")[0].expired, "not believed");
+        desk.transact(|tx| expire_approval(tx, "a1", 3))
+            .expect("the asking device writes it");
+        assert!(approvals(&desk, "t1")[0].expired);
+        // Merged with the other's concurrent write, the asking device's still counts.
+        other.merge(&mut desk).expect("merge");
+        assert!(approvals(&other, "t1")[0].expired);
     }
 
     #[test]
