@@ -19,10 +19,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::{CommitOptions, Transaction};
-use automerge::{ActorId, Automerge, AutomergeError, ChangeHash};
+use automerge::{ActorId, Automerge, AutomergeError, ChangeHash, ReadDoc};
 use tokio::sync::broadcast;
 
 use crate::ids::{DeviceId, session_actor};
+use crate::limits::Limits;
 use crate::replication::{Catalog, Digest, Docs, DocsError, HeadsHash};
 use crate::schema::{DocId, now_millis};
 use crate::store::{Store, StoreError};
@@ -431,6 +432,11 @@ impl Repo {
         state: &mut sync::State,
         bytes: &[u8],
     ) -> Result<bool, ReceiveError> {
+        // Bounds first: automerge trusts the sizes a message claims (crate::limits).
+        if let Err(refusal) = Limits::DEFAULT.check_sync_message(bytes) {
+            *state = sync::State::new();
+            return Err(malformed(id, refusal.to_string()));
+        }
         let message = match catch_unwind(|| sync::Message::decode(bytes)) {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => return Err(malformed(id, e.to_string())),
@@ -448,6 +454,15 @@ impl Repo {
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(_) => Some("applying it panicked".to_owned()),
             };
+            // A peer can grow a document past any bound in messages that each pass: refuse
+            // the one that crosses it, and keep nothing of it in memory.
+            let failure = failure.or_else(|| {
+                let ops = entry.doc.stats().num_ops;
+                Limits::DEFAULT
+                    .check_document_ops(ops)
+                    .err()
+                    .map(|refusal| refusal.to_string())
+            });
             if let Some(reason) = failure {
                 docs.remove(id);
                 drop(docs);
