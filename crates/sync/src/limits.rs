@@ -181,6 +181,18 @@ impl Limits {
         Ok(())
     }
 
+    /// Checks a whole document (or concatenated changes) received outside a sync message,
+    /// such as the index a new member receives while pairing.
+    pub fn check_document(&self, bytes: &[u8]) -> Result<Shape, Refusal> {
+        let mut tally = chunk::Tally::default();
+        chunk::walk(self, bytes, &mut tally)?;
+        Ok(Shape {
+            chunks: tally.chunks,
+            ops: tally.ops,
+            ..Shape::default()
+        })
+    }
+
     /// Checks a document's size once merged: a peer may reach it in many small messages.
     pub fn check_document_ops(&self, ops: u64) -> Result<(), Refusal> {
         bounded(ops, "operations in the document", self.max_document_ops).map(|_| ())

@@ -529,6 +529,9 @@ impl Repo {
 
     /// Stores a whole document received out of band (pairing), merging with what is here.
     pub fn import(&self, id: &DocId, bytes: &[u8]) -> Result<(), ReceiveError> {
+        if let Err(refusal) = Limits::DEFAULT.check_document(bytes) {
+            return Err(malformed(id, refusal.to_string()));
+        }
         let mut incoming = match catch_unwind(|| Automerge::load(bytes)) {
             Ok(Ok(doc)) => doc,
             Ok(Err(e)) => return Err(malformed(id, e.to_string())),

@@ -247,3 +247,16 @@ fn truncated_messages_are_refused() {
         );
     }
 }
+
+#[test]
+fn whole_documents_are_checked_too() {
+    let doc = busy_doc(20);
+    let shape = Limits::DEFAULT.check_document(&doc.save()).unwrap();
+    assert!(shape.ops >= 60, "{shape:?}");
+    let tight = Limits {
+        max_document_ops: shape.ops - 1,
+        ..Limits::DEFAULT
+    };
+    assert!(tight.check_document(&doc.save()).is_err());
+    assert!(Limits::DEFAULT.check_document(b"not a document").is_err());
+}
