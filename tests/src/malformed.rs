@@ -318,7 +318,10 @@ fn sync_messages_mutated_field_by_field_never_bring_the_repo_down() {
         }
     }
     assert!(repo.contains(&doc).unwrap());
-    assert!(refused > 0 && applied > 0, "{refused} refused, {applied} applied");
+    assert!(
+        refused > 0 && applied > 0,
+        "{refused} refused, {applied} applied"
+    );
     eprintln!(
         "structured fuzzing: {refused} refused, {applied} applied in {:?}",
         started.elapsed()

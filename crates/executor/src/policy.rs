@@ -704,9 +704,13 @@ mod tests {
         let text = format!(
             "workspace = \"ws\"\nreadable = [\"docs\"]\nwritable = [\"out\"]\n[actions]\n{actions}\n"
         );
-        let policy =
-            Policy::parse_with_user_home(&text, &root, &root.join("errand"), Some(root.join("user")))
-                .unwrap();
+        let policy = Policy::parse_with_user_home(
+            &text,
+            &root,
+            &root.join("errand"),
+            Some(root.join("user")),
+        )
+        .unwrap();
         Setup {
             _tmp: tmp,
             root,
@@ -788,7 +792,11 @@ mod tests {
         let model = root.join("model.toml");
         fs::write(&model, "").unwrap();
         // A policy that allows writing the folder that holds the home, and the home itself.
-        let text = format!("writable = [\"{}\", \"{}\"]\n", root.display(), home.display());
+        let text = format!(
+            "writable = [\"{}\", \"{}\"]\n",
+            root.display(),
+            home.display()
+        );
         let mut policy = Policy::parse_with_user_home(&text, &root, &home, None).unwrap();
         policy.protect(&model);
         for action in [
@@ -823,9 +831,12 @@ mod tests {
     #[test]
     fn pass_env_and_allow_private_network_parse() {
         let home = Path::new("/h");
-        let policy =
-            Policy::parse("pass_env = [\"GOPATH\"]\nallow_private_network = true\n", home, home)
-                .unwrap();
+        let policy = Policy::parse(
+            "pass_env = [\"GOPATH\"]\nallow_private_network = true\n",
+            home,
+            home,
+        )
+        .unwrap();
         assert!(policy.allows_private_network());
         assert!(!Policy::defaults(home).allows_private_network());
         let err = Policy::parse("pass_env = [\"A=B\"]\n", home, home).unwrap_err();

@@ -84,7 +84,9 @@ pub enum Refusal {
     },
     #[error("unknown sync message type {0:#04x}")]
     UnknownType(u8),
-    #[error("bloom filter with {entries} entries, {bits_per_entry} bits per entry, {probes} probes")]
+    #[error(
+        "bloom filter with {entries} entries, {bits_per_entry} bits per entry, {probes} probes"
+    )]
     Bloom {
         entries: u64,
         bits_per_entry: u64,

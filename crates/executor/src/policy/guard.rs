@@ -66,7 +66,8 @@ impl Guard {
             let Some(name) = name.to_str() else {
                 return false;
             };
-            let passed = DEFAULT_PASS_ENV.contains(&name) || self.pass_env.iter().any(|p| p == name);
+            let passed =
+                DEFAULT_PASS_ENV.contains(&name) || self.pass_env.iter().any(|p| p == name);
             passed && !self.withheld_env.iter().any(|w| w == name)
         })
         .collect()

@@ -48,7 +48,8 @@ pub async fn fetch(
         let parsed: reqwest::Url = url
             .parse()
             .map_err(|err| ToolError::Failed(format!("fetch {url}: {err}")))?;
-        reach::check_url(&parsed).map_err(|reason| ToolError::Failed(format!("fetch {url}: {reason}")))?;
+        reach::check_url(&parsed)
+            .map_err(|reason| ToolError::Failed(format!("fetch {url}: {reason}")))?;
         builder = builder
             .no_proxy()
             .dns_resolver(std::sync::Arc::new(reach::PublicOnly))
@@ -314,7 +315,10 @@ mod tests {
         assert_eq!(fetch(&base, TIMEOUT, 1000, true).await.unwrap().text, "{}");
         server.join().unwrap();
         let (base, server) = serve_once("200 OK", None, "plain é".as_bytes().to_vec());
-        assert_eq!(fetch(&base, TIMEOUT, 1000, true).await.unwrap().text, "plain é");
+        assert_eq!(
+            fetch(&base, TIMEOUT, 1000, true).await.unwrap().text,
+            "plain é"
+        );
         server.join().unwrap();
     }
 

@@ -392,7 +392,17 @@ mod tests {
         let task = tokio::spawn({
             let cwd = tmp.path().to_owned();
             let cancel = cancel.clone();
-            async move { sh("sleep 30 & echo $! > pid; wait", &cwd, &env(), cancel, LONG, |_| {}).await }
+            async move {
+                sh(
+                    "sleep 30 & echo $! > pid; wait",
+                    &cwd,
+                    &env(),
+                    cancel,
+                    LONG,
+                    |_| {},
+                )
+                .await
+            }
         });
         let mut pid = None;
         assert!(

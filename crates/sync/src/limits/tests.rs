@@ -110,7 +110,9 @@ fn counts_beyond_the_limits_are_refused_before_anything_is_read() {
     }
     assert_eq!(refused(&[0x44]), Refusal::UnknownType(0x44));
     assert_eq!(
-        refused(&[0x42, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]),
+        refused(&[
+            0x42, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f
+        ]),
         Refusal::BadNumber("heads")
     );
 }
@@ -158,7 +160,10 @@ fn a_compressed_change_that_inflates_past_the_limit_is_refused() {
 
 #[test]
 fn unknown_chunks_and_bad_magic_are_refused() {
-    assert_eq!(refused(&message_with_chunk(&chunk(3, &[]))), Refusal::ChunkType(3));
+    assert_eq!(
+        refused(&message_with_chunk(&chunk(3, &[]))),
+        Refusal::ChunkType(3)
+    );
     let mut bad = chunk(1, &[]);
     bad[0] = 0;
     assert_eq!(refused(&message_with_chunk(&bad)), Refusal::BadMagic);
@@ -169,7 +174,9 @@ fn busy_doc(tasks: usize) -> Automerge {
     let mut doc = Automerge::new();
     for i in 0..tasks {
         let mut tx = doc.transaction();
-        let task = tx.put_object(ROOT, format!("task{i}"), ObjType::Map).unwrap();
+        let task = tx
+            .put_object(ROOT, format!("task{i}"), ObjType::Map)
+            .unwrap();
         tx.put(&task, "prompt", "do the thing ".repeat(40)).unwrap();
         tx.put(&task, "n", i as i64).unwrap();
         tx.commit();

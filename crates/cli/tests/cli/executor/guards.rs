@@ -14,7 +14,11 @@ use crate::support::{Home, path_str};
 #[test]
 fn tools_never_reach_the_home_children_get_a_clean_environment_and_fetch_stays_public() {
     let desk = Home::new("desk");
-    let around = desk.path().parent().expect("the home's folder").to_path_buf();
+    let around = desk
+        .path()
+        .parent()
+        .expect("the home's folder")
+        .to_path_buf();
     let policy = format!(
         "writable = [\"{}\"]\npass_env = [\"ERRAND_PASSED_ON\"]\n[actions]\nshell = \"allow\"\ndelete = \"allow\"\n",
         path_str(&around)
@@ -83,7 +87,10 @@ fn tools_never_reach_the_home_children_get_a_clean_environment_and_fetch_stays_p
         assert!(error.contains("allow_private_network"), "{url}: {error}");
     }
     server.set_nonblocking(true).expect("nonblocking");
-    assert!(server.accept().is_err(), "the loopback server was contacted");
+    assert!(
+        server.accept().is_err(),
+        "the loopback server was contacted"
+    );
 
     // 4. `errand send` refuses a prompt over the limit in one line that names it; nothing is
     //    sent.

@@ -72,7 +72,11 @@ pub fn refusal(host: &str, ip: IpAddr) -> String {
 pub fn check_url(url: &reqwest::Url) -> Result<(), String> {
     // The URL parser has already normalised literals (`2130706433` is `127.0.0.1`).
     let host = url.host_str().unwrap_or_default();
-    let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() else {
+    let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    else {
         return Ok(());
     };
     if is_public(ip) {
@@ -90,9 +94,7 @@ impl Resolve for PublicOnly {
     fn resolve(&self, name: Name) -> Resolving {
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let public: Vec<SocketAddr> = all
                 .iter()
                 .copied()
@@ -141,12 +143,7 @@ mod tests {
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} counted as public");
         }
-        for ip in [
-            "1.1.1.1",
-            "93.184.216.34",
-            "172.32.0.1",
-            "2606:4700::1111",
-        ] {
+        for ip in ["1.1.1.1", "93.184.216.34", "172.32.0.1", "2606:4700::1111"] {
             assert!(is_public(ip.parse().unwrap()), "{ip} counted as private");
         }
     }
