@@ -45,7 +45,7 @@ pub fn write_deep_nesting(home: &Path, device: &str, doc: &str, depth: usize) {
 pub struct XorShift(pub u64);
 
 impl XorShift {
-    pub fn next(&mut self) -> u64 {
+    pub fn step(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -53,7 +53,7 @@ impl XorShift {
     }
 
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.step() % n.max(1) as u64) as usize
     }
 
     /// A number that is often at an edge: 0, 1, a power of two, or the top of a width.
@@ -72,8 +72,8 @@ impl XorShift {
             i64::MAX as u64,
             u64::MAX,
         ];
-        if self.next() % 3 == 0 {
-            self.next() >> (self.next() % 64)
+        if self.step().is_multiple_of(3) {
+            self.step() >> (self.step() % 64)
         } else {
             EDGES[self.below(EDGES.len())]
         }
@@ -176,12 +176,12 @@ pub fn mutate_sync_message(valid: &[u8], rng: &mut XorShift) -> Vec<u8> {
     };
     for _ in 0..1 + rng.below(3) / 2 {
         match rng.below(11) {
-            0 => f.version = rng.next() as u8,
+            0 => f.version = rng.step() as u8,
             1 => f.lies[rng.below(4)] = rng.edgy(),
             2 => {
                 let extra = rng.below(3000);
-                let hash = [rng.next() as u8; 32];
-                if rng.next() % 2 == 0 {
+                let hash = [rng.step() as u8; 32];
+                if rng.step().is_multiple_of(2) {
                     f.heads.extend(std::iter::repeat_n(hash, extra));
                 } else {
                     f.needs.extend(std::iter::repeat_n(hash, extra));
@@ -192,10 +192,10 @@ pub fn mutate_sync_message(valid: &[u8], rng: &mut XorShift) -> Vec<u8> {
                 for _ in 0..3 {
                     write_uleb(&mut bloom, rng.edgy() & u64::from(u32::MAX));
                 }
-                bloom.extend((0..rng.below(64)).map(|_| rng.next() as u8));
+                bloom.extend((0..rng.below(64)).map(|_| rng.step() as u8));
                 let have = (Vec::new(), bloom);
                 match f.haves.first_mut() {
-                    Some(first) if rng.next() % 2 == 0 => *first = have,
+                    Some(first) if rng.step().is_multiple_of(2) => *first = have,
                     _ => f.haves.push(have),
                 }
             }
@@ -217,7 +217,7 @@ pub fn mutate_sync_message(valid: &[u8], rng: &mut XorShift) -> Vec<u8> {
                     0 => chunk[8] = rng.below(5) as u8,
                     1 => {
                         let at = 9 + rng.below(chunk.len() - 9);
-                        chunk[at] = rng.next() as u8;
+                        chunk[at] = rng.step() as u8;
                     }
                     _ => {
                         let at = 9 + rng.below(chunk.len() - 9);
@@ -235,7 +235,7 @@ pub fn mutate_sync_message(valid: &[u8], rng: &mut XorShift) -> Vec<u8> {
             }
             _ => f
                 .tail
-                .extend((0..1 + rng.below(8)).map(|_| rng.next() as u8)),
+                .extend((0..1 + rng.below(8)).map(|_| rng.step() as u8)),
         }
     }
     f.encode()
@@ -249,20 +249,20 @@ pub fn real_sync_messages() -> (Vec<u8>, Vec<Vec<u8>>) {
         let mut tx = base.transaction();
         let task = tx
             .put_object(automerge::ROOT, format!("t{i}"), automerge::ObjType::Map)
-            .unwrap();
+            .expect("a sample sync");
         tx.put(&task, "prompt", format!("task number {i} ").repeat(30))
-            .unwrap();
+            .expect("a sample sync");
         let list = tx
             .put_object(&task, "progress", automerge::ObjType::List)
-            .unwrap();
-        tx.insert(&list, 0, i as i64).unwrap();
+            .expect("a sample sync");
+        tx.insert(&list, 0, i as i64).expect("a sample sync");
         tx.commit();
     }
     let saved = base.save();
     let (mut a, mut b) = (base.fork(), base.fork());
     for (doc, key) in [(&mut a, "a"), (&mut b, "b")] {
         let mut tx = doc.transaction();
-        tx.put(automerge::ROOT, key, "only here").unwrap();
+        tx.put(automerge::ROOT, key, "only here").expect("a sample sync");
         tx.commit();
     }
     let mut messages = Vec::new();
@@ -276,22 +276,22 @@ pub fn real_sync_messages() -> (Vec<u8>, Vec<Vec<u8>>) {
         }
         if let Some(m) = to_b {
             messages.push(m.clone().encode());
-            b.receive_sync_message(&mut sb, m).unwrap();
+            b.receive_sync_message(&mut sb, m).expect("a sample sync");
         }
         if let Some(m) = to_a {
             messages.push(m.clone().encode());
-            a.receive_sync_message(&mut sa, m).unwrap();
+            a.receive_sync_message(&mut sa, m).expect("a sample sync");
         }
     }
     // And what a device with nothing receives: the whole document.
     let (mut sa, mut sf) = (automerge::sync::State::new(), automerge::sync::State::new());
     for _ in 0..4 {
         if let Some(m) = fresh.generate_sync_message(&mut sf) {
-            a.receive_sync_message(&mut sa, m).unwrap();
+            a.receive_sync_message(&mut sa, m).expect("a sample sync");
         }
         if let Some(m) = a.generate_sync_message(&mut sa) {
             messages.push(m.clone().encode());
-            fresh.receive_sync_message(&mut sf, m).unwrap();
+            fresh.receive_sync_message(&mut sf, m).expect("a sample sync");
         }
     }
     (saved, messages)
