@@ -262,7 +262,8 @@ pub fn real_sync_messages() -> (Vec<u8>, Vec<Vec<u8>>) {
     let (mut a, mut b) = (base.fork(), base.fork());
     for (doc, key) in [(&mut a, "a"), (&mut b, "b")] {
         let mut tx = doc.transaction();
-        tx.put(automerge::ROOT, key, "only here").expect("a sample sync");
+        tx.put(automerge::ROOT, key, "only here")
+            .expect("a sample sync");
         tx.commit();
     }
     let mut messages = Vec::new();
@@ -291,7 +292,9 @@ pub fn real_sync_messages() -> (Vec<u8>, Vec<Vec<u8>>) {
         }
         if let Some(m) = a.generate_sync_message(&mut sa) {
             messages.push(m.clone().encode());
-            fresh.receive_sync_message(&mut sf, m).expect("a sample sync");
+            fresh
+                .receive_sync_message(&mut sf, m)
+                .expect("a sample sync");
         }
     }
     (saved, messages)

@@ -463,15 +463,26 @@ impl Repo {
                     .err()
                     .map(|refusal| refusal.to_string())
             });
-            if let Some(reason) = failure {
-                docs.remove(id);
-                drop(docs);
-                self.forget(id);
-                *state = sync::State::new();
-                return Err(malformed(id, reason));
+            // Automerge can accept a crafted change and then panic when saving the document
+            // it made of it (a dependency it never checked): that too is the peer's doing.
+            let pending = match failure {
+                None => catch_unwind(AssertUnwindSafe(|| pending_write(entry)))
+                    .map_err(|_| "saving what it brought panicked".to_owned()),
+                Some(reason) => Err(reason),
+            };
+            match pending {
+                Ok(pending) => {
+                    self.note_heads(id, &entry.doc.get_heads());
+                    pending
+                }
+                Err(reason) => {
+                    docs.remove(id);
+                    drop(docs);
+                    self.forget(id);
+                    *state = sync::State::new();
+                    return Err(malformed(id, reason));
+                }
             }
-            self.note_heads(id, &entry.doc.get_heads());
-            pending_write(entry)
         };
         self.write_merged(id, pending)
     }
@@ -538,17 +549,25 @@ impl Repo {
             Err(_) => return Err(malformed(id, "loading panicked".into())),
         };
         let _writing = lock(&self.writes);
-        let pending = {
+        let pending = 'merged: {
             let mut docs = self.lock();
             let entry = self.load_or_empty(&mut docs, id)?;
-            if let Err(e) = entry.doc.merge(&mut incoming) {
-                docs.remove(id);
-                drop(docs);
-                self.forget(id);
-                return Err(malformed(id, e.to_string()));
-            }
-            self.note_heads(id, &entry.doc.get_heads());
-            pending_write(entry)
+            let merged = catch_unwind(AssertUnwindSafe(|| {
+                entry.doc.merge(&mut incoming)?;
+                Ok(pending_write(entry))
+            }));
+            let reason = match merged {
+                Ok(Ok(pending)) => {
+                    self.note_heads(id, &entry.doc.get_heads());
+                    break 'merged pending;
+                }
+                Ok(Err(e)) => AutomergeError::to_string(&e),
+                Err(_) => "merging it panicked".to_owned(),
+            };
+            docs.remove(id);
+            drop(docs);
+            self.forget(id);
+            return Err(malformed(id, reason));
         };
         self.write_merged(id, pending).map(|_| ())
     }
