@@ -2,7 +2,7 @@
 //! Real sync messages mutated field by field (counts, bloom filters, chunks with recomputed
 //! checksums), seeded by the fuzzer's input, into a repo.
 
-use errand_tests::hostile::{XorShift, mutate_sync_message};
+use errand_fuzz::hostile::{XorShift, mutate_sync_message};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,6 +5,12 @@ use std::sync::{Arc, OnceLock};
 
 use errand_sync::{DocId, Repo, Store};
 
+/// The hostile inputs and the structured mutator, shared with the tests as source: depending
+/// on errand-tests would pull the executor (and its screen and input libraries) into every
+/// instrumented fuzz build.
+#[path = "../../tests/src/hostile.rs"]
+pub mod hostile;
+
 /// The repo and the document the targets apply peer bytes to.
 #[derive(Debug)]
 pub struct Target {
@@ -27,7 +33,7 @@ pub fn target() -> &'static Target {
         let store = Arc::new(Store::open(&dir.path().join("db.redb")).expect("a store"));
         let repo = Repo::new(store, iroh::SecretKey::generate().public());
         let doc = DocId::new_thread();
-        let (saved, messages) = errand_tests::hostile::real_sync_messages();
+        let (saved, messages) = hostile::real_sync_messages();
         repo.import(&doc, &saved).expect("import the document");
         Target {
             repo,
