@@ -252,13 +252,9 @@ async fn crafted_bloom_filters_and_counts_are_refused_and_honest_tasks_keep_arri
         ("8,192 heads", &many_heads),
     ];
     for (name, bytes) in vectors {
-        for doc in ["index", thread.thread.as_str()] {
-            let conn = raw.connect(addr_of(&desk.node), SYNC_ALPN).await.unwrap();
-            let (mut send, _recv) = conn.open_bi().await.unwrap();
-            wire::write_frame(&mut send, &wire::doc_stream_header(doc))
-                .await
-                .unwrap();
-            wire::write_frame(&mut send, &wire::uncompressed(bytes))
+        for doc in [DocId::index(), DocId::parse(&thread.thread).unwrap()] {
+            let (conn, mut send) = hello(&raw, &desk.node).await;
+            wire::write_frame(&mut send, &sync_frame(&doc, bytes))
                 .await
                 .unwrap();
             assert_eq!(
