@@ -4,6 +4,7 @@
 //!
 //! The benchmark binary, `errand-bench`, lives beside this in `src/bin`.
 
+pub mod hostile;
 pub mod model_server;
 
 #[cfg(test)]

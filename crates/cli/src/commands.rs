@@ -315,6 +315,9 @@ async fn one_shot(
             wait,
             timeout,
         } => {
+            // Checked here too: a prompt too large for the control socket never reaches the
+            // node's own check.
+            errand_sync::schema::thread::check_prompt(text.trim())?;
             let sent: Sent = session
                 .call(Request::Send {
                     text,

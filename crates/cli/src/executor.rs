@@ -54,8 +54,20 @@ pub fn start(node: &Arc<Node>, paths: &Paths) -> Result<Option<ExecutorHandle>> 
     if node.role() != Some(Role::Desktop) {
         return Ok(None);
     }
-    let policy = Policy::load(&paths.policy, node.home()).context("cannot start the executor")?;
+    let mut policy =
+        Policy::load(&paths.policy, node.home()).context("cannot start the executor")?;
     let model_config = ModelConfig::load(&paths.model).context("cannot start the executor")?;
+    // The model's configuration and key are errand's, never a tool's. The model endpoint
+    // itself is not subject to `allow_private_network`: the user wrote it (a local Ollama is
+    // on loopback), no document or web page can change it.
+    policy.protect(&paths.model);
+    policy.protect(&paths.connectors);
+    for var in ["ANTHROPIC_API_KEY", "OPENAI_API_KEY"]
+        .into_iter()
+        .chain(model_config.as_ref().and_then(ModelConfig::api_key_var))
+    {
+        policy.withhold_env(var);
+    }
     let connectors =
         connectors::config::load(&paths.connectors).context("cannot start the executor")?;
     let connectors = Arc::new(Connectors::new(connectors, policy.workspace().to_owned()));

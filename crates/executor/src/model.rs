@@ -216,7 +216,7 @@ impl ModelConfig {
     /// Anthropic always needs a key. For OpenAI-compatible endpoints a key is needed when one is
     /// named, or when no base_url is set (the public OpenAI API); a local Ollama or llama.cpp
     /// server with no `api_key_env` gets no `Authorization` header.
-    fn api_key_var(&self) -> Option<&str> {
+    pub fn api_key_var(&self) -> Option<&str> {
         match (&self.api_key_env, self.provider, &self.base_url) {
             (Some(var), _, _) => Some(var),
             (None, Provider::Anthropic, _) => Some("ANTHROPIC_API_KEY"),

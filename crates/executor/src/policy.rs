@@ -20,6 +20,10 @@ use toml::Spanned;
 use crate::action::{Action, ActionClass};
 use crate::command::{is_http_url, is_valid_combo};
 
+mod guard;
+
+pub use guard::DEFAULT_PASS_ENV;
+
 /// A commented example policy file, with the defaults that apply when a key is left out.
 /// Shown to people who want to write their own; a test checks that it parses.
 pub const EXAMPLE: &str = r#"# errand executor policy.
@@ -41,6 +45,18 @@ writable = []
 
 # An approval request that nobody answers counts as denied after this many seconds.
 approval_timeout_secs = 300
+
+# Environment variables shell commands get besides PATH, HOME, USER, LOGNAME, SHELL, LANG,
+# LC_ALL, LC_CTYPE, TERM, TZ and TMPDIR. The model's API key is never passed on. Default: none.
+pass_env = []
+
+# Whether /fetch (and the model's fetches) may reach loopback, link-local and private
+# addresses (127.0.0.0/8, 10/8, 172.16/12, 192.168/16, 169.254/16, ::1, fc00::/7, fe80::/10).
+# Default: false.
+allow_private_network = false
+
+# Whatever the folders above say, no tool reads or writes errand's own home (its key, database,
+# policy, model and connector configuration) except the workspace folder inside it.
 
 # For each class of risky action: "allow", "ask" (the phone must approve each time) or "deny".
 [actions]
@@ -104,6 +120,10 @@ struct PolicyFile {
     #[serde(default)]
     writable: Vec<Spanned<String>>,
     approval_timeout_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    pass_env: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow_private_network: bool,
     #[serde(default)]
     actions: Actions,
 }
@@ -177,6 +197,11 @@ pub enum Denied {
     AllowedRoot { path: String, verb: &'static str },
     #[error("{path} resolves to a name that is not valid UTF-8")]
     NotUtf8 { path: String },
+    /// errand's own home and configuration are never a tool's, whatever the folders say.
+    #[error(
+        "{path} belongs to errand itself (its keys, database or configuration): no tool may read or write it"
+    )]
+    Errand { path: String },
     #[error("{path} starts with ~ but the home folder is unknown (HOME is not set)")]
     NoHome { path: String },
     #[error("only http:// and https:// URLs may be fetched, not {0:?}")]
@@ -215,6 +240,8 @@ pub struct Policy {
     /// The user's home folder, for `~` in action paths; captured once so checks do not depend
     /// on the environment changing under them.
     user_home: Option<PathBuf>,
+    allow_private_network: bool,
+    guard: guard::Guard,
 }
 
 /// The user's home folder from `$HOME`, which is what `~` means to the person writing paths.
@@ -244,6 +271,8 @@ impl Policy {
             approval_timeout: DEFAULT_APPROVAL_TIMEOUT,
             actions: Actions::default(),
             user_home: env_home(),
+            allow_private_network: false,
+            guard: guard::Guard::new(home),
         }
     }
 
@@ -251,7 +280,7 @@ impl Policy {
     /// creates the workspace folder if it is missing. A file that exists but cannot be read or
     /// parsed is an error naming the file (and line), never a fallback.
     pub fn load(path: &Path, home: &Path) -> Result<Policy, PolicyError> {
-        let policy = match fs::read_to_string(path) {
+        let mut policy = match fs::read_to_string(path) {
             Ok(text) => {
                 let base_dir = path.parent().unwrap_or(Path::new("."));
                 Policy::parse(&text, base_dir, home).map_err(|err| match err {
@@ -271,6 +300,9 @@ impl Policy {
                 });
             }
         };
+        if !path.starts_with(home) {
+            policy.protect(path);
+        }
         policy.ensure_workspace()?;
         Ok(policy)
     }
@@ -317,6 +349,17 @@ impl Policy {
             Some(secs) => Duration::from_secs(*secs.get_ref()),
             None => DEFAULT_APPROVAL_TIMEOUT,
         };
+        let mut guard = guard::Guard::new(home);
+        for var in &file.pass_env {
+            let name = var.get_ref();
+            if name.is_empty() || name.contains('=') {
+                return Err(invalid(
+                    Some(var.span()),
+                    &format!("pass_env: {name:?} is not an environment variable name"),
+                ));
+            }
+            guard.pass_env.push(name.clone());
+        }
         Ok(Policy {
             workspace,
             readable,
@@ -324,6 +367,8 @@ impl Policy {
             approval_timeout,
             actions: file.actions,
             user_home,
+            allow_private_network: file.allow_private_network,
+            guard,
         })
     }
 
@@ -359,6 +404,29 @@ impl Policy {
     /// The extra writable folders, as configured.
     pub fn writable(&self) -> &[PathBuf] {
         &self.writable
+    }
+
+    /// Adds a file of errand's own kept outside its home (a `--model` or `--policy` file): no
+    /// tool may read or write it.
+    pub fn protect(&mut self, file: &Path) {
+        self.guard.files.push(file.to_path_buf());
+    }
+
+    /// Keeps an environment variable (the model's API key) from every child process, whatever
+    /// `pass_env` says.
+    pub fn withhold_env(&mut self, var: &str) {
+        self.guard.withheld_env.push(var.to_owned());
+    }
+
+    /// The environment for a shell command: [`DEFAULT_PASS_ENV`] and `pass_env` taken from
+    /// this process's environment, less the withheld variables.
+    pub fn child_env(&self) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        self.guard.child_env(std::env::vars_os())
+    }
+
+    /// Whether fetches may reach loopback, link-local and private addresses.
+    pub fn allows_private_network(&self) -> bool {
+        self.allow_private_network
     }
 
     /// How long an approval request may wait before it counts as denied.
@@ -453,6 +521,9 @@ impl Policy {
         let shown = || show(requested, &resolved);
 
         let workspace = resolve(&self.workspace).ok();
+        if self.guard.owns(&resolved, workspace.as_deref()) {
+            return Err(Denied::Errand { path: shown() });
+        }
         let writable: Vec<PathBuf> = workspace
             .iter()
             .cloned()
@@ -633,8 +704,13 @@ mod tests {
         let text = format!(
             "workspace = \"ws\"\nreadable = [\"docs\"]\nwritable = [\"out\"]\n[actions]\n{actions}\n"
         );
-        let policy =
-            Policy::parse_with_user_home(&text, &root, &root, Some(root.join("user"))).unwrap();
+        let policy = Policy::parse_with_user_home(
+            &text,
+            &root,
+            &root.join("errand"),
+            Some(root.join("user")),
+        )
+        .unwrap();
         Setup {
             _tmp: tmp,
             root,
@@ -701,6 +777,70 @@ mod tests {
         assert_eq!(policy.decision(ActionClass::Input), Decision::Ask);
         assert_eq!(policy.decision(ActionClass::Network), Decision::Allow);
         assert_eq!(policy.approval_timeout(), Duration::from_secs(300));
+    }
+
+    /// errand's home (key, database, policy, model configuration) stays out of every tool's
+    /// reach even when a policy folder covers it; the workspace inside it is the tools'.
+    #[test]
+    fn the_errand_home_is_never_readable_or_writable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(tmp.path()).unwrap();
+        let home = root.join("errand");
+        fs::create_dir_all(home.join("workspace")).unwrap();
+        fs::write(home.join("policy.toml"), "").unwrap();
+        fs::write(home.join("key"), "secret").unwrap();
+        let model = root.join("model.toml");
+        fs::write(&model, "").unwrap();
+        // A policy that allows writing the folder that holds the home, and the home itself.
+        let text = format!(
+            "writable = [\"{}\", \"{}\"]\n",
+            root.display(),
+            home.display()
+        );
+        let mut policy = Policy::parse_with_user_home(&text, &root, &home, None).unwrap();
+        policy.protect(&model);
+        for action in [
+            read(&format!("{}/key", home.display())),
+            write(&format!("{}/policy.toml", home.display())),
+            write(&format!("{}/new-file", home.display())),
+            Action::Ls {
+                path: home.display().to_string(),
+            },
+            Action::Rm {
+                path: format!("{}/key", home.display()),
+            },
+            write(&model.display().to_string()),
+            read("../key"),
+        ] {
+            let err = policy.check(&action).unwrap_err();
+            assert!(matches!(err, Denied::Errand { .. }), "{action}: {err}");
+        }
+        // Through a symlink in the workspace, too.
+        symlink(home.join("key"), home.join("workspace/link")).unwrap();
+        assert!(matches!(
+            policy.check(&read("link")).unwrap_err(),
+            Denied::Errand { .. }
+        ));
+        // The workspace inside the home, and the rest of the writable folder, stay usable.
+        policy.check(&write("notes.txt")).unwrap();
+        policy
+            .check(&write(&format!("{}/elsewhere.txt", root.display())))
+            .unwrap();
+    }
+
+    #[test]
+    fn pass_env_and_allow_private_network_parse() {
+        let home = Path::new("/h");
+        let policy = Policy::parse(
+            "pass_env = [\"GOPATH\"]\nallow_private_network = true\n",
+            home,
+            home,
+        )
+        .unwrap();
+        assert!(policy.allows_private_network());
+        assert!(!Policy::defaults(home).allows_private_network());
+        let err = Policy::parse("pass_env = [\"A=B\"]\n", home, home).unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
     }
 
     #[test]

@@ -576,6 +576,8 @@ impl TaskContext {
 
     async fn execute(&mut self, task: &Task) -> Result<ToolOutput, Failure> {
         let prompt = task.prompt.as_str();
+        // Any member can write a task without its own software's check.
+        thread::check_prompt(prompt).map_err(|e| Failure::new(e.to_string()))?;
         match command::parse(prompt) {
             Some(Ok(action)) => {
                 self.progress(&format!(
@@ -691,6 +693,7 @@ impl TaskContext {
                 let out = tools::shell::sh(
                     &command,
                     config.policy.workspace(),
+                    &config.policy.child_env(),
                     self.cancel.clone(),
                     config.shell_timeout,
                     |pgid| ledger.started(&self.task, pgid),
@@ -705,7 +708,7 @@ impl TaskContext {
             Action::Rm { path: p } => tools::fs::rm(path(&p)),
             Action::Fetch { url } => {
                 tokio::select! {
-                    r = tools::fetch::fetch(&url, Duration::from_secs(60), MAX_FETCH) => r,
+                    r = tools::fetch::fetch(&url, Duration::from_secs(60), MAX_FETCH, config.policy.allows_private_network()) => r,
                     _ = self.cancel.cancelled() => Err(ToolError::Cancelled),
                 }
             }

@@ -762,6 +762,7 @@ impl Node {
         if text.is_empty() {
             return Err(NodeError::BadInput("a task needs some text".into()));
         }
+        thread::check_prompt(text).map_err(|e| NodeError::BadInput(e.to_string()))?;
         let target = match to {
             Some(t) => self.resolve_device(t)?,
             None => self.default_target()?,

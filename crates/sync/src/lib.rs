@@ -3,12 +3,14 @@
 //! - [`schema`]: what the index and thread documents hold (plain functions, no IO).
 //! - [`store`]: the redb database of one device home.
 //! - [`repo`]: the loaded documents, durable changes, merges from peers, change notifications.
+//! - [`limits`]: the bounds on peer input, checked before automerge decodes it.
 //! - [`wire`]: bounded length-prefixed frames.
 //! - [`replication`]: the sans-IO replication core (sessions, digests, redial).
 //! - [`net`]: the `errand/sync/2` protocol handler and the dialler, the tokio driver of the core.
 
 pub mod blob;
 pub mod ids;
+pub mod limits;
 pub mod net;
 pub mod replication;
 pub mod repo;

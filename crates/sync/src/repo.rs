@@ -19,10 +19,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::{CommitOptions, Transaction};
-use automerge::{ActorId, Automerge, AutomergeError, ChangeHash};
+use automerge::{ActorId, Automerge, AutomergeError, ChangeHash, ReadDoc};
 use tokio::sync::broadcast;
 
 use crate::ids::{DeviceId, session_actor};
+use crate::limits::Limits;
 use crate::replication::{Catalog, Digest, Docs, DocsError, HeadsHash};
 use crate::schema::{DocId, now_millis};
 use crate::store::{Store, StoreError};
@@ -431,6 +432,11 @@ impl Repo {
         state: &mut sync::State,
         bytes: &[u8],
     ) -> Result<bool, ReceiveError> {
+        // Bounds first: automerge trusts the sizes a message claims (crate::limits).
+        if let Err(refusal) = Limits::DEFAULT.check_sync_message(bytes) {
+            *state = sync::State::new();
+            return Err(malformed(id, refusal.to_string()));
+        }
         let message = match catch_unwind(|| sync::Message::decode(bytes)) {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => return Err(malformed(id, e.to_string())),
@@ -448,15 +454,35 @@ impl Repo {
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(_) => Some("applying it panicked".to_owned()),
             };
-            if let Some(reason) = failure {
-                docs.remove(id);
-                drop(docs);
-                self.forget(id);
-                *state = sync::State::new();
-                return Err(malformed(id, reason));
+            // A peer can grow a document past any bound in messages that each pass: refuse
+            // the one that crosses it, and keep nothing of it in memory.
+            let failure = failure.or_else(|| {
+                let ops = entry.doc.stats().num_ops;
+                Limits::DEFAULT
+                    .check_document_ops(ops)
+                    .err()
+                    .map(|refusal| refusal.to_string())
+            });
+            // Automerge can accept a crafted change and then panic when saving the document
+            // it made of it (a dependency it never checked): that too is the peer's doing.
+            let pending = match failure {
+                None => catch_unwind(AssertUnwindSafe(|| pending_write(entry)))
+                    .map_err(|_| "saving what it brought panicked".to_owned()),
+                Some(reason) => Err(reason),
+            };
+            match pending {
+                Ok(pending) => {
+                    self.note_heads(id, &entry.doc.get_heads());
+                    pending
+                }
+                Err(reason) => {
+                    docs.remove(id);
+                    drop(docs);
+                    self.forget(id);
+                    *state = sync::State::new();
+                    return Err(malformed(id, reason));
+                }
             }
-            self.note_heads(id, &entry.doc.get_heads());
-            pending_write(entry)
         };
         self.write_merged(id, pending)
     }
@@ -514,23 +540,34 @@ impl Repo {
 
     /// Stores a whole document received out of band (pairing), merging with what is here.
     pub fn import(&self, id: &DocId, bytes: &[u8]) -> Result<(), ReceiveError> {
+        if let Err(refusal) = Limits::DEFAULT.check_document(bytes) {
+            return Err(malformed(id, refusal.to_string()));
+        }
         let mut incoming = match catch_unwind(|| Automerge::load(bytes)) {
             Ok(Ok(doc)) => doc,
             Ok(Err(e)) => return Err(malformed(id, e.to_string())),
             Err(_) => return Err(malformed(id, "loading panicked".into())),
         };
         let _writing = lock(&self.writes);
-        let pending = {
+        let pending = 'merged: {
             let mut docs = self.lock();
             let entry = self.load_or_empty(&mut docs, id)?;
-            if let Err(e) = entry.doc.merge(&mut incoming) {
-                docs.remove(id);
-                drop(docs);
-                self.forget(id);
-                return Err(malformed(id, e.to_string()));
-            }
-            self.note_heads(id, &entry.doc.get_heads());
-            pending_write(entry)
+            let merged = catch_unwind(AssertUnwindSafe(|| {
+                entry.doc.merge(&mut incoming)?;
+                Ok(pending_write(entry))
+            }));
+            let reason = match merged {
+                Ok(Ok(pending)) => {
+                    self.note_heads(id, &entry.doc.get_heads());
+                    break 'merged pending;
+                }
+                Ok(Err(e)) => AutomergeError::to_string(&e),
+                Err(_) => "merging it panicked".to_owned(),
+            };
+            docs.remove(id);
+            drop(docs);
+            self.forget(id);
+            return Err(malformed(id, reason));
         };
         self.write_merged(id, pending).map(|_| ())
     }

@@ -175,13 +175,33 @@ impl Fields {
     }
 }
 
+/// How deep [`to_json`] walks. Any member can write a document nested thousands of levels
+/// deep; walking it recursively would overflow the stack (and JSON readers refuse such depth:
+/// serde_json stops at 128). errand's own documents are at most five levels deep.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// What [`to_json`] shows in place of an object nested deeper than [`MAX_JSON_DEPTH`].
+pub const TOO_DEEP: &str = "(nested deeper than 64 levels: not shown)";
+
 /// The document (or the object `obj` in it) as JSON, as it was at `heads` (now, when `None`).
-/// This is what `errand at` prints.
+/// This is what `errand at` prints. Objects deeper than [`MAX_JSON_DEPTH`] show as [`TOO_DEEP`].
 pub fn to_json(doc: &impl ReadDoc, obj: &ObjId, heads: Option<&[ChangeHash]>) -> serde_json::Value {
+    to_json_within(doc, obj, heads, MAX_JSON_DEPTH)
+}
+
+fn to_json_within(
+    doc: &impl ReadDoc,
+    obj: &ObjId,
+    heads: Option<&[ChangeHash]>,
+    depth: usize,
+) -> serde_json::Value {
     use serde_json::Value as J;
+    if depth == 0 {
+        return J::String(TOO_DEEP.to_owned());
+    }
     let kind = doc.object_type(obj).unwrap_or(ObjType::Map);
     let value_json = |value: Value<'_>, id: ObjId| match value {
-        Value::Object(_) => to_json(doc, &id, heads),
+        Value::Object(_) => to_json_within(doc, &id, heads, depth - 1),
         Value::Scalar(s) => scalar_json(&s),
     };
     match kind {

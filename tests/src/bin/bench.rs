@@ -872,6 +872,7 @@ async fn round_trip(tasks: usize, iterations: usize, prompt: &'static str) -> Re
         tools::shell::sh(
             command,
             policy.workspace(),
+            &policy.child_env(),
             CancellationToken::new(),
             WAIT,
             |_| {},

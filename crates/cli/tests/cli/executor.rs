@@ -24,6 +24,8 @@ use serde_json::{Value, json};
 
 use crate::support::{Home, Paired, array, paired_with, path_str, send, str_field, wait_until};
 
+mod guards;
+
 /// How long a task may take to reach the state a test waits for (each poll of the phone is a
 /// whole `errand show` process with a short sync).
 const TASK_DEADLINE: Duration = Duration::from_secs(30);

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::support::{array, paired, send, short, str_field};
+use crate::support::{array, paired, send, short, str_field, wait_until};
 
 fn entry<'a>(history: &'a Value, message: &str) -> &'a Value {
     array(history)
@@ -155,4 +155,47 @@ fn thread_history_shows_who_queued_the_task() {
     assert!(reason.contains("is not in document"), "{reason}");
     out.assert_one_line_error();
     p.daemon.terminate();
+}
+
+/// A member writes a map nested 20,000 levels deep into a thread: a valid 77 KB-ish document
+/// that anything recursing over its values cannot walk. The desktop takes it; `errand at` shows
+/// the document with the nesting cut at the documented depth, `errand show` shows the task,
+/// and the desktop's daemon stays up.
+#[test]
+fn a_document_nested_twenty_thousand_levels_deep_is_shown_cut_and_the_desktop_stays_up() {
+    let mut p = paired();
+    let sent = send(&p.phone, &["deep", "--timeout", "5"]);
+    let thread = str_field(&sent, "thread");
+    let task = str_field(&sent, "task");
+    errand_tests::hostile::write_deep_nesting(&p.phone.path(), &p.phone_id, &thread, 20_000);
+    p.phone.run(&["sync", "--timeout", "10"]).success();
+    let hash = wait_until(
+        "the desktop has the nested change",
+        std::time::Duration::from_secs(20),
+        || {
+            let history = p.desk.json(&["history", "--doc", &thread]);
+            array(&history)
+                .iter()
+                .find(|e| e["message"] == "nested deep")
+                .map(|e| str_field(e, "hash"))
+        },
+    );
+    for home in [&p.desk, &p.phone] {
+        let doc = home.json(&["at", &hash, "--doc", &thread]);
+        let mut value = &doc["deep"];
+        let mut depth = 2; // the root, then `deep`
+        while let Some(next) = value.get("deeper") {
+            value = next;
+            depth += 1;
+        }
+        assert_eq!(
+            value.as_str(),
+            Some(errand_sync::schema::TOO_DEEP),
+            "the nesting is cut with a note"
+        );
+        assert_eq!(depth, errand_sync::schema::MAX_JSON_DEPTH + 1);
+    }
+    let shown = p.desk.json(&["show", &task]);
+    assert_eq!(shown["prompt"], "deep", "{shown:#}");
+    assert!(p.daemon.is_running(), "the desktop's daemon died");
 }

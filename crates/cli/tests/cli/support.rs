@@ -461,6 +461,13 @@ impl Daemon {
         self.child.as_ref().expect("running").0.id()
     }
 
+    /// Whether the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.0.try_wait(), Ok(None)))
+    }
+
     fn describe(&self) -> String {
         format!(
             "{}\n--- stdout so far ---\n{}\n--- stderr so far ---\n{}",

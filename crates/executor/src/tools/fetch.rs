@@ -14,6 +14,8 @@ use crate::action::{BlobOutput, ToolOutput};
 use crate::tools::ToolError;
 use crate::tools::shell::whole_seconds;
 
+pub mod reach;
+
 /// reqwest is built with `rustls-no-provider` so that the whole workspace uses ring (as iroh
 /// does) rather than also compiling aws-lc. reqwest panics when building a client if no
 /// provider is installed, so install ring first. Installing fails only if a provider is
@@ -22,19 +24,47 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Redirects followed before giving up.
+const MAX_REDIRECTS: usize = 10;
+
 /// Fetches `url` with an HTTP GET.
 ///
 /// A non-2xx status is [`ToolError::Failed`] naming the status; taking longer than `timeout`
-/// overall is [`ToolError::TimedOut`].
+/// overall is [`ToolError::TimedOut`]. Unless `allow_private` (the policy's
+/// `allow_private_network`), only public addresses are reached, at every redirect hop
+/// ([`reach`]); system proxies are then not used either, since a proxy would resolve names where
+/// we cannot check them.
 pub async fn fetch(
     url: &str,
     timeout: Duration,
     max_bytes: usize,
+    allow_private: bool,
 ) -> Result<ToolOutput, ToolError> {
     install_crypto_provider();
-    let client = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(timeout)
-        .user_agent(concat!("errand/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("errand/", env!("CARGO_PKG_VERSION")));
+    if !allow_private {
+        let parsed: reqwest::Url = url
+            .parse()
+            .map_err(|err| ToolError::Failed(format!("fetch {url}: {err}")))?;
+        reach::check_url(&parsed)
+            .map_err(|reason| ToolError::Failed(format!("fetch {url}: {reason}")))?;
+        builder = builder
+            .no_proxy()
+            .dns_resolver(std::sync::Arc::new(reach::PublicOnly))
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.previous().len() >= MAX_REDIRECTS {
+                    return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+                }
+                let to = attempt.url().to_string();
+                match reach::check_url(attempt.url()) {
+                    Ok(()) => attempt.follow(),
+                    Err(reason) => attempt.error(format!("redirected to {to}: {reason}")),
+                }
+            }));
+    }
+    let client = builder
         .build()
         .map_err(|err| ToolError::Failed(format!("cannot set up HTTP: {}", chain(&err))))?;
     let request_error = |err: reqwest::Error| {
@@ -240,6 +270,31 @@ mod tests {
         (base, handle)
     }
 
+    /// Without the policy's `allow_private_network`, loopback is refused before any
+    /// connection is made, whether named by address or by a name that resolves to it.
+    #[tokio::test]
+    async fn loopback_is_refused_unless_the_policy_allows_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for url in [
+            format!("http://127.0.0.1:{port}/"),
+            format!("http://localhost:{port}/"),
+            format!("http://[::ffff:127.0.0.1]:{port}/"),
+        ] {
+            let err = fetch(&url, TIMEOUT, 1000, false).await.unwrap_err();
+            assert!(
+                err.to_string().contains("allow_private_network"),
+                "{url}: {err}"
+            );
+        }
+        assert_eq!(
+            listener.accept().unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "the server was contacted"
+        );
+    }
+
     #[tokio::test]
     async fn text_body_becomes_text() {
         let (base, server) = serve_once(
@@ -247,7 +302,7 @@ mod tests {
             Some("text/plain; charset=utf-8"),
             b"hello\n".to_vec(),
         );
-        let out = fetch(&format!("{base}/greeting?x=1"), TIMEOUT, 1000)
+        let out = fetch(&format!("{base}/greeting?x=1"), TIMEOUT, 1000, true)
             .await
             .unwrap();
         assert_eq!(out, ToolOutput::text("hello\n"));
@@ -257,10 +312,13 @@ mod tests {
     #[tokio::test]
     async fn json_and_untyped_utf8_are_text() {
         let (base, server) = serve_once("200 OK", Some("application/problem+json"), b"{}".to_vec());
-        assert_eq!(fetch(&base, TIMEOUT, 1000).await.unwrap().text, "{}");
+        assert_eq!(fetch(&base, TIMEOUT, 1000, true).await.unwrap().text, "{}");
         server.join().unwrap();
         let (base, server) = serve_once("200 OK", None, "plain é".as_bytes().to_vec());
-        assert_eq!(fetch(&base, TIMEOUT, 1000).await.unwrap().text, "plain é");
+        assert_eq!(
+            fetch(&base, TIMEOUT, 1000, true).await.unwrap().text,
+            "plain é"
+        );
         server.join().unwrap();
     }
 
@@ -268,7 +326,7 @@ mod tests {
     async fn long_text_is_truncated_with_a_note() {
         let body = "é".repeat(100).into_bytes(); // 200 bytes, 2 per char
         let (base, server) = serve_once("200 OK", Some("text/html"), body);
-        let out = fetch(&base, TIMEOUT, 11).await.unwrap();
+        let out = fetch(&base, TIMEOUT, 11, true).await.unwrap();
         assert_eq!(
             out.text,
             format!(
@@ -284,7 +342,7 @@ mod tests {
         let png = vec![0x89, b'P', b'N', b'G', 0, 1, 2, 0xff];
         let (base, server) = serve_once("200 OK", Some("image/png"), png.clone());
         let url = format!("{base}/img/logo.png");
-        let out = fetch(&url, TIMEOUT, 1000).await.unwrap();
+        let out = fetch(&url, TIMEOUT, 1000, true).await.unwrap();
         assert_eq!(
             out.blobs,
             vec![BlobOutput {
@@ -303,7 +361,7 @@ mod tests {
     #[tokio::test]
     async fn oversized_binary_is_an_error() {
         let (base, server) = serve_once("200 OK", Some("application/pdf"), vec![0; 100]);
-        let err = fetch(&base, TIMEOUT, 10).await.unwrap_err();
+        let err = fetch(&base, TIMEOUT, 10, true).await.unwrap_err();
         assert!(
             err.to_string()
                 .ends_with("the response (application/pdf) is larger than the 10-byte limit"),
@@ -316,7 +374,7 @@ mod tests {
     async fn non_2xx_is_an_error_with_the_status() {
         let (base, server) = serve_once("404 Not Found", Some("text/plain"), b"nope".to_vec());
         let url = format!("{base}/missing");
-        let err = fetch(&url, TIMEOUT, 1000).await.unwrap_err();
+        let err = fetch(&url, TIMEOUT, 1000, true).await.unwrap_err();
         assert!(matches!(err, ToolError::Failed(_)), "{err:?}");
         assert_eq!(err.to_string(), format!("HTTP 404 Not Found from {url}"));
         server.join().unwrap();
@@ -333,7 +391,7 @@ mod tests {
             let mut rest = Vec::new();
             let _ = stream.read_to_end(&mut rest);
         });
-        let err = fetch(&base, Duration::from_millis(500), 1000)
+        let err = fetch(&base, Duration::from_millis(500), 1000, true)
             .await
             .unwrap_err();
         assert!(matches!(err, ToolError::TimedOut(1)), "{err:?}");
@@ -352,7 +410,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         drop(listener);
-        let err = fetch(&url, TIMEOUT, 1000).await.unwrap_err();
+        let err = fetch(&url, TIMEOUT, 1000, true).await.unwrap_err();
         let message = err.to_string();
         assert!(message.starts_with(&format!("fetch {url}: ")), "{message}");
         assert!(message.to_lowercase().contains("refused"), "{message}");
@@ -370,7 +428,7 @@ mod tests {
             let _ = stream.read(&mut buf);
             let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
         });
-        let err = fetch(&url, TIMEOUT, 1000).await.unwrap_err();
+        let err = fetch(&url, TIMEOUT, 1000, true).await.unwrap_err();
         assert!(matches!(err, ToolError::Failed(_)), "{err:?}");
         // The failure is the handshake, not setting up the client.
         assert!(

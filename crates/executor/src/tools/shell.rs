@@ -6,6 +6,7 @@
 //! the `sh` at the top. The group is killed with the external `kill` command because sending a
 //! signal from Rust needs `libc` and unsafe code, which the workspace denies.
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -74,7 +75,9 @@ enum Interrupted {
     TimedOut,
 }
 
-/// Runs `sh -c command` in `cwd` with stdin from /dev/null.
+/// Runs `sh -c command` in `cwd` with stdin from /dev/null and only the variables of `env`
+/// (the policy's [`crate::policy::Policy::child_env`]): nothing else of the daemon's
+/// environment, such as the model's API key, reaches the command.
 ///
 /// Success is exit status 0; the text is stdout, then stderr (if any) under a `stderr:` line.
 /// A non-zero exit is [`ToolError::Failed`] with the status and the end of stderr (or of
@@ -85,6 +88,7 @@ enum Interrupted {
 pub async fn sh(
     command: &str,
     cwd: &Path,
+    env: &[(OsString, OsString)],
     cancel: CancellationToken,
     timeout: Duration,
     started: impl FnOnce(u32),
@@ -93,6 +97,8 @@ pub async fn sh(
         .arg("-c")
         .arg(command)
         .current_dir(cwd)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -301,6 +307,10 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(30);
 
+    fn env() -> Vec<(OsString, OsString)> {
+        std::env::vars_os().collect()
+    }
+
     async fn run(command: &str) -> Result<ToolOutput, ToolError> {
         let tmp = tempfile::tempdir().unwrap();
         run_in(command, tmp.path()).await
@@ -308,7 +318,7 @@ mod tests {
 
     /// Runs `command` in `dir`, uncancelled, with a long timeout.
     async fn run_in(command: &str, dir: &Path) -> Result<ToolOutput, ToolError> {
-        sh(command, dir, CancellationToken::new(), LONG, |_| {}).await
+        sh(command, dir, &env(), CancellationToken::new(), LONG, |_| {}).await
     }
 
     /// Whether the process is gone. A killed process whose parent died is reparented to init;
@@ -441,7 +451,17 @@ mod tests {
         let task = tokio::spawn({
             let cwd = tmp.path().to_owned();
             let cancel = cancel.clone();
-            async move { sh("sleep 30 & echo $! > pid; wait", &cwd, cancel, LONG, |_| {}).await }
+            async move {
+                sh(
+                    "sleep 30 & echo $! > pid; wait",
+                    &cwd,
+                    &env(),
+                    cancel,
+                    LONG,
+                    |_| {},
+                )
+                .await
+            }
         });
         let mut pid = None;
         assert!(
@@ -477,6 +497,7 @@ mod tests {
         let result = sh(
             "sleep 30 & echo $! > pid; wait",
             tmp.path(),
+            &env(),
             CancellationToken::new(),
             Duration::from_millis(1500),
             |_| {},
@@ -497,6 +518,7 @@ mod tests {
         let err = sh(
             "true",
             Path::new("/nonexistent/errand-test"),
+            &env(),
             CancellationToken::new(),
             LONG,
             |_| {},

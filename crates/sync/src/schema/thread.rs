@@ -38,6 +38,31 @@ mod messages;
 
 pub use messages::*;
 
+/// The largest prompt a task may carry, in bytes (100 KiB): far more than anyone types or
+/// pastes into a task, and small enough that a thread of them stays quick to sync and read.
+pub const MAX_PROMPT_BYTES: usize = 100 * 1024;
+
+/// A prompt over [`MAX_PROMPT_BYTES`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the prompt is {bytes} bytes, more than the limit of {} bytes (100 KiB) a task may carry",
+    MAX_PROMPT_BYTES
+)]
+pub struct PromptTooLarge {
+    pub bytes: usize,
+}
+
+/// The rule on prompt size, for every device that writes a task and for the desktop that runs
+/// one (a peer may write a task without asking its own software).
+pub fn check_prompt(prompt: &str) -> Result<(), PromptTooLarge> {
+    if prompt.len() > MAX_PROMPT_BYTES {
+        return Err(PromptTooLarge {
+            bytes: prompt.len(),
+        });
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {

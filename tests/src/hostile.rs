@@ -1,0 +1,301 @@
+//! What a hostile member sends: inputs crafted to crash, freeze or bloat a node, shared by the
+//! node tests here and the command line's end-to-end tests.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use automerge::sync::SyncDoc;
+use automerge::transaction::Transactable;
+use automerge::{ObjType, ROOT};
+use errand_sync::{DocId, Repo, Store};
+
+/// A sync message whose one `have` has a bloom filter claiming 4,294,967,295 probes: automerge
+/// 0.12 sizes an allocation from it (about 17 GB) and the process aborts.
+pub const FOUR_BILLION_PROBES: [u8; 16] = [
+    0x42, 0x00, 0x00, 0x01, 0x00, 0x09, 0x01, 0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0xff, 0xff, 0x00,
+];
+
+/// Fifty million probes: no abort, but the document froze for seconds per message.
+pub const FIFTY_MILLION_PROBES: [u8; 15] = [
+    0x42, 0x00, 0x00, 0x01, 0x00, 0x08, 0x01, 0x0a, 0x80, 0xe1, 0xeb, 0x17, 0xff, 0xff, 0x00,
+];
+
+/// A bloom filter of one entry and zero bits: automerge takes every probe modulo zero.
+pub const ZERO_BITS: [u8; 10] = [0x42, 0x00, 0x00, 0x01, 0x00, 0x03, 0x01, 0x00, 0x07, 0x00];
+
+/// Writes into document `doc` of the (stopped) home `home`, as device `device`, a map nested
+/// `depth` levels deep under the key `deep`: a valid document that anything recursing over
+/// its values cannot walk.
+pub fn write_deep_nesting(home: &Path, device: &str, doc: &str, depth: usize) {
+    let store = Arc::new(Store::open(&home.join("errand.redb")).expect("open the home's store"));
+    let repo = Repo::new(store, device.parse().expect("a device id"));
+    let doc = DocId::parse(doc).expect("a document id");
+    repo.change(&doc, "nested deep", |tx| {
+        let mut obj = tx.put_object(ROOT, "deep", ObjType::Map)?;
+        for _ in 1..depth {
+            obj = tx.put_object(&obj, "deeper", ObjType::Map)?;
+        }
+        Ok(())
+    })
+    .expect("write the nested maps");
+}
+
+/// A tiny deterministic generator, so that a failing seed reproduces.
+#[derive(Debug, Clone)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn step(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.step() % n.max(1) as u64) as usize
+    }
+
+    /// A number that is often at an edge: 0, 1, a power of two, or the top of a width.
+    fn edgy(&mut self) -> u64 {
+        const EDGES: [u64; 12] = [
+            0,
+            1,
+            2,
+            7,
+            10,
+            255,
+            1 << 16,
+            1 << 31,
+            u32::MAX as u64,
+            1 << 40,
+            i64::MAX as u64,
+            u64::MAX,
+        ];
+        if self.step().is_multiple_of(3) {
+            self.step() >> (self.step() % 64)
+        } else {
+            EDGES[self.below(EDGES.len())]
+        }
+    }
+}
+
+fn write_uleb(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// The fields of a sync message, to mutate one at a time and write back, lies included.
+#[derive(Debug, Clone)]
+struct Fields {
+    version: u8,
+    heads: Vec<[u8; 32]>,
+    needs: Vec<[u8; 32]>,
+    haves: Vec<(Vec<[u8; 32]>, Vec<u8>)>,
+    changes: Vec<Vec<u8>>,
+    tail: Vec<u8>,
+    /// Added to the count written for heads, needs, haves and changes.
+    lies: [u64; 4],
+}
+
+impl Fields {
+    fn decode(bytes: &[u8]) -> Option<Fields> {
+        let m = automerge::sync::Message::decode(bytes).ok()?;
+        let hashes = |h: &[automerge::ChangeHash]| h.iter().map(|h| h.0).collect::<Vec<_>>();
+        Some(Fields {
+            version: bytes[0],
+            heads: hashes(&m.heads),
+            needs: hashes(&m.need),
+            haves: m
+                .have
+                .iter()
+                .map(|h| (hashes(&h.last_sync), h.bloom.to_bytes()))
+                .collect(),
+            changes: m.changes.iter().map(<[u8]>::to_vec).collect(),
+            tail: Vec::new(),
+            lies: [0; 4],
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![self.version];
+        let count = |out: &mut Vec<u8>, n: usize, lie: u64| {
+            write_uleb(out, (n as u64).wrapping_add(lie));
+        };
+        count(&mut out, self.heads.len(), self.lies[0]);
+        self.heads.iter().for_each(|h| out.extend_from_slice(h));
+        count(&mut out, self.needs.len(), self.lies[1]);
+        self.needs.iter().for_each(|h| out.extend_from_slice(h));
+        count(&mut out, self.haves.len(), self.lies[2]);
+        for (last_sync, bloom) in &self.haves {
+            count(&mut out, last_sync.len(), 0);
+            last_sync.iter().for_each(|h| out.extend_from_slice(h));
+            write_uleb(&mut out, bloom.len() as u64);
+            out.extend_from_slice(bloom);
+        }
+        count(&mut out, self.changes.len(), self.lies[3]);
+        for change in &self.changes {
+            write_uleb(&mut out, change.len() as u64);
+            out.extend_from_slice(change);
+        }
+        out.extend_from_slice(&self.tail);
+        out
+    }
+}
+
+/// Recomputes an automerge chunk's checksum (the first four bytes of the SHA-256 of its type,
+/// length and body), so that a mutated chunk gets past the checksum to the code behind it.
+fn fix_checksum(chunk: &mut [u8]) {
+    use sha2::Digest;
+    if chunk.len() < 10 {
+        return;
+    }
+    let hash = sha2::Sha256::digest(&chunk[8..]);
+    chunk[4..8].copy_from_slice(&hash[..4]);
+}
+
+/// Mutates one field of a valid sync message (or several, now and then): counts that lie,
+/// bloom filters with edge-case parameters, extra heads and haves, change chunks with a changed
+/// type, length or byte (checksum recomputed), truncation at a field, bytes after the end.
+/// Falls back to flipping a byte when `valid` does not decode.
+pub fn mutate_sync_message(valid: &[u8], rng: &mut XorShift) -> Vec<u8> {
+    let Some(mut f) = Fields::decode(valid) else {
+        let mut bytes = valid.to_vec();
+        if !bytes.is_empty() {
+            let i = rng.below(bytes.len());
+            bytes[i] ^= 1 << rng.below(8);
+        }
+        return bytes;
+    };
+    for _ in 0..1 + rng.below(3) / 2 {
+        match rng.below(11) {
+            0 => f.version = rng.step() as u8,
+            1 => f.lies[rng.below(4)] = rng.edgy(),
+            2 => {
+                let extra = rng.below(3000);
+                let hash = [rng.step() as u8; 32];
+                if rng.step().is_multiple_of(2) {
+                    f.heads.extend(std::iter::repeat_n(hash, extra));
+                } else {
+                    f.needs.extend(std::iter::repeat_n(hash, extra));
+                }
+            }
+            3 | 4 => {
+                let mut bloom = Vec::new();
+                for _ in 0..3 {
+                    write_uleb(&mut bloom, rng.edgy() & u64::from(u32::MAX));
+                }
+                bloom.extend((0..rng.below(64)).map(|_| rng.step() as u8));
+                let have = (Vec::new(), bloom);
+                match f.haves.first_mut() {
+                    Some(first) if rng.step().is_multiple_of(2) => *first = have,
+                    _ => f.haves.push(have),
+                }
+            }
+            5 => {
+                let extra = rng.below(100);
+                f.haves
+                    .extend(std::iter::repeat_n((Vec::new(), Vec::new()), extra));
+            }
+            6..=8 => {
+                if f.changes.is_empty() {
+                    continue;
+                }
+                let i = rng.below(f.changes.len());
+                let chunk = &mut f.changes[i];
+                if chunk.len() < 10 {
+                    continue;
+                }
+                match rng.below(3) {
+                    0 => chunk[8] = rng.below(5) as u8,
+                    1 => {
+                        let at = 9 + rng.below(chunk.len() - 9);
+                        chunk[at] = rng.step() as u8;
+                    }
+                    _ => {
+                        let at = 9 + rng.below(chunk.len() - 9);
+                        let mut number = Vec::new();
+                        write_uleb(&mut number, rng.edgy());
+                        chunk.splice(at..(at + 1).min(chunk.len()), number);
+                    }
+                }
+                fix_checksum(chunk);
+            }
+            9 => {
+                let encoded = f.encode();
+                let cut = rng.below(encoded.len());
+                return encoded[..cut].to_vec();
+            }
+            _ => f
+                .tail
+                .extend((0..1 + rng.below(8)).map(|_| rng.step() as u8)),
+        }
+    }
+    f.encode()
+}
+
+/// Real sync messages between two diverged copies of a document: heads, bloom filters, needs,
+/// v1 changes and v2 whole documents. Returns them with the document's saved bytes.
+pub fn real_sync_messages() -> (Vec<u8>, Vec<Vec<u8>>) {
+    let mut base = automerge::Automerge::new();
+    for i in 0..20 {
+        let mut tx = base.transaction();
+        let task = tx
+            .put_object(automerge::ROOT, format!("t{i}"), automerge::ObjType::Map)
+            .expect("a sample sync");
+        tx.put(&task, "prompt", format!("task number {i} ").repeat(30))
+            .expect("a sample sync");
+        let list = tx
+            .put_object(&task, "progress", automerge::ObjType::List)
+            .expect("a sample sync");
+        tx.insert(&list, 0, i as i64).expect("a sample sync");
+        tx.commit();
+    }
+    let saved = base.save();
+    let (mut a, mut b) = (base.fork(), base.fork());
+    for (doc, key) in [(&mut a, "a"), (&mut b, "b")] {
+        let mut tx = doc.transaction();
+        tx.put(automerge::ROOT, key, "only here")
+            .expect("a sample sync");
+        tx.commit();
+    }
+    let mut messages = Vec::new();
+    let mut fresh = automerge::Automerge::new();
+    let (mut sa, mut sb) = (automerge::sync::State::new(), automerge::sync::State::new());
+    for _ in 0..10 {
+        let to_b = a.generate_sync_message(&mut sa);
+        let to_a = b.generate_sync_message(&mut sb);
+        if to_b.is_none() && to_a.is_none() {
+            break;
+        }
+        if let Some(m) = to_b {
+            messages.push(m.clone().encode());
+            b.receive_sync_message(&mut sb, m).expect("a sample sync");
+        }
+        if let Some(m) = to_a {
+            messages.push(m.clone().encode());
+            a.receive_sync_message(&mut sa, m).expect("a sample sync");
+        }
+    }
+    // And what a device with nothing receives: the whole document.
+    let (mut sa, mut sf) = (automerge::sync::State::new(), automerge::sync::State::new());
+    for _ in 0..4 {
+        if let Some(m) = fresh.generate_sync_message(&mut sf) {
+            a.receive_sync_message(&mut sa, m).expect("a sample sync");
+        }
+        if let Some(m) = a.generate_sync_message(&mut sa) {
+            messages.push(m.clone().encode());
+            fresh
+                .receive_sync_message(&mut sf, m)
+                .expect("a sample sync");
+        }
+    }
+    (saved, messages)
+}
