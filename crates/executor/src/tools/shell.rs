@@ -421,6 +421,7 @@ mod tests {
                 sh(
                     "echo started; echo warned >&2; touch ready; sleep 30",
                     &cwd,
+                    &env(),
                     cancel,
                     LONG,
                     |_| {},
