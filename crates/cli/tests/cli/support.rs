@@ -686,6 +686,9 @@ pub fn send(home: &Home, args: &[&str]) -> Value {
 
 /// Whether `line` is the daemon's event line for `task` (whatever its status by now: the
 /// desktop may already have run it) with this prompt.
+/// A task event line: `task ID STATUS: PROMPT`, followed by ` (REASON)` when the task ended
+/// with one.
 pub fn is_task_line(line: &str, task: &str, prompt: &str) -> bool {
-    line.starts_with(&format!("task {} ", short(task))) && line.ends_with(&format!(": {prompt}"))
+    line.starts_with(&format!("task {} ", short(task)))
+        && (line.ends_with(&format!(": {prompt}")) || line.contains(&format!(": {prompt} (")))
 }
