@@ -31,14 +31,23 @@ pub fn target() -> &'static Target {
         std::panic::set_hook(Box::new(|_| {}));
         let dir = tempfile::tempdir().expect("a temporary folder");
         let store = Arc::new(Store::open(&dir.path().join("db.redb")).expect("a store"));
-        let repo = Repo::new(store, iroh::SecretKey::generate().public());
-        let doc = DocId::new_thread();
-        let (saved, messages) = hostile::real_sync_messages();
-        repo.import(&doc, &saved).expect("import the document");
+        let repo = Repo::new(
+            store,
+            iroh::SecretKey::generate(),
+            Arc::new(errand_sync::authorship::FixedAuthors::anyone(
+                errand_sync::Role::Desktop,
+            )),
+        );
+        repo.set_space(errand_sync::SpaceId([1; 16]))
+            .expect("a space");
+        let sample = hostile::real_sync_messages();
+        let doc = sample.doc.clone();
+        repo.import(&doc, &sample.saved, &sample.sigs)
+            .expect("import the document");
         Target {
             repo,
             doc,
-            messages,
+            messages: sample.messages,
             _dir: dir,
         }
     })
@@ -48,5 +57,7 @@ pub fn target() -> &'static Target {
 pub fn apply(bytes: &[u8]) {
     let t = target();
     let mut state = automerge::sync::State::new();
-    let _ = t.repo.receive_sync_message(&t.doc, &mut state, bytes);
+    let _ = t
+        .repo
+        .receive_sync_message(&t.doc, &mut state, &hostile::envelope(bytes));
 }

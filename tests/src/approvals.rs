@@ -1,7 +1,7 @@
 //! Approval decisions count only from members whose role may approve, whatever a document
 //! holds: a viewer that writes a correctly signed decision straight into a thread (going
-//! around its own node's refusal) is ignored by the executor, by every node's list of
-//! requests, and by the notifications of new ones.
+//! around its own node's refusal) is refused by the desktop, and the request stays open for
+//! the phone, in every node's list of requests and in the notifications of new ones.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +16,15 @@ use errand_sync::{DeviceId, DocId, Role};
 
 use crate::support::{TestNode, WAIT, desktop, node, node_in, pair, until};
 
-/// The desktop's view of who may approve, as `errand up` wires it: the verified membership.
+/// The desktop's view of who may send and approve, as `errand up` wires it: the verified
+/// membership.
 #[derive(Debug)]
-struct Members(Arc<Node>);
+pub(crate) struct Members(pub(crate) Arc<Node>);
 
 impl Authority for Members {
+    fn may_send(&self, device: &DeviceId) -> bool {
+        self.0.may_send(device)
+    }
     fn may_approve(&self, device: &DeviceId) -> bool {
         self.0.may_approve(device)
     }
@@ -42,8 +46,13 @@ async fn desk_phone_and_viewer() -> (TestNode, TestNode, TestNode, ExecutorHandl
 
 /// Starts the desktop's executor with shell commands needing approval, as `errand up` would.
 fn start_executor(desk: &TestNode) -> ExecutorHandle {
+    start_executor_with(desk, "ask")
+}
+
+/// Starts the desktop's executor with shell commands ruled `shell` (allow, ask, deny).
+pub(crate) fn start_executor_with(desk: &TestNode, shell: &str) -> ExecutorHandle {
     let home = desk.home.path();
-    let policy = Policy::parse("[actions]\nshell = \"ask\"\n", home, home).unwrap();
+    let policy = Policy::parse(&format!("[actions]\nshell = \"{shell}\"\n"), home, home).unwrap();
     policy.ensure_workspace().unwrap();
     let config = ExecutorConfig {
         device: desk.node.id(),
@@ -109,6 +118,7 @@ async fn viewer_forges_a_denial(
         at,
         signature: errand_sync::ids::hex(&key.sign(&signed).to_bytes()),
     };
+    let mut desk_events = desk.node.subscribe();
     viewer
         .node
         .repo()
@@ -117,17 +127,28 @@ async fn viewer_forges_a_denial(
         })
         .unwrap();
 
-    until("the desktop holds the viewer's denial", nodes, || {
-        let ok = approval_on(&desk.node, thread_doc, &request.id)
-            .is_some_and(|a| !a.decisions.is_empty());
-        async move { ok }
+    // The desktop refuses the change (a viewer's role may not decide) and drops the viewer.
+    let viewer_id = viewer.node.id().to_string();
+    let reason = tokio::time::timeout(WAIT, async {
+        loop {
+            match desk_events.recv().await {
+                Ok(NodeEvent::PeerDropped { peer, reason }) if peer == viewer_id => return reason,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("events ended: {e}"),
+            }
+        }
     })
-    .await;
+    .await
+    .expect("the desktop refuses the viewer's decision");
+    assert!(reason.contains("its role may not"), "{reason}");
+    let _ = nodes;
+    let held = approval_on(&desk.node, thread_doc, &request.id).unwrap();
+    assert!(held.decisions.is_empty(), "{held:#?}");
     request.id
 }
 
 #[tokio::test]
-async fn a_decision_a_viewer_signs_and_writes_into_the_thread_is_ignored() {
+async fn a_decision_a_viewer_signs_and_writes_into_the_thread_is_refused() {
     let (desk, phone, viewer, _executor) = desk_phone_and_viewer().await;
 
     let sent = phone.node.send("/sh echo ran", None, None).unwrap();

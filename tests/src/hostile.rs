@@ -7,7 +7,9 @@ use std::sync::Arc;
 use automerge::sync::SyncDoc;
 use automerge::transaction::Transactable;
 use automerge::{ObjType, ROOT};
-use errand_sync::{DocId, Repo, Store};
+use errand_sync::authorship::{Envelope, FixedAuthors};
+use errand_sync::schema::thread;
+use errand_sync::{DocId, Repo, Role, Store};
 
 /// A sync message whose one `have` has a bloom filter claiming 4,294,967,295 probes: automerge
 /// 0.12 sizes an allocation from it (about 17 GB) and the process aborts.
@@ -26,9 +28,12 @@ pub const ZERO_BITS: [u8; 10] = [0x42, 0x00, 0x00, 0x01, 0x00, 0x03, 0x01, 0x00,
 /// Writes into document `doc` of the (stopped) home `home`, as device `device`, a map nested
 /// `depth` levels deep under the key `deep`: a valid document that anything recursing over
 /// its values cannot walk.
+///
+/// Members' nodes refuse the change (nobody owns the root of a thread after its first
+/// change); the writer's own home keeps it, which is where the depth bound is tested.
 pub fn write_deep_nesting(home: &Path, device: &str, doc: &str, depth: usize) {
-    let store = Arc::new(Store::open(&home.join("errand.redb")).expect("open the home's store"));
-    let repo = Repo::new(store, device.parse().expect("a device id"));
+    let repo = own_repo(home);
+    assert_eq!(repo.device().to_string(), device, "the home's own key");
     let doc = DocId::parse(doc).expect("a document id");
     repo.change(&doc, "nested deep", |tx| {
         let mut obj = tx.put_object(ROOT, "deep", ObjType::Map)?;
@@ -38,6 +43,25 @@ pub fn write_deep_nesting(home: &Path, device: &str, doc: &str, depth: usize) {
         Ok(())
     })
     .expect("write the nested maps");
+}
+
+/// The repo of a stopped home, opened with the home's own key the way a compromised app
+/// would: it signs what it writes as that device, and believes anything it receives.
+pub fn own_repo(home: &Path) -> Repo {
+    let key = errand_pairing::identity::load_or_create(&home.join("device.key"))
+        .expect("read the home's key");
+    let store = Arc::new(Store::open(&home.join("errand.redb")).expect("open the home's store"));
+    Repo::new(store, key, Arc::new(FixedAuthors::anyone(Role::Desktop)))
+}
+
+/// Raw automerge sync message bytes as the payload of an `errand/sync/3` `Sync` message, with
+/// no change signatures: what a peer crafting automerge input sends.
+pub fn envelope(message: &[u8]) -> Vec<u8> {
+    Envelope {
+        sigs: Vec::new(),
+        message: message.to_vec(),
+    }
+    .encode()
 }
 
 /// A tiny deterministic generator, so that a failing seed reproduces.
@@ -243,22 +267,50 @@ pub fn mutate_sync_message(valid: &[u8], rng: &mut XorShift) -> Vec<u8> {
 
 /// Real sync messages between two diverged copies of a document: heads, bloom filters, needs,
 /// v1 changes and v2 whole documents. Returns them with the document's saved bytes.
-pub fn real_sync_messages() -> (Vec<u8>, Vec<Vec<u8>>) {
-    let mut base = automerge::Automerge::new();
+/// The sample's root holds task-like maps written in its first change.
+pub fn real_sync_messages() -> Sample {
+    // The document is written (and signed) by a repo, as a member's would be; the messages
+    // are between two plain automerge copies of it, which sign nothing: a node applies their
+    // bytes (that is what is being tested) and then refuses their unsigned changes.
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let store = Arc::new(Store::open(&dir.path().join("db.redb")).expect("a store"));
+    let author = Repo::new(
+        store,
+        iroh::SecretKey::generate(),
+        Arc::new(FixedAuthors::anyone(Role::Desktop)),
+    );
+    author
+        .set_space(errand_sync::SpaceId([1; 16]))
+        .expect("a space");
+    let doc = DocId::new_thread();
+    let me = author.device().to_string();
+    author
+        .create(&doc, "a sample", |tx| {
+            thread::create(tx, doc.as_str(), "a sample")
+        })
+        .expect("a sample document");
     for i in 0..20 {
-        let mut tx = base.transaction();
-        let task = tx
-            .put_object(automerge::ROOT, format!("t{i}"), automerge::ObjType::Map)
-            .expect("a sample sync");
-        tx.put(&task, "prompt", format!("task number {i} ").repeat(30))
-            .expect("a sample sync");
-        let list = tx
-            .put_object(&task, "progress", automerge::ObjType::List)
-            .expect("a sample sync");
-        tx.insert(&list, 0, i as i64).expect("a sample sync");
-        tx.commit();
+        let id = format!("t{i}");
+        author
+            .change(&doc, "a task", |tx| {
+                thread::add_task(
+                    tx,
+                    &thread::NewTask {
+                        id: &id,
+                        prompt: &format!("task number {i} ").repeat(30),
+                        target: &me,
+                        created: i,
+                    },
+                )?;
+                thread::add_progress(tx, &id, "under way", i)
+            })
+            .expect("a sample task");
     }
-    let saved = base.save();
+    let errand_sync::repo::SignedDoc { bytes: saved, sigs } = author
+        .save_signed(&doc)
+        .expect("save the sample")
+        .expect("the sample exists");
+    let base = automerge::Automerge::load(&saved).expect("load the sample");
     let (mut a, mut b) = (base.fork(), base.fork());
     for (doc, key) in [(&mut a, "a"), (&mut b, "b")] {
         let mut tx = doc.transaction();
@@ -297,5 +349,21 @@ pub fn real_sync_messages() -> (Vec<u8>, Vec<Vec<u8>>) {
                 .expect("a sample sync");
         }
     }
-    (saved, messages)
+    Sample {
+        doc,
+        saved,
+        sigs,
+        messages,
+    }
+}
+
+/// A signed sample document and real sync messages about it.
+#[derive(Debug)]
+pub struct Sample {
+    pub doc: DocId,
+    /// The whole document, and the signatures of its changes, for `Repo::import`.
+    pub saved: Vec<u8>,
+    pub sigs: Vec<errand_sync::store::ChangeSig>,
+    /// Raw automerge sync messages about it (wrap them with [`envelope`] to send).
+    pub messages: Vec<Vec<u8>>,
 }

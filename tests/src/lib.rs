@@ -14,6 +14,8 @@ mod convergence;
 #[cfg(test)]
 mod durability;
 #[cfg(test)]
+mod hostile_member;
+#[cfg(test)]
 mod malformed;
 #[cfg(test)]
 mod scale;

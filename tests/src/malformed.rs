@@ -48,7 +48,7 @@ pub async fn hello(raw: &Endpoint, to: &errand_node::Node) -> (Connection, SendS
 pub fn sync_frame(doc: &DocId, message: &[u8]) -> Vec<u8> {
     frame(&Msg::Sync {
         doc: doc.clone(),
-        message: message.to_vec(),
+        message: crate::hostile::envelope(message),
     })
 }
 
@@ -294,19 +294,27 @@ async fn crafted_bloom_filters_and_counts_are_refused_and_honest_tasks_keep_arri
 fn sync_messages_mutated_field_by_field_never_bring_the_repo_down() {
     use crate::hostile::{XorShift, mutate_sync_message, real_sync_messages};
     use errand_sync::{Repo, Store};
-    let (saved, messages) = real_sync_messages();
+    let sample = real_sync_messages();
+    let messages = &sample.messages;
     assert!(messages.len() >= 4, "{} messages", messages.len());
     let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(Store::open(&dir.path().join("db.redb")).unwrap());
-    let repo = Repo::new(store, iroh::SecretKey::generate().public());
-    let doc = DocId::new_thread();
-    repo.import(&doc, &saved).unwrap();
+    let repo = Repo::new(
+        store,
+        iroh::SecretKey::generate(),
+        std::sync::Arc::new(errand_sync::authorship::FixedAuthors::anyone(
+            errand_sync::Role::Desktop,
+        )),
+    );
+    repo.set_space(errand_sync::SpaceId([1; 16])).unwrap();
+    let doc = sample.doc.clone();
+    repo.import(&doc, &sample.saved, &sample.sigs).unwrap();
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
     let (mut refused, mut applied) = (0, 0);
     let started = std::time::Instant::now();
     for round in 0..20_000 {
         let valid = &messages[round % messages.len()];
-        let mutated = mutate_sync_message(valid, &mut rng);
+        let mutated = crate::hostile::envelope(&mutate_sync_message(valid, &mut rng));
         let mut state = automerge::sync::State::new();
         match repo.receive_sync_message(&doc, &mut state, &mutated) {
             Ok(_) => applied += 1,

@@ -19,6 +19,9 @@ use errand_sync::{DeviceId, Role};
 struct Members(Arc<Node>);
 
 impl Authority for Members {
+    fn may_send(&self, device: &DeviceId) -> bool {
+        self.0.may_send(device)
+    }
     fn may_approve(&self, device: &DeviceId) -> bool {
         self.0.may_approve(device)
     }

@@ -65,8 +65,11 @@ fn stop_reason() -> String {
     )
 }
 
-/// Who may decide approvals, and what they are called.
+/// Who may have tasks run and decide approvals, and what they are called: the verified
+/// membership, never what a document says.
 pub trait Authority: Send + Sync + fmt::Debug + 'static {
+    /// Whether a task `device` sent may run here.
+    fn may_send(&self, device: &DeviceId) -> bool;
     fn may_approve(&self, device: &DeviceId) -> bool;
     fn name(&self, device: &DeviceId) -> Option<String>;
 }
@@ -405,6 +408,21 @@ impl Shared {
             return;
         };
         if task.status != TaskStatus::Queued {
+            return;
+        }
+        // The sender is the device that signed the task's creation; only a current phone or
+        // desktop may have this computer act.
+        let sender = task.created_by.parse::<DeviceId>().ok();
+        if !sender.is_some_and(|d| self.authority.may_send(&d)) {
+            let reason = format!(
+                "refused: sent by {}, which is not a phone or desktop of this space",
+                short(&task.created_by)
+            );
+            warn!(task = %task.id, "{reason}");
+            self.change(doc, &format!("task {} refused", short(&task.id)), |tx| {
+                thread::finish(tx, &task.id, Err(&reason), TaskStatus::Failed, now_millis())?;
+                conversation::add_answer(tx, &task.id, &reason, TaskStatus::Failed, &[])
+            });
             return;
         }
         if task.cancel_requested {

@@ -29,7 +29,7 @@ pub use conversation::{ConversationEntry, QuestionInfo};
 
 const KEY_FILE: &str = "device.key";
 const DB_FILE: &str = "errand.redb";
-const META_SPACE: &str = "space";
+const META_SPACE: &str = errand_sync::repo::META_SPACE;
 const META_NAME: &str = "name";
 const META_PORT: &str = "port";
 
@@ -229,8 +229,11 @@ impl Node {
             Err(e) => return Err(NodeError::Open(e)),
         };
         crate::home::claim(&home);
-        let repo = Arc::new(Repo::new(store.clone(), me));
         let gate = Arc::new(MembershipGate::new(me));
+        let authors = Arc::new(errand_pairing::authors::MembershipAuthors::new(
+            gate.clone(),
+        ));
+        let repo = Arc::new(Repo::new(store.clone(), secret_key.clone(), authors));
         gate.refresh(&repo);
 
         let endpoint = bind_endpoint(&secret_key, &config, &store, gate.clone()).await?;
@@ -540,15 +543,14 @@ impl Node {
             now_unix(),
         );
         let entry = trust::member_entry(&cert);
+        // Before the first change: every change is signed for its space.
+        self.repo.set_space(space)?;
         self.repo
             .create(&DocId::index(), &format!("space created by {name}"), |tx| {
                 index::create(tx, &space.to_string(), &me.to_string())?;
                 index::put_member(tx, &entry)
             })?;
         self.repo.store().set_meta(META_NAME, name.as_bytes())?;
-        self.repo
-            .store()
-            .set_meta(META_SPACE, space.to_string().as_bytes())?;
         self.gate.refresh(&self.repo);
         self.start_pairing_host(space);
         self.publish_addrs()?;
@@ -633,13 +635,11 @@ impl Node {
         let _ = self.events.send(NodeEvent::JoinCode { code: code.clone() });
         let my_addrs = self.addrs().iter().map(ToString::to_string).collect();
         let welcome = pairing::join(&self.endpoint, &ticket, &name, role, my_addrs).await?;
+        self.repo.set_space(welcome.space)?;
         self.repo
-            .import(&DocId::index(), &welcome.index)
+            .import(&DocId::index(), &welcome.index, &welcome.index_sigs)
             .map_err(|e| NodeError::Pairing(e.to_string()))?;
         self.repo.store().set_meta(META_NAME, name.as_bytes())?;
-        self.repo
-            .store()
-            .set_meta(META_SPACE, welcome.space.to_string().as_bytes())?;
         self.gate.refresh(&self.repo);
         if !self.gate_has_me() {
             return Err(NodeError::Pairing(
@@ -758,6 +758,11 @@ impl Node {
         to: Option<&str>,
     ) -> Result<Sent, NodeError> {
         self.require_space()?;
+        if self.role() == Some(Role::Viewer) {
+            return Err(NodeError::NotAllowed(
+                "this device is a viewer: it can read and sync, not send tasks".into(),
+            ));
+        }
         let text = text.trim();
         if text.is_empty() {
             return Err(NodeError::BadInput("a task needs some text".into()));
@@ -1291,6 +1296,14 @@ impl Node {
     /// Whether `device` may decide approvals in this space.
     pub fn may_approve(&self, device: &DeviceId) -> bool {
         self.membership().is_some_and(|m| m.may_approve(device))
+    }
+
+    /// Whether a task `device` sent may run: it is a current member whose role sends tasks
+    /// (a phone or a desktop; never a viewer, nor a revoked device).
+    pub fn may_send(&self, device: &DeviceId) -> bool {
+        self.membership()
+            .and_then(|m| m.get(device).map(|m| m.role))
+            .is_some_and(|r| matches!(r, Role::Phone | Role::Desktop))
     }
 
     /// A member's name.

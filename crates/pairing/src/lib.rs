@@ -1,5 +1,6 @@
 //! errand-pairing: device identity, pairing tickets and signed space membership.
 
+pub mod authors;
 pub mod identity;
 pub mod membership;
 pub mod proof;

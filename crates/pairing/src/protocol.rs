@@ -4,7 +4,8 @@
 //! one [`JoinRequest`] carrying a proof that it knows the ticket's secret (never the secret
 //! itself), and waits. The host checks the ticket, shows a verification code, waits for the
 //! person at the desktop to confirm (or for `--yes`), signs a membership certificate, records it
-//! in the index document, and answers with the index document. Every refusal is a one-line
+//! in the index document, and answers with the index document and the signatures of its
+//! changes. Every refusal is a one-line
 //! reason, and a refused attempt changes nothing but the ticket's failure count.
 
 use std::collections::HashMap;
@@ -295,7 +296,7 @@ impl PairingHost {
         let req: JoinRequest =
             serde_json::from_slice(&frame).map_err(|e| format!("bad request: {e}"))?;
 
-        let result: Result<Vec<u8>, String> = async {
+        let result: Result<errand_sync::repo::SignedDoc, String> = async {
             if req.version != 1 {
                 return Err(format!("unsupported pairing version {}", req.version));
             }
@@ -335,7 +336,7 @@ impl PairingHost {
             let index = self
                 .0
                 .repo
-                .save(&DocId::index())
+                .save_signed(&DocId::index())
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| "the host has no space yet".to_owned())?;
             Ok(index)
@@ -356,7 +357,15 @@ impl PairingHost {
             .await
             .map_err(|e| e.to_string())?;
         if let Some(index) = &index {
-            wire::write_frame(&mut send, index)
+            wire::write_frame(&mut send, &index.bytes)
+                .await
+                .map_err(|e| e.to_string())?;
+            let sigs: Vec<u8> = index
+                .sigs
+                .iter()
+                .flat_map(|(hash, sig)| hash.iter().chain(sig.iter()).copied())
+                .collect();
+            wire::write_frame(&mut send, &sigs)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -440,6 +449,8 @@ pub struct Welcome {
     pub host_name: String,
     /// The saved index document, with our certificate in it.
     pub index: Vec<u8>,
+    /// The signatures of its changes (change hash, signature).
+    pub index_sigs: Vec<errand_sync::store::ChangeSig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -517,6 +528,25 @@ pub async fn join(
                 .await
                 .map_err(proto)?
                 .ok_or_else(|| JoinError::Protocol("the host sent no index".into()))?;
+            let sigs = wire::read_frame(&mut recv, wire::MAX_FRAME)
+                .await
+                .map_err(proto)?
+                .ok_or_else(|| JoinError::Protocol("the host sent no signatures".into()))?;
+            if sigs.len() % 96 != 0 {
+                return Err(JoinError::Protocol(
+                    "the host sent a malformed signature list".into(),
+                ));
+            }
+            let index_sigs = sigs
+                .chunks_exact(96)
+                .map(|c| {
+                    let (h, s) = c.split_at(32);
+                    (
+                        h.try_into().expect("32 bytes"),
+                        s.try_into().expect("64 bytes"),
+                    )
+                })
+                .collect();
             let space = space
                 .parse()
                 .map_err(|_| JoinError::Protocol("the host sent a bad space id".into()))?;
@@ -530,6 +560,7 @@ pub async fn join(
                 host: ticket.host,
                 host_name,
                 index,
+                index_sigs,
             })
         }
     };

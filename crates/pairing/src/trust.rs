@@ -80,6 +80,7 @@ pub fn evaluate_index(doc: &automerge::Automerge) -> Option<Membership> {
 pub struct MembershipGate {
     me: DeviceId,
     members: RwLock<HashSet<DeviceId>>,
+    current: RwLock<Option<Membership>>,
 }
 
 impl MembershipGate {
@@ -87,17 +88,32 @@ impl MembershipGate {
         MembershipGate {
             me,
             members: RwLock::new(HashSet::new()),
+            current: RwLock::new(None),
         }
     }
 
     /// Recomputes the allowed set from the index document. Returns the membership, if the
     /// index exists.
     pub fn refresh(&self, repo: &Repo) -> Option<Membership> {
-        let membership = repo
-            .read(&DocId::index(), evaluate_index)
+        repo.read(&DocId::index(), |doc| self.refresh_from(doc))
             .ok()
             .flatten()
-            .flatten();
+            .flatten()
+    }
+
+    /// The membership as last computed.
+    pub fn membership(&self) -> Option<Membership> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Recomputes from an index document at hand. Calls nothing in the repo: the repo calls
+    /// this with its documents locked.
+    pub fn refresh_from(&self, index: &automerge::Automerge) -> Option<Membership> {
+        let membership = evaluate_index(index);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = membership.clone();
         let allowed: HashSet<DeviceId> = membership
             .as_ref()
             .map(|m| {

@@ -1,4 +1,4 @@
-//! Replication over iroh: the `errand/sync/2` protocol handler and the dialler that keeps a
+//! Replication over iroh: the `errand/sync/3` protocol handler and the dialler that keeps a
 //! connection to every known peer. This is the thin driver of [`crate::replication`]: it moves
 //! bytes between a QUIC stream and a [`Session`], feeds it document changes and timers, and
 //! writes what it asks to be saved. What to send, when, and what counts as in sync is decided
@@ -32,7 +32,7 @@ use crate::wire::{self, MAX_FRAME};
 
 /// The ALPN of the document sync protocol. Version 2: one stream per connection for every
 /// document (version 1 opened one per document and stalled at QUIC's stream limit).
-pub const SYNC_ALPN: &[u8] = b"errand/sync/2";
+pub const SYNC_ALPN: &[u8] = b"errand/sync/3";
 
 /// The sync stream quiet for this long drops its compression contexts (some 300 KB).
 const IDLE_FORGET: Duration = Duration::from_secs(30);

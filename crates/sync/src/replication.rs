@@ -40,6 +40,10 @@ pub enum DocsError {
     /// The peer sent something that cannot be applied: drop the peer.
     #[error("malformed: {0}")]
     Malformed(String),
+    /// A change whose author this device does not know yet (its certificate is still on the
+    /// way in the index): nothing was applied; try again once the index is in sync.
+    #[error("early: {0}")]
+    Early(String),
     /// Our side could not do it (storage): the peer is not at fault.
     #[error("{0}")]
     Local(String),

@@ -22,16 +22,30 @@ use automerge::transaction::{CommitOptions, Transaction};
 use automerge::{ActorId, Automerge, AutomergeError, ChangeHash, ReadDoc};
 use tokio::sync::broadcast;
 
-use crate::ids::{DeviceId, session_actor};
+use crate::authorship::{self, Authors, Envelope, Refusal, Standing};
+use crate::ids::{DeviceId, SpaceId, session_actor};
 use crate::limits::Limits;
 use crate::replication::{Catalog, Digest, Docs, DocsError, HeadsHash};
 use crate::schema::{DocId, now_millis};
-use crate::store::{Store, StoreError};
+use crate::store::{ChangeSig, Store, StoreError};
+
+/// The store's metadata key for the space id (text), which change signatures cover.
+pub const META_SPACE: &str = "space";
+/// Signatures received ahead of their changes (which wait for a dependency) kept per document;
+/// beyond this they are dropped and come again with the changes.
+const MAX_WAITING_SIGS: usize = 200_000;
 
 /// Fold a document's chunks into one snapshot once it has more than this many.
 pub const COMPACT_AFTER_CHUNKS: usize = 64;
 /// A change set larger than this is stored as a fresh snapshot rather than appended.
 const SNAPSHOT_ABOVE_BYTES: usize = 64 * 1024;
+
+/// A whole document with the signatures of its changes ([`Repo::save_signed`]).
+#[derive(Clone, Debug)]
+pub struct SignedDoc {
+    pub bytes: Vec<u8>,
+    pub sigs: Vec<ChangeSig>,
+}
 
 /// A document changed, locally or by a merge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +69,8 @@ pub enum ChangeError {
     Load(#[from] LoadError),
     #[error("the change could not be saved: {0}")]
     Store(#[from] StoreError),
+    #[error("this device belongs to no space yet, so it cannot sign changes")]
+    NoSpace,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +87,10 @@ pub enum LoadError {
 pub enum ReceiveError {
     #[error("malformed sync message for {doc}: {reason}")]
     Malformed { doc: DocId, reason: String },
+    /// A change the peer may rightly hold and this device cannot check yet (its author's
+    /// certificate has not arrived here); nothing of the message was kept.
+    #[error("cannot check a change for {doc} yet: {reason}")]
+    Early { doc: DocId, reason: String },
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("the merged change could not be saved: {0}")]
@@ -83,14 +103,24 @@ struct Entry {
     /// Heads covered by what the store holds; `save_after` these to get the next chunk.
     saved_heads: Vec<ChangeHash>,
     chunks: usize,
+    /// Signatures of changes in memory that the store does not hold yet.
+    unsaved_sigs: Vec<ChangeSig>,
+    /// Signatures a peer sent for changes not applied yet (waiting for a dependency).
+    waiting_sigs: HashMap<[u8; 8], [u8; 64]>,
 }
 
 impl Entry {
     fn empty(actor: ActorId) -> Entry {
+        Entry::new(Automerge::new().with_actor(actor), Vec::new(), 0)
+    }
+
+    fn new(doc: Automerge, saved_heads: Vec<ChangeHash>, chunks: usize) -> Entry {
         Entry {
-            doc: Automerge::new().with_actor(actor),
-            saved_heads: Vec::new(),
-            chunks: 0,
+            doc,
+            saved_heads,
+            chunks,
+            unsaved_sigs: Vec::new(),
+            waiting_sigs: HashMap::new(),
         }
     }
 }
@@ -102,6 +132,8 @@ struct PendingWrite {
     /// Replace every stored chunk with `bytes` (a whole document) rather than append it.
     snapshot: bool,
     heads: Vec<ChangeHash>,
+    /// Signatures of the changes it adds.
+    sigs: Vec<ChangeSig>,
 }
 
 /// The documents of this device.
@@ -109,6 +141,13 @@ struct PendingWrite {
 pub struct Repo {
     store: Arc<Store>,
     device: DeviceId,
+    /// Signs every change made here (see `crate::authorship`).
+    key: iroh::SecretKey,
+    /// Who the authors of received changes are.
+    authors: Arc<dyn Authors>,
+    /// The space changes are signed for; from the store, or set when the space is made or
+    /// joined.
+    space: Mutex<Option<SpaceId>>,
     /// This session's actor; replaced when a change that may have reached peers is lost.
     actor: Mutex<ActorId>,
     docs: Mutex<HashMap<DocId, Entry>>,
@@ -129,13 +168,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Repo {
-    /// A repo whose changes are written as `device`: every change's actor starts with the
-    /// device id, so history can say which device did what.
-    pub fn new(store: Arc<Store>, device: DeviceId) -> Repo {
+    /// A repo whose changes are written and signed as the device of `key`: every change's actor
+    /// starts with the device id, so history can say which device did what, and carries its
+    /// signature, so every other device can check that. Received changes are checked against
+    /// `authors`.
+    pub fn new(store: Arc<Store>, key: iroh::SecretKey, authors: Arc<dyn Authors>) -> Repo {
         let (changes, _) = broadcast::channel(1024);
+        let device = key.public();
+        let space = store
+            .meta(META_SPACE)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.parse().ok());
         let repo = Repo {
             store,
             device,
+            key,
+            authors,
+            space: Mutex::new(space),
             actor: Mutex::new(session_actor(&device)),
             docs: Mutex::new(HashMap::new()),
             catalog: Mutex::new(Catalog::default()),
@@ -175,6 +226,24 @@ impl Repo {
                 Err(e) => tracing::warn!(%id, "cannot load a stored document: {e}"),
             }
         }
+        Ok(())
+    }
+
+    /// The device whose changes these are.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    /// The space this device's changes are signed for.
+    pub fn space(&self) -> Option<SpaceId> {
+        *lock(&self.space)
+    }
+
+    /// Sets (and stores) the space, when it is created or joined: before the first change.
+    pub fn set_space(&self, space: SpaceId) -> Result<(), StoreError> {
+        self.store
+            .set_meta(META_SPACE, space.to_string().as_bytes())?;
+        *lock(&self.space) = Some(space);
         Ok(())
     }
 
@@ -250,14 +319,7 @@ impl Repo {
             doc.set_actor(self.actor());
             let saved_heads = doc.get_heads();
             self.note_heads(id, &saved_heads);
-            docs.insert(
-                id.clone(),
-                Entry {
-                    doc,
-                    saved_heads,
-                    chunks,
-                },
-            );
+            docs.insert(id.clone(), Entry::new(doc, saved_heads, chunks));
         }
         Ok(docs.get_mut(id))
     }
@@ -345,9 +407,11 @@ impl Repo {
             let entry = self
                 .load_entry(&mut docs, id)?
                 .ok_or_else(|| ChangeError::NoSuchDoc(id.clone()))?;
+            let space = self.space().ok_or(ChangeError::NoSpace)?;
             let options = CommitOptions::default()
                 .with_message(message)
                 .with_time(now_millis());
+            let before = entry.doc.get_heads();
             let out = entry
                 .doc
                 .transact_with(|_| options, f)
@@ -357,6 +421,10 @@ impl Repo {
             let heads = entry.doc.get_heads();
             let changed = heads != entry.saved_heads;
             if changed {
+                for meta in entry.doc.get_changes_meta(&before) {
+                    let sig = authorship::sign(&self.key, &space, id, &meta.hash);
+                    entry.unsaved_sigs.push((meta.hash.0, sig));
+                }
                 self.note_heads(id, &heads);
             }
             (out, changed)
@@ -390,12 +458,15 @@ impl Repo {
         let heads = encode_heads(&pending.heads);
         if pending.snapshot {
             self.store
-                .replace_with_snapshot(id.as_str(), &pending.bytes, &heads)?;
+                .replace_with_snapshot(id.as_str(), &pending.bytes, &heads, &pending.sigs)?;
         } else {
             self.store
-                .append_chunk(id.as_str(), &pending.bytes, &heads)?;
+                .append_chunk(id.as_str(), &pending.bytes, &heads, &pending.sigs)?;
         }
         if let Some(entry) = self.lock().get_mut(id) {
+            // Only the writer (us) adds signatures, so the first ones are those just written.
+            let written = pending.sigs.len().min(entry.unsaved_sigs.len());
+            entry.unsaved_sigs.drain(..written);
             entry.saved_heads = pending.heads;
             entry.chunks = if pending.snapshot {
                 1
@@ -413,12 +484,165 @@ impl Repo {
         state: &mut sync::State,
     ) -> Result<Option<Vec<u8>>, LoadError> {
         let mut docs = self.lock();
-        let message = match self.load_entry(&mut docs, id)? {
-            Some(entry) => entry.doc.generate_sync_message(state),
+        let Some(entry) = self.load_entry(&mut docs, id)? else {
             // A document we do not have yet: an empty one asks the peer for everything.
-            None => Automerge::new().generate_sync_message(state),
+            let message = Automerge::new().generate_sync_message(state);
+            return Ok(message.map(|m| {
+                Envelope {
+                    sigs: Vec::new(),
+                    message: m.encode(),
+                }
+                .encode()
+            }));
         };
-        Ok(message.map(sync::Message::encode))
+        let Some(message) = entry.doc.generate_sync_message(state) else {
+            return Ok(None);
+        };
+        let hashes = carried_hashes(&entry.doc, &message);
+        let sigs = self.sigs_of(id, entry, &hashes)?;
+        let sigs = hashes
+            .iter()
+            .zip(sigs)
+            .filter_map(|(hash, sig)| match sig {
+                Some(sig) => Some((authorship::key_of(hash), sig)),
+                None => {
+                    tracing::warn!(%id, %hash, "a change to send has no signature here");
+                    None
+                }
+            })
+            .collect();
+        Ok(Some(
+            Envelope {
+                sigs,
+                message: message.encode(),
+            }
+            .encode(),
+        ))
+    }
+
+    /// The signatures of some changes of a loaded document, from memory or the store.
+    fn sigs_of(
+        &self,
+        id: &DocId,
+        entry: &Entry,
+        hashes: &[ChangeHash],
+    ) -> Result<Vec<Option<[u8; 64]>>, StoreError> {
+        let unsaved: HashMap<[u8; 32], [u8; 64]> = entry.unsaved_sigs.iter().copied().collect();
+        let missing: Vec<[u8; 32]> = hashes
+            .iter()
+            .map(|h| h.0)
+            .filter(|h| !unsaved.contains_key(h))
+            .collect();
+        let mut stored = if missing.is_empty() {
+            Vec::new()
+        } else {
+            self.store.change_sigs(id.as_str(), &missing)?
+        }
+        .into_iter();
+        Ok(hashes
+            .iter()
+            .map(|h| match unsaved.get(&h.0) {
+                Some(sig) => Some(*sig),
+                None => stored.next().flatten(),
+            })
+            .collect())
+    }
+
+    /// A whole document as bytes, with the signatures of all its changes: what a new member
+    /// is handed at pairing.
+    pub fn save_signed(&self, id: &DocId) -> Result<Option<SignedDoc>, LoadError> {
+        let mut docs = self.lock();
+        let Some(entry) = self.load_entry(&mut docs, id)? else {
+            return Ok(None);
+        };
+        let hashes: Vec<ChangeHash> = entry
+            .doc
+            .get_changes_meta(&[])
+            .into_iter()
+            .map(|m| m.hash)
+            .collect();
+        let sigs = self.sigs_of(id, entry, &hashes)?;
+        let sigs = hashes
+            .iter()
+            .zip(sigs)
+            .filter_map(|(h, s)| Some((h.0, s?)))
+            .collect();
+        Ok(Some(SignedDoc {
+            bytes: entry.doc.save(),
+            sigs,
+        }))
+    }
+
+    /// Checks the changes a merge added to `entry` since `before`: each signed by the device
+    /// its actor names, that device a member (or former member) of the space, and writing only
+    /// what it owns. Returns their signatures, to store with them.
+    fn verify_new(
+        &self,
+        id: &DocId,
+        entry: &mut Entry,
+        before: &[ChangeHash],
+    ) -> Result<Vec<ChangeSig>, Refusal> {
+        let space = self.space().ok_or(Refusal::NoSpace)?;
+        let metas: Vec<(ChangeHash, ActorId)> = entry
+            .doc
+            .get_changes_meta(before)
+            .into_iter()
+            .map(|m| (m.hash, m.actor.into_owned()))
+            .collect();
+        if metas.is_empty() {
+            return Ok(Vec::new());
+        }
+        if id.is_index() {
+            // Certificates that arrived in this very merge count for its other changes.
+            self.authors.index_changed(&entry.doc);
+        }
+        let mut standing: HashMap<DeviceId, Standing> = HashMap::new();
+        let mut sigs = Vec::with_capacity(metas.len());
+        for (hash, actor) in &metas {
+            let device = authorship::author(actor).ok_or(Refusal::NoAuthor(*hash))?;
+            let sig =
+                *entry
+                    .waiting_sigs
+                    .get(&authorship::key_of(hash))
+                    .ok_or(Refusal::Unsigned {
+                        hash: *hash,
+                        device,
+                    })?;
+            if !authorship::verify(&device, &space, id, hash, &sig) {
+                return Err(Refusal::BadSignature {
+                    hash: *hash,
+                    device,
+                });
+            }
+            let is = *standing
+                .entry(device)
+                .or_insert_with(|| self.authors.standing(&device));
+            if is == Standing::Unknown {
+                return Err(Refusal::NotAMember {
+                    hash: *hash,
+                    device,
+                });
+            }
+            sigs.push((hash.0, sig));
+        }
+        for change in entry.doc.get_changes(before) {
+            let device =
+                authorship::author(change.actor_id()).ok_or(Refusal::NoAuthor(change.hash()))?;
+            let is = standing.get(&device).copied().unwrap_or(Standing::Unknown);
+            crate::schema::ownership::check(&entry.doc, id, &change.decode(), &device, is)?;
+        }
+        for (hash, _) in &metas {
+            entry.waiting_sigs.remove(&authorship::key_of(hash));
+        }
+        Ok(sigs)
+    }
+
+    /// Keeps the signatures a peer sent until their changes are applied.
+    fn take_sigs(entry: &mut Entry, sigs: Vec<([u8; 8], [u8; 64])>) {
+        if entry.waiting_sigs.len() + sigs.len() > MAX_WAITING_SIGS {
+            entry.waiting_sigs.clear();
+        }
+        entry.waiting_sigs.extend(sigs);
     }
 
     /// Applies a sync message from a peer, durably. Returns whether the document changed.
@@ -432,6 +656,14 @@ impl Repo {
         state: &mut sync::State,
         bytes: &[u8],
     ) -> Result<bool, ReceiveError> {
+        let envelope = match Envelope::decode(bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                *state = sync::State::new();
+                return Err(malformed(id, e.to_string()));
+            }
+        };
+        let bytes = envelope.message.as_slice();
         // Bounds first: automerge trusts the sizes a message claims (crate::limits).
         if let Err(refusal) = Limits::DEFAULT.check_sync_message(bytes) {
             *state = sync::State::new();
@@ -446,6 +678,8 @@ impl Repo {
         let pending = {
             let mut docs = self.lock();
             let entry = self.load_or_empty(&mut docs, id)?;
+            Self::take_sigs(entry, envelope.sigs);
+            let before = entry.doc.get_heads();
             let applied = catch_unwind(AssertUnwindSafe(|| {
                 entry.doc.receive_sync_message(state, message)
             }));
@@ -463,11 +697,21 @@ impl Repo {
                     .err()
                     .map(|refusal| refusal.to_string())
             });
+            let failure = failure.map(|r| (r, false)).or_else(|| {
+                match catch_unwind(AssertUnwindSafe(|| self.verify_new(id, entry, &before))) {
+                    Ok(Ok(sigs)) => {
+                        entry.unsaved_sigs.extend(sigs);
+                        None
+                    }
+                    Ok(Err(refusal)) => Some((refusal.to_string(), refusal.may_be_early())),
+                    Err(_) => Some(("checking its changes panicked".to_owned(), false)),
+                }
+            });
             // Automerge can accept a crafted change and then panic when saving the document
             // it made of it (a dependency it never checked): that too is the peer's doing.
             let pending = match failure {
                 None => catch_unwind(AssertUnwindSafe(|| pending_write(entry)))
-                    .map_err(|_| "saving what it brought panicked".to_owned()),
+                    .map_err(|_| ("saving what it brought panicked".to_owned(), false)),
                 Some(reason) => Err(reason),
             };
             match pending {
@@ -475,11 +719,19 @@ impl Repo {
                     self.note_heads(id, &entry.doc.get_heads());
                     pending
                 }
-                Err(reason) => {
+                Err((reason, early)) => {
                     docs.remove(id);
                     drop(docs);
                     self.forget(id);
+                    self.reindex(id);
                     *state = sync::State::new();
+                    if early {
+                        return Err(ReceiveError::Early {
+                            doc: id.clone(),
+                            reason,
+                        });
+                    }
+                    tracing::warn!(%id, "refused a peer's changes: {reason}");
                     return Err(malformed(id, reason));
                 }
             }
@@ -523,8 +775,9 @@ impl Repo {
             if entry.chunks > threshold {
                 let snapshot = entry.doc.save();
                 let heads = encode_heads(&entry.doc.get_heads());
+                // Under the write lock everything in memory is stored, signatures included.
                 self.store
-                    .replace_with_snapshot(id.as_str(), &snapshot, &heads)?;
+                    .replace_with_snapshot(id.as_str(), &snapshot, &heads, &[])?;
                 entry.saved_heads = entry.doc.get_heads();
                 entry.chunks = 1;
                 compacted += 1;
@@ -538,8 +791,9 @@ impl Repo {
         self.read(id, Automerge::save)
     }
 
-    /// Stores a whole document received out of band (pairing), merging with what is here.
-    pub fn import(&self, id: &DocId, bytes: &[u8]) -> Result<(), ReceiveError> {
+    /// Stores a whole document received out of band (pairing), merging with what is here;
+    /// `sigs` are the signatures of its changes, checked as a sync message's are.
+    pub fn import(&self, id: &DocId, bytes: &[u8], sigs: &[ChangeSig]) -> Result<(), ReceiveError> {
         if let Err(refusal) = Limits::DEFAULT.check_document(bytes) {
             return Err(malformed(id, refusal.to_string()));
         }
@@ -552,21 +806,32 @@ impl Repo {
         let pending = 'merged: {
             let mut docs = self.lock();
             let entry = self.load_or_empty(&mut docs, id)?;
+            Self::take_sigs(
+                entry,
+                sigs.iter()
+                    .map(|(h, s)| (authorship::key_of(&ChangeHash(*h)), *s))
+                    .collect(),
+            );
+            let before = entry.doc.get_heads();
             let merged = catch_unwind(AssertUnwindSafe(|| {
                 entry.doc.merge(&mut incoming)?;
-                Ok(pending_write(entry))
+                Ok(self.verify_new(id, entry, &before))
             }));
             let reason = match merged {
-                Ok(Ok(pending)) => {
+                Ok(Ok(Ok(sigs))) => {
+                    entry.unsaved_sigs.extend(sigs);
+                    let pending = pending_write(entry);
                     self.note_heads(id, &entry.doc.get_heads());
                     break 'merged pending;
                 }
+                Ok(Ok(Err(refusal))) => refusal.to_string(),
                 Ok(Err(e)) => AutomergeError::to_string(&e),
                 Err(_) => "merging it panicked".to_owned(),
             };
             docs.remove(id);
             drop(docs);
             self.forget(id);
+            self.reindex(id);
             return Err(malformed(id, reason));
         };
         self.write_merged(id, pending).map(|_| ())
@@ -574,16 +839,24 @@ impl Repo {
 }
 
 impl Repo {
+    /// After a refused merge into the index: the authors learn the index as stored again (the
+    /// refused one may have shown them certificates of its own).
+    fn reindex(&self, id: &DocId) {
+        if id.is_index() {
+            let _ = self.read(id, |doc| self.authors.index_changed(doc));
+        }
+    }
+
     /// Drops a document from memory after a failed change or merge; it reloads from the store
     /// (which holds only fully applied changes) on next use, and the catalog follows.
     fn forget(&self, id: &DocId) {
         self.lock().remove(id);
         let stored = self
             .store
-            .doc_heads()
+            .heads_of(id.as_str())
             .ok()
-            .and_then(|all| all.into_iter().find(|(d, _)| d == id.as_str()))
-            .map(|(_, h)| decode_heads(&h))
+            .flatten()
+            .map(|h| decode_heads(&h))
             .unwrap_or_default();
         self.note_heads(id, &stored);
     }
@@ -614,6 +887,7 @@ impl Docs for RepoDocs<'_> {
         match self.0.receive_sync_message(doc, state, message) {
             Ok(_) => Ok(()),
             Err(e @ ReceiveError::Malformed { .. }) => Err(DocsError::Malformed(e.to_string())),
+            Err(e @ ReceiveError::Early { .. }) => Err(DocsError::Early(e.to_string())),
             Err(e) => Err(DocsError::Local(e.to_string())),
         }
     }
@@ -704,7 +978,68 @@ fn pending_write(entry: &mut Entry) -> Option<PendingWrite> {
         bytes,
         snapshot,
         heads,
+        sigs: entry.unsaved_sigs.clone(),
     })
+}
+
+/// The hashes of the changes a sync message carries: each change chunk's, or every change of
+/// the document when it carries the whole document.
+fn carried_hashes(doc: &Automerge, message: &sync::Message) -> Vec<ChangeHash> {
+    let mut out = Vec::with_capacity(message.changes.len());
+    for bytes in message.changes.iter() {
+        // One entry may hold several chunks back to back (automerge's v2 messages).
+        for chunk in chunks(bytes) {
+            // A chunk is 4 bytes of magic, 4 of checksum, then its type: 1 and 2 are a change
+            // (plain, compressed); anything else here is the whole document.
+            match chunk.get(8) {
+                Some(1 | 2) => match automerge::Change::try_from(chunk) {
+                    Ok(change) => out.push(change.hash()),
+                    Err(e) => tracing::warn!("cannot read a change we are sending: {e}"),
+                },
+                _ => {
+                    return doc
+                        .get_changes_meta(&[])
+                        .into_iter()
+                        .map(|m| m.hash)
+                        .collect();
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Splits concatenated automerge chunks (magic, checksum, type, LEB128 length, body). These
+/// are our own document's bytes; a malformed tail is returned whole.
+fn chunks(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        let mut len: u64 = 0;
+        let mut header = 9;
+        let mut shift = 0;
+        loop {
+            let Some(&b) = rest.get(header) else {
+                out.push(rest);
+                return out;
+            };
+            len |= u64::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
+            header += 1;
+            shift += 7;
+            if b & 0x80 == 0 || shift > 63 {
+                break;
+            }
+        }
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| l.checked_add(header))
+            .filter(|e| *e <= rest.len())
+            .unwrap_or(rest.len());
+        out.push(&rest[..end]);
+        at += end;
+    }
+    out
 }
 
 fn malformed(doc: &DocId, reason: String) -> ReceiveError {
@@ -725,10 +1060,24 @@ mod tests {
         0x08, 0x00, 0x00, 0x02, 0x01, 0x00, 0x00, 0x00, 0x00,
     ];
 
+    const SPACE: SpaceId = SpaceId([3; 16]);
+
+    /// A repo of `key` in [`SPACE`] where every device counts as a desktop.
+    fn open(path: &std::path::Path, key: &iroh::SecretKey) -> Repo {
+        let store = Arc::new(Store::open(path).unwrap());
+        let repo = Repo::new(
+            store,
+            key.clone(),
+            Arc::new(authorship::FixedAuthors::anyone(crate::Role::Desktop)),
+        );
+        repo.set_space(SPACE).unwrap();
+        repo
+    }
+
     fn repo() -> (tempfile::TempDir, Repo) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("db.redb")).unwrap());
-        (dir, Repo::new(store, iroh::SecretKey::generate().public()))
+        let repo = open(&dir.path().join("db.redb"), &iroh::SecretKey::generate());
+        (dir, repo)
     }
 
     #[test]
@@ -741,8 +1090,13 @@ mod tests {
         .unwrap();
         let heads = repo.heads(&doc).unwrap();
         let mut state = sync::State::new();
+        let panics = Envelope {
+            sigs: Vec::new(),
+            message: PANICS_AUTOMERGE.to_vec(),
+        }
+        .encode();
         let err = repo
-            .receive_sync_message(&doc, &mut state, PANICS_AUTOMERGE)
+            .receive_sync_message(&doc, &mut state, &panics)
             .unwrap_err();
         assert!(matches!(err, ReceiveError::Malformed { .. }), "{err}");
         // Reloaded from the store, as it was.
@@ -754,7 +1108,7 @@ mod tests {
         // And a fresh document that never existed is not left behind half-made.
         let fresh = DocId::new_thread();
         assert!(
-            repo.receive_sync_message(&fresh, &mut sync::State::new(), PANICS_AUTOMERGE)
+            repo.receive_sync_message(&fresh, &mut sync::State::new(), &panics)
                 .is_err()
         );
         assert!(!repo.contains(&fresh).unwrap());
@@ -779,18 +1133,40 @@ mod tests {
         panic!("sync did not settle");
     }
 
+    /// Sends a task with id `key` from this repo's device to itself.
     fn put(repo: &Repo, doc: &DocId, key: &str) {
-        repo.change(doc, &format!("set {key}"), |tx| {
-            automerge::transaction::Transactable::put(tx, automerge::ROOT, key, true)
+        let me = repo.device.to_string();
+        repo.change(doc, &format!("sent {key}"), |tx| {
+            thread::add_task(
+                tx,
+                &thread::NewTask {
+                    id: key,
+                    prompt: "p",
+                    target: &me,
+                    created: 1,
+                },
+            )
         })
         .unwrap();
     }
 
     fn keys(repo: &Repo, doc: &DocId) -> Vec<String> {
-        use automerge::ReadDoc;
-        repo.read(doc, |d| d.keys(automerge::ROOT).collect())
+        let mut ids: Vec<String> = repo
+            .read(doc, |d| thread::tasks(d, doc.as_str()))
             .unwrap()
             .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn create_thread(repo: &Repo, doc: &DocId) {
+        repo.create(doc, "thread created", |tx| {
+            thread::create(tx, doc.as_str(), "t")
+        })
+        .unwrap();
     }
 
     /// A peer may receive a local change before it is durable here. If this device then
@@ -801,26 +1177,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("desk.redb");
         let before_crash = dir.path().join("before-crash.redb");
-        let desk = iroh::SecretKey::generate().public();
+        let desk = iroh::SecretKey::generate();
         let (_peer_dir, peer) = repo();
         let doc = DocId::new_thread();
         {
-            let repo = Repo::new(Arc::new(Store::open(&path).unwrap()), desk);
-            repo.create(&doc, "created", |tx| {
-                automerge::transaction::Transactable::put(tx, automerge::ROOT, "created", true)
-            })
-            .unwrap();
+            let repo = open(&path, &desk);
+            create_thread(&repo, &doc);
+            put(&repo, &doc, "created");
             sync_pair(&repo, &peer, &doc);
         }
         std::fs::copy(&path, &before_crash).unwrap();
         {
-            let repo = Repo::new(Arc::new(Store::open(&path).unwrap()), desk);
+            let repo = open(&path, &desk);
             put(&repo, &doc, "sent before the crash");
             sync_pair(&repo, &peer, &doc);
         }
         // The crash: the file as it was before that change was durable.
         std::fs::rename(&before_crash, &path).unwrap();
-        let repo = Repo::new(Arc::new(Store::open(&path).unwrap()), desk);
+        let repo = open(&path, &desk);
         assert_eq!(keys(&repo, &doc), ["created"]);
         put(&repo, &doc, "after the restart");
         sync_pair(&repo, &peer, &doc);
@@ -828,32 +1202,171 @@ mod tests {
         assert_eq!(keys(&repo, &doc), expected);
         assert_eq!(keys(&peer, &doc), expected);
         let history = repo.read(&doc, crate::schema::history).unwrap().unwrap();
-        assert!(history.iter().all(|h| h.device_id == desk.to_string()));
+        assert!(
+            history
+                .iter()
+                .all(|h| h.device_id == desk.public().to_string())
+        );
     }
 
     #[test]
     fn changes_are_durable_and_reload_with_their_history() {
         let dir = tempfile::tempdir().unwrap();
-        let device = iroh::SecretKey::generate().public();
+        let key = iroh::SecretKey::generate();
         let doc = DocId::new_thread();
         {
-            let store = Arc::new(Store::open(&dir.path().join("db.redb")).unwrap());
-            let repo = Repo::new(store, device);
-            repo.create(&doc, "thread created", |tx| {
-                thread::create(tx, doc.as_str(), "t")
-            })
-            .unwrap();
-            repo.change(&doc, "renamed", |tx| {
-                automerge::transaction::Transactable::put(tx, automerge::ROOT, "title", "u")
-            })
-            .unwrap();
+            let repo = open(&dir.path().join("db.redb"), &key);
+            create_thread(&repo, &doc);
+            put(&repo, &doc, "a");
         }
-        let store = Arc::new(Store::open(&dir.path().join("db.redb")).unwrap());
-        let repo = Repo::new(store, device);
+        let repo = open(&dir.path().join("db.redb"), &key);
         let history = repo.read(&doc, crate::schema::history).unwrap().unwrap();
         let messages: Vec<&str> = history.iter().map(|h| h.message.as_str()).collect();
-        assert_eq!(messages, ["thread created", "renamed"]);
-        assert_eq!(history[0].device_id, device.to_string());
+        assert_eq!(messages, ["thread created", "sent a"]);
+        assert_eq!(history[0].device_id, key.public().to_string());
         assert!(history.iter().all(|h| h.time > 0));
+    }
+
+    /// Signatures are stored with the changes and travel with them: a third device receives
+    /// a change from one that did not write it, and checks it against its author.
+    #[test]
+    fn signatures_are_kept_and_passed_on_through_a_third_device() {
+        let (_a_dir, a) = repo();
+        let (_b_dir, b) = repo();
+        let (_c_dir, c) = repo();
+        let doc = DocId::new_thread();
+        create_thread(&a, &doc);
+        put(&a, &doc, "one");
+        sync_pair(&a, &b, &doc);
+        // Compacted and reloaded, b still has the signatures to forward.
+        b.compact(0).unwrap();
+        b.lock().clear();
+        sync_pair(&b, &c, &doc);
+        assert_eq!(keys(&c, &doc), ["one"]);
+        let SignedDoc { bytes, sigs } = c.save_signed(&doc).unwrap().unwrap();
+        assert_eq!(sigs.len(), 2);
+        let (_d_dir, d) = repo();
+        d.import(&doc, &bytes, &sigs).unwrap();
+        assert_eq!(keys(&d, &doc), ["one"]);
+        let (_e_dir, e) = repo();
+        let err = e.import(&doc, &bytes, &sigs[..1]).unwrap_err();
+        assert!(err.to_string().contains("carries no signature"), "{err}");
+        assert!(!e.contains(&doc).unwrap());
+    }
+
+    /// What a forging member sends: a change under another device's actor, signed with its
+    /// own key; a change signed for another document; a change with no signature.
+    #[test]
+    fn forged_misplaced_and_unsigned_changes_are_refused() {
+        let (_a_dir, a) = repo();
+        let doc = DocId::new_thread();
+        create_thread(&a, &doc);
+        let (_b_dir, b) = repo();
+        sync_pair(&a, &b, &doc);
+        let victim = a.device;
+
+        // The forger writes a change whose actor names the victim.
+        let (_f_dir, forger) = repo();
+        sync_pair(&a, &forger, &doc);
+        {
+            let mut docs = forger.lock();
+            let entry = docs.get_mut(&doc).unwrap();
+            let mut actor = victim.as_bytes().to_vec();
+            actor.extend_from_slice(&[9; 12]);
+            entry.doc.set_actor(ActorId::from(actor));
+        }
+        put(&forger, &doc, "forged");
+        let mut state = sync::State::new();
+        let mut theirs = sync::State::new();
+        let mut refused = None;
+        for _ in 0..6 {
+            if let Some(m) = forger.generate_sync_message(&doc, &mut state).unwrap()
+                && let Err(e) = b.receive_sync_message(&doc, &mut theirs, &m)
+            {
+                refused = Some(e);
+                break;
+            }
+            if let Some(m) = b.generate_sync_message(&doc, &mut theirs).unwrap() {
+                forger.receive_sync_message(&doc, &mut state, &m).unwrap();
+            }
+        }
+        let refused = refused.expect("the forged change was refused");
+        assert!(
+            refused.to_string().contains("is not signed by"),
+            "{refused}"
+        );
+        assert!(keys(&b, &doc).is_empty());
+
+        // An honest change, its envelope emptied of signatures.
+        put(&a, &doc, "honest");
+        let mut state = sync::State::new();
+        let mut theirs = sync::State::new();
+        let mut refused = None;
+        for _ in 0..6 {
+            if let Some(m) = a.generate_sync_message(&doc, &mut state).unwrap() {
+                let mut env = Envelope::decode(&m).unwrap();
+                env.sigs.clear();
+                if let Err(e) = b.receive_sync_message(&doc, &mut theirs, &env.encode()) {
+                    refused = Some(e);
+                    break;
+                }
+            }
+            if let Some(m) = b.generate_sync_message(&doc, &mut theirs).unwrap() {
+                a.receive_sync_message(&doc, &mut state, &m).unwrap();
+            }
+        }
+        let refused = refused.expect("the unsigned change was refused");
+        assert!(refused.to_string().contains("no signature"), "{refused}");
+
+        // The same signed bytes delivered as another document's.
+        let SignedDoc { bytes, sigs } = a.save_signed(&doc).unwrap().unwrap();
+        let other = DocId::new_thread();
+        let err = b.import(&other, &bytes, &sigs).unwrap_err();
+        assert!(err.to_string().contains("is not signed by"), "{err}");
+        assert!(!b.contains(&other).unwrap());
+        // And in the right place they are fine.
+        b.import(&doc, &bytes, &sigs).unwrap();
+        assert_eq!(keys(&b, &doc), ["honest"]);
+    }
+
+    /// A device the authors do not know: its changes wait (the caller syncs the index first).
+    #[test]
+    fn a_change_by_an_unknown_device_is_early_and_nothing_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let stranger = iroh::SecretKey::generate();
+        let store = Arc::new(Store::open(&dir.path().join("db.redb")).unwrap());
+        let me = iroh::SecretKey::generate();
+        let strict = Repo::new(
+            store,
+            me.clone(),
+            Arc::new(authorship::FixedAuthors::only([(
+                me.public(),
+                crate::Role::Desktop,
+            )])),
+        );
+        strict.set_space(SPACE).unwrap();
+        let (_s_dir, s) = {
+            let dir = tempfile::tempdir().unwrap();
+            let repo = open(&dir.path().join("db.redb"), &stranger);
+            (dir, repo)
+        };
+        let doc = DocId::new_thread();
+        create_thread(&s, &doc);
+        let SignedDoc { bytes, sigs } = s.save_signed(&doc).unwrap().unwrap();
+        let err = strict.import(&doc, &bytes, &sigs).unwrap_err();
+        assert!(err.to_string().contains("not a member"), "{err}");
+        let mut state = sync::State::new();
+        let mut theirs = sync::State::new();
+        let m = strict
+            .generate_sync_message(&doc, &mut theirs)
+            .unwrap()
+            .unwrap();
+        s.receive_sync_message(&doc, &mut state, &m).unwrap();
+        let m = s.generate_sync_message(&doc, &mut state).unwrap().unwrap();
+        let err = strict
+            .receive_sync_message(&doc, &mut theirs, &m)
+            .unwrap_err();
+        assert!(matches!(err, ReceiveError::Early { .. }), "{err}");
+        assert!(!strict.contains(&doc).unwrap());
     }
 }

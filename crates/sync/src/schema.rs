@@ -6,6 +6,7 @@
 //! produce the full shape.
 
 pub mod index;
+pub mod ownership;
 pub mod thread;
 
 use automerge::{ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, Value};

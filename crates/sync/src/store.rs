@@ -24,8 +24,30 @@ const DOC_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_heads"
 /// Free-form records owned by upper layers (pairing tickets, peer addresses), keyed by
 /// `(kind, key)`.
 const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
+/// `(doc id, change hash)` to the author's signature of that change
+/// ([`crate::authorship`]): written in the same transaction as the chunk that holds the change,
+/// so a stored change always has its signature to forward with.
+const CHANGE_SIGS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("change_sigs");
 /// Content-addressed blobs: SHA-256 (hex) to bytes.
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+
+/// A change's hash and its author's signature.
+pub type ChangeSig = ([u8; 32], [u8; 64]);
+
+fn insert_sigs(
+    tx: &redb::WriteTransaction,
+    doc: &str,
+    sigs: &[ChangeSig],
+) -> Result<(), StoreError> {
+    if sigs.is_empty() {
+        return Ok(());
+    }
+    let mut table = tx.open_table(CHANGE_SIGS)?;
+    for (hash, sig) in sigs {
+        table.insert((doc, hash.as_slice()), sig.as_slice())?;
+    }
+    Ok(())
+}
 
 /// The content address of a blob: lower-case hex SHA-256.
 pub fn blob_hash(bytes: &[u8]) -> String {
@@ -124,6 +146,7 @@ impl Store {
         tx.open_table(DOC_HEADS)?;
         tx.open_table(RECORDS)?;
         tx.open_table(BLOBS)?;
+        tx.open_table(CHANGE_SIGS)?;
         tx.commit()?;
         Ok(())
     }
@@ -188,9 +211,17 @@ impl Store {
 
     /// Appends a chunk to a document, durably: when this returns, the chunk survives a crash.
     /// `heads` are the document's heads with the chunk applied.
-    pub fn append_chunk(&self, doc: &str, chunk: &[u8], heads: &[u8]) -> Result<(), StoreError> {
+    /// `sigs` are the signatures of the changes in the chunk.
+    pub fn append_chunk(
+        &self,
+        doc: &str,
+        chunk: &[u8],
+        heads: &[u8],
+        sigs: &[ChangeSig],
+    ) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         tx.open_table(DOC_HEADS)?.insert(doc, heads)?;
+        insert_sigs(&tx, doc, sigs)?;
         {
             let mut table = tx.open_table(DOC_CHUNKS)?;
             let next = table
@@ -210,9 +241,11 @@ impl Store {
         doc: &str,
         snapshot: &[u8],
         heads: &[u8],
+        sigs: &[ChangeSig],
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         tx.open_table(DOC_HEADS)?.insert(doc, heads)?;
+        insert_sigs(&tx, doc, sigs)?;
         {
             let mut table = tx.open_table(DOC_CHUNKS)?;
             let last = table
@@ -238,6 +271,32 @@ impl Store {
             out.push((key.value().to_owned(), value.value().to_vec()));
         }
         Ok(out)
+    }
+
+    /// One stored document's heads as recorded with its last write.
+    pub fn heads_of(&self, doc: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(DOC_HEADS)?;
+        Ok(table.get(doc)?.map(|v| v.value().to_vec()))
+    }
+
+    /// The stored signatures of some changes of `doc`, in the order asked (`None` where there
+    /// is none).
+    pub fn change_sigs(
+        &self,
+        doc: &str,
+        hashes: &[[u8; 32]],
+    ) -> Result<Vec<Option<[u8; 64]>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(CHANGE_SIGS)?;
+        hashes
+            .iter()
+            .map(|h| {
+                Ok(table
+                    .get((doc, h.as_slice()))?
+                    .and_then(|v| <[u8; 64]>::try_from(v.value()).ok()))
+            })
+            .collect()
     }
 
     /// Records a document's heads alone (for a store written before heads were kept).
@@ -382,15 +441,15 @@ mod tests {
     fn chunks_append_and_compact_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db.redb")).unwrap();
-        store.append_chunk("a", b"one", b"").unwrap();
-        store.append_chunk("a", b"two", b"").unwrap();
-        store.append_chunk("b", b"x", b"").unwrap();
+        store.append_chunk("a", b"one", b"", &[]).unwrap();
+        store.append_chunk("a", b"two", b"", &[]).unwrap();
+        store.append_chunk("b", b"x", b"", &[]).unwrap();
         assert_eq!(
             store.load_doc("a").unwrap().unwrap(),
             (b"onetwo".to_vec(), 2)
         );
-        store.replace_with_snapshot("a", b"snap", b"").unwrap();
-        store.append_chunk("a", b"+1", b"").unwrap();
+        store.replace_with_snapshot("a", b"snap", b"", &[]).unwrap();
+        store.append_chunk("a", b"+1", b"", &[]).unwrap();
         assert_eq!(
             store.load_doc("a").unwrap().unwrap(),
             (b"snap+1".to_vec(), 2)

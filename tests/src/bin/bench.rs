@@ -43,9 +43,12 @@ use errand_executor::connectors::{ConnectorConfig, Connectors, Server};
 use errand_executor::policy::Policy;
 use errand_executor::runner::{self as executor, Authority, ExecutorConfig};
 use errand_executor::tools;
+use errand_sync::authorship::FixedAuthors;
 use errand_sync::schema::thread::TaskStatus;
 use errand_sync::schema::{self, index, thread};
-use errand_sync::{DeviceId, DocChanged, DocId, Gate, Replicator, Repo, SYNC_ALPN, SpaceId, Store};
+use errand_sync::{
+    DeviceId, DocChanged, DocId, Gate, Replicator, Repo, Role, SYNC_ALPN, SpaceId, Store,
+};
 use iroh::endpoint::{Connection, PortmapperConfig, presets};
 use iroh::protocol::{ProtocolHandler, Router};
 use iroh::{Endpoint, EndpointAddr, RelayMode};
@@ -152,6 +155,9 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
+/// The one space every home of the bench belongs to (change signatures cover it).
+const BENCH_SPACE: SpaceId = SpaceId([0xbe; 16]);
+
 /// Membership is another layer: the bench lets every device in.
 #[derive(Debug)]
 struct AllowAll;
@@ -184,7 +190,14 @@ impl Home {
             .bind_addr("127.0.0.1:0")?
             .bind()
             .await?;
-        let repo = Arc::new(Repo::new(store, endpoint.id()));
+        // Every home is a member: the bench measures replication and the cost of checking
+        // every change's signature and owner, not membership.
+        let repo = Arc::new(Repo::new(
+            store,
+            endpoint.secret_key().clone(),
+            Arc::new(FixedAuthors::anyone(Role::Desktop)),
+        ));
+        repo.set_space(BENCH_SPACE)?;
         let replicator = Replicator::new(repo.clone(), endpoint.clone(), Arc::new(AllowAll));
         let router = serve.then(|| {
             Router::builder(endpoint.clone())
@@ -768,11 +781,15 @@ async fn breakdown(tasks: usize, iterations: usize) -> Result<Breakdown> {
     })
 }
 
-/// (d) needs no approvals (its policy allows shell), so nobody may give one.
+/// (d) needs no approvals (its policy allows shell), so nobody may give one; every home of
+/// the bench may send tasks.
 #[derive(Debug)]
 struct NoApprovers;
 
 impl Authority for NoApprovers {
+    fn may_send(&self, _device: &DeviceId) -> bool {
+        true
+    }
     fn may_approve(&self, _device: &DeviceId) -> bool {
         false
     }

@@ -1,4 +1,4 @@
-//! The messages of `errand/sync/2`, and their encoding. Pure: bytes in, values out, every
+//! The messages of `errand/sync/3`, and their encoding. Pure: bytes in, values out, every
 //! length checked against what is left before anything is allocated.
 //!
 //! One bidirectional stream per connection carries every document; each message says which
@@ -10,7 +10,7 @@ use crate::schema::DocId;
 use super::digest::{Digest, HeadsHash};
 
 /// The version spoken in [`Msg::Hello`]; a peer speaking another one is refused.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 /// At most this many entries in one [`Msg::Catalog`] page.
 pub const CATALOG_PAGE: usize = 512;
 
@@ -31,7 +31,8 @@ pub enum Msg {
         digest: Digest,
         docs: u32,
     },
-    /// An automerge sync message about one document.
+    /// An automerge sync message about one document, with the signatures of the changes it
+    /// carries (`authorship::Envelope`; opaque here).
     Sync { doc: DocId, message: Vec<u8> },
     /// "I have nothing more to send, and this is what I hold now."
     Digest(Digest),

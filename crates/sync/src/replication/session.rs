@@ -39,6 +39,10 @@ pub const MAX_ACTIVE: usize = 100;
 /// until nothing about it has been heard for this long.
 pub const SETTLE_AFTER: Duration = Duration::from_secs(2);
 
+/// Messages whose changes name an author not known yet, per session, before the peer counts
+/// as sending changes by non-members.
+pub const MAX_EARLY: u32 = 64;
+
 /// Something the driver must act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -110,6 +114,8 @@ pub struct Session {
     unsaved: bool,
     events: VecDeque<Event>,
     failed: bool,
+    /// Messages refused as early (see [`MAX_EARLY`]).
+    early: u32,
 }
 
 impl Session {
@@ -137,6 +143,7 @@ impl Session {
             unsaved: false,
             events: VecDeque::new(),
             failed: false,
+            early: 0,
         }
     }
 
@@ -269,7 +276,8 @@ impl Session {
     fn on_sync(&mut self, now: Instant, doc: DocId, message: &[u8], docs: &mut dyn Docs) {
         let peer = self.peer;
         let slot = self.slot(&doc, docs, now);
-        match docs.receive(&doc, &mut slot.state, message) {
+        let outcome = docs.receive(&doc, &mut slot.state, message);
+        match outcome {
             Ok(()) => {}
             Err(DocsError::Malformed(reason)) => {
                 return self.fail(format!("bad sync message for {doc}: {reason}"));
@@ -280,7 +288,25 @@ impl Session {
                 tracing::warn!(%peer, %doc, "cannot apply sync message: {reason}");
                 slot.state = sync::State::new();
             }
+            Err(DocsError::Early(reason)) => {
+                // An honest peer holds a change only once it knows its author, so the
+                // author's certificate is in its index: sync the index, then this again. A
+                // peer whose index we already hold in full has no such excuse.
+                slot.state = sync::State::new();
+                self.early += 1;
+                let index = DocId::index();
+                let index_synced = self.slots.get(&index).is_some_and(|s| s.synced)
+                    && !self.queued.contains(&index);
+                if index_synced || self.early > MAX_EARLY {
+                    return self.fail(format!("a change by a non-member in {doc}: {reason}"));
+                }
+                tracing::debug!(%peer, %doc, "waiting for the index: {reason}");
+                self.enqueue(index);
+            }
         }
+        let Some(slot) = self.slots.get_mut(&doc) else {
+            return;
+        };
         slot.unsaved = true;
         self.unsaved = true;
         self.note_progress(&doc, docs);

@@ -1,0 +1,477 @@
+//! Who may write what: the one rule every node applies to every change it receives.
+//!
+//! A member holds a valid key and can write any operation into any document it holds. So a
+//! node checks each received change, operation by operation, against the owner of what the
+//! operation touches, and refuses the whole change (and the message that brought it) if one
+//! operation writes what its author does not own. Nothing is ever read from a document that
+//! its owner did not write, because nothing else gets in.
+//!
+//! The rules, by the path of the object an operation writes into:
+//!
+//! | document | object | who may write |
+//! |---|---|---|
+//! | both | the root, a thread's `tasks` | the document's first change only (no dependencies, nothing overwritten) |
+//! | thread | `tasks/<bucket>`: a new task | a phone or desktop; never overwritten or deleted |
+//! | thread | a task's `prompt`, `target`, `created`, `cancel_requested` | its sender (the task's creator) |
+//! | thread | a task's `status` | its target desktop; the sender only `queued`, when it creates the task |
+//! | thread | a task's `started`, `finished`, `result`, `error`, `progress`, `artifacts` | its target desktop |
+//! | thread | `approvals/<id>` and its request fields | a desktop, the target of the approval's task |
+//! | thread | `approvals/<id>/decisions/<device>` | that device, if its role may approve |
+//! | thread | `messages`: a new message, and its fields | a desktop (readers use only the task's target's) |
+//! | thread | `messages/<n>/answers/<device>` | that device, if its role may approve |
+//! | index | `members/<device>`, `revoked/<device>` | a phone or desktop (the entries are signed certificates, checked on their own) |
+//! | index | `addrs/<device>` | that device; the device that paired it may create the entry first |
+//! | index | `threads/<thread>` | a phone or desktop creates it; only its creator changes it |
+//!
+//! And for every object: nothing is deleted (errand never deletes), and a new entry in a map
+//! may not stand beside a concurrent one by another device under the same key (automerge
+//! would show only one of them, so a member could hide a task by writing its id again).
+//! Everything not listed is refused.
+//!
+//! A revoked device's changes are checked as a former phone's would be: its earlier writes
+//! stay in the history every member holds, and what it may do as a writer gives it no
+//! authority (the executor runs tasks, and counts decisions and answers, only from current
+//! members).
+
+use automerge::legacy::{Key, ObjectId, Op, OpType};
+use automerge::{Automerge, ObjId, Prop, ReadDoc, ScalarValue};
+
+use crate::ids::{DeviceId, Role, actor_device, hex};
+use crate::schema::DocId;
+
+/// What a node knows of the device that wrote a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// A current member with this role.
+    Member(Role),
+    /// A device that was a member and has been revoked.
+    Former,
+    /// Not a member this node knows of.
+    Unknown,
+}
+
+impl Standing {
+    fn may_send(self) -> bool {
+        matches!(
+            self,
+            Standing::Member(Role::Phone | Role::Desktop) | Standing::Former
+        )
+    }
+
+    fn is_desktop(self) -> bool {
+        matches!(self, Standing::Member(Role::Desktop) | Standing::Former)
+    }
+}
+
+/// A change writes what its author does not own.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a change by {author} {what} (at {path})")]
+pub struct Violation {
+    pub author: String,
+    pub what: String,
+    pub path: String,
+}
+
+/// The two kinds of document, whose rules differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Index,
+    Thread,
+}
+
+/// One step of the path to an object: the key it sits under and the object itself.
+struct Seg {
+    key: String,
+    obj: ObjId,
+}
+
+/// Checks every operation of `change` (already applied to `doc`, so the objects it writes into
+/// can be found) against the owners of what it touches.
+pub fn check(
+    doc: &Automerge,
+    id: &DocId,
+    change: &automerge::ExpandedChange,
+    author: &DeviceId,
+    standing: Standing,
+) -> Result<(), Violation> {
+    let kind = if id.is_index() {
+        Kind::Index
+    } else {
+        Kind::Thread
+    };
+    let writer = Writer {
+        device: hex(author.as_bytes()),
+        standing,
+        first_change: change.deps.is_empty(),
+        actor: change.actor_id.clone(),
+        start_op: change.start_op.get(),
+    };
+    let mut paths: std::collections::HashMap<String, Vec<Seg>> = Default::default();
+    for op in &change.operations {
+        let obj_key = match &op.obj {
+            ObjectId::Root => "_root".to_owned(),
+            ObjectId::Id(id) => format!("{}@{}", id.counter(), id.actor()),
+        };
+        if !paths.contains_key(&obj_key) {
+            let path = path_of(doc, &obj_key).ok_or_else(|| Violation {
+                author: writer.device.clone(),
+                what: "writes into an object the document does not hold".into(),
+                path: obj_key.clone(),
+            })?;
+            paths.insert(obj_key.clone(), path);
+        }
+        let path = &paths[&obj_key];
+        let verdict = match kind {
+            Kind::Thread => thread_op(doc, path, op, &writer),
+            Kind::Index => index_op(doc, path, op, &writer),
+        };
+        verdict.map_err(|what| Violation {
+            author: writer.device.clone(),
+            what,
+            path: describe(path, op),
+        })?;
+    }
+    Ok(())
+}
+
+struct Writer {
+    device: String,
+    standing: Standing,
+    first_change: bool,
+    actor: automerge::ActorId,
+    start_op: u64,
+}
+
+impl Writer {
+    /// Whether `obj` was made by the change being checked.
+    fn created_here(&self, obj: &ObjId) -> bool {
+        matches!(obj, ObjId::Id(counter, actor, _) if *actor == self.actor && *counter >= self.start_op)
+    }
+}
+
+/// The path from the root to the object `id` ("counter@actor", or "_root").
+fn path_of(doc: &Automerge, id: &str) -> Option<Vec<Seg>> {
+    let (obj, _) = doc.import(id).ok()?;
+    if obj == automerge::ROOT {
+        return Some(Vec::new());
+    }
+    let mut segs = Vec::new();
+    let mut child = obj.clone();
+    for parent in doc.parents(&obj).ok()? {
+        let key = match &parent.prop {
+            Prop::Map(k) => k.clone(),
+            Prop::Seq(_) => "#".to_owned(),
+        };
+        segs.push(Seg { key, obj: child });
+        child = parent.obj.clone();
+        // Documents errand writes are four levels deep at most.
+        if segs.len() > 16 {
+            return None;
+        }
+    }
+    segs.reverse();
+    Some(segs)
+}
+
+fn describe(path: &[Seg], op: &Op) -> String {
+    let mut out: Vec<&str> = path.iter().map(|s| s.key.as_str()).collect();
+    let key = op_key(op);
+    out.push(key.unwrap_or("#"));
+    out.join("/")
+}
+
+fn op_key(op: &Op) -> Option<&str> {
+    match &op.key {
+        Key::Map(k) => Some(k.as_str()),
+        Key::Seq(_) => None,
+    }
+}
+
+/// The device that created an object (its id's actor).
+fn creator(obj: &ObjId) -> String {
+    match obj {
+        ObjId::Id(_, actor, _) => actor_device(actor),
+        ObjId::Root => String::new(),
+    }
+}
+
+/// The devices whose values this operation replaces.
+fn pred_authors(op: &Op) -> impl Iterator<Item = String> + '_ {
+    op.pred.iter().map(|p| actor_device(p.actor()))
+}
+
+type Verdict = Result<(), String>;
+
+fn refuse(what: impl Into<String>) -> Verdict {
+    Err(what.into())
+}
+
+/// Every operation: no deletes, no counters or marks (errand writes neither).
+fn plain(op: &Op) -> Verdict {
+    match op.action {
+        OpType::Make(_) | OpType::Put(_) => Ok(()),
+        OpType::Delete => refuse("deletes"),
+        _ => refuse("writes an operation errand never makes"),
+    }
+}
+
+/// The skeleton of a document: written by its first change, once.
+fn structural(doc: &Automerge, container: &ObjId, op: &Op, w: &Writer) -> Verdict {
+    if !w.first_change || !op.pred.is_empty() {
+        return refuse("rewrites the document's skeleton");
+    }
+    match op_key(op) {
+        Some(key) => alone(doc, container, key, w),
+        None => refuse("rewrites the document's skeleton"),
+    }
+}
+
+/// A new entry under `key` of a map: it replaces nothing but its author's own values, and no
+/// other device's entry stands beside it.
+fn new_entry(doc: &Automerge, container: &ObjId, op: &Op, w: &Writer) -> Verdict {
+    if pred_authors(op).any(|d| d != w.device) {
+        return refuse("replaces another device's entry");
+    }
+    match op_key(op) {
+        Some(key) => alone(doc, container, key, w),
+        None => Ok(()),
+    }
+}
+
+fn alone(doc: &Automerge, container: &ObjId, key: &str, w: &Writer) -> Verdict {
+    let values = doc.get_all(container, key).unwrap_or_default();
+    if values.iter().any(|(_, id)| op_device(id) != w.device) {
+        return refuse("writes an entry another device already holds");
+    }
+    Ok(())
+}
+
+/// The device of the operation that wrote a value (its id's actor).
+fn op_device(id: &ObjId) -> String {
+    creator(id)
+}
+
+/// The value of `key` in `obj` as written by the device `by` (among concurrent values too).
+fn written_by(doc: &Automerge, obj: &ObjId, key: &str, by: &str) -> Option<String> {
+    doc.get_all(obj, key)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(_, id)| op_device(id) == by)
+        .and_then(|(v, _)| match v {
+            automerge::Value::Scalar(s) => match s.as_ref() {
+                ScalarValue::Str(s) => Some(s.to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+}
+
+/// The target desktop of the task object `task`, as its sender wrote it.
+fn target_of(doc: &Automerge, task: &ObjId) -> Option<String> {
+    written_by(doc, task, "target", &creator(task))
+}
+
+/// The target of the task with id `task` in this thread, as its sender wrote it.
+fn target_of_id(doc: &Automerge, task: &str) -> Option<String> {
+    let tasks = crate::schema::get_obj(doc, &automerge::ROOT, "tasks")?;
+    let bucket = crate::schema::get_obj(doc, &tasks, &super::thread::task_bucket(task))?;
+    let obj = crate::schema::get_obj(doc, &bucket, task)?;
+    target_of(doc, &obj)
+}
+
+const SENDER_FIELDS: [&str; 4] = ["prompt", "target", "created", "cancel_requested"];
+const EXECUTOR_FIELDS: [&str; 6] = [
+    "started",
+    "finished",
+    "result",
+    "error",
+    "progress",
+    "artifacts",
+];
+
+fn thread_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
+    plain(op)?;
+    let keys: Vec<&str> = path.iter().map(|s| s.key.as_str()).collect();
+    let container = path.last().map_or(automerge::ROOT, |s| s.obj.clone());
+    let key = op_key(op);
+    match keys.as_slice() {
+        [] | ["tasks"] => structural(doc, &container, op, w),
+        ["tasks", _] => {
+            if !w.standing.may_send() {
+                return refuse("sends a task, which its role may not");
+            }
+            if !matches!(op.action, OpType::Make(_)) {
+                return refuse("writes a task that is not a map");
+            }
+            new_entry(doc, &container, op, w)
+        }
+        ["tasks", _, _] => {
+            let sender = creator(&container);
+            let target = target_of(doc, &container);
+            let is_target = target.as_deref() == Some(w.device.as_str());
+            match key {
+                Some(k) if SENDER_FIELDS.contains(&k) => {
+                    if w.device != sender {
+                        return refuse(format!("writes the sender's {k}"));
+                    }
+                    Ok(())
+                }
+                Some("status") => {
+                    let queued =
+                        matches!(&op.action, OpType::Put(ScalarValue::Str(s)) if s == "queued");
+                    // The sender writes `queued` once, in the change that creates the task.
+                    let creating = w.created_here(&container) && op.pred.is_empty();
+                    if is_target || (w.device == sender && queued && creating) {
+                        Ok(())
+                    } else {
+                        refuse("writes the status of a task it does not run")
+                    }
+                }
+                Some(k) if EXECUTOR_FIELDS.contains(&k) => {
+                    if !is_target {
+                        return refuse(format!("writes the {k} of a task it does not run"));
+                    }
+                    Ok(())
+                }
+                _ => refuse("writes a task field errand does not have"),
+            }
+        }
+        ["tasks", _, _, field, ..] if EXECUTOR_FIELDS.contains(field) => {
+            if target_of(doc, &path[2].obj).as_deref() != Some(w.device.as_str()) {
+                return refuse(format!("writes the {field} of a task it does not run"));
+            }
+            Ok(())
+        }
+        ["approvals"] => {
+            if !w.standing.is_desktop() {
+                return refuse("asks for an approval, which only a desktop does");
+            }
+            new_entry(doc, &container, op, w)
+        }
+        ["approvals", _, rest @ ..] => {
+            let asker = creator(&path[1].obj);
+            match rest {
+                [] => {
+                    if w.device != asker {
+                        return refuse("writes another desktop's approval request");
+                    }
+                    if key == Some("task") {
+                        let OpType::Put(ScalarValue::Str(task)) = &op.action else {
+                            return refuse("names no task");
+                        };
+                        if target_of_id(doc, task).as_deref() != Some(asker.as_str()) {
+                            return refuse("asks for approval of a task it does not run");
+                        }
+                    }
+                    Ok(())
+                }
+                ["decisions"] => own_entry(doc, &container, op, w),
+                ["decisions", device, ..] => {
+                    if *device != w.device {
+                        return refuse("writes another device's decision");
+                    }
+                    Ok(())
+                }
+                _ => refuse("writes inside an approval where errand writes nothing"),
+            }
+        }
+        ["messages"] => {
+            if !w.standing.is_desktop() {
+                return refuse("writes a message, which only a desktop does");
+            }
+            if pred_authors(op).any(|d| d != w.device) {
+                return refuse("replaces another device's message");
+            }
+            Ok(())
+        }
+        ["messages", _, rest @ ..] => {
+            let author = creator(&path[1].obj);
+            match rest {
+                [] => {
+                    if w.device != author {
+                        return refuse("writes another device's message");
+                    }
+                    Ok(())
+                }
+                ["answers"] => own_entry(doc, &container, op, w),
+                ["answers", device, ..] => {
+                    if *device != w.device {
+                        return refuse("writes another device's answer");
+                    }
+                    Ok(())
+                }
+                _ => refuse("writes inside a message where errand writes nothing"),
+            }
+        }
+        _ => refuse("writes where errand writes nothing"),
+    }
+}
+
+/// A decision or an answer: an entry keyed by its author's own device id, by a role that
+/// may approve.
+fn own_entry(doc: &Automerge, container: &ObjId, op: &Op, w: &Writer) -> Verdict {
+    if op_key(op) != Some(w.device.as_str()) {
+        return refuse("writes an entry under another device's id");
+    }
+    if !w.standing.may_send() {
+        return refuse("decides or answers, which its role may not");
+    }
+    new_entry(doc, container, op, w)
+}
+
+fn index_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
+    plain(op)?;
+    let keys: Vec<&str> = path.iter().map(|s| s.key.as_str()).collect();
+    let container = path.last().map_or(automerge::ROOT, |s| s.obj.clone());
+    match keys.as_slice() {
+        [] => structural(doc, &container, op, w),
+        ["members" | "revoked"] => {
+            // Certificates and revocations carry their own signatures, and every node keeps
+            // those it has seen; an entry here is only a way to pass one on.
+            if !w.standing.may_send() {
+                return refuse("adds a certificate or revocation, which its role may not");
+            }
+            Ok(())
+        }
+        ["members" | "revoked", _, ..] => {
+            if creator(&path[1].obj) != w.device {
+                return refuse("writes inside another device's entry");
+            }
+            Ok(())
+        }
+        ["addrs"] => {
+            if op_key(op) == Some(w.device.as_str()) {
+                // Its own entry: it may replace whatever was there (what a host seeded).
+                return Ok(());
+            }
+            // The device that pairs a new one records where the new one can be reached,
+            // once, before the new device writes its own.
+            if !w.standing.may_send() || !op.pred.is_empty() {
+                return refuse("writes another device's addresses");
+            }
+            new_entry(doc, &container, op, w)
+        }
+        ["addrs", device, ..] => {
+            if *device != w.device && creator(&path[1].obj) != w.device {
+                return refuse("writes another device's addresses");
+            }
+            Ok(())
+        }
+        ["threads"] => {
+            if !w.standing.may_send() {
+                return refuse("adds a thread, which its role may not");
+            }
+            new_entry(doc, &container, op, w)
+        }
+        ["threads", _, ..] => {
+            if creator(&path[1].obj) != w.device {
+                return refuse("writes another device's thread entry");
+            }
+            Ok(())
+        }
+        _ => refuse("writes where errand writes nothing"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
