@@ -65,6 +65,15 @@ fn stop_reason() -> String {
     )
 }
 
+/// An approval request as the executor issued it: what a decision's signature must cover.
+#[derive(Debug)]
+struct Issued {
+    task: String,
+    action: String,
+    class: String,
+    expires_at: i64,
+}
+
 /// Who may have tasks run and decide approvals, and what they are called: the verified
 /// membership, never what a document says.
 pub trait Authority: Send + Sync + fmt::Debug + 'static {
@@ -788,8 +797,14 @@ impl TaskContext {
             },
         );
         let deadline = tokio::time::Instant::now() + timeout;
+        let issued = Issued {
+            task: task.clone(),
+            action: description.to_owned(),
+            class: class.to_owned(),
+            expires_at: expires,
+        };
         let verdict = loop {
-            if let Some(v) = self.verdict(&id) {
+            if let Some(v) = self.verdict(&id, &issued) {
                 break v;
             }
             tokio::select! {
@@ -830,15 +845,20 @@ impl TaskContext {
     }
 
     /// The first valid decision on an approval, if any. Decisions with a bad signature, or by a
-    /// device that may not approve, are ignored.
-    fn verdict(&self, approval: &str) -> Option<Verdict> {
+    /// device that may not approve, are ignored. Signatures are checked against the request
+    /// as this executor issued it (kept in memory), never as the document now says it.
+    fn verdict(&self, approval: &str, issued: &Issued) -> Option<Verdict> {
         let shared = &self.shared;
         let approvals = shared
             .repo
             .read(&self.doc, |d| thread::approvals(d, self.doc.as_str()))
             .ok()
             .flatten()?;
-        let approval = approvals.into_iter().find(|a| a.id == approval)?;
+        let mut approval = approvals.into_iter().find(|a| a.id == approval)?;
+        approval.task.clone_from(&issued.task);
+        approval.action.clone_from(&issued.action);
+        approval.class.clone_from(&issued.class);
+        approval.expires_at = issued.expires_at;
         let decision = thread::first_valid_decision(&shared.space, &approval, |device| {
             shared.authority.may_approve(device)
         });

@@ -106,6 +106,44 @@ pub fn verify(
     device.verify(&signed_bytes(space, doc, hash), &sig).is_ok()
 }
 
+/// Verifies many changes' signatures (a new device's first sync brings thousands), on every
+/// core when there are many.
+pub fn verify_all(
+    space: &SpaceId,
+    doc: &DocId,
+    signed: &[(ChangeHash, DeviceId, [u8; 64])],
+) -> Result<(), Refusal> {
+    let check = |part: &[(ChangeHash, DeviceId, [u8; 64])]| {
+        part.iter()
+            .find(|(hash, device, sig)| !verify(device, space, doc, hash, sig))
+            .map(|(hash, device, _)| Refusal::BadSignature {
+                hash: *hash,
+                device: *device,
+            })
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let failure = if signed.len() < 256 || threads < 2 {
+        check(signed)
+    } else {
+        let per = signed.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let parts: Vec<_> = signed
+                .chunks(per)
+                .map(|p| s.spawn(move || check(p)))
+                .collect();
+            parts
+                .into_iter()
+                .map(|p| p.join().unwrap_or(Some(Refusal::Unverifiable)))
+                .find(Option::is_some)
+                .flatten()
+        })
+    };
+    match failure {
+        Some(refusal) => Err(refusal),
+        None => Ok(()),
+    }
+}
+
 /// The device an actor names, if its first 32 bytes are a valid public key.
 pub fn author(actor: &ActorId) -> Option<DeviceId> {
     let bytes = actor.to_bytes();
@@ -214,6 +252,8 @@ pub enum Refusal {
     Ownership(#[from] crate::schema::ownership::Violation),
     #[error("this device does not know its space yet")]
     NoSpace,
+    #[error("the signatures could not be checked")]
+    Unverifiable,
 }
 
 impl Refusal {

@@ -411,20 +411,19 @@ impl Repo {
             let options = CommitOptions::default()
                 .with_message(message)
                 .with_time(now_millis());
-            let before = entry.doc.get_heads();
-            let out = entry
+            let done = entry
                 .doc
                 .transact_with(|_| options, f)
-                .map_err(|failure| failure.error)?
-                .result;
+                .map_err(|failure| failure.error)?;
+            if let Some(hash) = done.hash {
+                let sig = authorship::sign(&self.key, &space, id, &hash);
+                entry.unsaved_sigs.push((hash.0, sig));
+            }
+            let out = done.result;
             // Under the write lock everything before this change is stored.
             let heads = entry.doc.get_heads();
             let changed = heads != entry.saved_heads;
             if changed {
-                for meta in entry.doc.get_changes_meta(&before) {
-                    let sig = authorship::sign(&self.key, &space, id, &meta.hash);
-                    entry.unsaved_sigs.push((meta.hash.0, sig));
-                }
                 self.note_heads(id, &heads);
             }
             (out, changed)
@@ -576,11 +575,15 @@ impl Repo {
     /// Checks the changes a merge added to `entry` since `before`: each signed by the device
     /// its actor names, that device a member (or former member) of the space, and writing only
     /// what it owns. Returns their signatures, to store with them.
+    ///
+    /// `carried` are the changes of the message as received, if at hand: rebuilding a change
+    /// from the document costs more than parsing it.
     fn verify_new(
         &self,
         id: &DocId,
         entry: &mut Entry,
         before: &[ChangeHash],
+        carried: Vec<automerge::Change>,
     ) -> Result<Vec<ChangeSig>, Refusal> {
         let space = self.space().ok_or(Refusal::NoSpace)?;
         let metas: Vec<(ChangeHash, ActorId)> = entry
@@ -597,7 +600,7 @@ impl Repo {
             self.authors.index_changed(&entry.doc);
         }
         let mut standing: HashMap<DeviceId, Standing> = HashMap::new();
-        let mut sigs = Vec::with_capacity(metas.len());
+        let mut signed = Vec::with_capacity(metas.len());
         for (hash, actor) in &metas {
             let device = authorship::author(actor).ok_or(Refusal::NoAuthor(*hash))?;
             let sig =
@@ -608,12 +611,6 @@ impl Repo {
                         hash: *hash,
                         device,
                     })?;
-            if !authorship::verify(&device, &space, id, hash, &sig) {
-                return Err(Refusal::BadSignature {
-                    hash: *hash,
-                    device,
-                });
-            }
             let is = *standing
                 .entry(device)
                 .or_insert_with(|| self.authors.standing(&device));
@@ -623,13 +620,27 @@ impl Repo {
                     device,
                 });
             }
-            sigs.push((hash.0, sig));
+            signed.push((*hash, device, sig));
         }
-        for change in entry.doc.get_changes(before) {
+        authorship::verify_all(&space, id, &signed)?;
+        let sigs: Vec<ChangeSig> = signed.iter().map(|(h, _, s)| (h.0, *s)).collect();
+        let mut carried: HashMap<ChangeHash, automerge::Change> =
+            carried.into_iter().map(|c| (c.hash(), c)).collect();
+        let changes: Vec<automerge::Change> = if metas.iter().all(|(h, _)| carried.contains_key(h))
+        {
+            metas
+                .iter()
+                .filter_map(|(h, _)| carried.remove(h))
+                .collect()
+        } else {
+            entry.doc.get_changes(before)
+        };
+        let mut owners = crate::schema::ownership::Checker::new(&entry.doc, id);
+        for change in &changes {
             let device =
                 authorship::author(change.actor_id()).ok_or(Refusal::NoAuthor(change.hash()))?;
             let is = standing.get(&device).copied().unwrap_or(Standing::Unknown);
-            crate::schema::ownership::check(&entry.doc, id, &change.decode(), &device, is)?;
+            owners.check(&change.decode(), &device, is)?;
         }
         for (hash, _) in &metas {
             entry.waiting_sigs.remove(&authorship::key_of(hash));
@@ -680,6 +691,14 @@ impl Repo {
             let entry = self.load_or_empty(&mut docs, id)?;
             Self::take_sigs(entry, envelope.sigs);
             let before = entry.doc.get_heads();
+            // The changes as they came, parsed once: what the owner rules are checked on.
+            let carried: Vec<automerge::Change> = message
+                .changes
+                .iter()
+                .flat_map(chunks)
+                .filter(|c| matches!(c.get(8), Some(1 | 2)))
+                .filter_map(|c| automerge::Change::try_from(c).ok())
+                .collect();
             let applied = catch_unwind(AssertUnwindSafe(|| {
                 entry.doc.receive_sync_message(state, message)
             }));
@@ -698,7 +717,9 @@ impl Repo {
                     .map(|refusal| refusal.to_string())
             });
             let failure = failure.map(|r| (r, false)).or_else(|| {
-                match catch_unwind(AssertUnwindSafe(|| self.verify_new(id, entry, &before))) {
+                match catch_unwind(AssertUnwindSafe(|| {
+                    self.verify_new(id, entry, &before, carried)
+                })) {
                     Ok(Ok(sigs)) => {
                         entry.unsaved_sigs.extend(sigs);
                         None
@@ -815,7 +836,7 @@ impl Repo {
             let before = entry.doc.get_heads();
             let merged = catch_unwind(AssertUnwindSafe(|| {
                 entry.doc.merge(&mut incoming)?;
-                Ok(self.verify_new(id, entry, &before))
+                Ok(self.verify_new(id, entry, &before, Vec::new()))
             }));
             let reason = match merged {
                 Ok(Ok(Ok(sigs))) => {

@@ -80,6 +80,7 @@ enum Kind {
 }
 
 /// One step of the path to an object: the key it sits under and the object itself.
+#[derive(Debug)]
 struct Seg {
     key: String,
     obj: ObjId,
@@ -94,44 +95,72 @@ pub fn check(
     author: &DeviceId,
     standing: Standing,
 ) -> Result<(), Violation> {
-    let kind = if id.is_index() {
-        Kind::Index
-    } else {
-        Kind::Thread
-    };
-    let writer = Writer {
-        device: hex(author.as_bytes()),
-        standing,
-        first_change: change.deps.is_empty(),
-        actor: change.actor_id.clone(),
-        start_op: change.start_op.get(),
-    };
-    let mut paths: std::collections::HashMap<String, Vec<Seg>> = Default::default();
-    for op in &change.operations {
-        let obj_key = match &op.obj {
-            ObjectId::Root => "_root".to_owned(),
-            ObjectId::Id(id) => format!("{}@{}", id.counter(), id.actor()),
+    Checker::new(doc, id).check(change, author, standing)
+}
+
+/// Checks the changes of one merge, finding each object's path once.
+#[derive(Debug)]
+pub struct Checker<'a> {
+    doc: &'a Automerge,
+    kind: Kind,
+    paths: std::collections::HashMap<String, Vec<Seg>>,
+}
+
+impl<'a> Checker<'a> {
+    pub fn new(doc: &'a Automerge, id: &DocId) -> Checker<'a> {
+        let kind = if id.is_index() {
+            Kind::Index
+        } else {
+            Kind::Thread
         };
-        if !paths.contains_key(&obj_key) {
-            let path = path_of(doc, &obj_key).ok_or_else(|| Violation {
-                author: writer.device.clone(),
-                what: "writes into an object the document does not hold".into(),
-                path: obj_key.clone(),
-            })?;
-            paths.insert(obj_key.clone(), path);
+        Checker {
+            doc,
+            kind,
+            paths: Default::default(),
         }
-        let path = &paths[&obj_key];
-        let verdict = match kind {
-            Kind::Thread => thread_op(doc, path, op, &writer),
-            Kind::Index => index_op(doc, path, op, &writer),
-        };
-        verdict.map_err(|what| Violation {
-            author: writer.device.clone(),
-            what,
-            path: describe(path, op),
-        })?;
     }
-    Ok(())
+
+    /// See [`check`].
+    pub fn check(
+        &mut self,
+        change: &automerge::ExpandedChange,
+        author: &DeviceId,
+        standing: Standing,
+    ) -> Result<(), Violation> {
+        let doc = self.doc;
+        let writer = Writer {
+            device: hex(author.as_bytes()),
+            standing,
+            first_change: change.deps.is_empty(),
+            actor: change.actor_id.clone(),
+            start_op: change.start_op.get(),
+        };
+        for op in &change.operations {
+            let obj_key = match &op.obj {
+                ObjectId::Root => "_root".to_owned(),
+                ObjectId::Id(id) => format!("{}@{}", id.counter(), id.actor()),
+            };
+            if !self.paths.contains_key(&obj_key) {
+                let path = path_of(doc, &obj_key).ok_or_else(|| Violation {
+                    author: writer.device.clone(),
+                    what: "writes into an object the document does not hold".into(),
+                    path: obj_key.clone(),
+                })?;
+                self.paths.insert(obj_key.clone(), path);
+            }
+            let path = &self.paths[&obj_key];
+            let verdict = match self.kind {
+                Kind::Thread => thread_op(doc, path, op, &writer),
+                Kind::Index => index_op(doc, path, op, &writer),
+            };
+            verdict.map_err(|what| Violation {
+                author: writer.device.clone(),
+                what,
+                path: describe(path, op),
+            })?;
+        }
+        Ok(())
+    }
 }
 
 struct Writer {

@@ -614,9 +614,10 @@ pub fn approvals(doc: &impl ReadDoc, thread: &str) -> Vec<Approval> {
 }
 
 /// The bytes a deciding device signs: everything the decision is about, so a signature cannot
-/// be replayed onto another approval, task, action or space.
+/// be replayed onto another approval, task, action, expiry or space. The executor checks it
+/// against the request as it issued it, kept in memory, not as the document now says.
 pub fn approval_signed_bytes(space: &str, approval: &Approval, approve: bool, at: i64) -> Vec<u8> {
-    let mut out = b"errand/approval/1".to_vec();
+    let mut out = b"errand/approval/2".to_vec();
     for field in [
         space,
         &approval.thread,
@@ -628,6 +629,7 @@ pub fn approval_signed_bytes(space: &str, approval: &Approval, approve: bool, at
         out.extend_from_slice(&(field.len() as u32).to_be_bytes());
         out.extend_from_slice(field.as_bytes());
     }
+    out.extend_from_slice(&approval.expires_at.to_be_bytes());
     out.push(u8::from(approve));
     out.extend_from_slice(&at.to_be_bytes());
     out
