@@ -999,7 +999,7 @@ mod tests {
         let m = evaluate(s, root.id(), &certs, &revs);
         assert_eq!(m.members().count(), 4);
         assert!(!m.is_revoked(&root.id()) && !m.is_revoked(&desk.id()));
-        let mut expected = vec![
+        let mut expected = [
             (root.id(), RevocationRejection::RevokesRoot),
             (root.id(), RevocationRejection::RevokesRoot),
             (root.id(), RevocationRejection::RevokesRoot),
@@ -1133,7 +1133,7 @@ mod tests {
         assert!(!m.is_member(&a.id()) && !m.is_member(&b.id()));
         assert_eq!(m.members().count(), 0);
         assert_eq!(m.rejected().len(), 3);
-        let mut expected = vec![
+        let mut expected = [
             (a.id(), Rejection::UnknownSigner),
             (b.id(), Rejection::UnknownSigner),
             (a.id(), Rejection::SelfSigned),

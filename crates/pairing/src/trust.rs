@@ -143,7 +143,7 @@ struct State {
     /// What the document last said its space and root were, when that disagreed with the pin
     /// (logged once per change).
     disagreement: Option<(Option<String>, Option<String>)>,
-    /// How many ledger entries the index lacked at the last refresh (logged when it grows).
+    /// How many devices the index lacked entries for at the last refresh (logged when it grows).
     missing: usize,
 }
 
@@ -268,22 +268,29 @@ impl MembershipGate {
         note_disagreement(&mut state, index, space, root);
 
         let (mut certs, mut revs) = index_entries(index, space);
-        let in_doc: HashSet<String> = certs
-            .iter()
-            .map(|c| ledger_key(&c.device, &c.signature))
-            .chain(revs.iter().map(|r| ledger_key(&r.device, &r.signature)))
-            .collect();
-        let missing = state
+        // A device the ledger knows but the index has no entry for: an entry was deleted. (A
+        // newer entry for the same device is normal: the members map holds one per device.)
+        let certified: HashSet<DeviceId> = certs.iter().map(|c| c.device).collect();
+        let revoked: HashSet<DeviceId> = revs.iter().map(|r| r.device).collect();
+        let mut gone: HashSet<DeviceId> = state
             .certs
-            .keys()
-            .chain(state.revocations.keys())
-            .filter(|k| !in_doc.contains(*k))
-            .count();
+            .values()
+            .map(|c| c.device)
+            .filter(|d| !certified.contains(d))
+            .collect();
+        gone.extend(
+            state
+                .revocations
+                .values()
+                .map(|r| r.device)
+                .filter(|d| !revoked.contains(d)),
+        );
+        let missing = gone.len();
         if missing > state.missing {
             warn!(
                 missing,
-                "the index lacks certificates or revocations this device has seen (deleted or \
-                 overwritten by a member?); they still count"
+                "the index lacks certificates or revocations this device has seen (deleted by a \
+                 member?); they still count"
             );
         }
         state.missing = missing;

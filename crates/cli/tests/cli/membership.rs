@@ -10,7 +10,6 @@ use errand_tests::hostile::{IndexAttack, attack_index};
 
 use crate::support::{
     Daemon, Home, array, is_task_line, paired, path_str, read_ticket, send, short, str_field,
-    wait_until,
 };
 
 fn names(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -87,13 +86,10 @@ fn a_hostile_phone_rewriting_the_index_changes_no_membership() {
             revoke_at_zero: vec![p.desk_id.clone()],
         },
     );
-    sync_with_desk(&hostile, &p.desk_id);
-    wait_until("the desktop's warning", Duration::from_secs(10), || {
-        daemon
-            .stderr()
-            .contains("the index names another space or root than the one pinned here")
-            .then_some(())
-    });
+    // Where received changes are checked against owner rules (issue 11, points 1 and 2), the
+    // desktop refuses this change whole; where they are not, it takes it, and the pinned root
+    // and the ledger make it change nothing. Either way nothing may change.
+    hostile.run(&["sync", "--timeout", "5"]).success();
 
     // Nothing changed on the desktop: it lists its devices and serves the honest phone.
     assert_eq!(p.desk.device_names(), honest);
@@ -115,6 +111,7 @@ fn a_hostile_phone_rewriting_the_index_changes_no_membership() {
     );
 
     // And after a restart of the desktop.
+    let desk_log = daemon.stderr();
     daemon.terminate();
     assert_eq!(p.desk.device_names(), honest);
     assert_eq!(p.phone.device_names(), honest);
@@ -123,7 +120,8 @@ fn a_hostile_phone_rewriting_the_index_changes_no_membership() {
     assert_eq!(sent["delivered"], true, "{sent:#}");
     desk.terminate();
 
-    // The writes did land: the desktop holds the index as the hostile phone left it.
+    // If the writes landed, the desktop holds the index as the hostile phone left it, and said
+    // that it ignored the other root.
     let store = std::sync::Arc::new(
         Store::open(&p.desk.path().join("errand.redb")).expect("the desk's store"),
     );
@@ -138,9 +136,14 @@ fn a_hostile_phone_rewriting_the_index_changes_no_membership() {
         })
         .expect("read the index")
         .expect("an index");
-    assert_eq!(root.as_deref(), Some(hostile_id.as_str()));
-    assert!(!members.iter().any(|m| m.device == p.desk_id));
-    assert!(!revocations.iter().any(|r| r.device == lost_id));
+    if root.as_deref() == Some(hostile_id.as_str()) {
+        assert!(!members.iter().any(|m| m.device == p.desk_id));
+        assert!(!revocations.iter().any(|r| r.device == lost_id));
+        assert!(
+            desk_log.contains("the index names another space or root than the one pinned here"),
+            "{desk_log}"
+        );
+    }
 }
 
 #[test]
