@@ -549,7 +549,7 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_is_closed() != 44830:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_errand_ffi_checksum_method_node_pair() != 16578:
+    if lib.uniffi_errand_ffi_checksum_method_node_pair() != 9430:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_questions() != 725:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -4272,8 +4272,9 @@ class NodeProtocol(typing.Protocol):
         raise NotImplementedError
     async def pair(self, ticket: str,device_name: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> PairedRecord:
         """
-        Pairs this device with the one that showed `ticket` (the text of its QR code), as a
-        phone. `device_name` is how the others will see this device.
+        Pairs this device with the one that showed `ticket` (the text of its QR code), in the
+        role the ticket gives (the desktop chose it: phone unless it said otherwise).
+        `device_name` is how the others will see this device.
 """
         raise NotImplementedError
     async def questions(self, pending_only: bool = True) -> typing.List[QuestionRecord]:
@@ -4658,8 +4659,9 @@ class Node(NodeProtocol):
         return _uniffi_lift_return(_uniffi_ffi_result)
     async def pair(self, ticket: str,device_name: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> PairedRecord:
         """
-        Pairs this device with the one that showed `ticket` (the text of its QR code), as a
-        phone. `device_name` is how the others will see this device.
+        Pairs this device with the one that showed `ticket` (the text of its QR code), in the
+        role the ticket gives (the desktop chose it: phone unless it said otherwise).
+        `device_name` is how the others will see this device.
 """
         
         _UniffiFfiConverterString.check_lower(ticket)

@@ -683,8 +683,9 @@ public protocol NodeProtocol: AnyObject, Sendable {
     func isClosed()  -> Bool
     
     /**
-     * Pairs this device with the one that showed `ticket` (the text of its QR code), as a
-     * phone. `device_name` is how the others will see this device.
+     * Pairs this device with the one that showed `ticket` (the text of its QR code), in the
+     * role the ticket gives (the desktop chose it: phone unless it said otherwise).
+     * `device_name` is how the others will see this device.
      */
     func pair(ticket: String, deviceName: String?) async throws  -> PairedRecord
     
@@ -1053,8 +1054,9 @@ open func isClosed() -> Bool  {
 }
     
     /**
-     * Pairs this device with the one that showed `ticket` (the text of its QR code), as a
-     * phone. `device_name` is how the others will see this device.
+     * Pairs this device with the one that showed `ticket` (the text of its QR code), in the
+     * role the ticket gives (the desktop chose it: phone unless it said otherwise).
+     * `device_name` is how the others will see this device.
      */
 open func pair(ticket: String, deviceName: String? = nil)async throws  -> PairedRecord  {
     return
@@ -4359,7 +4361,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_errand_ffi_checksum_method_node_is_closed() != 44830) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_errand_ffi_checksum_method_node_pair() != 16578) {
+    if (uniffi_errand_ffi_checksum_method_node_pair() != 9430) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_errand_ffi_checksum_method_node_questions() != 725) {

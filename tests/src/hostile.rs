@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use automerge::sync::SyncDoc;
 use automerge::transaction::Transactable;
-use automerge::{ObjType, ROOT};
+use automerge::{ObjType, ROOT, ReadDoc};
+use errand_pairing::membership::{Certificate, Revocation};
+use errand_pairing::trust;
 use errand_sync::authorship::{Envelope, FixedAuthors};
-use errand_sync::schema::thread;
-use errand_sync::{DocId, Repo, Role, Store};
+use errand_sync::schema::{index, thread};
+use errand_sync::{DeviceId, DocId, Repo, Role, SpaceId, Store};
 
 /// A sync message whose one `have` has a bloom filter claiming 4,294,967,295 probes: automerge
 /// 0.12 sizes an allocation from it (about 17 GB) and the process aborts.
@@ -62,6 +64,84 @@ pub fn envelope(message: &[u8]) -> Vec<u8> {
         message: message.to_vec(),
     }
     .encode()
+}
+
+/// What a member that turned hostile writes into the index, with its own key, to take the
+/// space over: every write that used to change who belongs (issue 11).
+#[derive(Debug, Default, Clone)]
+pub struct IndexAttack {
+    /// Puts this in the index's `root` field.
+    pub root: Option<String>,
+    /// Puts this in the index's `space` field.
+    pub space: Option<String>,
+    /// Deletes these devices' member entries.
+    pub delete_members: Vec<String>,
+    /// Deletes these devices' revocation entries.
+    pub delete_revocations: Vec<String>,
+    /// Replaces its own member entry with a desktop certificate it signed itself.
+    pub self_certify_desktop: bool,
+    /// Signs revocations of these devices, dated 0.
+    pub revoke_at_zero: Vec<String>,
+}
+
+/// Carries out `attack` in the index of the (stopped) home `home`, as its own device and with
+/// its own key, as one ordinary change that syncs like any other.
+pub fn attack_index(home: &Path, attack: &IndexAttack) {
+    let key =
+        errand_pairing::identity::load_or_create(&home.join("device.key")).expect("the home's key");
+    let me: DeviceId = key.public();
+    let store = Arc::new(Store::open(&home.join("errand.redb")).expect("open the home's store"));
+    let space: SpaceId = String::from_utf8(
+        store
+            .meta(trust::META_SPACE)
+            .expect("read the space")
+            .expect("a paired home"),
+    )
+    .expect("utf-8")
+    .parse()
+    .expect("a space id");
+    drop(store);
+    let repo = own_repo(home);
+    let own = trust::member_entry(&Certificate::sign(
+        &key,
+        space,
+        me,
+        "boss",
+        Role::Desktop,
+        1,
+    ));
+    let revocations: Vec<index::RevocationEntry> = attack
+        .revoke_at_zero
+        .iter()
+        .map(|d| {
+            let device = d.parse().expect("a device id");
+            trust::revocation_entry(&Revocation::sign(&key, space, device, 0))
+        })
+        .collect();
+    repo.change(&DocId::index(), "taking over", |tx| {
+        if let Some(root) = &attack.root {
+            tx.put(ROOT, "root", root.as_str())?;
+        }
+        if let Some(space) = &attack.space {
+            tx.put(ROOT, "space", space.as_str())?;
+        }
+        let members = tx.get(ROOT, "members")?.expect("members").1;
+        for d in &attack.delete_members {
+            tx.delete(&members, d.as_str())?;
+        }
+        let revoked = tx.get(ROOT, "revoked")?.expect("revoked").1;
+        for d in &attack.delete_revocations {
+            tx.delete(&revoked, d.as_str())?;
+        }
+        if attack.self_certify_desktop {
+            index::put_member(tx, &own)?;
+        }
+        for r in &revocations {
+            index::put_revocation(tx, r)?;
+        }
+        Ok(())
+    })
+    .expect("write the attack");
 }
 
 /// A tiny deterministic generator, so that a failing seed reproduces.

@@ -38,11 +38,11 @@ pub async fn desktop(name: &str) -> TestNode {
 pub async fn pair(host: &TestNode, joiner: &TestNode, name: &str, role: Role) {
     let ticket = host
         .node
-        .create_ticket(Duration::from_secs(60), true)
+        .create_ticket(Duration::from_secs(60), true, role)
         .unwrap();
     joiner
         .node
-        .join(&ticket.ticket, Some(name), role)
+        .join(&ticket.ticket, Some(name), Some(role))
         .await
         .unwrap();
 }

@@ -77,7 +77,7 @@ async fn wrong_proofs_are_refused_and_burn_the_ticket() {
     let desk = desktop("desk").await;
     let info = desk
         .node
-        .create_ticket(Duration::from_secs(60), true)
+        .create_ticket(Duration::from_secs(60), true, Role::Phone)
         .unwrap();
     let good: Ticket = info.ticket.parse().unwrap();
 
@@ -87,7 +87,7 @@ async fn wrong_proofs_are_refused_and_burn_the_ticket() {
         let stranger = node().await;
         let err = stranger
             .node
-            .join(&forged.to_text(), Some("mallory"), Role::Phone)
+            .join(&forged.to_text(), Some("mallory"), Some(Role::Phone))
             .await
             .unwrap_err();
         assert!(err.to_string().contains("wrong proof"), "{err}");
@@ -97,7 +97,7 @@ async fn wrong_proofs_are_refused_and_burn_the_ticket() {
     let late = node().await;
     let err = late
         .node
-        .join(&info.ticket, Some("phone"), Role::Phone)
+        .join(&info.ticket, Some("phone"), Some(Role::Phone))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("already been used"), "{err}");
@@ -109,13 +109,13 @@ async fn two_devices_racing_for_one_ticket_yield_exactly_one_member() {
     let desk = desktop("desk").await;
     let info = desk
         .node
-        .create_ticket(Duration::from_secs(60), true)
+        .create_ticket(Duration::from_secs(60), true, Role::Phone)
         .unwrap();
     let a = node().await;
     let b = node().await;
     let (ra, rb) = tokio::join!(
-        a.node.join(&info.ticket, Some("a"), Role::Phone),
-        b.node.join(&info.ticket, Some("b"), Role::Phone)
+        a.node.join(&info.ticket, Some("a"), Some(Role::Phone)),
+        b.node.join(&info.ticket, Some("b"), Some(Role::Phone))
     );
     assert_eq!(ra.is_ok() as u8 + rb.is_ok() as u8, 1, "{ra:?} {rb:?}");
     assert_eq!(desk.node.devices().unwrap().len(), 2);
@@ -145,4 +145,61 @@ async fn a_paired_phone_is_let_in_and_syncs() {
         .map(|d| d.name)
         .collect();
     assert!(names.contains(&"phone".to_owned()) && names.contains(&"desk".to_owned()));
+}
+
+#[tokio::test]
+async fn the_host_gives_the_tickets_role_whatever_the_joiner_asks() {
+    let desk = desktop("desk").await;
+    let info = desk
+        .node
+        .create_ticket(Duration::from_secs(60), true, Role::Viewer)
+        .unwrap();
+    assert_eq!(info.role, Role::Viewer);
+    let ticket: Ticket = info.ticket.parse().unwrap();
+    assert_eq!(ticket.role, Role::Viewer);
+
+    // A joiner that goes around its own node's check and asks the host to be a desktop is
+    // refused by the host, and the ticket stays good.
+    let greedy = node().await;
+    let err = errand_pairing::protocol::join(
+        greedy.node.endpoint(),
+        &ticket,
+        "greedy",
+        Some(Role::Desktop),
+        vec![],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("this ticket admits a viewer, not a desktop"),
+        "{err}"
+    );
+    assert_eq!(desk.node.devices().unwrap().len(), 1);
+
+    // Its node refuses before dialling.
+    let err = greedy
+        .node
+        .join(&info.ticket, Some("greedy"), Some(Role::Desktop))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("admits a viewer"), "{err}");
+    assert!(greedy.node.space().is_none());
+
+    // Joining without asking makes it what the ticket says; the host pins the same root.
+    let joined = greedy
+        .node
+        .join(&info.ticket, Some("tablet"), None)
+        .await
+        .unwrap();
+    assert_eq!(joined.role, Role::Viewer);
+    assert_eq!(greedy.node.role(), Some(Role::Viewer));
+    let me = greedy.node.id();
+    let on_desk = desk.node.devices().unwrap();
+    let entry = on_desk.iter().find(|d| d.id == me.to_string()).unwrap();
+    assert_eq!(entry.role, Role::Viewer);
+    assert_eq!(
+        greedy.node.space(),
+        Some(errand_pairing::membership::space_id(&desk.node.id()))
+    );
 }

@@ -15,6 +15,7 @@ use errand_node::node::{
 };
 use errand_node::{Node, NodeConfig, NodeEvent};
 use errand_pairing::protocol::PairingEvent;
+use errand_sync::Role;
 use errand_sync::schema::index::ThreadEntry;
 use errand_sync::schema::thread::Task;
 use serde::Serialize;
@@ -46,13 +47,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             qr_png,
             ticket_file,
             ttl,
+            role,
             run,
         } => {
             let stop = Stop::install()?;
             let (node, control) = serve_here(&config).await?;
             node.init_space(name.as_deref())?;
             let executor = start_executor(&node, &config, &run)?;
-            let info = node.create_ticket(Duration::from_secs(ttl), yes)?;
+            let info = node.create_ticket(Duration::from_secs(ttl), yes, role)?;
             show_ticket(&info, qr_png.as_deref(), ticket_file.as_deref(), json)?;
             if !json {
                 let status = node.status()?;
@@ -189,10 +191,10 @@ async fn run_until_stopped(
                 } else if !matches!(ev, NodeEvent::SyncFinished { .. }) {
                     out!("{}", output::event(&ev));
                 }
-                if let NodeEvent::PairingRequested { ticket, name, code, .. } = ev
+                if let NodeEvent::PairingRequested { ticket, name, code, role, .. } = ev
                     && confirm_ticket.as_ref() == Some(&ticket)
                 {
-                    let accept = confirm(&name, &code).await;
+                    let accept = confirm(&name, role, &code).await;
                     if accept.is_none() {
                         eprintln!("errand: {}", no_terminal(&name));
                     }
@@ -206,11 +208,11 @@ async fn run_until_stopped(
 
 /// Asks the person at this terminal whether to admit a device. `None` when there is no
 /// terminal to ask on.
-async fn confirm(name: &str, code: &str) -> Option<bool> {
+async fn confirm(name: &str, role: Role, code: &str) -> Option<bool> {
     if !std::io::stdin().is_terminal() {
         return None;
     }
-    out!("Admit {name:?}? Check that it shows the code {code}. [y/N]");
+    out!("Admit {name:?} as {role}? Check that it shows the code {code}. [y/N]");
     let answer = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line).map(|_| line)
@@ -274,6 +276,7 @@ async fn one_shot(
             ticket_file,
             ttl,
             yes,
+            role,
         } => {
             pair(
                 session,
@@ -281,6 +284,7 @@ async fn one_shot(
                 ticket_file.as_deref(),
                 ttl,
                 yes,
+                role,
                 json,
             )
             .await
@@ -292,18 +296,31 @@ async fn one_shot(
             let status: Status = session.call(Request::Status).await?;
             let me = status.device.parse().context("bad device id")?;
             let code = errand_pairing::protocol::code_for(&parsed, &me);
+            if let Some(asked) = role
+                && asked != parsed.role
+            {
+                bail!(
+                    "this ticket admits a {}, not a {asked}: the desktop chooses the role \
+                     (`errand pair --role {asked}`)",
+                    parsed.role
+                );
+            }
             if !json {
-                out!("verification code {code}: check that the other device shows the same");
+                out!(
+                    "joining as {}; verification code {code}: check that the other device shows the same",
+                    parsed.role
+                );
             }
             let joined: Joined = session.call(Request::Join { ticket, name, role }).await?;
             // Bring the space's threads over while we are connected.
             session.refresh(Duration::from_secs(3)).await;
             show(json, &joined, |j| {
                 format!(
-                    "paired with {} ({}) in space {}",
+                    "paired with {} ({}) in space {} as {}",
                     j.host_name,
                     short(&j.host),
-                    j.space
+                    j.space,
+                    j.role
                 )
             })?;
             Ok(ExitCode::SUCCESS)
@@ -590,17 +607,19 @@ async fn pair(
     ticket_file: Option<&Path>,
     ttl: u64,
     yes: bool,
+    role: Role,
     json: bool,
 ) -> Result<ExitCode> {
     let info: TicketInfo = session
         .call(Request::Ticket {
             ttl_secs: ttl,
             auto_confirm: yes,
+            role,
         })
         .await?;
     show_ticket(&info, qr_png, ticket_file, json)?;
     if !json {
-        out!("waiting for a device to join…");
+        out!("waiting for a device to join as {role}…");
     }
     let mut n = 0;
     let mut unconfirmable = None;
@@ -633,7 +652,7 @@ async fn pair(
                     out!("{name:?} ({role}) is joining; verification code {code}");
                 }
                 if !yes {
-                    let accept = confirm(&name, &code).await;
+                    let accept = confirm(&name, role, &code).await;
                     let _: bool = session
                         .call(Request::ConfirmPairing {
                             ticket,

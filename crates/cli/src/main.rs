@@ -69,6 +69,9 @@ pub enum Command {
         /// How long the ticket is valid, in seconds
         #[arg(long, default_value_t = 600)]
         ttl: u64,
+        /// The role the ticket gives the device that joins with it
+        #[arg(long, default_value = "phone")]
+        role: errand_sync::Role,
         #[command(flatten)]
         run: RunOptions,
     },
@@ -89,6 +92,9 @@ pub enum Command {
         /// Admit the device without asking
         #[arg(long)]
         yes: bool,
+        /// The role the ticket gives the device that joins with it
+        #[arg(long, default_value = "phone")]
+        role: errand_sync::Role,
     },
     /// Pair this home with the device that showed TICKET
     Join {
@@ -96,8 +102,9 @@ pub enum Command {
         /// This device's name [default: the host name]
         #[arg(long)]
         name: Option<String>,
-        #[arg(long, default_value = "phone")]
-        role: errand_sync::Role,
+        /// Refuse to join unless the ticket gives this role (the desktop chooses it)
+        #[arg(long)]
+        role: Option<errand_sync::Role>,
     },
     /// Send a task to a desktop
     Send {

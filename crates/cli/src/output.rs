@@ -338,11 +338,15 @@ pub fn event(ev: &NodeEvent) -> String {
         NodeEvent::PeerDropped { peer, reason } => {
             format!("peer {} dropped: {reason}", short(peer))
         }
-        NodeEvent::PairingRequested { name, code, .. } => {
-            format!("device {name:?} wants to pair; verification code {code}")
+        NodeEvent::PairingRequested {
+            name, role, code, ..
+        } => {
+            format!("device {name:?} wants to pair as {role}; verification code {code}")
         }
-        NodeEvent::DeviceAdded { name, device, .. } => {
-            format!("device {name} ({}) added", short(device))
+        NodeEvent::DeviceAdded {
+            name, device, role, ..
+        } => {
+            format!("device {name} ({}) added as {role}", short(device))
         }
         NodeEvent::DeviceRevoked { name, device } => {
             format!("device {name} ({}) revoked", short(device))

@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use errand_node::{Node as Engine, NodeConfig};
-use errand_sync::Role;
 use tokio::sync::watch;
 
 use crate::error::ErrandError;
@@ -97,8 +96,9 @@ impl Node {
         Ok(self.engine()?.id().to_string())
     }
 
-    /// Pairs this device with the one that showed `ticket` (the text of its QR code), as a
-    /// phone. `device_name` is how the others will see this device.
+    /// Pairs this device with the one that showed `ticket` (the text of its QR code), in the
+    /// role the ticket gives (the desktop chose it: phone unless it said otherwise).
+    /// `device_name` is how the others will see this device.
     #[uniffi::method(default(device_name = None))]
     pub async fn pair(
         &self,
@@ -108,7 +108,7 @@ impl Node {
         let engine = self.engine()?;
         runtime::spawn(async move {
             let joined = engine
-                .join(ticket.trim(), device_name.as_deref(), Role::Phone)
+                .join(ticket.trim(), device_name.as_deref(), None)
                 .await?;
             Ok(joined.into())
         })

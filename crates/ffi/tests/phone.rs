@@ -113,7 +113,7 @@ async fn a_phone_pairs_sends_and_follows_events() {
     let subscription = phone.subscribe(recorder.clone()).expect("subscribe");
 
     let ticket = desk
-        .create_ticket(Duration::from_secs(60), true)
+        .create_ticket(Duration::from_secs(60), true, errand_sync::Role::Phone)
         .expect("ticket");
     let paired = phone
         .pair(ticket.ticket.clone(), Some("pocket".into()))

@@ -36,6 +36,9 @@ pub enum Request {
     Ticket {
         ttl_secs: u64,
         auto_confirm: bool,
+        /// The role the joiner gets.
+        #[serde(default = "phone")]
+        role: Role,
     },
     /// The `n`th pairing event of a ticket (0-based), waiting up to `timeout_secs`.
     PairingEvent {
@@ -50,7 +53,9 @@ pub enum Request {
     Join {
         ticket: String,
         name: Option<String>,
-        role: Role,
+        /// The role the joiner expects, if it says (the ticket decides).
+        #[serde(default)]
+        role: Option<Role>,
     },
     Send {
         text: String,
@@ -119,6 +124,10 @@ pub enum Reply {
     Error(String),
 }
 
+fn phone() -> Role {
+    Role::Phone
+}
+
 fn json<T: Serialize>(value: T) -> Result<serde_json::Value, NodeError> {
     serde_json::to_value(value).map_err(|e| NodeError::Control(e.to_string()))
 }
@@ -132,7 +141,8 @@ pub async fn dispatch(node: &Node, request: Request) -> Result<serde_json::Value
         Request::Ticket {
             ttl_secs,
             auto_confirm,
-        } => json(node.create_ticket(Duration::from_secs(ttl_secs), auto_confirm)?),
+            role,
+        } => json(node.create_ticket(Duration::from_secs(ttl_secs), auto_confirm, role)?),
         Request::PairingEvent {
             ticket,
             n,

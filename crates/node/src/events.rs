@@ -58,6 +58,8 @@ pub enum NodeEvent {
         ticket: String,
         device: String,
         name: String,
+        /// The role the ticket gives it.
+        role: Role,
         code: String,
     },
     /// A device became a member of the space (through any member), as this device learned
@@ -116,12 +118,13 @@ impl NodeEvent {
                 ticket,
                 device,
                 name,
+                role,
                 code,
-                ..
             } => NodeEvent::PairingRequested {
                 ticket,
                 device,
                 name,
+                role,
                 code,
             },
             // Every member reports the new device once its certificate is in the index, the

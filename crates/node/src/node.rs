@@ -29,7 +29,9 @@ pub use conversation::{ConversationEntry, QuestionInfo};
 
 const KEY_FILE: &str = "device.key";
 const DB_FILE: &str = "errand.redb";
-const META_SPACE: &str = errand_sync::repo::META_SPACE;
+/// The pinned space (written by [`MembershipGate::pin`], with its root; the repo signs changes
+/// for the same one).
+const META_SPACE: &str = trust::META_SPACE;
 const META_NAME: &str = "name";
 const META_PORT: &str = "port";
 
@@ -101,6 +103,8 @@ pub struct TicketInfo {
     pub ticket: String,
     pub id: String,
     pub expires_at: u64,
+    /// The role the ticket gives the device that joins with it.
+    pub role: Role,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -109,6 +113,8 @@ pub struct Joined {
     pub host: String,
     pub host_name: String,
     pub code: String,
+    /// The role the host gave this device.
+    pub role: Role,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -229,7 +235,7 @@ impl Node {
             Err(e) => return Err(NodeError::Open(e)),
         };
         crate::home::claim(&home);
-        let gate = Arc::new(MembershipGate::new(me));
+        let gate = Arc::new(MembershipGate::new(me, store.clone()));
         let authors = Arc::new(errand_pairing::authors::MembershipAuthors::new(
             gate.clone(),
         ));
@@ -266,13 +272,17 @@ impl Node {
             clocks,
         };
         if config.lan_discovery {
-            let (repo, replicator, lan) =
-                (node.repo.clone(), node.replicator.clone(), node.lan.clone());
+            let (repo, replicator, lan, gate) = (
+                node.repo.clone(),
+                node.replicator.clone(),
+                node.lan.clone(),
+                node.gate.clone(),
+            );
             let listen = crate::lan::start(
                 &node.endpoint,
                 node.gate.clone(),
                 node.lan.clone(),
-                move |_| refresh_peers(&repo, &replicator, me, &lan),
+                move |_| refresh_peers(&repo, &replicator, &gate, me, &lan),
             )?;
             node.spawn(listen);
         }
@@ -333,12 +343,10 @@ impl Node {
             .unwrap_or_else(default_name)
     }
 
+    /// The verified membership: from the pinned root, over the index and the ledger of what
+    /// this device has seen (see [`MembershipGate`]).
     fn membership(&self) -> Option<errand_pairing::membership::Membership> {
-        self.repo
-            .read(&DocId::index(), trust::evaluate_index)
-            .ok()
-            .flatten()
-            .flatten()
+        self.gate.refresh(&self.repo)
     }
 
     /// The addresses this node can be dialled at.
@@ -441,7 +449,7 @@ impl Node {
                             );
                         }
                     }
-                    refresh_peers(&repo, &replicator, me, &lan);
+                    refresh_peers(&repo, &replicator, &gate, me, &lan);
                 }
                 for ev in watcher.changed(&repo, changed.as_ref(), membership.as_ref()) {
                     let _ = events.send(ev);
@@ -498,7 +506,13 @@ impl Node {
     }
 
     fn refresh_peers(&self) {
-        refresh_peers(&self.repo, &self.replicator, self.id(), &self.lan);
+        refresh_peers(
+            &self.repo,
+            &self.replicator,
+            &self.gate,
+            self.id(),
+            &self.lan,
+        );
     }
 
     /// Writes this device's current addresses into the index, if they changed.
@@ -532,8 +546,9 @@ impl Node {
             return Ok(space);
         }
         let name = name.map_or_else(default_name, str::to_owned);
-        let space = SpaceId::random();
         let me = self.id();
+        // The space id names its root: every joiner checks it against the root it is told.
+        let space = errand_pairing::membership::space_id(&me);
         let cert = Certificate::sign(
             &self.secret_key,
             space,
@@ -543,7 +558,11 @@ impl Node {
             now_unix(),
         );
         let entry = trust::member_entry(&cert);
-        // Before the first change: every change is signed for its space.
+        // Before the first change: every change is signed for its space, and checked against
+        // the membership rooted here.
+        self.gate
+            .pin(space, me)
+            .map_err(|e| NodeError::Home(e.to_string()))?;
         self.repo.set_space(space)?;
         self.repo
             .create(&DocId::index(), &format!("space created by {name}"), |tx| {
@@ -557,11 +576,12 @@ impl Node {
         Ok(space)
     }
 
-    /// Issues a one-time pairing ticket.
+    /// Issues a one-time pairing ticket that admits a device as `role`.
     pub fn create_ticket(
         &self,
         ttl: Duration,
         auto_confirm: bool,
+        role: Role,
     ) -> Result<TicketInfo, NodeError> {
         self.require_space()?;
         let may_add = self
@@ -579,11 +599,13 @@ impl Node {
             self.relay.as_ref().map(ToString::to_string),
             ttl,
             auto_confirm,
+            role,
         )?;
         Ok(TicketInfo {
             ticket: ticket.to_text(),
             id: errand_sync::ids::hex(&ticket.id),
             expires_at: ticket.expires_at,
+            role,
         })
     }
 
@@ -619,22 +641,36 @@ impl Node {
         Ok(host.confirm(ticket, accept))
     }
 
-    /// Pairs this home with the device that issued the ticket.
+    /// Pairs this home with the device that issued the ticket, in the role the ticket gives.
+    /// With `role`, the join is refused (before dialling) unless the ticket gives that role.
     pub async fn join(
         &self,
         ticket: &str,
         name: Option<&str>,
-        role: Role,
+        role: Option<Role>,
     ) -> Result<Joined, NodeError> {
         if let Some(space) = self.space() {
             return Err(NodeError::AlreadyPaired(space.to_string()));
         }
         let ticket: Ticket = ticket.parse()?;
+        if let Some(asked) = role
+            && asked != ticket.role
+        {
+            return Err(NodeError::BadInput(format!(
+                "this ticket admits a {}, not a {asked}: the desktop chooses the role \
+                 (`errand pair --role {asked}`)",
+                ticket.role
+            )));
+        }
         let name = name.map_or_else(default_name, str::to_owned);
         let code = pairing::code_for(&ticket, &self.id());
         let _ = self.events.send(NodeEvent::JoinCode { code: code.clone() });
         let my_addrs = self.addrs().iter().map(ToString::to_string).collect();
         let welcome = pairing::join(&self.endpoint, &ticket, &name, role, my_addrs).await?;
+        // The pin first: the index's changes are checked against the membership it roots.
+        self.gate
+            .pin(welcome.space, welcome.root)
+            .map_err(|e| NodeError::Pairing(e.to_string()))?;
         self.repo.set_space(welcome.space)?;
         self.repo
             .import(&DocId::index(), &welcome.index, &welcome.index_sigs)
@@ -659,6 +695,7 @@ impl Node {
             host: welcome.host.to_string(),
             host_name: welcome.host_name,
             code,
+            role: ticket.role,
         })
     }
 
@@ -1260,12 +1297,15 @@ impl Node {
     /// Revokes a device: signs a revocation into the index, so that this device refuses it at
     /// once and every other member as soon as it has synced. What the revoked device already
     /// holds stays with it; it gets nothing new.
+    ///
+    /// Refused up front, as every member would ignore it: by a device whose role may not add
+    /// devices, of the space's creator (the root), and of a desktop by anyone but the root.
     pub fn revoke(&self, needle: &str) -> Result<DeviceInfo, NodeError> {
         let space = self.require_space()?;
-        let may = self
-            .membership()
-            .and_then(|m| m.get(&self.id()).map(|m| m.role.may_add_devices()))
-            .unwrap_or(false);
+        let membership = self.membership().ok_or(NodeError::NoSpace)?;
+        let may = membership
+            .get(&self.id())
+            .is_some_and(|m| m.role.may_add_devices());
         if !may {
             return Err(NodeError::NotAllowed(
                 "this device's role may not revoke devices".into(),
@@ -1279,6 +1319,12 @@ impl Node {
             .id
             .parse()
             .map_err(|_| NodeError::NotFound(device.id.clone()))?;
+        if let Err(reason) = membership.may_revoke(&self.id(), &id) {
+            return Err(NodeError::NotAllowed(format!(
+                "cannot revoke {}: {reason}",
+                device.name
+            )));
+        }
         let revocation =
             errand_pairing::membership::Revocation::sign(&self.secret_key, space, id, now_unix());
         let entry = trust::revocation_entry(&revocation);
@@ -1391,16 +1437,24 @@ fn interleave(threads: Vec<Vec<thread::Task>>) -> Vec<thread::Task> {
     }
 }
 
-fn refresh_peers(repo: &Repo, replicator: &Replicator, me: DeviceId, lan: &LanSightings) {
-    let Ok(Some((members, addrs))) =
-        repo.read(&DocId::index(), |d| (index::members(d), index::addrs(d)))
-    else {
+/// Dials every verified member: the gate's membership (pinned root, index and ledger), never
+/// the index's member entries, which any member can delete.
+fn refresh_peers(
+    repo: &Repo,
+    replicator: &Replicator,
+    gate: &MembershipGate,
+    me: DeviceId,
+    lan: &LanSightings,
+) {
+    let Some(membership) = gate.membership() else {
         return;
     };
-    for m in members {
-        let Ok(id) = m.device.parse::<DeviceId>() else {
-            continue;
-        };
+    let addrs = repo
+        .read(&DocId::index(), index::addrs)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    for id in membership.members().map(|m| m.device) {
         if id != me && errand_sync::Gate::allows(replicator.gate(), &id) {
             replicator.add_peer(dial_addr(id, &addrs, &lan.get(&id)));
         }

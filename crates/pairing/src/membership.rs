@@ -2,11 +2,15 @@
 //!
 //! A [`Certificate`] says "device D, named N, has role R in space S", signed by the device that
 //! added it. A [`Revocation`] says "device D is no longer a member of S", signed by a device that
-//! may add devices. Both live in the space's index document, which every member replicates, so
-//! [`evaluate`] can decide membership from the document alone, with no server and no network.
+//! may add devices. Both travel in the space's index document, which every member replicates,
+//! and every member also keeps those it has verified in a ledger of its own
+//! ([`crate::trust`]), so [`evaluate`] decides membership offline, with no server and no network,
+//! and no write to the document can take back a certificate or a revocation once seen.
 //!
-//! Trust starts at the space's root, the desktop that created the space, whose id every member
-//! learns when it pairs. Everything else has to chain back to it.
+//! Trust starts at the space's root, the desktop that created the space. The space id is derived
+//! from the root's key ([`space_id`]), so a device that knows the space id (from its ticket) can
+//! check which key is the root, and pins both; no document can name another root. Everything
+//! else has to chain back to it.
 //!
 //! The signed bytes are a fixed binary layout (domain string, fixed-size fields, a
 //! length-prefixed name) rather than JSON or the record form, so that no re-encoding can change
@@ -22,6 +26,27 @@ use serde::{Deserialize, Serialize};
 
 const CERT_DOMAIN: &[u8] = b"errand/member/1";
 const REVOKE_DOMAIN: &[u8] = b"errand/revoke/1";
+const SPACE_DOMAIN: &[u8] = b"errand/space/1";
+
+/// The id of the space whose root is `root`: the first 16 bytes of
+/// SHA-256("errand/space/1" || root key). A space id names its root: a joiner checks that the
+/// root it is told derives the space id in its ticket, and nobody can create a second space
+/// with the same id under another key.
+pub fn space_id(root: &DeviceId) -> SpaceId {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(SPACE_DOMAIN);
+    hasher.update(root.as_bytes());
+    let digest = hasher.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    SpaceId(out)
+}
+
+/// Whether `root` is the key `space` was derived from.
+pub fn is_root_of(space: &SpaceId, root: &DeviceId) -> bool {
+    space_id(root) == *space
+}
 
 /// A member's signed entry in a space.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,6 +345,9 @@ pub enum Rejection {
     SignerRevoked,
     /// The certified device itself has been revoked.
     Revoked,
+    /// A device other than the root signed its own certificate: a member cannot raise its own
+    /// role (or name itself the root).
+    SelfSigned,
 }
 
 impl fmt::Display for Rejection {
@@ -331,12 +359,42 @@ impl fmt::Display for Rejection {
             Rejection::SignerMayNotAdd => "signed by a member whose role may not add devices",
             Rejection::SignerRevoked => "signed by a revoked device after its revocation",
             Rejection::Revoked => "device has been revoked",
+            Rejection::SelfSigned => "signed by the device itself, which is not the root",
         })
     }
 }
 
-/// The outcome of [`evaluate`]: the members of one space, the revoked devices and the
-/// certificates that did not count.
+/// Why a revocation does not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RevocationRejection {
+    /// The signature does not match the signer and the fields.
+    BadSignature,
+    /// The revocation is for another space.
+    WrongSpace,
+    /// The signer was never a member whose role may add devices.
+    NoAuthority,
+    /// It names the root, which no one may revoke.
+    RevokesRoot,
+    /// It names a desktop, and only the root may revoke a desktop.
+    DesktopNeedsRoot,
+}
+
+impl fmt::Display for RevocationRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RevocationRejection::BadSignature => "signature does not verify",
+            RevocationRejection::WrongSpace => "revocation is for another space",
+            RevocationRejection::NoAuthority => "signed by a device that may not revoke",
+            RevocationRejection::RevokesRoot => "the space's creator cannot be revoked",
+            RevocationRejection::DesktopNeedsRoot => {
+                "only the space's creator may revoke a desktop"
+            }
+        })
+    }
+}
+
+/// The outcome of [`evaluate`]: the members of one space, the revoked devices, the
+/// certificates and revocations that did not count, and those worth remembering.
 #[derive(Debug, Clone)]
 pub struct Membership {
     space: SpaceId,
@@ -344,6 +402,13 @@ pub struct Membership {
     members: BTreeMap<DeviceId, Member>,
     revoked: BTreeMap<DeviceId, u64>,
     rejected: Vec<(DeviceId, Rejection)>,
+    ignored_revocations: Vec<(DeviceId, RevocationRejection)>,
+    chained: Vec<Certificate>,
+    counted_revocations: Vec<Revocation>,
+    /// Devices that ever held a chained certificate whose role may add devices.
+    ever_may_add: HashSet<DeviceId>,
+    /// Devices that ever held a chained desktop certificate.
+    ever_desktops: HashSet<DeviceId>,
 }
 
 impl Membership {
@@ -387,35 +452,78 @@ impl Membership {
     pub fn rejected(&self) -> &[(DeviceId, Rejection)] {
         &self.rejected
     }
+
+    /// Whether a revocation of `device` signed by `by` would count (signature aside): the
+    /// check `Node::revoke` makes before signing, the same rule [`evaluate`] applies.
+    pub fn may_revoke(&self, by: &DeviceId, device: &DeviceId) -> Result<(), RevocationRejection> {
+        revocation_rule(
+            self.root,
+            &self.ever_may_add,
+            &self.ever_desktops,
+            by,
+            device,
+        )
+    }
+
+    /// Revocations that did not count, with the device each one named and the reason.
+    pub fn ignored_revocations(&self) -> &[(DeviceId, RevocationRejection)] {
+        &self.ignored_revocations
+    }
+
+    /// The certificates with a valid chain from the root, revocations aside (those of devices
+    /// revoked since included): what a node keeps in its ledger so that deleting them from a
+    /// document changes nothing. Ordered by device, then signature.
+    pub fn chained_certificates(&self) -> &[Certificate] {
+        &self.chained
+    }
+
+    /// The revocations that count: what a node keeps in its ledger so that deleting one from a
+    /// document un-revokes nobody. Ordered by device, then signature.
+    pub fn counted_revocations(&self) -> &[Revocation] {
+        &self.counted_revocations
+    }
 }
 
 /// Decides who is a member of `space`, given every certificate and revocation known.
 ///
+/// `space` and `root` are the ones this device pinned when it created or joined the space
+/// (`space` is [`space_id`] of `root` for every space made by this version), never values read
+/// from a document. The inputs are everything known: the index document's entries and the
+/// node's ledger of entries seen before, so deleting an entry from the document changes nothing.
+///
 /// Rules:
 ///
 /// * The `root` is admitted by a valid certificate it signed for itself with role desktop.
-/// * Any other certificate for this space counts if its signature is valid and its signer holds
-///   a counting certificate whose role may add devices ([`Role::may_add_devices`]). Chains are
-///   resolved from the root outwards with a work list, so depth costs no stack, every
-///   certificate is looked at a bounded number of times, and a group of devices certifying each
-///   other without a path from the root gains nothing.
-/// * A revocation counts if its signature is valid, it is for this space, and its signer was at
+/// * Any other certificate for this space counts if its signature is valid, it was not signed by
+///   the device it names (only the root certifies itself: a member cannot raise its own role),
+///   and its signer holds a counting certificate whose role may add devices
+///   ([`Role::may_add_devices`]). Chains are resolved from the root outwards with a work list, so
+///   depth costs no stack, every certificate is looked at a bounded number of times, and a group
+///   of devices certifying each other without a path from the root gains nothing.
+/// * A revocation counts if its signature is valid, it is for this space, its signer was at
 ///   some point admitted with a role that may add devices (it may itself have been revoked
-///   since: removing a lost device must not need the device that added it).
+///   since: removing a lost device must not need the device that added it), and:
+///   - it does not name the root: no one revokes the root, not even the root itself;
+///   - if it names a device that holds (or held) a desktop certificate, the root signed it:
+///     only the root revokes a desktop.
 /// * A revoked device is not a member, whatever certificates it has. In this version that is
 ///   final: a later certificate does not re-admit it; pair the device again under a new key.
-/// * Revoking a device does not remove the devices it added before its revocation, because
-///   otherwise losing one phone would cut off every device that phone had ever paired. It does
-///   stop it from adding more: its certificates dated at or after the revocation do not count.
-///   Dates are the signer's claim, so a stolen key could backdate a certificate; such a
-///   certificate can only reach the index document before every member has seen the
-///   revocation, since members refuse connections from revoked keys. Review the device list
-///   after revoking a lost device.
+/// * Revoking a device does not remove the devices it added. A revocation signed by the root
+///   also stops the revoked device from adding more: its certificates dated at or after the
+///   revocation do not count. A revocation signed by any other member removes the device it
+///   names and nothing else, whatever date it claims. Dates are the signer's claim: with a cutoff
+///   taken from any member's revocation, a hostile phone could revoke another phone "at time 0"
+///   and so cut off every device that phone ever added (and, before desktops and the root were
+///   protected, the whole space). And the cutoff protects little against a stolen key anyway,
+///   which can backdate what it signs; what keeps a revoked device's later certificates out is
+///   that members refuse its connections, so they can reach the index only through a member
+///   that has not yet learned of the revocation. Review the device list after revoking a lost
+///   device, and revoke what it added since.
 /// * If a device has several counting certificates, the one with the latest `added_at` gives
 ///   its name and role. The right to add devices comes from any counting certificate with such
 ///   a role; a newer certificate with a lesser role does not withdraw it (revoke for that).
 ///
-/// The result does not depend on the order of the inputs.
+/// The result does not depend on the order of the inputs, nor on duplicates among them.
 pub fn evaluate(
     space: SpaceId,
     root: DeviceId,
@@ -424,11 +532,19 @@ pub fn evaluate(
 ) -> Membership {
     let mut rejected = Vec::new();
     let mut candidates = Vec::with_capacity(certificates.len());
+    let mut seen = HashSet::new();
     for cert in certificates {
+        // Whole copies only: a tampered copy that shares the signature must not hide the
+        // genuine one.
+        if !seen.insert((cert.signature.to_bytes(), cert.signed_bytes())) {
+            continue;
+        }
         if cert.space != space {
             rejected.push((cert.device, Rejection::WrongSpace));
         } else if !cert.verify_signature() {
             rejected.push((cert.device, Rejection::BadSignature));
+        } else if cert.added_by == cert.device && cert.device != root {
+            rejected.push((cert.device, Rejection::SelfSigned));
         } else {
             candidates.push(cert);
         }
@@ -437,17 +553,51 @@ pub fn evaluate(
     // Revocation authority is judged on chains without any revocation applied, so that a
     // revocation never depends on another one (no circularity, no order dependence).
     let ever = resolve(root, &candidates, &HashMap::new());
+    let desktops: HashSet<DeviceId> = candidates
+        .iter()
+        .zip(&ever.accepted)
+        .filter(|(c, accepted)| **accepted && c.role == Role::Desktop)
+        .map(|(c, _)| c.device)
+        .collect();
     let mut revoked: HashMap<DeviceId, u64> = HashMap::new();
+    let mut cutoff: HashMap<DeviceId, u64> = HashMap::new();
+    let mut counted_revocations = Vec::new();
+    let mut ignored_revocations = Vec::new();
+    let mut seen = HashSet::new();
     for rev in revocations {
-        if rev.space == space && ever.may_add.contains(&rev.revoked_by) && rev.verify_signature() {
-            revoked
-                .entry(rev.device)
-                .and_modify(|t| *t = (*t).min(rev.revoked_at))
-                .or_insert(rev.revoked_at);
+        if !seen.insert((rev.signature.to_bytes(), rev.signed_bytes())) {
+            continue;
+        }
+        let verdict = if rev.space != space {
+            Err(RevocationRejection::WrongSpace)
+        } else if let Err(reason) =
+            revocation_rule(root, &ever.may_add, &desktops, &rev.revoked_by, &rev.device)
+        {
+            Err(reason)
+        } else if !rev.verify_signature() {
+            Err(RevocationRejection::BadSignature)
+        } else {
+            Ok(())
+        };
+        match verdict {
+            Ok(()) => {
+                revoked
+                    .entry(rev.device)
+                    .and_modify(|t| *t = (*t).min(rev.revoked_at))
+                    .or_insert(rev.revoked_at);
+                if rev.revoked_by == root {
+                    cutoff
+                        .entry(rev.device)
+                        .and_modify(|t| *t = (*t).min(rev.revoked_at))
+                        .or_insert(rev.revoked_at);
+                }
+                counted_revocations.push(rev.clone());
+            }
+            Err(reason) => ignored_revocations.push((rev.device, reason)),
         }
     }
 
-    let chains = resolve(root, &candidates, &revoked);
+    let chains = resolve(root, &candidates, &cutoff);
     let mut best: HashMap<DeviceId, &Certificate> = HashMap::new();
     for (cert, accepted) in candidates.iter().zip(&chains.accepted) {
         if revoked.contains_key(&cert.device) {
@@ -486,13 +636,46 @@ pub fn evaluate(
             (device, member)
         })
         .collect();
+    let mut chained: Vec<Certificate> = candidates
+        .iter()
+        .zip(&ever.accepted)
+        .filter(|(_, accepted)| **accepted)
+        .map(|(c, _)| (*c).clone())
+        .collect();
+    chained.sort_by_key(|c| (c.device, c.signature.to_bytes()));
+    counted_revocations.sort_by_key(|r| (r.device, r.signature.to_bytes()));
     rejected.sort();
+    ignored_revocations.sort();
     Membership {
         space,
         root,
         members,
         revoked: revoked.into_iter().collect(),
         rejected,
+        ignored_revocations,
+        chained,
+        counted_revocations,
+        ever_may_add: ever.may_add,
+        ever_desktops: desktops,
+    }
+}
+
+/// Who may revoke whom (see [`evaluate`]).
+fn revocation_rule(
+    root: DeviceId,
+    may_add: &HashSet<DeviceId>,
+    desktops: &HashSet<DeviceId>,
+    by: &DeviceId,
+    device: &DeviceId,
+) -> Result<(), RevocationRejection> {
+    if !may_add.contains(by) {
+        Err(RevocationRejection::NoAuthority)
+    } else if *device == root {
+        Err(RevocationRejection::RevokesRoot)
+    } else if desktops.contains(device) && *by != root {
+        Err(RevocationRejection::DesktopNeedsRoot)
+    } else {
+        Ok(())
     }
 }
 
@@ -745,9 +928,9 @@ mod tests {
         let (s, devs, mut certs) = chain();
         let [root, desk, phone, viewer] = &devs;
         let late = Dev::new();
-        // The phone (say, stolen) signs another device after its revocation.
+        // The phone (say, stolen) signs another device after its revocation by the root.
         certs.push(phone.certify(s, &late, Role::Desktop, 20));
-        let revs = vec![desk.revoke(s, phone, 10)];
+        let revs = vec![root.revoke(s, phone, 10)];
 
         let m = evaluate(s, root.id(), &certs, &revs);
         assert!(!m.is_member(&phone.id()));
@@ -764,6 +947,149 @@ mod tests {
         let m = evaluate(s, root.id(), &certs, &revs);
         assert!(!m.is_member(&phone.id()));
         assert!(m.is_member(&viewer.id()));
+    }
+
+    #[test]
+    fn space_id_is_derived_from_the_root_key() {
+        let (a, b) = (Dev::new(), Dev::new());
+        assert_eq!(space_id(&a.id()), space_id(&a.id()));
+        assert_ne!(space_id(&a.id()), space_id(&b.id()));
+        assert!(is_root_of(&space_id(&a.id()), &a.id()));
+        assert!(!is_root_of(&space_id(&a.id()), &b.id()));
+        assert!(!is_root_of(&SpaceId::random(), &a.id()));
+    }
+
+    #[test]
+    fn a_member_signing_its_own_certificate_gains_nothing() {
+        let (s, devs, mut certs) = chain();
+        let [root, _, phone, viewer] = &devs;
+        // The phone certifies itself as a desktop, later than its real certificate; the viewer
+        // certifies itself as a phone.
+        certs.push(phone.certify(s, phone, Role::Desktop, 50));
+        certs.push(viewer.certify(s, viewer, Role::Phone, 50));
+        let m = evaluate(s, root.id(), &certs, &[]);
+        assert_eq!(m.get(&phone.id()).unwrap().role, Role::Phone);
+        assert_eq!(m.get(&viewer.id()).unwrap().role, Role::Viewer);
+        assert_eq!(rejection(&m, phone), vec![Rejection::SelfSigned]);
+        assert_eq!(rejection(&m, viewer), vec![Rejection::SelfSigned]);
+        assert_eq!(m.root(), root.id());
+        // Only the root may be admitted by its own certificate; a member's self-signed
+        // certificate is not worth remembering.
+        assert!(
+            m.chained_certificates()
+                .iter()
+                .all(|c| c.added_by != c.device || c.device == root.id())
+        );
+        // And evaluated with the phone as "root" (a document that says so), the phone's
+        // self-signed certificate would make it the root: which is why the root is pinned.
+        let m = evaluate(s, phone.id(), &certs, &[]);
+        assert_eq!(m.get(&phone.id()).unwrap().role, Role::Desktop);
+    }
+
+    #[test]
+    fn no_one_revokes_the_root_and_only_the_root_revokes_a_desktop() {
+        let (s, devs, certs) = chain();
+        let [root, desk, phone, viewer] = &devs;
+        let revs = vec![
+            phone.revoke(s, root, 5),
+            desk.revoke(s, root, 5),
+            root.revoke(s, root, 5),
+            phone.revoke(s, desk, 5),
+        ];
+        let m = evaluate(s, root.id(), &certs, &revs);
+        assert_eq!(m.members().count(), 4);
+        assert!(!m.is_revoked(&root.id()) && !m.is_revoked(&desk.id()));
+        let mut expected = [
+            (root.id(), RevocationRejection::RevokesRoot),
+            (root.id(), RevocationRejection::RevokesRoot),
+            (root.id(), RevocationRejection::RevokesRoot),
+            (desk.id(), RevocationRejection::DesktopNeedsRoot),
+        ];
+        expected.sort();
+        assert_eq!(m.ignored_revocations(), &expected[..]);
+        assert!(m.counted_revocations().is_empty());
+        // The same answers up front, for `Node::revoke`.
+        assert_eq!(
+            m.may_revoke(&phone.id(), &root.id()),
+            Err(RevocationRejection::RevokesRoot)
+        );
+        assert_eq!(
+            m.may_revoke(&phone.id(), &desk.id()),
+            Err(RevocationRejection::DesktopNeedsRoot)
+        );
+        assert_eq!(
+            m.may_revoke(&desk.id(), &desk.id()),
+            Err(RevocationRejection::DesktopNeedsRoot)
+        );
+        assert_eq!(
+            m.may_revoke(&viewer.id(), &phone.id()),
+            Err(RevocationRejection::NoAuthority)
+        );
+        assert_eq!(m.may_revoke(&phone.id(), &viewer.id()), Ok(()));
+        assert_eq!(m.may_revoke(&root.id(), &desk.id()), Ok(()));
+
+        // A phone made a desktop by a second certificate is protected as a desktop.
+        let mut more = certs.clone();
+        more.push(desk.certify(s, phone, Role::Desktop, 9));
+        let m = evaluate(s, root.id(), &more, &[desk.revoke(s, phone, 10)]);
+        assert!(m.is_member(&phone.id()));
+
+        // The root revokes a desktop.
+        let m = evaluate(s, root.id(), &certs, &[root.revoke(s, desk, 5)]);
+        assert!(m.is_revoked(&desk.id()));
+        assert!(m.is_member(&phone.id()), "added by the desktop before");
+        assert_eq!(m.counted_revocations().len(), 1);
+    }
+
+    #[test]
+    fn a_revocation_dated_zero_by_a_member_cuts_off_only_its_target() {
+        let (s, devs, mut certs) = chain();
+        let [root, desk, phone, viewer] = &devs;
+        let (tablet, other) = (Dev::new(), Dev::new());
+        // A second phone, added by the desktop; the first phone adds a tablet later.
+        certs.push(desk.certify(s, &other, Role::Phone, 5));
+        certs.push(phone.certify(s, &tablet, Role::Viewer, 6));
+        // The other phone turns hostile and revokes the first one "at time 0".
+        let revs = vec![other.revoke(s, phone, 0)];
+        let m = evaluate(s, root.id(), &certs, &revs);
+        assert!(m.is_revoked(&phone.id()));
+        assert!(m.is_member(&viewer.id()) && m.is_member(&tablet.id()));
+        assert!(m.is_member(&root.id()) && m.is_member(&desk.id()));
+        assert_eq!(m.members().count(), 5);
+
+        // Neither the root nor the desktop can be revoked at 0 by it either.
+        let revs = vec![other.revoke(s, root, 0), other.revoke(s, desk, 0)];
+        let m = evaluate(s, root.id(), &certs, &revs);
+        assert_eq!(m.members().count(), 6);
+
+        // The root's own revocation does set a cutoff, at its date.
+        let m = evaluate(s, root.id(), &certs, &[root.revoke(s, phone, 5)]);
+        assert!(m.is_member(&viewer.id()), "dated 4, before the cutoff");
+        assert!(!m.is_member(&tablet.id()), "dated 6, after the cutoff");
+        assert_eq!(rejection(&m, &tablet), vec![Rejection::SignerRevoked]);
+    }
+
+    #[test]
+    fn a_tampered_copy_does_not_hide_the_genuine_entry() {
+        let (s, devs, certs) = chain();
+        let [root, desk, phone, _] = &devs;
+        let mut tampered = certs[2].clone();
+        tampered.role = Role::Desktop;
+        let mut first = vec![tampered];
+        first.extend(certs.iter().cloned());
+        first.extend(certs.iter().cloned());
+        let m = evaluate(s, root.id(), &first, &[]);
+        assert_eq!(m.members().count(), 4);
+        assert_eq!(m.get(&phone.id()).unwrap().role, Role::Phone);
+        assert_eq!(m.chained_certificates().len(), 4);
+
+        let rev = desk.revoke(s, phone, 7);
+        let mut bad = rev.clone();
+        bad.revoked_at = 0;
+        let m = evaluate(s, root.id(), &certs, &[bad, rev.clone(), rev]);
+        assert!(m.is_revoked(&phone.id()));
+        assert_eq!(m.revoked_at(&phone.id()), Some(7));
+        assert_eq!(m.counted_revocations().len(), 1);
     }
 
     #[test]
@@ -807,11 +1133,13 @@ mod tests {
         assert!(!m.is_member(&a.id()) && !m.is_member(&b.id()));
         assert_eq!(m.members().count(), 0);
         assert_eq!(m.rejected().len(), 3);
-        assert!(
-            m.rejected()
-                .iter()
-                .all(|(_, r)| *r == Rejection::UnknownSigner)
-        );
+        let mut expected = [
+            (a.id(), Rejection::UnknownSigner),
+            (b.id(), Rejection::UnknownSigner),
+            (a.id(), Rejection::SelfSigned),
+        ];
+        expected.sort();
+        assert_eq!(m.rejected(), &expected[..]);
 
         // With the root present but not linked to the cycle, still nothing for a and b.
         let mut with_root = certs;

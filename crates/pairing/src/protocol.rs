@@ -3,10 +3,12 @@
 //! The joiner dials the host named in the ticket (QUIC's TLS proves it reached that key), sends
 //! one [`JoinRequest`] carrying a proof that it knows the ticket's secret (never the secret
 //! itself), and waits. The host checks the ticket, shows a verification code, waits for the
-//! person at the desktop to confirm (or for `--yes`), signs a membership certificate, records it
-//! in the index document, and answers with the index document and the signatures of its
-//! changes. Every refusal is a one-line
-//! reason, and a refused attempt changes nothing but the ticket's failure count.
+//! person at the desktop to confirm (or for `--yes`), signs a membership certificate with the
+//! role it chose when it issued the ticket (a joiner that asks for another role is refused),
+//! records it in the index document, and answers with the space's root, the index document and
+//! the signatures of its changes. The joiner accepts the answer only if the root's key derives
+//! the space id of its ticket. Every refusal is a one-line reason, and a refused attempt
+//! changes nothing but the ticket's failure count.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,7 +48,10 @@ struct JoinRequest {
     version: u32,
     ticket: String,
     name: String,
-    role: Role,
+    /// The role the joiner expects, if it says; the ticket's role is the one it gets, and a
+    /// request for another is refused.
+    #[serde(default)]
+    role: Option<Role>,
     addrs: Vec<String>,
     proof: String,
 }
@@ -57,6 +62,8 @@ enum JoinResponse {
     /// Followed by one frame holding the saved index document.
     Welcome {
         space: String,
+        /// The space's root (its creator), whose key the space id is derived from.
+        root: String,
         host_name: String,
     },
     Refused {
@@ -80,6 +87,13 @@ struct TicketRecord {
     state: TicketState,
     failures: u32,
     auto_confirm: bool,
+    /// The role the joiner gets (records from before roles were chosen by the host: phone).
+    #[serde(default = "default_role")]
+    role: Role,
+}
+
+fn default_role() -> Role {
+    Role::Phone
 }
 
 /// What happens on the host while devices pair.
@@ -155,20 +169,22 @@ impl PairingHost {
         self.0.events.subscribe()
     }
 
-    /// Issues a one-time ticket and remembers it durably. With `auto_confirm`, a joiner with a
-    /// valid proof is admitted without asking.
+    /// Issues a one-time ticket that admits a device as `role`, and remembers it durably. With
+    /// `auto_confirm`, a joiner with a valid proof is admitted without asking.
     pub fn create_ticket(
         &self,
         addrs: Vec<std::net::SocketAddr>,
         relay: Option<String>,
         ttl: Duration,
         auto_confirm: bool,
+        role: Role,
     ) -> Result<Ticket, TicketError> {
         let ticket = Ticket::new(
             self.0.secret_key.public(),
             addrs,
             relay,
             self.0.space,
+            role,
             ttl,
             now_unix(),
         );
@@ -178,6 +194,7 @@ impl PairingHost {
             state: TicketState::Open,
             failures: 0,
             auto_confirm,
+            role,
         };
         let bytes = serde_json::to_vec(&record).unwrap_or_default();
         self.0
@@ -199,8 +216,9 @@ impl PairingHost {
         waiter.is_some_and(|w| w.send(accept).is_ok())
     }
 
-    /// Claims the ticket for one joiner: exactly one of several racing joiners gets `Ok`.
-    fn claim(&self, req: &JoinRequest, joiner: &DeviceId) -> Result<(bool, String), String> {
+    /// Claims the ticket for one joiner: exactly one of several racing joiners gets `Ok`, with
+    /// whether to admit without asking, the verification code and the ticket's role.
+    fn claim(&self, req: &JoinRequest, joiner: &DeviceId) -> Result<(bool, String, Role), String> {
         let host = self.0.secret_key.public();
         let ticket_id = req.ticket.clone();
         let id_bytes = errand_sync::ids::parse_hex::<16>(&ticket_id)
@@ -254,10 +272,22 @@ impl PairingHost {
                     };
                     return (unchanged(&record), Err(reason.into()));
                 }
+                // The host chose the role; a joiner asking for another gets a reason, and the
+                // ticket stays open for a join that takes the role it offers.
+                if let Some(asked) = req.role
+                    && asked != record.role
+                {
+                    let reason = format!(
+                        "this ticket admits a {}, not a {asked} (the desktop chooses the role: \
+                         `errand pair --role {asked}`)",
+                        record.role
+                    );
+                    return (unchanged(&record), Err(reason));
+                }
                 record.state = TicketState::InUse;
                 let code = proof::verification_code(&secret, &host, joiner);
                 let auto = record.auto_confirm;
-                (unchanged(&record), Ok((auto, code)))
+                (unchanged(&record), Ok((auto, code, record.role)))
             });
         match outcome {
             Ok(result) => result,
@@ -296,7 +326,8 @@ impl PairingHost {
         let req: JoinRequest =
             serde_json::from_slice(&frame).map_err(|e| format!("bad request: {e}"))?;
 
-        let result: Result<errand_sync::repo::SignedDoc, String> = async {
+        let mut role = None;
+        let result: Result<(DeviceId, errand_sync::repo::SignedDoc), String> = async {
             if req.version != 1 {
                 return Err(format!("unsupported pairing version {}", req.version));
             }
@@ -304,12 +335,19 @@ impl PairingHost {
             if name.is_empty() || name.len() > 64 {
                 return Err("a device name must have 1 to 64 characters".into());
             }
-            let (auto_confirm, code) = self.claim(&req, &joiner)?;
+            let root = self
+                .0
+                .gate
+                .pinned()
+                .map(|(_, root)| root)
+                .ok_or_else(|| "the host has no space yet".to_owned())?;
+            let (auto_confirm, code, granted) = self.claim(&req, &joiner)?;
+            role = Some(granted);
             let _ = self.0.events.send(PairingEvent::Requested {
                 ticket: req.ticket.clone(),
                 device: joiner.to_string(),
                 name: name.to_owned(),
-                role: req.role,
+                role: granted,
                 code,
             });
             let confirmed = if auto_confirm {
@@ -331,7 +369,7 @@ impl PairingHost {
             if !confirmed {
                 return Err("the desktop did not confirm this device".into());
             }
-            self.admit(&joiner, name, req.role, &req.addrs)
+            self.admit(&joiner, name, granted, &req.addrs)
                 .map_err(|e| format!("the host could not record the new device: {e}"))?;
             let index = self
                 .0
@@ -339,13 +377,14 @@ impl PairingHost {
                 .save_signed(&DocId::index())
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| "the host has no space yet".to_owned())?;
-            Ok(index)
+            Ok((root, index))
         }
         .await;
         let (response, index) = match result {
-            Ok(index) => (
+            Ok((root, index)) => (
                 JoinResponse::Welcome {
                     space: self.0.space.to_string(),
+                    root: root.to_string(),
                     host_name: self.0.name.clone(),
                 },
                 Some(index),
@@ -381,13 +420,13 @@ impl PairingHost {
                 reason: reason.clone(),
             });
         }
-        if index.is_some() {
-            info!(device = %joiner, name = %req.name, "device paired");
+        if let (Some(_), Some(role)) = (&index, role) {
+            info!(device = %joiner, name = %req.name, %role, "device paired");
             let _ = self.0.events.send(PairingEvent::Paired {
                 ticket: req.ticket.clone(),
                 device: joiner.to_string(),
                 name: req.name.trim().to_owned(),
-                role: req.role,
+                role,
             });
         }
         Ok(())
@@ -445,6 +484,8 @@ impl ProtocolHandler for PairingHost {
 #[derive(Debug)]
 pub struct Welcome {
     pub space: SpaceId,
+    /// The space's root, checked against the ticket's space id.
+    pub root: DeviceId,
     pub host: DeviceId,
     pub host_name: String,
     /// The saved index document, with our certificate in it.
@@ -470,12 +511,13 @@ pub fn code_for(ticket: &Ticket, joiner: &DeviceId) -> String {
     proof::verification_code(&ticket.secret, &ticket.host, joiner)
 }
 
-/// Pairs with the device that issued `ticket`.
+/// Pairs with the device that issued `ticket`. `role` is the role the joiner expects, if it
+/// says: the host refuses a request for another role than its ticket's.
 pub async fn join(
     endpoint: &Endpoint,
     ticket: &Ticket,
     name: &str,
-    role: Role,
+    role: Option<Role>,
     my_addrs: Vec<String>,
 ) -> Result<Welcome, JoinError> {
     if ticket.is_expired(now_unix()) {
@@ -523,7 +565,11 @@ pub async fn join(
         serde_json::from_slice(&header).map_err(|e| JoinError::Protocol(e.to_string()))?;
     let result = match response {
         JoinResponse::Refused { reason } => Err(JoinError::Refused(reason)),
-        JoinResponse::Welcome { space, host_name } => {
+        JoinResponse::Welcome {
+            space,
+            root,
+            host_name,
+        } => {
             let index = wire::read_frame(&mut recv, wire::MAX_FRAME)
                 .await
                 .map_err(proto)?
@@ -555,8 +601,17 @@ pub async fn join(
                     "the host answered for another space".into(),
                 ));
             }
+            let root: DeviceId = root
+                .parse()
+                .map_err(|_| JoinError::Protocol("the host sent a bad root id".into()))?;
+            if !crate::membership::is_root_of(&space, &root) {
+                return Err(JoinError::Protocol(
+                    "the host named a root that did not create this space".into(),
+                ));
+            }
             Ok(Welcome {
                 space,
+                root,
                 host: ticket.host,
                 host_name,
                 index,

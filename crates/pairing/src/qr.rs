@@ -167,6 +167,7 @@ mod tests {
             ],
             Some("https://euw1-1.relay.iroh.network./".to_owned()),
             SpaceId::random(),
+            errand_sync::Role::Phone,
             Duration::from_secs(600),
             1_750_000_000,
         )

@@ -1,7 +1,8 @@
 //! One-time pairing tickets: how a new device learns where to dial and what secret to prove.
 //!
 //! A ticket carries the host device's id and addresses, the space, a random ticket id, a 256-bit
-//! secret and an expiry. It travels as text (pasted, or read from a QR code), so the text form is
+//! secret, an expiry and the role the host will give the joiner (the host decides it, and keeps
+//! its own record of it; the ticket's copy only lets the joiner show it before dialling). It travels as text (pasted, or read from a QR code), so the text form is
 //! designed for that:
 //!
 //! * `ERRAND1` followed by RFC 4648 base32 in upper case without padding. Every character is in
@@ -11,14 +12,18 @@
 //! * A 4-byte SHA-256 checksum at the end, so a mistyped or partially copied ticket is reported
 //!   as damaged instead of making the device dial a wrong address or fail the proof.
 //!
-//! Binary layout (version 1), all integers big-endian:
+//! Binary layout (version 2), all integers big-endian:
 //!
 //! ```text
-//! version u8 = 1 | host [32] | space [16] | id [16] | secret [32] | expires_at u64
+//! version u8 = 2 | host [32] | space [16] | id [16] | secret [32] | expires_at u64
 //! | addr count u8 (<= 16) | per addr: tag u8 (4 or 6), ip [4 or 16], port u16
 //! | relay flag u8 (0 or 1) | if 1: relay len u16 (<= 256), relay utf-8
+//! | role u8 (1 desktop, 2 phone, 3 viewer)
 //! | checksum [4] = SHA-256(everything before)[..4]
 //! ```
+//!
+//! Version 1 had no role byte; such tickets are refused as an unknown version (they live
+//! minutes, and the host that issued one would let the joiner choose its role).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -26,7 +31,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use data_encoding::BASE32_NOPAD;
-use errand_sync::{DeviceId, SpaceId};
+use errand_sync::{DeviceId, Role, SpaceId};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
@@ -35,7 +40,7 @@ use sha2::{Digest, Sha256};
 pub const PREFIX: &str = "ERRAND1";
 
 /// Version byte of the binary body this code writes.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// Most addresses a ticket carries; more would only make the QR code unreadable.
 pub const MAX_ADDRS: usize = 16;
 /// Longest relay URL a ticket carries, in bytes.
@@ -69,6 +74,8 @@ pub enum TicketError {
     BadRelay,
     #[error("ticket's relay URL is {0} bytes, at most {MAX_RELAY_LEN} are allowed")]
     RelayTooLong(usize),
+    #[error("ticket names an unknown role {0}: update errand on this device")]
+    BadRole(u8),
 }
 
 /// A one-time invitation to join `space` by dialling `host`.
@@ -90,6 +97,8 @@ pub struct Ticket {
     pub secret: [u8; 32],
     /// Unix time (seconds) after which the host refuses the ticket.
     pub expires_at: u64,
+    /// The role the joiner gets: chosen by the host when it issued the ticket.
+    pub role: Role,
 }
 
 impl Ticket {
@@ -103,6 +112,7 @@ impl Ticket {
         mut addrs: Vec<SocketAddr>,
         relay: Option<String>,
         space: SpaceId,
+        role: Role,
         ttl: Duration,
         now_unix: u64,
     ) -> Ticket {
@@ -133,6 +143,7 @@ impl Ticket {
             id,
             secret,
             expires_at: now_unix.saturating_add(ttl.as_secs()),
+            role,
         }
     }
 
@@ -197,6 +208,7 @@ impl Ticket {
             }
             None => out.push(0),
         }
+        out.push(role_byte(self.role));
         let sum = checksum(&out);
         out.extend_from_slice(&sum);
         out
@@ -243,6 +255,7 @@ impl Ticket {
             }
             _ => return Err(TicketError::BadRelay),
         };
+        let role = r.u8()?;
         let signed_len = r.pos;
         let sum: [u8; CHECKSUM_LEN] = r.array()?;
         let rest = data.len() - r.pos;
@@ -257,6 +270,7 @@ impl Ticket {
         let relay = relay_bytes
             .map(|b| String::from_utf8(b.to_vec()).map_err(|_| TicketError::BadRelay))
             .transpose()?;
+        let role = role_from_byte(role).ok_or(TicketError::BadRole(role))?;
         Ok(Ticket {
             host,
             addrs,
@@ -265,7 +279,25 @@ impl Ticket {
             id,
             secret,
             expires_at,
+            role,
         })
+    }
+}
+
+fn role_byte(role: Role) -> u8 {
+    match role {
+        Role::Desktop => 1,
+        Role::Phone => 2,
+        Role::Viewer => 3,
+    }
+}
+
+fn role_from_byte(b: u8) -> Option<Role> {
+    match b {
+        1 => Some(Role::Desktop),
+        2 => Some(Role::Phone),
+        3 => Some(Role::Viewer),
+        _ => None,
     }
 }
 
@@ -326,6 +358,7 @@ impl fmt::Debug for Ticket {
             .field("id", &errand_sync::ids::hex(&self.id))
             .field("secret", &"<redacted>")
             .field("expires_at", &self.expires_at)
+            .field("role", &self.role)
             .finish()
     }
 }
@@ -348,6 +381,7 @@ mod tests {
             ],
             Some("https://relay.example.org./".to_owned()),
             SpaceId::random(),
+            Role::Viewer,
             Duration::from_secs(600),
             1_700_000_000,
         )
@@ -418,6 +452,7 @@ mod tests {
             addrs,
             Some("x".repeat(MAX_RELAY_LEN + 1)),
             SpaceId::random(),
+            Role::Phone,
             Duration::from_secs(60),
             0,
         );
@@ -548,6 +583,33 @@ mod tests {
     }
 
     #[test]
+    fn carries_the_role_the_host_chose() {
+        for role in [Role::Desktop, Role::Phone, Role::Viewer] {
+            let mut t = sample();
+            t.role = role;
+            assert_eq!(Ticket::from_text(&t.to_text()).unwrap().role, role);
+        }
+        // The role byte sits just before the checksum; an unknown one is refused.
+        let b = body(&sample());
+        let role_at = b.len() - CHECKSUM_LEN - 1;
+        assert_eq!(b[role_at], 3);
+        let mut bad = b.clone();
+        bad[role_at] = 9;
+        assert_eq!(
+            Ticket::from_text(&reseal(bad)),
+            Err(TicketError::BadRole(9))
+        );
+        // A version 1 ticket (no role: its joiner chose) is not accepted.
+        let mut v1 = b;
+        v1.remove(role_at);
+        v1[0] = 1;
+        assert_eq!(
+            Ticket::from_text(&reseal(v1)),
+            Err(TicketError::UnknownVersion(1))
+        );
+    }
+
+    #[test]
     fn errors_are_distinct() {
         let all = [
             TicketError::WrongPrefix,
@@ -561,6 +623,7 @@ mod tests {
             TicketError::BadAddress(5),
             TicketError::BadRelay,
             TicketError::RelayTooLong(300),
+            TicketError::BadRole(9),
         ];
         let messages: std::collections::HashSet<String> =
             all.iter().map(|e| e.to_string()).collect();

@@ -1,19 +1,43 @@
 //! Who may connect: the verified membership of the space, enforced during the QUIC handshake.
 //!
-//! The gate is recomputed from the index document's certificates and revocations whenever the
-//! index changes. The endpoint hook consults it right after the TLS handshake, when the remote
-//! key is known and before any application stream is read: a device that is not a current member
-//! is refused on every protocol except pairing, which admits strangers only to check a proof.
+//! The gate recomputes membership whenever the index changes, from what no document can
+//! rewrite:
+//!
+//! * the space and its root, pinned in the store's metadata when this device created or joined
+//!   the space ([`MembershipGate::pin`]); the index document's own `space` and `root` fields are
+//!   never read for this (a home made before pinning existed pins them once, on first use);
+//! * every certificate and revocation the index holds, together with the node's ledger: each
+//!   certificate with a valid chain from the root and each counting revocation this device has
+//!   ever seen, kept as store records. So deleting or overwriting an entry of the index changes
+//!   nothing: a revoked device stays revoked, a member stays a member.
+//!
+//! The endpoint hook consults the gate right after the TLS handshake, when the remote key is
+//! known and before any application stream is read: a device that is not a current member is
+//! refused on every protocol except pairing, which admits strangers only to check a proof.
 
-use std::collections::HashSet;
-use std::sync::RwLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 
+use errand_sync::ids::hex;
 use errand_sync::schema::{DocId, index};
-use errand_sync::{DeviceId, Gate, Repo, SpaceId};
+use errand_sync::store::StoreError;
+use errand_sync::{DeviceId, Gate, Repo, SpaceId, Store};
 use iroh::endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks, VarInt};
+use tracing::{info, warn};
 
-use crate::membership::{self, Certificate, Membership, Revocation};
+use crate::membership::{
+    self, Certificate, CertificateRecord, Membership, Revocation, RevocationRecord,
+};
 use crate::protocol::PAIR_ALPN;
+
+/// Metadata key of the pinned space id (hex), the one the node reads as its space.
+pub const META_SPACE: &str = "space";
+/// Metadata key of the pinned root device id (hex).
+pub const META_ROOT: &str = "space-root";
+/// Record kind of the ledger's certificates, keyed `device:signature` (hex).
+pub const LEDGER_CERTS: &str = "membership-cert";
+/// Record kind of the ledger's revocations, keyed `device:signature` (hex).
+pub const LEDGER_REVOCATIONS: &str = "membership-revocation";
 
 /// The stored form of a certificate.
 pub fn member_entry(cert: &Certificate) -> index::MemberEntry {
@@ -39,15 +63,17 @@ pub fn revocation_entry(rev: &Revocation) -> index::RevocationEntry {
     }
 }
 
-/// Verifies the membership recorded in an index document. `None` when the document has no
-/// readable space or root.
-pub fn evaluate_index(doc: &automerge::Automerge) -> Option<Membership> {
-    let space: SpaceId = index::space(doc)?.parse().ok()?;
-    let root: DeviceId = index::root(doc)?.parse().ok()?;
-    let certs: Vec<Certificate> = index::members(doc)
+/// The certificates and revocations an index document holds, read as statements about `space`
+/// (entries do not name their space; one signed for another space fails its signature check).
+/// Entries that do not parse are left out.
+pub fn index_entries(
+    doc: &automerge::Automerge,
+    space: SpaceId,
+) -> (Vec<Certificate>, Vec<Revocation>) {
+    let certs = index::members(doc)
         .into_iter()
         .filter_map(|m| {
-            Certificate::try_from(membership::CertificateRecord {
+            Certificate::try_from(CertificateRecord {
                 space: space.to_string(),
                 device: m.device,
                 name: m.name,
@@ -59,10 +85,10 @@ pub fn evaluate_index(doc: &automerge::Automerge) -> Option<Membership> {
             .ok()
         })
         .collect();
-    let revs: Vec<Revocation> = index::revocations(doc)
+    let revs = index::revocations(doc)
         .into_iter()
         .filter_map(|r| {
-            Revocation::try_from(membership::RevocationRecord {
+            Revocation::try_from(RevocationRecord {
                 space: space.to_string(),
                 device: r.device,
                 revoked_by: r.revoked_by,
@@ -72,59 +98,336 @@ pub fn evaluate_index(doc: &automerge::Automerge) -> Option<Membership> {
             .ok()
         })
         .collect();
-    Some(membership::evaluate(space, root, &certs, &revs))
+    (certs, revs)
 }
 
-/// The set of devices this device will sync with.
+/// Verifies the membership recorded in an index document alone, for `space` rooted at `root`
+/// (the pinned ones). The gate adds its ledger to this.
+pub fn evaluate_index(doc: &automerge::Automerge, space: SpaceId, root: DeviceId) -> Membership {
+    let (certs, revs) = index_entries(doc, space);
+    membership::evaluate(space, root, &certs, &revs)
+}
+
+/// The space and root pinned in `store`, if both are.
+pub fn pinned(store: &Store) -> Option<(SpaceId, DeviceId)> {
+    let read = |key| {
+        let bytes = store.meta(key).ok()??;
+        String::from_utf8(bytes).ok()
+    };
+    let space = read(META_SPACE)?.parse().ok()?;
+    let root = read(META_ROOT)?.parse().ok()?;
+    Some((space, root))
+}
+
+fn ledger_key(device: &DeviceId, signature: &iroh::Signature) -> String {
+    format!("{}:{}", hex(device.as_bytes()), hex(&signature.to_bytes()))
+}
+
+/// A ledger entry not yet written to the store.
+#[derive(Debug)]
+struct Unsaved {
+    kind: &'static str,
+    key: String,
+    value: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    pin: Option<(SpaceId, DeviceId)>,
+    /// A pin taken on first use by a home made before pinning, not yet written.
+    unsaved_pin: bool,
+    certs: HashMap<String, Certificate>,
+    revocations: HashMap<String, Revocation>,
+    unsaved: Vec<Unsaved>,
+    membership: Option<Membership>,
+    /// What the document last said its space and root were, when that disagreed with the pin
+    /// (logged once per change).
+    disagreement: Option<(Option<String>, Option<String>)>,
+    /// How many devices the index lacked entries for at the last refresh (logged when it grows).
+    missing: usize,
+}
+
+/// The set of devices this device will sync with, and the membership it comes from.
 #[derive(Debug)]
 pub struct MembershipGate {
     me: DeviceId,
+    store: Arc<Store>,
+    state: Mutex<State>,
     members: RwLock<HashSet<DeviceId>>,
-    current: RwLock<Option<Membership>>,
+}
+
+/// Why a space could not be pinned.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("space {space} does not belong to root {root}: its id is not derived from that key")]
+    NotDerived { space: SpaceId, root: DeviceId },
+    #[error("cannot record the space: {0}")]
+    Store(#[from] StoreError),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl MembershipGate {
-    pub fn new(me: DeviceId) -> Self {
+    /// A gate for this device (`me`), with the pin and the ledger kept in `store`.
+    pub fn new(me: DeviceId, store: Arc<Store>) -> Self {
+        let mut state = State {
+            pin: pinned(&store),
+            ..State::default()
+        };
+        match store.records(LEDGER_CERTS) {
+            Ok(records) => {
+                for (key, value) in records {
+                    let cert = serde_json::from_slice::<CertificateRecord>(&value)
+                        .ok()
+                        .and_then(|r| Certificate::try_from(r).ok());
+                    if let Some(cert) = cert {
+                        state.certs.insert(key, cert);
+                    }
+                }
+            }
+            Err(e) => warn!("cannot read the membership ledger: {e}"),
+        }
+        match store.records(LEDGER_REVOCATIONS) {
+            Ok(records) => {
+                for (key, value) in records {
+                    let rev = serde_json::from_slice::<RevocationRecord>(&value)
+                        .ok()
+                        .and_then(|r| Revocation::try_from(r).ok());
+                    if let Some(rev) = rev {
+                        state.revocations.insert(key, rev);
+                    }
+                }
+            }
+            Err(e) => warn!("cannot read the membership ledger: {e}"),
+        }
         MembershipGate {
             me,
+            store,
+            state: Mutex::new(state),
             members: RwLock::new(HashSet::new()),
-            current: RwLock::new(None),
         }
     }
 
-    /// Recomputes the allowed set from the index document. Returns the membership, if the
-    /// index exists.
+    /// Pins this device's space and its root, durably, when it creates or joins the space.
+    /// `space` must be derived from `root` ([`membership::space_id`]). Call
+    /// [`MembershipGate::refresh`] afterwards.
+    pub fn pin(&self, space: SpaceId, root: DeviceId) -> Result<(), PinError> {
+        if !membership::is_root_of(&space, &root) {
+            return Err(PinError::NotDerived { space, root });
+        }
+        // The root first: a home whose space is set always has its root.
+        self.store
+            .set_meta(META_ROOT, root.to_string().as_bytes())?;
+        self.store
+            .set_meta(META_SPACE, space.to_string().as_bytes())?;
+        let mut state = lock(&self.state);
+        state.pin = Some((space, root));
+        state.unsaved_pin = false;
+        Ok(())
+    }
+
+    /// The pinned space and root, if this device belongs to a space.
+    pub fn pinned(&self) -> Option<(SpaceId, DeviceId)> {
+        lock(&self.state).pin
+    }
+
+    /// Recomputes the allowed set from the index document and the ledger, and writes what the
+    /// ledger learned. Returns the membership, if this device belongs to a space.
     pub fn refresh(&self, repo: &Repo) -> Option<Membership> {
-        repo.read(&DocId::index(), |doc| self.refresh_from(doc))
+        let membership = match repo.read(&DocId::index(), |doc| self.refresh_from(doc)) {
+            Ok(Some(m)) => m,
+            // No index here (yet): the ledger alone, if anything.
+            Ok(None) => self.refresh_from(&automerge::Automerge::new()),
+            Err(e) => {
+                warn!("cannot read the index to check membership: {e}");
+                self.membership()
+            }
+        };
+        if let Err(e) = self.save_ledger() {
+            warn!("cannot record the membership ledger (kept in memory, retried): {e}");
+        }
+        membership
+    }
+
+    /// Recomputes the allowed set from an index document already at hand and the ledger.
+    /// Touches nothing but this gate (no repo, no store writes), so it may be called with the
+    /// repo's lock held; what the ledger learned is kept in memory and written by the next
+    /// [`MembershipGate::refresh`] or [`MembershipGate::save_ledger`].
+    pub fn refresh_from(&self, index: &automerge::Automerge) -> Option<Membership> {
+        let mut state = lock(&self.state);
+        if state.pin.is_none() {
+            self.pin_on_first_use(&mut state, index);
+        }
+        let Some((space, root)) = state.pin else {
+            state.membership = None;
+            *self.members.write().unwrap_or_else(|e| e.into_inner()) = HashSet::new();
+            return None;
+        };
+        note_disagreement(&mut state, index, space, root);
+
+        let (mut certs, mut revs) = index_entries(index, space);
+        // A device the ledger knows but the index has no entry for: an entry was deleted. (A
+        // newer entry for the same device is normal: the members map holds one per device.)
+        let certified: HashSet<DeviceId> = certs.iter().map(|c| c.device).collect();
+        let revoked: HashSet<DeviceId> = revs.iter().map(|r| r.device).collect();
+        let mut gone: HashSet<DeviceId> = state
+            .certs
+            .values()
+            .map(|c| c.device)
+            .filter(|d| !certified.contains(d))
+            .collect();
+        gone.extend(
+            state
+                .revocations
+                .values()
+                .map(|r| r.device)
+                .filter(|d| !revoked.contains(d)),
+        );
+        let missing = gone.len();
+        if missing > state.missing {
+            warn!(
+                missing,
+                "the index lacks certificates or revocations this device has seen (deleted by a \
+                 member?); they still count"
+            );
+        }
+        state.missing = missing;
+        certs.extend(state.certs.values().cloned());
+        revs.extend(state.revocations.values().cloned());
+        let m = membership::evaluate(space, root, &certs, &revs);
+
+        for cert in m.chained_certificates() {
+            let key = ledger_key(&cert.device, &cert.signature);
+            if !state.certs.contains_key(&key) {
+                if let Ok(value) = serde_json::to_vec(&cert.to_record()) {
+                    state.unsaved.push(Unsaved {
+                        kind: LEDGER_CERTS,
+                        key: key.clone(),
+                        value,
+                    });
+                }
+                state.certs.insert(key, cert.clone());
+            }
+        }
+        for rev in m.counted_revocations() {
+            let key = ledger_key(&rev.device, &rev.signature);
+            if !state.revocations.contains_key(&key) {
+                if let Ok(value) = serde_json::to_vec(&rev.to_record()) {
+                    state.unsaved.push(Unsaved {
+                        kind: LEDGER_REVOCATIONS,
+                        key: key.clone(),
+                        value,
+                    });
+                }
+                state.revocations.insert(key, rev.clone());
+            }
+        }
+        for (device, reason) in m.ignored_revocations() {
+            tracing::debug!(%device, "revocation ignored: {reason}");
+        }
+
+        let allowed: HashSet<DeviceId> = m
+            .members()
+            .map(|m| m.device)
+            .filter(|d| *d != self.me)
+            .collect();
+        *self.members.write().unwrap_or_else(|e| e.into_inner()) = allowed;
+        state.membership = Some(m.clone());
+        Some(m)
+    }
+
+    /// The membership last computed, if any.
+    pub fn membership(&self) -> Option<Membership> {
+        lock(&self.state).membership.clone()
+    }
+
+    /// Writes, durably, the ledger entries (and a pin taken on first use) learned since the
+    /// last call. On failure they stay in memory for the next call.
+    pub fn save_ledger(&self) -> Result<(), StoreError> {
+        let (unsaved, pin) = {
+            let mut state = lock(&self.state);
+            let pin = state.unsaved_pin.then_some(state.pin).flatten();
+            state.unsaved_pin = false;
+            (std::mem::take(&mut state.unsaved), pin)
+        };
+        let mut result = Ok(());
+        if let Some((_, root)) = pin {
+            result = self.store.set_meta(META_ROOT, root.to_string().as_bytes());
+            if result.is_err() {
+                lock(&self.state).unsaved_pin = true;
+            }
+        }
+        let mut left = Vec::new();
+        for entry in unsaved {
+            if result.is_ok() {
+                match self.store.set_record(entry.kind, &entry.key, &entry.value) {
+                    Ok(()) => continue,
+                    Err(e) => result = Err(e),
+                }
+            }
+            left.push(entry);
+        }
+        if !left.is_empty() {
+            lock(&self.state).unsaved.extend(left);
+        }
+        result
+    }
+
+    /// A home made before pinning existed has a space but no pinned root: pin the root its
+    /// index names, once, if that index is for the home's space. (Such a space id is not
+    /// derived from its root, so this is trust on first use; spaces created since are pinned
+    /// when created or joined.)
+    fn pin_on_first_use(&self, state: &mut State, index: &automerge::Automerge) {
+        let Some(space) = self
+            .store
+            .meta(META_SPACE)
             .ok()
             .flatten()
-            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.parse::<SpaceId>().ok())
+        else {
+            return;
+        };
+        let doc_space = index::space(index).and_then(|s| s.parse::<SpaceId>().ok());
+        let root = index::root(index).and_then(|s| s.parse::<DeviceId>().ok());
+        if let (Some(doc_space), Some(root)) = (doc_space, root)
+            && doc_space == space
+        {
+            info!(%space, %root, "pinning this space's root, which this home had not recorded");
+            state.pin = Some((space, root));
+            state.unsaved_pin = true;
+        }
     }
+}
 
-    /// The membership as last computed.
-    pub fn membership(&self) -> Option<Membership> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+/// Logs, once per change, an index whose `space` or `root` field disagrees with the pin: such a
+/// write changes nothing, but it says a member misbehaves.
+fn note_disagreement(
+    state: &mut State,
+    index: &automerge::Automerge,
+    space: SpaceId,
+    root: DeviceId,
+) {
+    let doc_space = index::space(index);
+    let doc_root = index::root(index);
+    let agrees = doc_space.as_deref().is_none_or(|s| s == space.to_string())
+        && doc_root.as_deref().is_none_or(|r| r == root.to_string());
+    if agrees {
+        state.disagreement = None;
+        return;
     }
-
-    /// Recomputes from an index document at hand. Calls nothing in the repo: the repo calls
-    /// this with its documents locked.
-    pub fn refresh_from(&self, index: &automerge::Automerge) -> Option<Membership> {
-        let membership = evaluate_index(index);
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = membership.clone();
-        let allowed: HashSet<DeviceId> = membership
-            .as_ref()
-            .map(|m| {
-                m.members()
-                    .map(|m| m.device)
-                    .filter(|d| *d != self.me)
-                    .collect()
-            })
-            .unwrap_or_default();
-        *self.members.write().unwrap_or_else(|e| e.into_inner()) = allowed;
-        membership
+    let said = (doc_space, doc_root);
+    if state.disagreement.as_ref() != Some(&said) {
+        warn!(
+            document_space = ?said.0,
+            document_root = ?said.1,
+            %space,
+            %root,
+            "the index names another space or root than the one pinned here; ignored"
+        );
+        state.disagreement = Some(said);
     }
 }
 
@@ -162,5 +465,251 @@ impl EndpointHooks for TrustHooks {
                 reason: b"not a member of this space".to_vec(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+    use automerge::{Automerge, ROOT, ReadDoc};
+    use errand_sync::Role;
+    use iroh::SecretKey;
+
+    struct Space {
+        root: SecretKey,
+        desk: SecretKey,
+        phone: SecretKey,
+        hostile: SecretKey,
+        space: SpaceId,
+        _dir: tempfile::TempDir,
+        store: Arc<Store>,
+    }
+
+    /// A space made by `root`, with a second desktop, an honest phone and a phone that turns
+    /// hostile; and a store for this device (the second desktop).
+    fn space() -> Space {
+        let root = SecretKey::generate();
+        let space = membership::space_id(&root.public());
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("errand.redb")).unwrap());
+        Space {
+            root,
+            desk: SecretKey::generate(),
+            phone: SecretKey::generate(),
+            hostile: SecretKey::generate(),
+            space,
+            _dir: dir,
+            store,
+        }
+    }
+
+    impl Space {
+        fn cert(&self, by: &SecretKey, device: &SecretKey, role: Role, at: u64) -> Certificate {
+            Certificate::sign(by, self.space, device.public(), "x", role, at)
+        }
+
+        /// The index as the honest devices wrote it.
+        fn index(&self) -> Automerge {
+            let mut doc = Automerge::new();
+            let mut tx = doc.transaction();
+            index::create(
+                &mut tx,
+                &self.space.to_string(),
+                &self.root.public().to_string(),
+            )
+            .unwrap();
+            for cert in [
+                self.cert(&self.root, &self.root, Role::Desktop, 1),
+                self.cert(&self.root, &self.desk, Role::Desktop, 2),
+                self.cert(&self.desk, &self.phone, Role::Phone, 3),
+                self.cert(&self.desk, &self.hostile, Role::Phone, 4),
+            ] {
+                index::put_member(&mut tx, &member_entry(&cert)).unwrap();
+            }
+            tx.commit();
+            doc
+        }
+
+        fn gate(&self) -> MembershipGate {
+            MembershipGate::new(self.desk.public(), self.store.clone())
+        }
+
+        fn pinned_gate(&self) -> MembershipGate {
+            let gate = self.gate();
+            gate.pin(self.space, self.root.public()).unwrap();
+            gate
+        }
+    }
+
+    /// A hostile member's write to the index.
+    fn write(doc: &mut Automerge, f: impl FnOnce(&mut automerge::transaction::Transaction<'_>)) {
+        let mut tx = doc.transaction();
+        f(&mut tx);
+        tx.commit();
+    }
+
+    fn devices(m: &Membership) -> Vec<(DeviceId, Role)> {
+        m.members().map(|m| (m.device, m.role)).collect()
+    }
+
+    #[test]
+    fn a_rewritten_root_field_and_a_self_signed_certificate_change_nothing() {
+        let s = space();
+        let gate = s.pinned_gate();
+        let mut doc = s.index();
+        let honest = gate.refresh_from(&doc).unwrap();
+        assert_eq!(honest.members().count(), 4);
+        assert!(gate.allows(&s.phone.public()));
+
+        // The hostile phone names itself the root (and the space after its own key), and
+        // signs itself a desktop certificate.
+        let hostile = s.hostile.public();
+        let own = Certificate::sign(
+            &s.hostile,
+            membership::space_id(&hostile),
+            hostile,
+            "boss",
+            Role::Desktop,
+            9,
+        );
+        write(&mut doc, |tx| {
+            tx.put(ROOT, "root", hostile.to_string()).unwrap();
+            index::put_member(tx, &member_entry(&own)).unwrap();
+        });
+        let m = gate.refresh_from(&doc).unwrap();
+        assert_eq!(m.root(), s.root.public());
+        assert!(gate.allows(&s.phone.public()) && gate.allows(&s.root.public()));
+        // Its own certificate replaced its entry in the index, but the ledger remembers the
+        // desktop's certificate for it; the self-signed one counts for nothing.
+        assert_eq!(m.get(&hostile).map(|m| m.role), Some(Role::Phone));
+        assert_eq!(devices(&m), devices(&honest));
+
+        // So does a rewritten space field.
+        write(&mut doc, |tx| {
+            tx.put(ROOT, "space", SpaceId::random().to_string())
+                .unwrap();
+        });
+        assert_eq!(devices(&gate.refresh_from(&doc).unwrap()), devices(&honest));
+    }
+
+    #[test]
+    fn deleted_member_entries_are_remembered_across_restarts() {
+        let s = space();
+        let gate = s.pinned_gate();
+        let mut doc = s.index();
+        let honest = gate.refresh_from(&doc).unwrap();
+        gate.save_ledger().unwrap();
+
+        // The hostile phone deletes the desktops' and the honest phone's entries.
+        write(&mut doc, |tx| {
+            let members = match tx.get(ROOT, "members").unwrap() {
+                Some((_, id)) => id,
+                None => unreachable!(),
+            };
+            for key in [&s.root, &s.desk, &s.phone] {
+                tx.delete(&members, key.public().to_string()).unwrap();
+            }
+        });
+        assert_eq!(index::members(&doc).len(), 1);
+        assert_eq!(devices(&gate.refresh_from(&doc).unwrap()), devices(&honest));
+        assert!(gate.allows(&s.phone.public()));
+
+        // A restart: a new gate from the same store.
+        let gate = s.gate();
+        assert_eq!(gate.pinned(), Some((s.space, s.root.public())));
+        assert_eq!(devices(&gate.refresh_from(&doc).unwrap()), devices(&honest));
+        // Even with no index at all.
+        assert_eq!(
+            devices(&gate.refresh_from(&Automerge::new()).unwrap()),
+            devices(&honest)
+        );
+    }
+
+    #[test]
+    fn a_deleted_revocation_revokes_still() {
+        let s = space();
+        let gate = s.pinned_gate();
+        let mut doc = s.index();
+        let rev = Revocation::sign(&s.desk, s.space, s.hostile.public(), 10);
+        write(&mut doc, |tx| {
+            index::put_revocation(tx, &revocation_entry(&rev)).unwrap();
+        });
+        let m = gate.refresh_from(&doc).unwrap();
+        assert!(m.is_revoked(&s.hostile.public()));
+        assert!(!gate.allows(&s.hostile.public()));
+        gate.save_ledger().unwrap();
+
+        // Someone deletes the revocation (or replaces the whole `revoked` map).
+        write(&mut doc, |tx| {
+            tx.put_object(ROOT, "revoked", automerge::ObjType::Map)
+                .unwrap();
+        });
+        assert!(index::revocations(&doc).is_empty());
+        let m = gate.refresh_from(&doc).unwrap();
+        assert!(m.is_revoked(&s.hostile.public()));
+        assert!(!gate.allows(&s.hostile.public()));
+        let m = s.gate().refresh_from(&doc).unwrap();
+        assert!(m.is_revoked(&s.hostile.public()), "after a restart too");
+    }
+
+    #[test]
+    fn revocations_of_the_root_or_a_desktop_by_a_phone_do_not_count() {
+        let s = space();
+        let gate = s.pinned_gate();
+        let mut doc = s.index();
+        for target in [&s.root, &s.desk, &s.phone] {
+            // Dated 0, to void every chain if it counted as a cutoff.
+            let rev = Revocation::sign(&s.hostile, s.space, target.public(), 0);
+            write(&mut doc, |tx| {
+                index::put_revocation(tx, &revocation_entry(&rev)).unwrap();
+            });
+        }
+        let m = gate.refresh_from(&doc).unwrap();
+        assert!(m.is_member(&s.root.public()) && m.is_member(&s.desk.public()));
+        // A phone may revoke a phone: that one, and only that one, is out.
+        assert!(m.is_revoked(&s.phone.public()));
+        assert_eq!(m.members().count(), 3);
+        assert_eq!(m.counted_revocations().len(), 1);
+    }
+
+    #[test]
+    fn the_pin_must_derive_the_space_from_the_root() {
+        let s = space();
+        let gate = s.gate();
+        assert!(gate.refresh_from(&s.index()).is_none(), "no space here yet");
+        assert!(matches!(
+            gate.pin(SpaceId::random(), s.root.public()),
+            Err(PinError::NotDerived { .. })
+        ));
+        assert!(matches!(
+            gate.pin(s.space, s.desk.public()),
+            Err(PinError::NotDerived { .. })
+        ));
+        assert_eq!(pinned(&s.store), None);
+        gate.pin(s.space, s.root.public()).unwrap();
+        assert_eq!(pinned(&s.store), Some((s.space, s.root.public())));
+    }
+
+    #[test]
+    fn a_home_from_before_pinning_pins_its_root_on_first_use() {
+        let s = space();
+        s.store
+            .set_meta(META_SPACE, s.space.to_string().as_bytes())
+            .unwrap();
+        let gate = s.gate();
+        let doc = s.index();
+        assert_eq!(gate.refresh_from(&doc).unwrap().members().count(), 4);
+        gate.save_ledger().unwrap();
+        assert_eq!(pinned(&s.store), Some((s.space, s.root.public())));
+        // From then on, the document's root field is not read.
+        let mut doc = doc;
+        write(&mut doc, |tx| {
+            tx.put(ROOT, "root", s.hostile.public().to_string())
+                .unwrap();
+        });
+        let m = s.gate().refresh_from(&doc).unwrap();
+        assert_eq!(m.root(), s.root.public());
     }
 }

@@ -25,7 +25,14 @@ fn allow_shell(home: &Home) -> PathBuf {
 /// with it under `name` and `role`; returns the newcomer's device id.
 fn join_through(member: &Home, newcomer: &Home, name: &str, role: &str) -> String {
     let ticket_file = member.file(&format!("ticket-for-{name}.txt"));
-    let mut pair = member.spawn(&["pair", "--yes", "--ticket-file", path_str(&ticket_file)]);
+    let mut pair = member.spawn(&[
+        "pair",
+        "--yes",
+        "--role",
+        role,
+        "--ticket-file",
+        path_str(&ticket_file),
+    ]);
     pair.expect_line("the waiting line", |l| {
         l.starts_with("waiting for a device to join")
     });
@@ -37,8 +44,8 @@ fn join_through(member: &Home, newcomer: &Home, name: &str, role: &str) -> Strin
     newcomer.device_id()
 }
 
-fn added_line(name: &str, id: &str) -> String {
-    format!("device {name} ({}) added", short(id))
+fn added_line(name: &str, id: &str, role: &str) -> String {
+    format!("device {name} ({}) added as {role}", short(id))
 }
 
 fn revoked_line(name: &str, id: &str) -> String {
@@ -93,7 +100,7 @@ fn a_member_passes_on_tasks_and_results_while_the_desktop_is_away() {
     // An always-on home server joins through the phone, not the desktop.
     let server = Home::new("server");
     let server_id = join_through(&p.phone, &server, "server", "viewer");
-    let added = added_line("server", &server_id);
+    let added = added_line("server", &server_id, "viewer");
     expect_exact(&mut phone_daemon, &added);
     expect_exact(&mut desk_daemon, &added);
     let mut server_daemon = server.serve_with(&["--no-executor"], &[]);
@@ -142,7 +149,7 @@ fn a_revoked_device_keeps_what_it_had_and_gets_nothing_new() {
     let mut desk_daemon = p.daemon;
     let tablet = Home::new("tablet");
     let tablet_id = join_through(&p.desk, &tablet, "tablet", "phone");
-    expect_exact(&mut desk_daemon, &added_line("tablet", &tablet_id));
+    expect_exact(&mut desk_daemon, &added_line("tablet", &tablet_id, "phone"));
     let mut phone_daemon = p.phone.serve_with(&["--no-executor"], &[]);
     let _tablet_daemon = tablet.serve_with(&["--no-executor"], &[]);
 
@@ -193,7 +200,10 @@ fn a_viewer_sees_approval_requests_but_can_neither_decide_them_nor_add_devices()
     let mut desk_daemon = p.daemon;
     let viewer = Home::new("viewer");
     let viewer_id = join_through(&p.desk, &viewer, "viewer", "viewer");
-    expect_exact(&mut desk_daemon, &added_line("viewer", &viewer_id));
+    expect_exact(
+        &mut desk_daemon,
+        &added_line("viewer", &viewer_id, "viewer"),
+    );
     let _viewer_daemon = viewer.serve_with(&["--no-executor"], &[]);
 
     let sent = send(&p.phone, &["/sh echo approved", "--timeout", "10"]);
@@ -242,7 +252,10 @@ fn with_two_desktops_a_task_runs_only_on_its_target() {
     let second = Home::new("desk2");
     let second_policy = allow_shell(&second);
     let second_id = join_through(&p.desk, &second, "desk2", "desktop");
-    expect_exact(&mut first_daemon, &added_line("desk2", &second_id));
+    expect_exact(
+        &mut first_daemon,
+        &added_line("desk2", &second_id, "desktop"),
+    );
     let _second_daemon = second.serve_with(&["--policy", path_str(&second_policy)], &[]);
     let workspace = |home: &Home| {
         let dir = home.path().join("workspace");

@@ -9,6 +9,7 @@ mod durability;
 mod errors;
 mod executor;
 mod history;
+mod membership;
 mod offline;
 mod pairing;
 mod reach;

@@ -67,9 +67,9 @@ fn up_and_join_pair_a_desktop_and_a_phone() {
     let stdout = out.success();
     let code_line = stdout
         .lines()
-        .find(|l| l.starts_with("verification code "))
+        .find(|l| l.starts_with("joining as phone; verification code "))
         .unwrap_or_else(|| panic!("no verification code line in {stdout}"));
-    let code: String = code_line["verification code ".len()..]
+    let code: String = code_line["joining as phone; verification code ".len()..]
         .chars()
         .take_while(|c| c.is_ascii_digit() || *c == ' ')
         .collect();
@@ -131,9 +131,12 @@ fn join_json_reports_the_space_host_and_code() {
     assert_eq!(str_field(&joined, "host"), str_field(&status, "device"));
     assert_eq!(str_field(&joined, "host_name"), "desk");
     let code = str_field(&joined, "code");
-    let line = format!("device \"pocket\" wants to pair; verification code {code}");
+    let line = format!("device \"pocket\" wants to pair as phone; verification code {code}");
     daemon.expect_line(&line, |l| l == line);
-    let added = format!("device pocket ({}) added", short(&phone.device_id()));
+    let added = format!(
+        "device pocket ({}) added as phone",
+        short(&phone.device_id())
+    );
     daemon.expect_line(&added, |l| l == added);
     assert_eq!(
         desk.device_names(),
@@ -180,11 +183,16 @@ fn pair_through_the_running_daemon_adds_a_viewer() {
     let mut daemon = p.daemon;
     let tablet = Home::new("tablet");
     let ticket_file = p.desk.file("second.txt");
-    let mut pair = p
-        .desk
-        .spawn(&["pair", "--yes", "--ticket-file", path_str(&ticket_file)]);
+    let mut pair = p.desk.spawn(&[
+        "pair",
+        "--yes",
+        "--role",
+        "viewer",
+        "--ticket-file",
+        path_str(&ticket_file),
+    ]);
     pair.expect_line("the waiting line", |l| {
-        l.starts_with("waiting for a device to join")
+        l == "waiting for a device to join as viewer…"
     });
     let ticket = read_ticket(&ticket_file);
     assert_ne!(ticket, p.ticket, "every `pair` makes a new ticket");
@@ -195,7 +203,7 @@ fn pair_through_the_running_daemon_adds_a_viewer() {
     let line = format!("paired with tablet (viewer, {})", short(&tablet_id));
     pair.expect_line(&line, |l| l == line);
     assert!(pair.wait_exit(Duration::from_secs(15)).success());
-    let added = format!("device tablet ({}) added", short(&tablet_id));
+    let added = format!("device tablet ({}) added as viewer", short(&tablet_id));
     daemon.expect_line(&added, |l| l == added);
 
     let three = [

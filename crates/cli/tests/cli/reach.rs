@@ -91,7 +91,7 @@ fn two_devices_without_direct_addresses_pair_and_sync_through_a_relay() {
     join.extend_from_slice(&through_relay);
     phone.run(&join).success();
     let phone_id = phone.device_id();
-    let added = format!("device phone ({}) added", short(&phone_id));
+    let added = format!("device phone ({}) added as phone", short(&phone_id));
     daemon.expect_line(&added, |l| l == added);
 
     for home in [&desk, &phone] {
@@ -207,7 +207,7 @@ fn a_device_that_moved_on_the_lan_is_found_by_mdns() {
     let (mut daemon, ticket) = desk.up("desk");
     phone.run(&["join", &ticket, "--name", "phone"]).success();
     let phone_id = phone.device_id();
-    let added = format!("device phone ({}) added", short(&phone_id));
+    let added = format!("device phone ({}) added as phone", short(&phone_id));
     daemon.expect_line(&added, |l| l == added);
     let desk_id = desk.device_id();
     let before = device_addrs(&phone, &desk_id);

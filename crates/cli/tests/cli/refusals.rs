@@ -180,7 +180,7 @@ fn a_ticket_with_a_forged_secret_is_refused_and_the_real_one_still_works() {
 
     // A failed proof does not spend the ticket.
     joiner.run(&["join", &ticket, "--name", "joiner"]).success();
-    let added = format!("device joiner ({}) added", short(&joiner_id));
+    let added = format!("device joiner ({}) added as phone", short(&joiner_id));
     daemon.expect_line(&added, |l| l == added);
     assert_eq!(
         desk.device_names(),

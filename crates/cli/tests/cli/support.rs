@@ -664,7 +664,7 @@ pub fn paired_with(desk: Home, extra: &[&str], env: &[(&str, &str)]) -> Paired {
     let (mut daemon, ticket) = desk.up_with("desk", extra, env);
     phone.run(&["join", &ticket, "--name", "phone"]).success();
     let phone_id = phone.device_id();
-    let added = format!("device phone ({}) added", short(&phone_id));
+    let added = format!("device phone ({}) added as phone", short(&phone_id));
     daemon.expect_line(&added, |l| l == added);
     let desk_id = desk.device_id();
     Paired {

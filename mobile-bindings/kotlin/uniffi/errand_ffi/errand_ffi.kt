@@ -1011,7 +1011,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_errand_ffi_checksum_method_node_is_closed() and 0xFFFF) != 44830) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_errand_ffi_checksum_method_node_pair() and 0xFFFF) != 16578) {
+    if ((lib.uniffi_errand_ffi_checksum_method_node_pair() and 0xFFFF) != 9430) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_errand_ffi_checksum_method_node_questions() and 0xFFFF) != 725) {
@@ -1615,8 +1615,9 @@ public interface NodeInterface {
     fun `isClosed`(): kotlin.Boolean
     
     /**
-     * Pairs this device with the one that showed `ticket` (the text of its QR code), as a
-     * phone. `device_name` is how the others will see this device.
+     * Pairs this device with the one that showed `ticket` (the text of its QR code), in the
+     * role the ticket gives (the desktop chose it: phone unless it said otherwise).
+     * `device_name` is how the others will see this device.
      */
     suspend fun `pair`(`ticket`: kotlin.String, `deviceName`: kotlin.String? = null): PairedRecord
     
@@ -2082,8 +2083,9 @@ open class Node: Disposable, AutoCloseable, NodeInterface
 
     
     /**
-     * Pairs this device with the one that showed `ticket` (the text of its QR code), as a
-     * phone. `device_name` is how the others will see this device.
+     * Pairs this device with the one that showed `ticket` (the text of its QR code), in the
+     * role the ticket gives (the desktop chose it: phone unless it said otherwise).
+     * `device_name` is how the others will see this device.
      */
     @Throws(ErrandException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
