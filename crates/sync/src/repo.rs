@@ -107,6 +107,8 @@ struct Entry {
     unsaved_sigs: Vec<ChangeSig>,
     /// Signatures a peer sent for changes not applied yet (waiting for a dependency).
     waiting_sigs: HashMap<[u8; 8], [u8; 64]>,
+    /// Where this document's objects are, as the owner rules found them.
+    paths: crate::schema::ownership::Paths,
 }
 
 impl Entry {
@@ -121,6 +123,7 @@ impl Entry {
             chunks,
             unsaved_sigs: Vec::new(),
             waiting_sigs: HashMap::new(),
+            paths: Default::default(),
         }
     }
 }
@@ -635,7 +638,7 @@ impl Repo {
         } else {
             entry.doc.get_changes(before)
         };
-        let mut owners = crate::schema::ownership::Checker::new(&entry.doc, id);
+        let mut owners = crate::schema::ownership::Checker::new(&entry.doc, id, &mut entry.paths);
         for change in &changes {
             let device =
                 authorship::author(change.actor_id()).ok_or(Refusal::NoAuthor(change.hash()))?;

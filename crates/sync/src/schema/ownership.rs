@@ -80,8 +80,8 @@ enum Kind {
 }
 
 /// One step of the path to an object: the key it sits under and the object itself.
-#[derive(Debug)]
-struct Seg {
+#[derive(Clone, Debug)]
+pub struct Seg {
     key: String,
     obj: ObjId,
 }
@@ -95,29 +95,39 @@ pub fn check(
     author: &DeviceId,
     standing: Standing,
 ) -> Result<(), Violation> {
-    Checker::new(doc, id).check(change, author, standing)
+    Checker::new(doc, id, &mut Paths::default()).check(change, author, standing)
 }
+
+/// The paths of a document's objects found so far ("counter@actor" to the path). An object
+/// never moves, so a path once found holds for the document's life in memory; kept with the
+/// loaded document, so a thread's buckets are looked up once, not on every received task.
+#[derive(Debug, Default)]
+pub struct Paths(std::collections::HashMap<String, Vec<Seg>>);
+
+/// At most this many paths are kept per document; past it the cache starts over.
+const MAX_PATHS: usize = 4096;
 
 /// Checks the changes of one merge, finding each object's path once.
 #[derive(Debug)]
 pub struct Checker<'a> {
     doc: &'a Automerge,
     kind: Kind,
-    paths: std::collections::HashMap<String, Vec<Seg>>,
+    paths: &'a mut Paths,
 }
 
 impl<'a> Checker<'a> {
-    pub fn new(doc: &'a Automerge, id: &DocId) -> Checker<'a> {
+    /// A checker of changes applied to `doc`, remembering paths in `paths` (which must belong
+    /// to this document).
+    pub fn new(doc: &'a Automerge, id: &DocId, paths: &'a mut Paths) -> Checker<'a> {
         let kind = if id.is_index() {
             Kind::Index
         } else {
             Kind::Thread
         };
-        Checker {
-            doc,
-            kind,
-            paths: Default::default(),
+        if paths.0.len() > MAX_PATHS {
+            paths.0.clear();
         }
+        Checker { doc, kind, paths }
     }
 
     /// See [`check`].
@@ -135,20 +145,20 @@ impl<'a> Checker<'a> {
             actor: change.actor_id.clone(),
             start_op: change.start_op.get(),
         };
-        for op in &change.operations {
+        for (n, op) in change.operations.iter().enumerate() {
             let obj_key = match &op.obj {
                 ObjectId::Root => "_root".to_owned(),
                 ObjectId::Id(id) => format!("{}@{}", id.counter(), id.actor()),
             };
-            if !self.paths.contains_key(&obj_key) {
+            if !self.paths.0.contains_key(&obj_key) {
                 let path = path_of(doc, &obj_key).ok_or_else(|| Violation {
                     author: writer.device.clone(),
                     what: "writes into an object the document does not hold".into(),
                     path: obj_key.clone(),
                 })?;
-                self.paths.insert(obj_key.clone(), path);
+                self.paths.0.insert(obj_key.clone(), path);
             }
-            let path = &self.paths[&obj_key];
+            let path = &self.paths.0[&obj_key];
             let verdict = match self.kind {
                 Kind::Thread => thread_op(doc, path, op, &writer),
                 Kind::Index => index_op(doc, path, op, &writer),
@@ -158,6 +168,19 @@ impl<'a> Checker<'a> {
                 what,
                 path: describe(path, op),
             })?;
+            // An object this change makes sits where the change put it: its path is known
+            // without asking the document for its parents (the costly part of a check).
+            if matches!(op.action, OpType::Make(_)) {
+                let id = format!("{}@{}", writer.start_op + n as u64, writer.actor);
+                if let Ok((obj, _)) = doc.import(&id) {
+                    let mut made: Vec<Seg> = path.clone();
+                    made.push(Seg {
+                        key: op_key(op).unwrap_or("#").to_owned(),
+                        obj,
+                    });
+                    self.paths.0.insert(id, made);
+                }
+            }
         }
         Ok(())
     }
