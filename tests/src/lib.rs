@@ -6,6 +6,7 @@
 
 pub mod hostile;
 pub mod model_server;
+pub mod ntfy;
 
 #[cfg(test)]
 mod approvals;

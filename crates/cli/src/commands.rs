@@ -16,7 +16,7 @@ use errand_node::node::{
 use errand_node::{Node, NodeConfig, NodeEvent};
 use errand_pairing::protocol::PairingEvent;
 use errand_sync::Role;
-use errand_sync::schema::index::ThreadEntry;
+use errand_sync::schema::index::{NotifyEntry, ThreadEntry};
 use errand_sync::schema::thread::Task;
 use serde::Serialize;
 
@@ -518,6 +518,44 @@ async fn one_shot(
                     short(&d.id)
                 )
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Notify { action } => {
+            match action {
+                crate::NotifyAction::Add {
+                    url,
+                    events,
+                    content,
+                } => {
+                    let entry: NotifyEntry = session
+                        .call(Request::NotifyAdd {
+                            url,
+                            events,
+                            content,
+                        })
+                        .await?;
+                    session.refresh(Duration::from_millis(1500)).await;
+                    show(json, &entry, |e| {
+                        format!(
+                            "notification endpoint {} added: {} ({})",
+                            e.id,
+                            e.url,
+                            e.events.join(",")
+                        )
+                    })?;
+                }
+                crate::NotifyAction::List => {
+                    let entries: Vec<NotifyEntry> = session.call(Request::NotifyList).await?;
+                    show(json, &entries, |es| output::notify_entries(es))?;
+                }
+                crate::NotifyAction::Remove { id } => {
+                    let entry: NotifyEntry = session.call(Request::NotifyRemove { id }).await?;
+                    session.refresh(Duration::from_millis(1500)).await;
+                    show(json, &entry, |e| {
+                        format!("notification endpoint {} removed ({})", e.id, e.url)
+                    })?;
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Devices { action: None } => {

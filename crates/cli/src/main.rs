@@ -192,6 +192,12 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<DevicesAction>,
     },
+    /// Where this device wants to be told of events while its app is not running: HTTP
+    /// endpoints that take a POSTed message (a self-hosted ntfy topic, a UnifiedPush endpoint)
+    Notify {
+        #[command(subcommand)]
+        action: NotifyAction,
+    },
     /// This device, its space and its peers
     Status,
     /// Sync once with every reachable peer
@@ -199,6 +205,25 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyAction {
+    /// Register an endpoint; the desktop that runs a task POSTs to it when one of the events
+    /// happens (by default a generic title, the event and the task id: no task content)
+    Add {
+        url: String,
+        /// Comma-separated: done, failed, approval, question, missed (default: all but missed)
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// Let messages carry the task's prompt or result
+        #[arg(long)]
+        content: bool,
+    },
+    /// This device's endpoints
+    List,
+    /// Stop using an endpoint (id or id prefix)
+    Remove { id: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -122,6 +122,18 @@ pub fn task(t: &Task) -> String {
             a.mime
         ));
     }
+    for n in &t.notifications {
+        let how = if n.delivered {
+            format!("notified at {} ({})", time(n.at), n.outcome)
+        } else {
+            format!("notification failed at {}: {}", time(n.at), n.outcome)
+        };
+        out.push_str(&format!(
+            "notice   {} ({}): {how}\n",
+            n.event,
+            short(&n.device)
+        ));
+    }
     if let Some(e) = &t.error {
         out.push_str(&format!("error    {e}\n"));
     }
@@ -219,6 +231,22 @@ pub fn threads(threads: &[ThreadEntry]) -> String {
             time(t.created),
             one_line(&t.title, 60)
         ));
+    }
+    out.trim_end().to_owned()
+}
+
+pub fn notify_entries(entries: &[errand_sync::schema::index::NotifyEntry]) -> String {
+    if entries.is_empty() {
+        return "no notification endpoints (errand notify add URL)".into();
+    }
+    let mut out = format!("{:<12}  {:<34}  {}\n", "ID", "EVENTS", "URL");
+    for e in entries {
+        let events = if e.content {
+            format!("{} (with content)", e.events.join(","))
+        } else {
+            e.events.join(",")
+        };
+        out.push_str(&format!("{:<12}  {:<34}  {}\n", e.id, events, e.url));
     }
     out.trim_end().to_owned()
 }

@@ -19,6 +19,7 @@ pub mod command;
 pub mod connectors;
 pub mod conversation;
 pub mod model;
+pub mod notify;
 pub mod policy;
 pub mod runner;
 pub mod tools;

@@ -38,6 +38,7 @@ use crate::agent::{self, AgentError, Limits, ToolRunner};
 use crate::command;
 use crate::connectors::Connectors;
 use crate::model::{ModelBackend, ToolSpec};
+use crate::notify::Event;
 use crate::policy::{Decision, Policy};
 use crate::tools::shell::ProcessLedger;
 use crate::tools::{self, ToolError};
@@ -57,6 +58,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// After the grace period, how long interrupted tasks get to record how they ended; one that
 /// has not by then is settled as interrupted at the next start.
 const STOP_RECORD: Duration = Duration::from_secs(3);
+/// How long a stopping desktop waits for notifications under way.
+const NOTIFY_FLUSH: Duration = Duration::from_secs(3);
+
 /// What a task still running at the end of [`STOP_GRACE`] ends with.
 fn stop_reason() -> String {
     format!(
@@ -141,6 +145,7 @@ struct Shared {
     slots: Semaphore,
     stop: CancellationToken,
     processes: ProcessLedger,
+    notifier: crate::notify::Notifier,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -164,7 +169,13 @@ pub fn start(
         .flatten()
         .flatten()
         .unwrap_or_default();
+    let notifier = crate::notify::Notifier::new(
+        repo.clone(),
+        authority.clone(),
+        config.policy.allows_private_network(),
+    );
     let shared = Arc::new(Shared {
+        notifier,
         slots: Semaphore::new(config.max_parallel.max(1)),
         processes: ProcessLedger::new(repo.store().clone()),
         repo,
@@ -327,6 +338,7 @@ impl Shared {
             token.cancel();
         }
         let _ = tokio::time::timeout(STOP_RECORD, idle).await;
+        self.notifier.flush(NOTIFY_FLUSH).await;
         self.config.connectors.shutdown().await;
     }
 
@@ -358,6 +370,8 @@ impl Shared {
                         },
                     );
                     info!(task = %task.id, "settled an interrupted task");
+                    self.notifier
+                        .notify(&doc, &task.id, Event::Failed, Some(reason));
                 }
             }
         }
@@ -486,6 +500,7 @@ impl Shared {
                     thread::finish(tx, &id, Ok(&text), TaskStatus::Done, now_millis())?;
                     conversation::add_answer(tx, &id, &text, TaskStatus::Done, &steps)
                 });
+                self.notifier.notify(doc, &id, Event::Done, Some(&text));
             }
             Err(mut failure) => {
                 let stopped = lock(&self.stopped).remove(&id) && failure.cancelled;
@@ -509,6 +524,10 @@ impl Shared {
                     thread::finish(tx, &id, Err(&failure.message), status, now_millis())?;
                     conversation::add_answer(tx, &id, &failure.message, status, &steps)
                 });
+                if status == TaskStatus::Failed {
+                    self.notifier
+                        .notify(doc, &id, Event::Failed, Some(&failure.message));
+                }
             }
         }
     }
@@ -796,6 +815,9 @@ impl TaskContext {
                 thread::set_status(tx, &task, TaskStatus::WaitingApproval, now)
             },
         );
+        shared
+            .notifier
+            .notify(&self.doc, &task, Event::Approval, Some(description));
         let deadline = tokio::time::Instant::now() + timeout;
         let issued = Issued {
             task: task.clone(),

@@ -115,6 +115,15 @@ pub enum Request {
         timeout_secs: u64,
     },
     Watch,
+    NotifyAdd {
+        url: String,
+        events: Vec<String>,
+        content: bool,
+    },
+    NotifyList,
+    NotifyRemove {
+        id: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -170,6 +179,13 @@ pub async fn dispatch(node: &Node, request: Request) -> Result<serde_json::Value
             json(sent)
         }
         Request::Threads => json(node.threads()?),
+        Request::NotifyAdd {
+            url,
+            events,
+            content,
+        } => json(node.notify_add(&url, &events, content)?),
+        Request::NotifyList => json(node.notify_list()?),
+        Request::NotifyRemove { id } => json(node.notify_remove(&id)?),
         Request::Tasks { thread } => json(node.tasks(thread.as_deref())?),
         Request::Show { task } => json(node.task(&task)?),
         Request::Cancel { task, wait_secs } => {

@@ -24,8 +24,10 @@ use crate::events::NodeEvent;
 use crate::lan::LanSightings;
 
 mod conversation;
+mod notify;
 
 pub use conversation::{ConversationEntry, QuestionInfo};
+pub use notify::{DEFAULT_NOTIFY_EVENTS, NOTIFY_EVENTS};
 
 const KEY_FILE: &str = "device.key";
 const DB_FILE: &str = "errand.redb";

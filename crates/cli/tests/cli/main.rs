@@ -10,6 +10,7 @@ mod errors;
 mod executor;
 mod history;
 mod membership;
+mod notify;
 mod offline;
 mod pairing;
 mod reach;

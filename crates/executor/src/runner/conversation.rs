@@ -113,6 +113,12 @@ impl TaskContext {
                 thread::set_status(tx, &task, TaskStatus::NeedsInput, now)
             },
         );
+        shared.notifier.notify(
+            &self.doc,
+            &task,
+            crate::notify::Event::Question,
+            Some(question),
+        );
         let deadline = tokio::time::Instant::now() + timeout;
         let answered = loop {
             if let Some(answer) = self.answer_to(&id) {

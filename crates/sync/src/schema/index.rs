@@ -7,7 +7,8 @@
 //!   revoked:  { <device>: { revoked_by, revoked_at, signature } },
 //!   addrs:    { <device>: { addrs: "ip:port ip:port", relay, at } },   written by that device only
 //!   threads:  { <thread>: { title, created, created_by, archived } },
-//!   schedules: {} }
+//!   schedules: {},
+//!   notify:   { <device>: { <id>: { url, events, content, removed } } } }   that device's only
 //! ```
 
 use automerge::transaction::Transactable;
@@ -60,7 +61,14 @@ pub fn create(tx: &mut impl Transactable, space: &str, root: &str) -> Result<(),
     tx.put(ROOT, "schema", SCHEMA_VERSION)?;
     tx.put(ROOT, "space", space)?;
     tx.put(ROOT, "root", root)?;
-    for key in ["members", "revoked", "addrs", "threads", "schedules"] {
+    for key in [
+        "members",
+        "revoked",
+        "addrs",
+        "threads",
+        "schedules",
+        "notify",
+    ] {
         tx.put_object(ROOT, key, ObjType::Map)?;
     }
     Ok(())
@@ -199,5 +207,86 @@ pub fn threads(doc: &impl ReadDoc) -> Vec<ThreadEntry> {
         })
         .collect();
     out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+    out
+}
+
+/// Where a device wants to be told of events: an HTTP endpoint that takes a POSTed message
+/// (a self-hosted ntfy topic, a UnifiedPush endpoint). Written by that device only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyEntry {
+    pub id: String,
+    /// The device that registered it.
+    pub device: String,
+    pub url: String,
+    /// Which events: `done`, `failed`, `approval`, `question`, `missed`.
+    pub events: Vec<String>,
+    /// Whether the message may carry the task's prompt or result (off unless asked for).
+    pub content: bool,
+}
+
+/// Registers an endpoint for `entry.device` (this device). Fails with
+/// [`AutomergeError::InvalidOp`] in a space made before notifications existed.
+pub fn add_notify(tx: &mut impl Transactable, entry: &NotifyEntry) -> Result<(), AutomergeError> {
+    let section = section(tx, "notify")?;
+    let mine = match get_obj(tx, &section, &entry.device) {
+        Some(obj) => obj,
+        None => tx.put_object(&section, entry.device.as_str(), ObjType::Map)?,
+    };
+    let obj = tx.put_object(&mine, entry.id.as_str(), ObjType::Map)?;
+    tx.put(&obj, "url", entry.url.as_str())?;
+    tx.put(&obj, "events", entry.events.join(","))?;
+    tx.put(&obj, "content", entry.content)?;
+    Ok(())
+}
+
+/// Stops using one of this device's endpoints (marked, since nothing is ever deleted).
+/// Returns whether there was one.
+pub fn remove_notify(
+    tx: &mut impl Transactable,
+    device: &str,
+    id: &str,
+) -> Result<bool, AutomergeError> {
+    let section = section(tx, "notify")?;
+    let Some(obj) = get_obj(tx, &section, device).and_then(|mine| get_obj(tx, &mine, id)) else {
+        return Ok(false);
+    };
+    tx.put(&obj, "removed", true)?;
+    Ok(true)
+}
+
+/// Every endpoint registered and not removed, by device.
+pub fn notify_entries(doc: &impl ReadDoc) -> Vec<NotifyEntry> {
+    let Some(section) = get_obj(doc, &ROOT, "notify") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for device in doc.keys(&section).collect::<Vec<_>>() {
+        let Some(mine) = get_obj(doc, &section, &device) else {
+            continue;
+        };
+        for id in doc.keys(&mine).collect::<Vec<_>>() {
+            let Some(obj) = get_obj(doc, &mine, &id) else {
+                continue;
+            };
+            if get_bool(doc, &obj, "removed").unwrap_or(false) {
+                continue;
+            }
+            let Some(url) = get_str(doc, &obj, "url") else {
+                continue;
+            };
+            out.push(NotifyEntry {
+                id,
+                device: device.clone(),
+                url,
+                events: get_str(doc, &obj, "events")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                content: get_bool(doc, &obj, "content").unwrap_or(false),
+            });
+        }
+    }
     out
 }

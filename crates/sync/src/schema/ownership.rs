@@ -22,6 +22,8 @@
 //! | index | `members/<device>`, `revoked/<device>` | a phone or desktop (the entries are signed certificates, checked on their own) |
 //! | index | `addrs/<device>` | that device; the device that paired it may create the entry first |
 //! | index | `threads/<thread>` | a phone or desktop creates it; only its creator changes it |
+//! | index | `notify/<device>` | that device (where it wants to be told of events) |
+//! | thread | a task's `notified` (deliveries of notifications) | its target desktop |
 //!
 //! And for every object: nothing is deleted (errand never deletes), and a new entry in a map
 //! may not stand beside a concurrent one by another device under the same key (automerge
@@ -332,13 +334,14 @@ fn target_of_id(doc: &Automerge, task: &str) -> Option<String> {
 }
 
 const SENDER_FIELDS: [&str; 4] = ["prompt", "target", "created", "cancel_requested"];
-const EXECUTOR_FIELDS: [&str; 6] = [
+const EXECUTOR_FIELDS: [&str; 7] = [
     "started",
     "finished",
     "result",
     "error",
     "progress",
     "artifacts",
+    "notified",
 ];
 
 fn thread_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
@@ -506,6 +509,19 @@ fn index_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
         ["addrs", device, ..] => {
             if *device != w.device && creator(&path[1].obj) != w.device {
                 return refuse("writes another device's addresses");
+            }
+            Ok(())
+        }
+        ["notify"] => {
+            // A device's notification endpoints: its own entry, whatever its role.
+            if op_key(op) != Some(w.device.as_str()) {
+                return refuse("writes another device's notification endpoints");
+            }
+            new_entry(doc, &container, op, w)
+        }
+        ["notify", device, ..] => {
+            if *device != w.device {
+                return refuse("writes another device's notification endpoints");
             }
             Ok(())
         }

@@ -152,6 +152,40 @@ pub struct Task {
     pub error: Option<String>,
     pub artifacts: Vec<Artifact>,
     pub cancel_requested: bool,
+    /// Notifications the target desktop sent about this task, and how each went.
+    #[serde(default)]
+    pub notifications: Vec<Notice>,
+}
+
+/// One notification about a task, as its target desktop delivered it (or failed to).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// The device whose endpoint it went to.
+    pub device: String,
+    /// `done`, `failed`, `approval`, `question`.
+    pub event: String,
+    pub at: i64,
+    pub delivered: bool,
+    /// `HTTP 200`, or why it failed.
+    pub outcome: String,
+}
+
+/// Records a notification's outcome on its task. Executor only.
+pub fn add_notice(
+    tx: &mut impl Transactable,
+    task: &str,
+    n: &Notice,
+) -> Result<(), AutomergeError> {
+    let obj = task_obj(tx, task)?;
+    let list = list_in(tx, &obj, "notified")?;
+    let len = tx.length(&list);
+    let entry = tx.insert_object(&list, len, ObjType::Map)?;
+    tx.put(&entry, "device", n.device.as_str())?;
+    tx.put(&entry, "event", n.event.as_str())?;
+    tx.put(&entry, "at", n.at)?;
+    tx.put(&entry, "delivered", n.delivered)?;
+    tx.put(&entry, "outcome", n.outcome.as_str())?;
+    Ok(())
 }
 
 /// What the sender of a task writes.
@@ -369,6 +403,18 @@ fn task_at(doc: &impl ReadDoc, thread: &str, id: &str, obj: &ObjId) -> Task {
         error: fields.str("error"),
         artifacts,
         cancel_requested: fields.bool("cancel_requested").unwrap_or(false),
+        notifications: entries("notified")
+            .iter()
+            .filter_map(|e| {
+                Some(Notice {
+                    device: e.str("device")?,
+                    event: e.str("event")?,
+                    at: e.i64("at")?,
+                    delivered: e.bool("delivered").unwrap_or(false),
+                    outcome: e.str("outcome").unwrap_or_default(),
+                })
+            })
+            .collect(),
     }
 }
 

@@ -1,0 +1,241 @@
+//! Notifications: when a task this desktop runs ends, or needs someone, POST a short message to
+//! every endpoint that a current member registered for that event (`errand notify add`: a
+//! self-hosted ntfy topic, a UnifiedPush endpoint), retrying with backoff, and record each
+//! delivery's outcome on the task, so the phone can tell "notified at 09:14" from "notification
+//! failed: connection refused".
+//!
+//! By default a message carries a generic title, the event and the task id: no prompt, result
+//! or file content leaves the devices unless the endpoint was registered with `--content`. The
+//! endpoints are written by members, so they are reached like `/fetch` reaches the web: only
+//! public addresses unless the policy allows private ones (`allow_private_network`, which a
+//! self-hosted ntfy on the LAN needs).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use errand_sync::schema::index::{self, NotifyEntry};
+use errand_sync::schema::thread::{self, Notice};
+use errand_sync::schema::{DocId, now_millis};
+use errand_sync::{DeviceId, Repo};
+use tracing::warn;
+
+use crate::runner::Authority;
+use crate::tools::fetch::reach;
+
+/// Waits before each attempt after the first: three attempts over about five seconds.
+pub const RETRY_AFTER: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(4)];
+/// One attempt gives up after this long.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of a task's text a `--content` message carries.
+const MAX_CONTENT: usize = 200;
+
+/// What happened to a task that someone may want to hear about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Done,
+    Failed,
+    /// It waits for an approval.
+    Approval,
+    /// It waits for an answer.
+    Question,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Done => "done",
+            Event::Failed => "failed",
+            Event::Approval => "approval",
+            Event::Question => "question",
+        }
+    }
+
+    fn says(self) -> &'static str {
+        match self {
+            Event::Done => "is done",
+            Event::Failed => "failed",
+            Event::Approval => "waits for your approval",
+            Event::Question => "has a question for you",
+        }
+    }
+}
+
+/// The message for one event, as POSTed.
+pub fn message(event: Event, task: &str, content: Option<&str>) -> String {
+    let short = task.get(..8).unwrap_or(task);
+    let mut text = format!("task {short} {}", event.says());
+    if let Some(content) = content.filter(|c| !c.trim().is_empty()) {
+        let cut: String = content.trim().chars().take(MAX_CONTENT).collect();
+        text.push_str(": ");
+        text.push_str(&cut);
+    }
+    text
+}
+
+/// Sends notifications for the tasks this desktop runs.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    repo: Arc<Repo>,
+    authority: Arc<dyn Authority>,
+    allow_private: bool,
+    /// Deliveries under way, so that a stopping desktop can let them finish.
+    pending: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+}
+
+impl Notifier {
+    pub fn new(repo: Arc<Repo>, authority: Arc<dyn Authority>, allow_private: bool) -> Notifier {
+        Notifier {
+            repo,
+            authority,
+            allow_private,
+            pending: Arc::default(),
+        }
+    }
+
+    /// Waits up to `within` for the deliveries under way (a stopping desktop's last news, such
+    /// as a task interrupted by the stop, should still go out).
+    pub async fn flush(&self, within: Duration) {
+        let mut pending =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let _ = tokio::time::timeout(within, async {
+            while pending.join_next().await.is_some() {}
+        })
+        .await;
+    }
+
+    /// Tells every endpoint registered for `event` by a current member, in the background.
+    /// `content` is what a `--content` endpoint may see (the prompt, a result, a question).
+    pub fn notify(&self, doc: &DocId, task: &str, event: Event, content: Option<&str>) {
+        let entries = self
+            .repo
+            .read(&DocId::index(), index::notify_entries)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        for entry in entries {
+            let member = entry
+                .device
+                .parse::<DeviceId>()
+                .is_ok_and(|d| self.authority.name(&d).is_some());
+            if !member || !entry.events.iter().any(|e| e == event.as_str()) {
+                continue;
+            }
+            let text = message(event, task, content.filter(|_| entry.content));
+            let this = self.clone();
+            let (doc, task) = (doc.clone(), task.to_owned());
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            while pending.try_join_next().is_some() {}
+            pending.spawn(async move {
+                let (delivered, outcome) = this.deliver(&entry, event, &task, &text).await;
+                let notice = Notice {
+                    device: entry.device.clone(),
+                    event: event.as_str().to_owned(),
+                    at: now_millis(),
+                    delivered,
+                    outcome,
+                };
+                if let Err(e) =
+                    this.repo
+                        .change(&doc, &format!("notification {}", event.as_str()), |tx| {
+                            thread::add_notice(tx, &task, &notice)
+                        })
+                {
+                    warn!(%task, "cannot record a notification: {e}");
+                }
+            });
+        }
+    }
+
+    /// Posts `text` to the endpoint, retrying; returns whether it was taken and how it went.
+    async fn deliver(
+        &self,
+        entry: &NotifyEntry,
+        event: Event,
+        task: &str,
+        text: &str,
+    ) -> (bool, String) {
+        let url = match reqwest::Url::parse(&entry.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => url,
+            _ => return (false, format!("{} is not an http(s) URL", entry.url)),
+        };
+        // reqwest is built without a TLS provider of its own: the process's one (ring).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .timeout(ATTEMPT_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("errand/", env!("CARGO_PKG_VERSION")));
+        if !self.allow_private {
+            if let Err(reason) = reach::check_url(&url) {
+                return (false, reason);
+            }
+            builder = builder.no_proxy().dns_resolver(Arc::new(reach::PublicOnly));
+        }
+        let client = match builder.build() {
+            Ok(c) => c,
+            Err(e) => return (false, e.to_string()),
+        };
+        let mut last = String::new();
+        for attempt in 0..=RETRY_AFTER.len() {
+            if attempt > 0 {
+                tokio::time::sleep(RETRY_AFTER[attempt - 1]).await;
+            }
+            let sent = client
+                .post(url.clone())
+                .header("Title", "errand")
+                .header("Tags", event.as_str())
+                .header("X-Errand-Event", event.as_str())
+                .header("X-Errand-Task", task)
+                .body(text.to_owned())
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {
+                    return (true, format!("HTTP {}", r.status().as_u16()));
+                }
+                Ok(r) => last = format!("HTTP {}", r.status().as_u16()),
+                Err(e) => last = error_chain(&e),
+            }
+        }
+        (
+            false,
+            format!("{last} (after {} attempts)", RETRY_AFTER.len() + 1),
+        )
+    }
+}
+
+/// An error with its causes, on one line ("error sending request: connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_carry_no_content_unless_asked() {
+        assert_eq!(
+            message(Event::Done, "0123456789abcdef", None),
+            "task 01234567 is done"
+        );
+        assert_eq!(
+            message(Event::Approval, "0123456789abcdef", Some("rm -rf ~/tmp")),
+            "task 01234567 waits for your approval: rm -rf ~/tmp"
+        );
+        let long = "x".repeat(1000);
+        assert_eq!(
+            message(Event::Failed, "t", Some(&long)).len(),
+            "task t failed: ".len() + MAX_CONTENT
+        );
+    }
+}
