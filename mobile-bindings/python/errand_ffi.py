@@ -1321,7 +1321,7 @@ class ApprovalRecord:
     """
     A desktop asking before it does something risky.
 """
-    def __init__(self, *, id:str, thread_id:str, task_id:str, action:str, risk_class:str, requested_by:str, requested_ms:int, expires_ms:int, state:ApprovalState, decided_by:typing.Optional[str]):
+    def __init__(self, *, id:str, thread_id:str, task_id:str, action:str, risk_class:str, requested_by:str, requested_ms:int, expires_ms:int, expires_in_ms:int, state:ApprovalState, decided_by:typing.Optional[str]):
         self.id = id
         self.thread_id = thread_id
         self.task_id = task_id
@@ -1330,6 +1330,7 @@ class ApprovalRecord:
         self.requested_by = requested_by
         self.requested_ms = requested_ms
         self.expires_ms = expires_ms
+        self.expires_in_ms = expires_in_ms
         self.state = state
         self.decided_by = decided_by
         
@@ -1337,7 +1338,7 @@ class ApprovalRecord:
 
     
     def __str__(self):
-        return "ApprovalRecord(id={}, thread_id={}, task_id={}, action={}, risk_class={}, requested_by={}, requested_ms={}, expires_ms={}, state={}, decided_by={})".format(self.id, self.thread_id, self.task_id, self.action, self.risk_class, self.requested_by, self.requested_ms, self.expires_ms, self.state, self.decided_by)
+        return "ApprovalRecord(id={}, thread_id={}, task_id={}, action={}, risk_class={}, requested_by={}, requested_ms={}, expires_ms={}, expires_in_ms={}, state={}, decided_by={})".format(self.id, self.thread_id, self.task_id, self.action, self.risk_class, self.requested_by, self.requested_ms, self.expires_ms, self.expires_in_ms, self.state, self.decided_by)
     def __eq__(self, other):
         if self.id != other.id:
             return False
@@ -1354,6 +1355,8 @@ class ApprovalRecord:
         if self.requested_ms != other.requested_ms:
             return False
         if self.expires_ms != other.expires_ms:
+            return False
+        if self.expires_in_ms != other.expires_in_ms:
             return False
         if self.state != other.state:
             return False
@@ -1373,6 +1376,7 @@ class _UniffiFfiConverterTypeApprovalRecord(_UniffiConverterRustBuffer):
             requested_by=_UniffiFfiConverterString.read(buf),
             requested_ms=_UniffiFfiConverterInt64.read(buf),
             expires_ms=_UniffiFfiConverterInt64.read(buf),
+            expires_in_ms=_UniffiFfiConverterInt64.read(buf),
             state=_UniffiFfiConverterTypeApprovalState.read(buf),
             decided_by=_UniffiFfiConverterOptionalString.read(buf),
         )
@@ -1387,6 +1391,7 @@ class _UniffiFfiConverterTypeApprovalRecord(_UniffiConverterRustBuffer):
         _UniffiFfiConverterString.check_lower(value.requested_by)
         _UniffiFfiConverterInt64.check_lower(value.requested_ms)
         _UniffiFfiConverterInt64.check_lower(value.expires_ms)
+        _UniffiFfiConverterInt64.check_lower(value.expires_in_ms)
         _UniffiFfiConverterTypeApprovalState.check_lower(value.state)
         _UniffiFfiConverterOptionalString.check_lower(value.decided_by)
 
@@ -1400,6 +1405,7 @@ class _UniffiFfiConverterTypeApprovalRecord(_UniffiConverterRustBuffer):
         _UniffiFfiConverterString.write(value.requested_by, buf)
         _UniffiFfiConverterInt64.write(value.requested_ms, buf)
         _UniffiFfiConverterInt64.write(value.expires_ms, buf)
+        _UniffiFfiConverterInt64.write(value.expires_in_ms, buf)
         _UniffiFfiConverterTypeApprovalState.write(value.state, buf)
         _UniffiFfiConverterOptionalString.write(value.decided_by, buf)
 
@@ -1571,12 +1577,37 @@ class _UniffiFfiConverterSequenceString(_UniffiConverterRustBuffer):
             _UniffiFfiConverterString.read(buf) for i in range(count)
         ]
 
+class _UniffiFfiConverterOptionalInt64(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterInt64.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterInt64.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterInt64.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
 @dataclass
 class DeviceRecord:
     """
     A device of the space.
 """
-    def __init__(self, *, id:str, name:str, role:DeviceRole, added_by:str, added_ms:int, this_device:bool, connected:bool, addrs:typing.List[str]):
+    def __init__(self, *, id:str, name:str, role:DeviceRole, added_by:str, added_ms:int, this_device:bool, connected:bool, addrs:typing.List[str], clock_offset_ms:typing.Optional[int]):
         self.id = id
         self.name = name
         self.role = role
@@ -1585,12 +1616,13 @@ class DeviceRecord:
         self.this_device = this_device
         self.connected = connected
         self.addrs = addrs
+        self.clock_offset_ms = clock_offset_ms
         
         
 
     
     def __str__(self):
-        return "DeviceRecord(id={}, name={}, role={}, added_by={}, added_ms={}, this_device={}, connected={}, addrs={})".format(self.id, self.name, self.role, self.added_by, self.added_ms, self.this_device, self.connected, self.addrs)
+        return "DeviceRecord(id={}, name={}, role={}, added_by={}, added_ms={}, this_device={}, connected={}, addrs={}, clock_offset_ms={})".format(self.id, self.name, self.role, self.added_by, self.added_ms, self.this_device, self.connected, self.addrs, self.clock_offset_ms)
     def __eq__(self, other):
         if self.id != other.id:
             return False
@@ -1608,6 +1640,8 @@ class DeviceRecord:
             return False
         if self.addrs != other.addrs:
             return False
+        if self.clock_offset_ms != other.clock_offset_ms:
+            return False
         return True
 
 class _UniffiFfiConverterTypeDeviceRecord(_UniffiConverterRustBuffer):
@@ -1622,6 +1656,7 @@ class _UniffiFfiConverterTypeDeviceRecord(_UniffiConverterRustBuffer):
             this_device=_UniffiFfiConverterBoolean.read(buf),
             connected=_UniffiFfiConverterBoolean.read(buf),
             addrs=_UniffiFfiConverterSequenceString.read(buf),
+            clock_offset_ms=_UniffiFfiConverterOptionalInt64.read(buf),
         )
 
     @staticmethod
@@ -1634,6 +1669,7 @@ class _UniffiFfiConverterTypeDeviceRecord(_UniffiConverterRustBuffer):
         _UniffiFfiConverterBoolean.check_lower(value.this_device)
         _UniffiFfiConverterBoolean.check_lower(value.connected)
         _UniffiFfiConverterSequenceString.check_lower(value.addrs)
+        _UniffiFfiConverterOptionalInt64.check_lower(value.clock_offset_ms)
 
     @staticmethod
     def write(value, buf):
@@ -1645,6 +1681,7 @@ class _UniffiFfiConverterTypeDeviceRecord(_UniffiConverterRustBuffer):
         _UniffiFfiConverterBoolean.write(value.this_device, buf)
         _UniffiFfiConverterBoolean.write(value.connected, buf)
         _UniffiFfiConverterSequenceString.write(value.addrs, buf)
+        _UniffiFfiConverterOptionalInt64.write(value.clock_offset_ms, buf)
 
 @dataclass
 class HistoryEntry:
@@ -2463,31 +2500,6 @@ class _UniffiFfiConverterTypeTaskStatus(_UniffiConverterRustBuffer):
             buf.write_i32(7)
 
 
-
-class _UniffiFfiConverterOptionalInt64(_UniffiConverterRustBuffer):
-    @classmethod
-    def check_lower(cls, value):
-        if value is not None:
-            _UniffiFfiConverterInt64.check_lower(value)
-
-    @classmethod
-    def write(cls, value, buf):
-        if value is None:
-            buf.write_u8(0)
-            return
-
-        buf.write_u8(1)
-        _UniffiFfiConverterInt64.write(value, buf)
-
-    @classmethod
-    def read(cls, buf):
-        flag = buf.read_u8()
-        if flag == 0:
-            return None
-        elif flag == 1:
-            return _UniffiFfiConverterInt64.read(buf)
-        else:
-            raise InternalError("Unexpected flag byte for optional type")
 
 class _UniffiFfiConverterSequenceTypeProgressRecord(_UniffiConverterRustBuffer):
     @classmethod
@@ -3393,6 +3405,39 @@ class NodeEvent:
             return True
 
     @dataclass
+    class CLOCK_SKEW:
+        """
+        Another device's clock is more than a minute from this one's (measured on connection):
+        tell the person to fix the clock. Expiry of its requests is still decided by its clock.
+"""
+        
+        def __init__(self, device_id:str, offset_ms:int):
+            self.device_id = device_id
+            
+            
+            self.offset_ms = offset_ms
+            
+            
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "NodeEvent.CLOCK_SKEW(device_id={}, offset_ms={})".format(self.device_id, self.offset_ms)
+        def __eq__(self, other):
+            if not isinstance(other, NodeEvent):
+                return NotImplemented
+            if not other.is_CLOCK_SKEW():
+                return False
+            if self.device_id != other.device_id:
+                return False
+            if self.offset_ms != other.offset_ms:
+                return False
+            return True
+
+    @dataclass
     class EVENTS_MISSED:
         """
         The listener fell behind and `count` events were dropped: reload what is shown.
@@ -3471,6 +3516,10 @@ class NodeEvent:
         return isinstance(self, NodeEvent.JOIN_CODE)
     def is_join_code(self) -> bool:
         return isinstance(self, NodeEvent.JOIN_CODE)
+    def is_CLOCK_SKEW(self) -> bool:
+        return isinstance(self, NodeEvent.CLOCK_SKEW)
+    def is_clock_skew(self) -> bool:
+        return isinstance(self, NodeEvent.CLOCK_SKEW)
     def is_EVENTS_MISSED(self) -> bool:
         return isinstance(self, NodeEvent.EVENTS_MISSED)
     def is_events_missed(self) -> bool:
@@ -3492,6 +3541,7 @@ NodeEvent.DEVICE_ADDED = type("NodeEvent.DEVICE_ADDED", (NodeEvent.DEVICE_ADDED,
 NodeEvent.DEVICE_REVOKED = type("NodeEvent.DEVICE_REVOKED", (NodeEvent.DEVICE_REVOKED, NodeEvent,), {})  # type: ignore
 NodeEvent.PAIRING_REFUSED = type("NodeEvent.PAIRING_REFUSED", (NodeEvent.PAIRING_REFUSED, NodeEvent,), {})  # type: ignore
 NodeEvent.JOIN_CODE = type("NodeEvent.JOIN_CODE", (NodeEvent.JOIN_CODE, NodeEvent,), {})  # type: ignore
+NodeEvent.CLOCK_SKEW = type("NodeEvent.CLOCK_SKEW", (NodeEvent.CLOCK_SKEW, NodeEvent,), {})  # type: ignore
 NodeEvent.EVENTS_MISSED = type("NodeEvent.EVENTS_MISSED", (NodeEvent.EVENTS_MISSED, NodeEvent,), {})  # type: ignore
 
 
@@ -3574,6 +3624,11 @@ class _UniffiFfiConverterTypeNodeEvent(_UniffiConverterRustBuffer):
                 _UniffiFfiConverterString.read(buf),
             )
         if variant == 13:
+            return NodeEvent.CLOCK_SKEW(
+                _UniffiFfiConverterString.read(buf),
+                _UniffiFfiConverterInt64.read(buf),
+            )
+        if variant == 14:
             return NodeEvent.EVENTS_MISSED(
                 _UniffiFfiConverterUInt64.read(buf),
             )
@@ -3640,6 +3695,10 @@ class _UniffiFfiConverterTypeNodeEvent(_UniffiConverterRustBuffer):
             return
         if value.is_JOIN_CODE():
             _UniffiFfiConverterString.check_lower(value.code)
+            return
+        if value.is_CLOCK_SKEW():
+            _UniffiFfiConverterString.check_lower(value.device_id)
+            _UniffiFfiConverterInt64.check_lower(value.offset_ms)
             return
         if value.is_EVENTS_MISSED():
             _UniffiFfiConverterUInt64.check_lower(value.count)
@@ -3708,8 +3767,12 @@ class _UniffiFfiConverterTypeNodeEvent(_UniffiConverterRustBuffer):
         if value.is_JOIN_CODE():
             buf.write_i32(12)
             _UniffiFfiConverterString.write(value.code, buf)
-        if value.is_EVENTS_MISSED():
+        if value.is_CLOCK_SKEW():
             buf.write_i32(13)
+            _UniffiFfiConverterString.write(value.device_id, buf)
+            _UniffiFfiConverterInt64.write(value.offset_ms, buf)
+        if value.is_EVENTS_MISSED():
+            buf.write_i32(14)
             _UniffiFfiConverterUInt64.write(value.count, buf)
 
 

@@ -1682,9 +1682,14 @@ public struct ApprovalRecord: Equatable, Hashable {
     public var requestedBy: String
     public var requestedMs: Int64
     /**
-     * After this, an undecided request counts as denied.
+     * After this, by the asking desktop's clock, an undecided request counts as denied.
      */
     public var expiresMs: Int64
+    /**
+     * Milliseconds until then, as this device estimates it (its own clock corrected by the
+     * offset measured to the desktop on connection): what to show. Negative once past.
+     */
+    public var expiresInMs: Int64
     public var state: ApprovalState
     /**
      * The name of the device that decided.
@@ -1704,8 +1709,12 @@ public struct ApprovalRecord: Equatable, Hashable {
          * The name of the device that asks.
          */requestedBy: String, requestedMs: Int64, 
         /**
-         * After this, an undecided request counts as denied.
-         */expiresMs: Int64, state: ApprovalState, 
+         * After this, by the asking desktop's clock, an undecided request counts as denied.
+         */expiresMs: Int64, 
+        /**
+         * Milliseconds until then, as this device estimates it (its own clock corrected by the
+         * offset measured to the desktop on connection): what to show. Negative once past.
+         */expiresInMs: Int64, state: ApprovalState, 
         /**
          * The name of the device that decided.
          */decidedBy: String?) {
@@ -1717,6 +1726,7 @@ public struct ApprovalRecord: Equatable, Hashable {
         self.requestedBy = requestedBy
         self.requestedMs = requestedMs
         self.expiresMs = expiresMs
+        self.expiresInMs = expiresInMs
         self.state = state
         self.decidedBy = decidedBy
     }
@@ -1745,6 +1755,7 @@ public struct FfiConverterTypeApprovalRecord: FfiConverterRustBuffer {
                 requestedBy: FfiConverterString.read(from: &buf), 
                 requestedMs: FfiConverterInt64.read(from: &buf), 
                 expiresMs: FfiConverterInt64.read(from: &buf), 
+                expiresInMs: FfiConverterInt64.read(from: &buf), 
                 state: FfiConverterTypeApprovalState.read(from: &buf), 
                 decidedBy: FfiConverterOptionString.read(from: &buf)
         )
@@ -1759,6 +1770,7 @@ public struct FfiConverterTypeApprovalRecord: FfiConverterRustBuffer {
         FfiConverterString.write(value.requestedBy, into: &buf)
         FfiConverterInt64.write(value.requestedMs, into: &buf)
         FfiConverterInt64.write(value.expiresMs, into: &buf)
+        FfiConverterInt64.write(value.expiresInMs, into: &buf)
         FfiConverterTypeApprovalState.write(value.state, into: &buf)
         FfiConverterOptionString.write(value.decidedBy, into: &buf)
     }
@@ -1872,6 +1884,10 @@ public struct DeviceRecord: Equatable, Hashable {
      * Where it was last reachable (`ip:port`).
      */
     public var addrs: [String]
+    /**
+     * Its clock minus this device's, in milliseconds, as last measured on connection.
+     */
+    public var clockOffsetMs: Int64?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -1884,7 +1900,10 @@ public struct DeviceRecord: Equatable, Hashable {
          */connected: Bool, 
         /**
          * Where it was last reachable (`ip:port`).
-         */addrs: [String]) {
+         */addrs: [String], 
+        /**
+         * Its clock minus this device's, in milliseconds, as last measured on connection.
+         */clockOffsetMs: Int64?) {
         self.id = id
         self.name = name
         self.role = role
@@ -1893,6 +1912,7 @@ public struct DeviceRecord: Equatable, Hashable {
         self.thisDevice = thisDevice
         self.connected = connected
         self.addrs = addrs
+        self.clockOffsetMs = clockOffsetMs
     }
 
     
@@ -1918,7 +1938,8 @@ public struct FfiConverterTypeDeviceRecord: FfiConverterRustBuffer {
                 addedMs: FfiConverterInt64.read(from: &buf), 
                 thisDevice: FfiConverterBool.read(from: &buf), 
                 connected: FfiConverterBool.read(from: &buf), 
-                addrs: FfiConverterSequenceString.read(from: &buf)
+                addrs: FfiConverterSequenceString.read(from: &buf), 
+                clockOffsetMs: FfiConverterOptionInt64.read(from: &buf)
         )
     }
 
@@ -1931,6 +1952,7 @@ public struct FfiConverterTypeDeviceRecord: FfiConverterRustBuffer {
         FfiConverterBool.write(value.thisDevice, into: &buf)
         FfiConverterBool.write(value.connected, into: &buf)
         FfiConverterSequenceString.write(value.addrs, into: &buf)
+        FfiConverterOptionInt64.write(value.clockOffsetMs, into: &buf)
     }
 }
 
@@ -3482,6 +3504,12 @@ public enum NodeEvent: Equatable, Hashable {
     case joinCode(code: String
     )
     /**
+     * Another device's clock is more than a minute from this one's (measured on connection):
+     * tell the person to fix the clock. Expiry of its requests is still decided by its clock.
+     */
+    case clockSkew(deviceId: String, offsetMs: Int64
+    )
+    /**
      * The listener fell behind and `count` events were dropped: reload what is shown.
      */
     case eventsMissed(count: UInt64
@@ -3543,7 +3571,10 @@ public struct FfiConverterTypeNodeEvent: FfiConverterRustBuffer {
         case 12: return .joinCode(code: try FfiConverterString.read(from: &buf)
         )
         
-        case 13: return .eventsMissed(count: try FfiConverterUInt64.read(from: &buf)
+        case 13: return .clockSkew(deviceId: try FfiConverterString.read(from: &buf), offsetMs: try FfiConverterInt64.read(from: &buf)
+        )
+        
+        case 14: return .eventsMissed(count: try FfiConverterUInt64.read(from: &buf)
         )
         
         default: throw UniffiInternalError.unexpectedEnumCase
@@ -3638,8 +3669,14 @@ public struct FfiConverterTypeNodeEvent: FfiConverterRustBuffer {
             FfiConverterString.write(code, into: &buf)
             
         
-        case let .eventsMissed(count):
+        case let .clockSkew(deviceId,offsetMs):
             writeInt(&buf, Int32(13))
+            FfiConverterString.write(deviceId, into: &buf)
+            FfiConverterInt64.write(offsetMs, into: &buf)
+            
+        
+        case let .eventsMissed(count):
+            writeInt(&buf, Int32(14))
             FfiConverterUInt64.write(count, into: &buf)
             
         }

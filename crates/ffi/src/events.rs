@@ -83,6 +83,9 @@ pub enum NodeEvent {
     PairingRefused { device_id: String, reason: String },
     /// While pairing: the verification code to compare with the desktop's.
     JoinCode { code: String },
+    /// Another device's clock is more than a minute from this one's (measured on connection):
+    /// tell the person to fix the clock. Expiry of its requests is still decided by its clock.
+    ClockSkew { device_id: String, offset_ms: i64 },
     /// The listener fell behind and `count` events were dropped: reload what is shown.
     EventsMissed { count: u64 },
 }
@@ -289,6 +292,10 @@ pub(crate) fn convert(ev: EngineEvent, node: Option<&Engine>) -> Option<NodeEven
             reason,
         },
         EngineEvent::JoinCode { code } => NodeEvent::JoinCode { code },
+        EngineEvent::ClockSkew { peer, offset_ms } => NodeEvent::ClockSkew {
+            device_id: peer,
+            offset_ms,
+        },
         // Events the node may grow later are not part of this surface until converted here.
         #[allow(unreachable_patterns)]
         _ => return None,

@@ -204,8 +204,11 @@ pub struct ApprovalRecord {
     /// The name of the device that asks.
     pub requested_by: String,
     pub requested_ms: i64,
-    /// After this, an undecided request counts as denied.
+    /// After this, by the asking desktop's clock, an undecided request counts as denied.
     pub expires_ms: i64,
+    /// Milliseconds until then, as this device estimates it (its own clock corrected by the
+    /// offset measured to the desktop on connection): what to show. Negative once past.
+    pub expires_in_ms: i64,
     pub state: ApprovalState,
     /// The name of the device that decided.
     pub decided_by: Option<String>,
@@ -223,6 +226,7 @@ impl From<ApprovalInfo> for ApprovalRecord {
             requested_by: a.requested_by,
             requested_ms: a.requested_at,
             expires_ms: a.expires_at,
+            expires_in_ms: a.expires_in_ms,
             decided_by: a.decided_by,
         }
     }
@@ -351,6 +355,8 @@ pub struct DeviceRecord {
     pub connected: bool,
     /// Where it was last reachable (`ip:port`).
     pub addrs: Vec<String>,
+    /// Its clock minus this device's, in milliseconds, as last measured on connection.
+    pub clock_offset_ms: Option<i64>,
 }
 
 impl From<DeviceInfo> for DeviceRecord {
@@ -364,6 +370,7 @@ impl From<DeviceInfo> for DeviceRecord {
             this_device: d.this_device,
             connected: d.connected,
             addrs: d.addrs,
+            clock_offset_ms: d.clock_offset_ms,
         }
     }
 }

@@ -191,6 +191,21 @@ async fn a_phone_pairs_sends_and_follows_events() {
     let devices = phone.devices().await.expect("devices");
     assert_eq!(devices.len(), 2);
     assert!(devices.iter().any(|d| d.this_device && d.name == "pocket"));
+    // The desktop's clock was measured on connection (same machine: within a second), and
+    // this device has no offset to itself.
+    let desk_record = devices
+        .iter()
+        .find(|d| !d.this_device)
+        .expect("the desktop");
+    let offset = desk_record
+        .clock_offset_ms
+        .expect("the desktop's clock was measured");
+    assert!(offset.abs() < 1_000, "{offset}");
+    assert!(
+        devices
+            .iter()
+            .all(|d| !d.this_device || d.clock_offset_ms.is_none())
+    );
 
     let e = phone.revoke("nobody".into()).await.unwrap_err();
     assert!(matches!(e, ErrandError::NotFound(_)), "{e:?}");

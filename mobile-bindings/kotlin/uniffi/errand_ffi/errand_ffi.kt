@@ -3064,9 +3064,15 @@ data class ApprovalRecord (
     var `requestedMs`: kotlin.Long
     , 
     /**
-     * After this, an undecided request counts as denied.
+     * After this, by the asking desktop's clock, an undecided request counts as denied.
      */
     var `expiresMs`: kotlin.Long
+    , 
+    /**
+     * Milliseconds until then, as this device estimates it (its own clock corrected by the
+     * offset measured to the desktop on connection): what to show. Negative once past.
+     */
+    var `expiresInMs`: kotlin.Long
     , 
     var `state`: ApprovalState
     , 
@@ -3098,6 +3104,7 @@ public object FfiConverterTypeApprovalRecord: FfiConverterRustBuffer<ApprovalRec
             FfiConverterString.read(buf),
             FfiConverterLong.read(buf),
             FfiConverterLong.read(buf),
+            FfiConverterLong.read(buf),
             FfiConverterTypeApprovalState.read(buf),
             FfiConverterOptionalString.read(buf),
         )
@@ -3112,6 +3119,7 @@ public object FfiConverterTypeApprovalRecord: FfiConverterRustBuffer<ApprovalRec
             FfiConverterString.allocationSize(value.`requestedBy`) +
             FfiConverterLong.allocationSize(value.`requestedMs`) +
             FfiConverterLong.allocationSize(value.`expiresMs`) +
+            FfiConverterLong.allocationSize(value.`expiresInMs`) +
             FfiConverterTypeApprovalState.allocationSize(value.`state`) +
             FfiConverterOptionalString.allocationSize(value.`decidedBy`)
     )
@@ -3125,6 +3133,7 @@ public object FfiConverterTypeApprovalRecord: FfiConverterRustBuffer<ApprovalRec
             FfiConverterString.write(value.`requestedBy`, buf)
             FfiConverterLong.write(value.`requestedMs`, buf)
             FfiConverterLong.write(value.`expiresMs`, buf)
+            FfiConverterLong.write(value.`expiresInMs`, buf)
             FfiConverterTypeApprovalState.write(value.`state`, buf)
             FfiConverterOptionalString.write(value.`decidedBy`, buf)
     }
@@ -3214,6 +3223,11 @@ data class DeviceRecord (
      * Where it was last reachable (`ip:port`).
      */
     var `addrs`: List<kotlin.String>
+    , 
+    /**
+     * Its clock minus this device's, in milliseconds, as last measured on connection.
+     */
+    var `clockOffsetMs`: kotlin.Long?
     
 ){
     
@@ -3238,6 +3252,7 @@ public object FfiConverterTypeDeviceRecord: FfiConverterRustBuffer<DeviceRecord>
             FfiConverterBoolean.read(buf),
             FfiConverterBoolean.read(buf),
             FfiConverterSequenceString.read(buf),
+            FfiConverterOptionalLong.read(buf),
         )
     }
 
@@ -3249,7 +3264,8 @@ public object FfiConverterTypeDeviceRecord: FfiConverterRustBuffer<DeviceRecord>
             FfiConverterLong.allocationSize(value.`addedMs`) +
             FfiConverterBoolean.allocationSize(value.`thisDevice`) +
             FfiConverterBoolean.allocationSize(value.`connected`) +
-            FfiConverterSequenceString.allocationSize(value.`addrs`)
+            FfiConverterSequenceString.allocationSize(value.`addrs`) +
+            FfiConverterOptionalLong.allocationSize(value.`clockOffsetMs`)
     )
 
     override fun write(value: DeviceRecord, buf: ByteBuffer) {
@@ -3261,6 +3277,7 @@ public object FfiConverterTypeDeviceRecord: FfiConverterRustBuffer<DeviceRecord>
             FfiConverterBoolean.write(value.`thisDevice`, buf)
             FfiConverterBoolean.write(value.`connected`, buf)
             FfiConverterSequenceString.write(value.`addrs`, buf)
+            FfiConverterOptionalLong.write(value.`clockOffsetMs`, buf)
     }
 }
 
@@ -4534,6 +4551,20 @@ sealed class NodeEvent {
     }
     
     /**
+     * Another device's clock is more than a minute from this one's (measured on connection):
+     * tell the person to fix the clock. Expiry of its requests is still decided by its clock.
+     */
+    data class ClockSkew(
+        val `deviceId`: kotlin.String, 
+        val `offsetMs`: kotlin.Long) : NodeEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
      * The listener fell behind and `count` events were dropped: reload what is shown.
      */
     data class EventsMissed(
@@ -4621,7 +4652,11 @@ public object FfiConverterTypeNodeEvent : FfiConverterRustBuffer<NodeEvent>{
             12 -> NodeEvent.JoinCode(
                 FfiConverterString.read(buf),
                 )
-            13 -> NodeEvent.EventsMissed(
+            13 -> NodeEvent.ClockSkew(
+                FfiConverterString.read(buf),
+                FfiConverterLong.read(buf),
+                )
+            14 -> NodeEvent.EventsMissed(
                 FfiConverterULong.read(buf),
                 )
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
@@ -4737,6 +4772,14 @@ public object FfiConverterTypeNodeEvent : FfiConverterRustBuffer<NodeEvent>{
                 + FfiConverterString.allocationSize(value.`code`)
             )
         }
+        is NodeEvent.ClockSkew -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`deviceId`)
+                + FfiConverterLong.allocationSize(value.`offsetMs`)
+            )
+        }
         is NodeEvent.EventsMissed -> {
             // Add the size for the Int that specifies the variant plus the size needed for all fields
             (
@@ -4832,8 +4875,14 @@ public object FfiConverterTypeNodeEvent : FfiConverterRustBuffer<NodeEvent>{
                 FfiConverterString.write(value.`code`, buf)
                 Unit
             }
-            is NodeEvent.EventsMissed -> {
+            is NodeEvent.ClockSkew -> {
                 buf.putInt(13)
+                FfiConverterString.write(value.`deviceId`, buf)
+                FfiConverterLong.write(value.`offsetMs`, buf)
+                Unit
+            }
+            is NodeEvent.EventsMissed -> {
+                buf.putInt(14)
                 FfiConverterULong.write(value.`count`, buf)
                 Unit
             }
