@@ -460,8 +460,15 @@ fn a_connector_server_gets_the_clean_environment_and_its_own_env_table() {
     assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
     assert!(env.contains("ERRAND_PASSED_ON=passed-on"), "{env}");
     assert!(env.contains("ERRAND_CONNECTOR_OWN=from-its-table"), "{env}");
-    for withheld in ["sk-ant-not-for-connectors", "ERRAND_TEST_SECRET", "SSH_AUTH_SOCK"] {
-        assert!(!env.contains(withheld), "{withheld} reached the server: {env}");
+    for withheld in [
+        "sk-ant-not-for-connectors",
+        "ERRAND_TEST_SECRET",
+        "SSH_AUTH_SOCK",
+    ] {
+        assert!(
+            !env.contains(withheld),
+            "{withheld} reached the server: {env}"
+        );
     }
 }
 
