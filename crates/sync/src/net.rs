@@ -415,7 +415,7 @@ impl Replicator {
         let peer = conn.remote_id();
         let repo = self.0.repo.clone();
         let mut docs = repo.docs();
-        let mut session = Session::new(peer, opener, Instant::now());
+        let mut session = Session::with_quotas(peer, opener, Instant::now(), repo.quotas());
         session.start(&docs);
 
         let (tx, rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
