@@ -1,6 +1,7 @@
 //! Quotas: how much state one device can make another hold. Where [`crate::limits::Limits`]
 //! bounds one message, a quota bounds what messages add up to: documents in a space, documents
-//! a peer names without bringing them, what a task's result and its artifacts take.
+//! a peer names without bringing them, what a task's result and its artifacts take, what is
+//! queued for a peer that does not read.
 //!
 //! Every default is far above what real use reaches and far below what would hurt a desktop.
 //! Exceeding one is refused with a one-line error on the device that tried; a peer that makes
@@ -35,6 +36,13 @@ pub struct Quotas {
     /// in the document and the whole text as the artifact `result.txt` (itself within
     /// `max_blob_bytes`), so a thread stays quick to sync however much a task printed.
     pub max_result_bytes: usize,
+    /// Bytes of sync messages queued for one peer's stream and not yet written to it. While
+    /// this many wait, the session produces nothing more for that peer (reading goes on), so a
+    /// peer that stops reading holds at most this plus one message (at most
+    /// [`crate::wire::MAX_FRAME`]) of this node's memory, whatever it asks for. A message is
+    /// some hundred bytes in steady use and a document's history when a device catches up:
+    /// 4 MiB keeps a fast link busy, and sixteen full frames (512 MiB) can no longer pile up.
+    pub max_in_flight_bytes: usize,
 }
 
 impl Quotas {
@@ -44,6 +52,7 @@ impl Quotas {
         max_unknown_docs: 1_000,
         max_blob_bytes: 16 * 1024 * 1024,
         max_result_bytes: 16 * 1024,
+        max_in_flight_bytes: 4 * 1024 * 1024,
     };
 }
 
