@@ -343,3 +343,83 @@ fn sync_messages_mutated_field_by_field_never_bring_the_repo_down() {
         started.elapsed()
     );
 }
+
+/// Issue 12's unknown document ids: a member that paired normally names more documents than
+/// `max_unknown_docs` without bringing any. The desktop answers the first ones, then drops it
+/// (the log and `errand watch` say which quota); it holds no document more than before, and
+/// the honest phone's tasks keep arriving.
+#[tokio::test]
+async fn a_member_naming_unknown_documents_past_the_quota_is_dropped() {
+    use errand_node::NodeEvent;
+    use errand_sync::quota::Quotas;
+    let desk = desktop("desk").await;
+    let good = node().await;
+    pair(&desk, &good, "good phone", Role::Phone).await;
+    let bad = node().await;
+    pair(&desk, &bad, "bad phone", Role::Phone).await;
+    let bad_key = bad.node.endpoint().secret_key().clone();
+    let bad_id = bad.node.id().to_string();
+    bad.node.shutdown().await;
+    drop(bad);
+    let raw = raw_endpoint(bad_key).await;
+    let held = desk.node.repo().held();
+    let mut events = desk.node.subscribe();
+
+    let conn = raw.connect(addr_of(&desk.node), SYNC_ALPN).await.unwrap();
+    // Its receiving half stays open: the desktop answers while it is under the quota.
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let hello = Msg::Hello {
+        version: PROTOCOL_VERSION,
+        digest: Digest::default(),
+        docs: 0,
+    };
+    wire::write_frame(&mut send, &frame(&hello)).await.unwrap();
+    let lookup = automerge::Automerge::new()
+        .generate_sync_message(&mut automerge::sync::State::new())
+        .unwrap()
+        .encode();
+    for _ in 0..=Quotas::DEFAULT.max_unknown_docs {
+        let doc = DocId::new_thread();
+        if wire::write_frame(&mut send, &sync_frame(&doc, &lookup))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        close_code(&conn).await,
+        Some(errand_sync::net::CLOSE_PROTOCOL as u64)
+    );
+    let reason = tokio::time::timeout(crate::support::WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(NodeEvent::PeerDropped { peer, reason }) if peer == bad_id => return reason,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("events ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the hostile member is dropped");
+    assert!(reason.contains("max_unknown_docs"), "{reason}");
+    assert_eq!(desk.node.repo().held(), held, "no document was created");
+
+    let started = std::time::Instant::now();
+    let sent = good.node.send("still there?", None, None).unwrap();
+    until(
+        "the desktop receives the good phone's task",
+        &[&desk.node, &good.node],
+        || {
+            let ids = task_ids(&desk.node);
+            let task = sent.task.clone();
+            async move { ids.contains(&task) }
+        },
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "the honest task took {took:?}"
+    );
+}

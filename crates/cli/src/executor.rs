@@ -73,7 +73,11 @@ pub fn start(node: &Arc<Node>, paths: &Paths) -> Result<Option<ExecutorHandle>> 
     }
     let connectors =
         connectors::config::load(&paths.connectors).context("cannot start the executor")?;
-    let connectors = Arc::new(Connectors::new(connectors, policy.workspace().to_owned()));
+    let connectors = Arc::new(Connectors::new(
+        connectors,
+        policy.workspace().to_owned(),
+        policy.child_env(),
+    ));
     let (model, model_limits) = match &model_config {
         Some(config) => {
             let backend = build_backend(config).context("cannot start the executor")?;

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod content;
 
+use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -104,6 +105,8 @@ impl fmt::Debug for Connectors {
 struct Entry {
     config: ConnectorConfig,
     workdir: PathBuf,
+    /// The environment a local server starts with, before its own `env` table.
+    base_env: Arc<Vec<(OsString, OsString)>>,
     /// The running server, if any. Held across a start, so concurrent users share one start.
     live: tokio::sync::Mutex<Option<Live>>,
 }
@@ -149,15 +152,23 @@ impl Connectors {
         }
     }
 
-    /// Connectors as configured; local servers run in `workdir` (the workspace). Nothing starts
-    /// until [`Connectors::warm_up`] or the first use.
-    pub fn new(configs: Vec<ConnectorConfig>, workdir: PathBuf) -> Connectors {
+    /// Connectors as configured; local servers run in `workdir` (the workspace) with `env`
+    /// (the policy's [`crate::policy::Policy::child_env`], what a shell command gets) and then
+    /// their own `env` table, nothing else of the executor's environment. Nothing starts until
+    /// [`Connectors::warm_up`] or the first use.
+    pub fn new(
+        configs: Vec<ConnectorConfig>,
+        workdir: PathBuf,
+        env: Vec<(OsString, OsString)>,
+    ) -> Connectors {
+        let base_env = Arc::new(env);
         Connectors {
             entries: configs
                 .into_iter()
                 .map(|config| Entry {
                     config,
                     workdir: workdir.clone(),
+                    base_env: base_env.clone(),
                     live: tokio::sync::Mutex::new(None),
                 })
                 .collect(),
@@ -375,8 +386,10 @@ impl Entry {
                     .current_dir(&self.workdir)
                     .process_group(0)
                     .kill_on_drop(true);
-                server_environment(&mut cmd);
-                cmd.envs(env);
+                // The cleaned environment, then what the connector's table sets (which wins).
+                cmd.env_clear()
+                    .envs(self.base_env.iter().map(|(k, v)| (k, v)))
+                    .envs(env);
                 let (process, stderr) = TokioChildProcess::builder(cmd)
                     .stderr(Stdio::piped())
                     .spawn()
@@ -456,12 +469,6 @@ impl Entry {
         }
     }
 }
-
-/// The environment a local server starts with. Today it inherits the executor's; the cleaned
-/// environment shell commands get (issue 12) belongs here too, applied before the connector's
-/// own `env`, so that a server sees exactly what a shell command would plus what its table
-/// names.
-fn server_environment(_cmd: &mut tokio::process::Command) {}
 
 /// Reads a server's stderr to its end (so the server never blocks on a full pipe), logging it
 /// and keeping its last bytes.

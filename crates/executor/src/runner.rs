@@ -26,6 +26,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use errand_sync::quota::Quotas;
 use errand_sync::schema::thread::{self, Artifact, NewApproval, Task, TaskStatus};
 use errand_sync::schema::{DocId, index, now_millis};
 use errand_sync::{DeviceId, Repo};
@@ -45,8 +46,6 @@ use crate::tools::{self, ToolError};
 
 mod connector;
 
-/// Results longer than this go into a blob, with the start kept in the document.
-const MAX_RESULT_IN_DOC: usize = 16 * 1024;
 /// The most of a file `/read` returns.
 const MAX_READ: usize = 1024 * 1024;
 /// The most of a web page `/fetch` returns.
@@ -489,8 +488,12 @@ impl Shared {
         let id = task.id.clone();
         match outcome {
             Ok(output) => {
-                let artifacts = self.store_blobs(&output);
-                let (text, overflow) = split_result(&output.text);
+                let (artifacts, left_out) = self.store_blobs(&output);
+                let whole = match left_out.is_empty() {
+                    true => output.text,
+                    false => format!("{}\n{}", left_out.join("\n"), output.text),
+                };
+                let (text, overflow) = split_result(&whole, &self.repo.quotas());
                 let overflow_artifact =
                     overflow.and_then(|bytes| self.store_blob("result.txt", "text/plain", &bytes));
                 self.change(doc, &format!("task {} done", short(&id)), |tx| {
@@ -512,7 +515,11 @@ impl Shared {
                 } else {
                     (TaskStatus::Failed, "failed")
                 };
-                let output = failure.output.as_deref().map(split_result);
+                let quotas = self.repo.quotas();
+                let output = failure
+                    .output
+                    .as_deref()
+                    .map(|text| split_result(text, &quotas));
                 self.change(doc, &format!("task {} {verb}", short(&id)), |tx| {
                     if stopped {
                         thread::add_progress(tx, &id, "the desktop was stopped", now_millis())?;
@@ -533,6 +540,10 @@ impl Shared {
     }
 
     fn store_blob(&self, name: &str, mime: &str, bytes: &[u8]) -> Option<Artifact> {
+        if let Some(refusal) = blob_refusal(name, bytes.len(), &self.repo.quotas()) {
+            warn!("{refusal}");
+            return None;
+        }
         match self.repo.store().put_blob(bytes) {
             Ok(hash) => Some(Artifact {
                 hash,
@@ -547,32 +558,113 @@ impl Shared {
         }
     }
 
-    fn store_blobs(&self, output: &ToolOutput) -> Vec<Artifact> {
-        output
-            .blobs
-            .iter()
-            .filter_map(|b| self.store_blob(&b.name, &b.mime, &b.bytes))
-            .collect()
+    /// The artifacts stored, and a line for each one left out (too large).
+    fn store_blobs(&self, output: &ToolOutput) -> (Vec<Artifact>, Vec<String>) {
+        let quotas = self.repo.quotas();
+        let mut stored = Vec::new();
+        let mut left_out = Vec::new();
+        for b in &output.blobs {
+            match blob_refusal(&b.name, b.bytes.len(), &quotas) {
+                Some(refusal) => left_out.push(refusal),
+                None => stored.extend(self.store_blob(&b.name, &b.mime, &b.bytes)),
+            }
+        }
+        (stored, left_out)
     }
 }
 
-/// Splits a result into what fits the document and the whole text when it does not.
-fn split_result(text: &str) -> (String, Option<Vec<u8>>) {
-    if text.len() <= MAX_RESULT_IN_DOC {
-        return (text.to_owned(), None);
-    }
-    let mut cut = MAX_RESULT_IN_DOC;
+/// Why an artifact is not stored: it is larger than [`Quotas::max_blob_bytes`].
+fn blob_refusal(name: &str, size: usize, quotas: &Quotas) -> Option<String> {
+    (size > quotas.max_blob_bytes).then(|| {
+        format!(
+            "the artifact {name} ({size} bytes) was left out: more than the limit of {} bytes an artifact may hold (max_blob_bytes)",
+            quotas.max_blob_bytes
+        )
+    })
+}
+
+/// The longest start of `text` of at most `max` bytes.
+fn start_of(text: &str, max: usize) -> &str {
+    let mut cut = max.min(text.len());
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    (
+    &text[..cut]
+}
+
+/// Splits a result into what fits the document ([`Quotas::max_result_bytes`]) and, when it
+/// does not fit, the text of the artifact `result.txt`: the whole result, or as much of its
+/// start as an artifact may hold ([`Quotas::max_blob_bytes`]).
+fn split_result(text: &str, quotas: &Quotas) -> (String, Option<Vec<u8>>) {
+    if text.len() <= quotas.max_result_bytes {
+        return (text.to_owned(), None);
+    }
+    let shown = start_of(text, quotas.max_result_bytes);
+    let kept = start_of(text, quotas.max_blob_bytes);
+    let note = if kept.len() == text.len() {
         format!(
-            "{}\n… (the whole result, {} bytes, is the artifact result.txt)",
-            &text[..cut],
+            "… (the whole result, {} bytes, is the artifact result.txt)",
             text.len()
-        ),
-        Some(text.as_bytes().to_vec()),
-    )
+        )
+    } else {
+        format!(
+            "… (the result is {} bytes; the artifact result.txt holds its first {}, the limit of an artifact (max_blob_bytes))",
+            text.len(),
+            kept.len()
+        )
+    };
+    (format!("{shown}\n{note}"), Some(kept.as_bytes().to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: Quotas = Quotas {
+        max_result_bytes: 10,
+        max_blob_bytes: 30,
+        ..Quotas::DEFAULT
+    };
+
+    #[test]
+    fn a_long_result_keeps_its_start_and_the_artifact_at_most_the_blob_limit() {
+        assert_eq!(split_result("short", &SMALL), ("short".to_owned(), None));
+
+        let (shown, whole) = split_result("0123456789abcdef", &SMALL);
+        assert_eq!(
+            shown,
+            "0123456789\n… (the whole result, 16 bytes, is the artifact result.txt)"
+        );
+        assert_eq!(whole.as_deref(), Some(&b"0123456789abcdef"[..]));
+
+        let long = "é".repeat(40);
+        let (shown, kept) = split_result(&long, &SMALL);
+        let kept = kept.expect("an artifact");
+        assert_eq!(kept.len(), 30);
+        assert!(
+            shown.starts_with("ééééé\n")
+                && shown.ends_with(
+                    "(the result is 80 bytes; the artifact result.txt holds its first 30, the limit of an artifact (max_blob_bytes))"
+                ),
+            "{shown}"
+        );
+        assert_eq!(
+            split_result(&"x".repeat(100_000), &Quotas::DEFAULT).0.len(),
+            16 * 1024 + "\n… (the whole result, 100000 bytes, is the artifact result.txt)".len()
+        );
+    }
+
+    #[test]
+    fn an_artifact_over_the_blob_limit_is_left_out_saying_which_limit() {
+        assert_eq!(blob_refusal("shot.png", 30, &SMALL), None);
+        assert_eq!(
+            blob_refusal("shot.png", 31, &SMALL).as_deref(),
+            Some(
+                "the artifact shot.png (31 bytes) was left out: more than the limit of 30 bytes an artifact may hold (max_blob_bytes)"
+            )
+        );
+        assert!(blob_refusal("big", 16 * 1024 * 1024 + 1, &Quotas::DEFAULT).is_some());
+    }
 }
 
 /// How a task failed.

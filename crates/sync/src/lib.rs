@@ -14,6 +14,7 @@ pub mod blob;
 pub mod ids;
 pub mod limits;
 pub mod net;
+pub mod quota;
 pub mod replication;
 pub mod repo;
 pub mod schema;

@@ -29,6 +29,7 @@ use crate::replication::{Digest, Msg, Session};
 use crate::repo::Repo;
 use crate::schema::DocId;
 use crate::wire::{self, MAX_FRAME};
+use in_flight::InFlight;
 
 /// The ALPN of the document sync protocol. Version 2: one stream per connection for every
 /// document (version 1 opened one per document and stalled at QUIC's stream limit).
@@ -415,11 +416,13 @@ impl Replicator {
         let peer = conn.remote_id();
         let repo = self.0.repo.clone();
         let mut docs = repo.docs();
-        let mut session = Session::new(peer, opener, Instant::now());
+        let mut session = Session::with_quotas(peer, opener, Instant::now(), repo.quotas());
         session.start(&docs);
 
         let (tx, rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
-        let writer = tokio::spawn(write_frames(send, rx));
+        let (in_flight, mut queued) = InFlight::new();
+        let max_in_flight = repo.quotas().max_in_flight_bytes;
+        let writer = tokio::spawn(write_frames(send, rx, in_flight.clone()));
         let mut frames = wire::FrameReader::new(MAX_FRAME);
         let mut encoder = wire::MessageEncoder::default();
         let mut decoder = wire::MessageDecoder::default();
@@ -441,13 +444,22 @@ impl Replicator {
             let now = Instant::now();
             let timer = session.poll_timeout(now, &docs);
             let wants = session.wants_transmit(now, &docs);
+            let room = in_flight::room(*queued.borrow_and_update(), max_in_flight);
             let forget_at = last_traffic + IDLE_FORGET;
             tokio::select! {
-                permit = tx.reserve(), if wants => {
+                permit = tx.reserve(), if wants && room => {
                     let Ok(permit) = permit else { break };
                     if let Some(msg) = session.poll_transmit(Instant::now(), &mut docs) {
-                        permit.send(encoder.encode(&msg.encode()));
+                        let frame = encoder.encode(&msg.encode());
+                        in_flight.add(frame.len());
+                        permit.send(frame);
                         last_traffic = Instant::now();
+                    }
+                }
+                // The peer reads again: the writer has taken bytes off the queue.
+                changed = queued.changed(), if wants && !room => {
+                    if changed.is_err() {
+                        break;
                     }
                 }
                 frame = frames.next(&mut recv) => {
@@ -546,14 +558,82 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Owns the send half of the stream: writes frames as the session produces them.
-async fn write_frames(mut send: SendStream, mut frames: mpsc::Receiver<Vec<u8>>) {
+/// Owns the send half of the stream: writes frames as the session produces them, and counts
+/// each off `in_flight` once written.
+async fn write_frames(
+    mut send: SendStream,
+    mut frames: mpsc::Receiver<Vec<u8>>,
+    in_flight: InFlight,
+) {
     while let Some(frame) = frames.recv().await {
         if wire::write_frame(&mut send, &frame).await.is_err() {
+            // Room again, so that the driver tries to queue, finds the writer gone and ends.
+            in_flight.clear();
             return;
         }
+        in_flight.written(frame.len());
     }
     let _ = send.finish();
+}
+
+/// The bytes queued for one connection's writer ([`crate::quota::Quotas::max_in_flight_bytes`]).
+mod in_flight {
+    use std::sync::Arc;
+
+    use tokio::sync::watch;
+
+    /// Bytes of frames handed to the writer task and not yet written to the stream: the
+    /// driver adds, the writer takes away, and the driver watches.
+    #[derive(Clone)]
+    pub(super) struct InFlight(Arc<watch::Sender<usize>>);
+
+    impl InFlight {
+        pub(super) fn new() -> (InFlight, watch::Receiver<usize>) {
+            let (tx, rx) = watch::channel(0);
+            (InFlight(Arc::new(tx)), rx)
+        }
+
+        pub(super) fn add(&self, bytes: usize) {
+            self.0.send_modify(|queued| *queued += bytes);
+        }
+
+        pub(super) fn written(&self, bytes: usize) {
+            self.0
+                .send_modify(|queued| *queued = queued.saturating_sub(bytes));
+        }
+
+        /// The writer is gone: nothing waits any more.
+        pub(super) fn clear(&self) {
+            self.0.send_replace(0);
+        }
+    }
+
+    /// Whether another frame may be queued with `queued` bytes waiting: only while fewer than
+    /// `max` wait, so at most `max` plus one frame are ever queued.
+    pub(super) fn room(queued: usize, max: usize) -> bool {
+        queued < max
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[tokio::test]
+        async fn frames_queue_while_fewer_than_the_quota_wait_and_a_write_makes_room() {
+            let max = 100;
+            let (in_flight, mut queued) = InFlight::new();
+            assert!(room(*queued.borrow_and_update(), max));
+            in_flight.add(60);
+            assert!(room(*queued.borrow_and_update(), max));
+            in_flight.add(60);
+            assert!(!room(*queued.borrow_and_update(), max), "120 bytes wait");
+            let writer = in_flight.clone();
+            tokio::spawn(async move { writer.written(60) });
+            queued.changed().await.expect("the writer wrote");
+            assert_eq!(*queued.borrow_and_update(), 60);
+            assert!(room(*queued.borrow(), max));
+        }
+    }
 }
 
 impl ProtocolHandler for Replicator {

@@ -25,6 +25,7 @@ use tokio::sync::broadcast;
 use crate::authorship::{self, Authors, Envelope, Refusal, Standing};
 use crate::ids::{DeviceId, SpaceId, session_actor};
 use crate::limits::Limits;
+use crate::quota::{Quotas, TooManyDocuments};
 use crate::replication::{Catalog, Digest, Docs, DocsError, HeadsHash};
 use crate::schema::{DocId, now_millis};
 use crate::store::{ChangeSig, Store, StoreError};
@@ -71,6 +72,8 @@ pub enum ChangeError {
     Store(#[from] StoreError),
     #[error("this device belongs to no space yet, so it cannot sign changes")]
     NoSpace,
+    #[error(transparent)]
+    Quota(#[from] TooManyDocuments),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +164,8 @@ pub struct Repo {
     /// `docs`, never while holding it. See the module docs.
     writes: Mutex<()>,
     changes: broadcast::Sender<DocChanged>,
+    /// What this device lets anyone, itself included, make it hold.
+    quotas: Quotas,
 }
 
 /// A panic while holding one of the repo's locks happens only inside automerge, on a document
@@ -195,6 +200,7 @@ impl Repo {
             catalog: Mutex::new(Catalog::default()),
             writes: Mutex::new(()),
             changes,
+            quotas: Quotas::DEFAULT,
         };
         if let Err(e) = repo.load_catalog() {
             tracing::warn!("cannot read what the store holds: {e}");
@@ -230,6 +236,17 @@ impl Repo {
             }
         }
         Ok(())
+    }
+
+    /// This repo with other quotas than [`Quotas::DEFAULT`] (tests set small ones).
+    pub fn with_quotas(mut self, quotas: Quotas) -> Repo {
+        self.quotas = quotas;
+        self
+    }
+
+    /// The quotas this repo applies, and the sessions with its peers.
+    pub fn quotas(&self) -> Quotas {
+        self.quotas
     }
 
     /// The device whose changes these are.
@@ -374,6 +391,7 @@ impl Repo {
             if self.load_entry(&mut docs, id)?.is_some() {
                 return Err(ChangeError::Exists(id.clone()));
             }
+            self.quotas.check_new_document(self.held())?;
             docs.insert(id.clone(), Entry::empty(self.actor()));
         }
         let out = self.change_and_write(id, message, f);
@@ -688,6 +706,13 @@ impl Repo {
             Ok(Err(e)) => return Err(malformed(id, e.to_string())),
             Err(_) => return Err(malformed(id, "decoding panicked".into())),
         };
+        if !self.holds(id)
+            && let Err(full) = self.quotas.check_new_document(self.held())
+        {
+            *state = sync::State::new();
+            return Err(malformed(id, full.to_string()));
+        }
+        let names_only = message.changes.is_empty();
         let _writing = lock(&self.writes);
         let pending = {
             let mut docs = self.lock();
@@ -740,7 +765,13 @@ impl Repo {
             };
             match pending {
                 Ok(pending) => {
-                    self.note_heads(id, &entry.doc.get_heads());
+                    let heads = entry.doc.get_heads();
+                    self.note_heads(id, &heads);
+                    // A document the peer only named, and that is not held here: nothing of
+                    // it is kept in memory (a peer naming ids at random grows nothing).
+                    if heads.is_empty() && names_only && entry.waiting_sigs.is_empty() {
+                        docs.remove(id);
+                    }
                     pending
                 }
                 Err((reason, early)) => {
@@ -1138,6 +1169,84 @@ mod tests {
         assert!(!repo.contains(&fresh).unwrap());
     }
 
+    /// A peer that names documents this device does not hold, without bringing them, leaves
+    /// nothing of them in memory.
+    #[test]
+    fn a_document_a_peer_only_names_takes_no_memory() {
+        let (_dir, repo) = repo();
+        let lookup = Envelope {
+            sigs: Vec::new(),
+            message: Automerge::new()
+                .generate_sync_message(&mut sync::State::new())
+                .unwrap()
+                .encode(),
+        }
+        .encode();
+        for _ in 0..50 {
+            let named = DocId::new_thread();
+            let changed = repo
+                .receive_sync_message(&named, &mut sync::State::new(), &lookup)
+                .unwrap();
+            assert!(!changed);
+            assert!(!repo.holds(&named));
+        }
+        assert_eq!(repo.lock().len(), 0, "documents left in memory");
+        assert_eq!(repo.held(), 0);
+    }
+
+    /// Past `max_documents`, this device creates no document, its own (one line naming the
+    /// quota) or a peer's (refused as malformed, so the peer is dropped), and keeps none of
+    /// the refused one in memory; the documents held still take changes.
+    #[test]
+    fn a_full_space_creates_no_document_of_its_own_or_a_peers() {
+        let dir = tempfile::tempdir().unwrap();
+        let quotas = Quotas {
+            max_documents: 2,
+            ..Quotas::DEFAULT
+        };
+        let repo =
+            open(&dir.path().join("db.redb"), &iroh::SecretKey::generate()).with_quotas(quotas);
+        let (_peer_dir, peer) = self::repo();
+        let mut made = Vec::new();
+        for _ in 0..2 {
+            let doc = DocId::new_thread();
+            repo.create(&doc, "thread created", |tx| {
+                thread::create(tx, doc.as_str(), "t")
+            })
+            .unwrap();
+            made.push(doc);
+        }
+        let third = DocId::new_thread();
+        let err = repo
+            .create(&third, "thread created", |tx| {
+                thread::create(tx, third.as_str(), "t")
+            })
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "this space holds 2 documents, the most a space may hold (2, max_documents)"
+        );
+        assert!(!repo.contains(&third).unwrap());
+
+        let theirs = DocId::new_thread();
+        peer.create(&theirs, "thread created", |tx| {
+            thread::create(tx, theirs.as_str(), "theirs")
+        })
+        .unwrap();
+        let message = peer
+            .generate_sync_message(&theirs, &mut sync::State::new())
+            .unwrap()
+            .unwrap();
+        let err = repo
+            .receive_sync_message(&theirs, &mut sync::State::new(), &message)
+            .unwrap_err();
+        assert!(matches!(err, ReceiveError::Malformed { .. }), "{err}");
+        assert!(err.to_string().contains("max_documents"), "{err}");
+        assert!(!repo.lock().contains_key(&theirs));
+        assert_eq!(repo.held(), 2);
+        put(&repo, &made[0], "still-works");
+    }
+
     /// Exchanges sync messages between two repos until neither has anything to say.
     fn sync_pair(a: &Repo, b: &Repo, doc: &DocId) {
         let (mut a_state, mut b_state) = (sync::State::new(), sync::State::new());
@@ -1202,7 +1311,7 @@ mod tests {
         let path = dir.path().join("desk.redb");
         let before_crash = dir.path().join("before-crash.redb");
         let desk = iroh::SecretKey::generate();
-        let (_peer_dir, peer) = repo();
+        let (_peer_dir, peer) = self::repo();
         let doc = DocId::new_thread();
         {
             let repo = open(&path, &desk);

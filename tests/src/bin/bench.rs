@@ -899,7 +899,7 @@ async fn round_trip(tasks: usize, iterations: usize, prompt: &'static str) -> Re
         shell.push(ms(t0.elapsed()));
     }
     shell.drain(..WARMUP);
-    let connectors = Arc::new(bench_connectors(prompt, policy.workspace())?);
+    let connectors = Arc::new(bench_connectors(prompt, &policy)?);
     let config = ExecutorConfig {
         device: desktop.id(),
         policy,
@@ -1326,7 +1326,8 @@ fn report_table(
 
 /// The connectors of a round trip: the filesystem server over the workspace for (e)'s `/mcp`,
 /// none otherwise.
-fn bench_connectors(prompt: &str, workspace: &std::path::Path) -> Result<Connectors> {
+fn bench_connectors(prompt: &str, policy: &Policy) -> Result<Connectors> {
+    let workspace = policy.workspace();
     if !prompt.starts_with("/mcp ") {
         return Ok(Connectors::none());
     }
@@ -1349,7 +1350,11 @@ fn bench_connectors(prompt: &str, workspace: &std::path::Path) -> Result<Connect
         timeout: WAIT,
         tools: Default::default(),
     };
-    Ok(Connectors::new(vec![config], workspace.to_owned()))
+    Ok(Connectors::new(
+        vec![config],
+        workspace.to_owned(),
+        policy.child_env(),
+    ))
 }
 
 fn table_a(props: &[Propagation]) {

@@ -313,7 +313,7 @@ readline.createInterface({input: process.stdin}).on('line', (line) => {
     reply({protocolVersion: m.params.protocolVersion, capabilities: {tools: {}},
            serverInfo: {name: 'flaky', version: '1'}});
   } else if (m.method === 'tools/list') {
-    reply({tools: ['echo', 'crash', 'hang', 'garbage', 'huge'].map(tool)});
+    reply({tools: ['echo', 'crash', 'hang', 'garbage', 'huge', 'env'].map(tool)});
   } else if (m.method === 'tools/call') {
     const args = m.params.arguments || {};
     switch (m.params.name) {
@@ -325,6 +325,10 @@ readline.createInterface({input: process.stdin}).on('line', (line) => {
         reply({content: 'not a list of parts'});
         break;
       case 'huge': reply({content: [{type: 'text', text: 'x'.repeat(3000000)}]}); break;
+      case 'env':
+        reply({content: [{type: 'text', text: Object.entries(process.env)
+          .map(([k, v]) => k + '=' + v).join('\n')}]});
+        break;
     }
   } else if (m.id !== undefined) {
     send({jsonrpc: '2.0', id: m.id, error: {code: -32601, message: 'no such method'}});
@@ -423,6 +427,49 @@ fn misbehaving_connectors_fail_their_call_with_one_line_and_nothing_else_stops()
             .any(|t| t.starts_with("running /ls")),
         "{listing:#}"
     );
+}
+
+/// A local server starts with what a shell command gets (the default variables and what the
+/// policy passes on) plus its own `env` table: never the model's key or the agent socket.
+#[test]
+fn a_connector_server_gets_the_clean_environment_and_its_own_env_table() {
+    let desk = Home::new("desk");
+    let script = desk.file("flaky.js");
+    fs::write(&script, FLAKY_SERVER).expect("script");
+    let text = format!(
+        "[flaky]\ncommand = \"{}\"\nargs = [\"{}\"]\nenv = {{ ERRAND_CONNECTOR_OWN = \"from-its-table\" }}\n",
+        node(),
+        path_str(&script),
+    );
+    fs::create_dir_all(desk.path()).expect("home");
+    fs::write(desk.path().join("connectors.toml"), text).expect("connectors.toml");
+    let (p, _) = setup_home(
+        desk,
+        Some("pass_env = [\"ERRAND_PASSED_ON\"]\n"),
+        &[
+            ("ANTHROPIC_API_KEY", "sk-ant-not-for-connectors"),
+            ("ERRAND_TEST_SECRET", "not-for-connectors"),
+            ("SSH_AUTH_SOCK", "/tmp/agent-not-for-connectors"),
+            ("ERRAND_PASSED_ON", "passed-on"),
+        ],
+    );
+    let (task, _) = send_task(&p.phone, "/mcp flaky env", &[]);
+    let done = wait_final(&p.phone, &task);
+    assert_eq!(status(&done), "done", "{done:#}");
+    let env = done["result"].as_str().expect("result");
+    assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
+    assert!(env.contains("ERRAND_PASSED_ON=passed-on"), "{env}");
+    assert!(env.contains("ERRAND_CONNECTOR_OWN=from-its-table"), "{env}");
+    for withheld in [
+        "sk-ant-not-for-connectors",
+        "ERRAND_TEST_SECRET",
+        "SSH_AUTH_SOCK",
+    ] {
+        assert!(
+            !env.contains(withheld),
+            "{withheld} reached the server: {env}"
+        );
+    }
 }
 
 #[test]

@@ -18,6 +18,7 @@ use super::digest::{Digest, HeadsHash};
 use super::msg::{self, Msg, PROTOCOL_VERSION};
 use super::{Docs, DocsError};
 use crate::ids::DeviceId;
+use crate::quota::Quotas;
 use crate::schema::DocId;
 
 /// Per-document sync states kept in memory per peer; beyond this the least recently used one
@@ -116,6 +117,10 @@ pub struct Session {
     failed: bool,
     /// Messages refused as early (see [`MAX_EARLY`]).
     early: u32,
+    quotas: Quotas,
+    /// Documents the peer named that were not held here and that it has not brought yet
+    /// (at most [`Quotas::max_unknown_docs`]).
+    unknown: HashSet<DocId>,
 }
 
 impl Session {
@@ -123,6 +128,11 @@ impl Session {
     /// nothing until the opener's `Hello` arrives, so a fresh device never receives a document
     /// twice.
     pub fn new(peer: DeviceId, opener: bool, now: Instant) -> Session {
+        Session::with_quotas(peer, opener, now, Quotas::DEFAULT)
+    }
+
+    /// A session that applies `quotas` (tests set small ones).
+    pub fn with_quotas(peer: DeviceId, opener: bool, now: Instant, quotas: Quotas) -> Session {
         Session {
             peer,
             opener,
@@ -144,6 +154,8 @@ impl Session {
             events: VecDeque::new(),
             failed: false,
             early: 0,
+            quotas,
+            unknown: HashSet::new(),
         }
     }
 
@@ -275,6 +287,9 @@ impl Session {
 
     fn on_sync(&mut self, now: Instant, doc: DocId, message: &[u8], docs: &mut dyn Docs) {
         let peer = self.peer;
+        if let Err(reason) = self.admit_unknown(&doc, docs) {
+            return self.fail(reason);
+        }
         let slot = self.slot(&doc, docs, now);
         let outcome = docs.receive(&doc, &mut slot.state, message);
         match outcome {
@@ -304,6 +319,9 @@ impl Session {
                 self.enqueue(index);
             }
         }
+        if docs.fingerprint(&doc).is_some() {
+            self.unknown.remove(&doc);
+        }
         let Some(slot) = self.slots.get_mut(&doc) else {
             return;
         };
@@ -311,6 +329,30 @@ impl Session {
         self.unsaved = true;
         self.note_progress(&doc, docs);
         self.enqueue(doc);
+    }
+
+    /// The quotas on documents a peer names that are not held here: none may be created past
+    /// [`Quotas::max_documents`], and at most [`Quotas::max_unknown_docs`] may wait for the
+    /// peer to bring them. Checked before the message touches anything.
+    fn admit_unknown(&mut self, doc: &DocId, docs: &dyn Docs) -> Result<(), String> {
+        if docs.fingerprint(doc).is_some() || self.unknown.contains(doc) {
+            return Ok(());
+        }
+        if let Err(full) = self.quotas.check_new_document(docs.held()) {
+            return Err(format!("sent {doc}, a new document: {full}"));
+        }
+        let max = self.quotas.max_unknown_docs;
+        if self.unknown.len() >= max {
+            // Some may have arrived since through another peer.
+            self.unknown.retain(|d| docs.fingerprint(d).is_none());
+            if self.unknown.len() >= max {
+                return Err(format!(
+                    "named more than {max} documents not held here without bringing them (max_unknown_docs)"
+                ));
+            }
+        }
+        self.unknown.insert(doc.clone());
+        Ok(())
     }
 
     fn on_catalog(&mut self, entries: Vec<(DocId, HeadsHash)>, last: bool, docs: &dyn Docs) {

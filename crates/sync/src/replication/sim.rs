@@ -24,6 +24,7 @@ use rand::{Rng, SeedableRng};
 use super::session::{Event, Input, MAX_SLOTS, Session};
 use super::{Catalog, Digest, Docs, DocsError, HeadsHash, Msg};
 use crate::ids::DeviceId;
+use crate::quota::Quotas;
 use crate::schema::DocId;
 
 /// A peer's documents in memory. Documents are durable (a crash keeps them, as the repo's
@@ -717,4 +718,135 @@ fn a_peer_that_lost_everything_is_caught_up_through_the_catalog() {
         sim.now += Duration::from_millis(5);
     }
     assert_eq!(sim.peers[1].docs.held(), 40);
+}
+
+/// A session that has received the peer's hello, over `docs`, with `quotas`.
+fn greeted(docs: &mut MemDocs, quotas: Quotas) -> Session {
+    let now = Instant::now();
+    let peer = iroh::SecretKey::from_bytes(&[7; 32]).public();
+    let mut session = Session::with_quotas(peer, false, now, quotas);
+    let hello = Msg::Hello {
+        version: super::msg::PROTOCOL_VERSION,
+        digest: Digest::default(),
+        docs: 0,
+    };
+    session.handle(now, Input::Message(hello), docs);
+    session
+}
+
+/// What a peer that holds nothing says about a document: "send me everything".
+fn lookup(doc: DocId) -> Input {
+    let message = Automerge::new()
+        .generate_sync_message(&mut sync::State::new())
+        .expect("an empty document asks")
+        .encode();
+    Input::Message(Msg::Sync { doc, message })
+}
+
+fn random_doc(rng: &mut StdRng) -> DocId {
+    let mut b = [0u8; 16];
+    rng.fill(&mut b);
+    DocId::parse(&crate::ids::hex(&b)).expect("valid id")
+}
+
+fn misbehaved(session: &mut Session) -> Option<String> {
+    std::iter::from_fn(|| session.poll_event()).find_map(|e| match e {
+        Event::Misbehaved(reason) => Some(reason),
+        _ => None,
+    })
+}
+
+/// A peer that names documents this node does not hold, without ever bringing them, is dropped
+/// once it has named `max_unknown_docs` (the default) of them; until then it is answered.
+#[test]
+fn a_peer_naming_more_unknown_documents_than_the_quota_is_dropped() {
+    let max = Quotas::DEFAULT.max_unknown_docs;
+    let mut docs = MemDocs::default();
+    let mut session = greeted(&mut docs, Quotas::DEFAULT);
+    let mut rng = StdRng::seed_from_u64(3);
+    let now = Instant::now();
+    for n in 0..max {
+        session.handle(now, lookup(random_doc(&mut rng)), &mut docs);
+        assert!(!session.failed(), "dropped after {n} documents");
+        // Naming one again costs nothing more.
+        while session.poll_transmit(now, &mut docs).is_some() {}
+    }
+    assert_eq!(misbehaved(&mut session), None);
+    session.handle(now, lookup(random_doc(&mut rng)), &mut docs);
+    assert!(session.failed());
+    let reason = misbehaved(&mut session).expect("a reason");
+    assert!(
+        reason.contains(&format!("more than {max} documents"))
+            && reason.contains("max_unknown_docs"),
+        "{reason}"
+    );
+    assert!(session.slots() <= MAX_SLOTS);
+    assert_eq!(docs.held(), 0, "nothing was created");
+}
+
+/// Past `max_documents`, a peer that names a new document is dropped before the message is
+/// applied, while messages about the documents held go on.
+#[test]
+fn a_full_space_takes_no_new_document_from_a_peer() {
+    let quotas = Quotas {
+        max_documents: 3,
+        ..Quotas::DEFAULT
+    };
+    let mut sim = Sim::new(5, 2, 3);
+    let mut docs = std::mem::take(&mut sim.peers[0].docs);
+    assert_eq!(docs.held(), 3);
+    let held: Vec<DocId> = docs.docs.keys().cloned().collect();
+    let mut session = greeted(&mut docs, quotas);
+    let now = Instant::now();
+    for doc in &held {
+        session.handle(now, lookup(doc.clone()), &mut docs);
+    }
+    assert!(!session.failed(), "{:?}", misbehaved(&mut session));
+    let mut rng = StdRng::seed_from_u64(4);
+    let new = random_doc(&mut rng);
+    let mut theirs = Automerge::new();
+    let mut tx = theirs.transaction();
+    tx.put(ROOT, "created", 1).expect("put");
+    tx.commit();
+    let message = theirs
+        .generate_sync_message(&mut sync::State::new())
+        .expect("a message")
+        .encode();
+    session.handle(
+        now,
+        Input::Message(Msg::Sync {
+            doc: new.clone(),
+            message,
+        }),
+        &mut docs,
+    );
+    let reason = misbehaved(&mut session).expect("dropped");
+    assert!(
+        reason.contains("the most a space may hold (3, max_documents)"),
+        "{reason}"
+    );
+    assert!(
+        !docs.docs.contains_key(&new),
+        "the refused document takes no memory"
+    );
+    assert_eq!(docs.held(), 3);
+}
+
+/// The unknown-document quota does not get in the way of a fresh device taking a space with
+/// more documents than it: an honest peer brings each document it names.
+#[test]
+fn a_fresh_peer_takes_more_documents_than_the_unknown_quota() {
+    let count = Quotas::DEFAULT.max_unknown_docs + 200;
+    let mut sim = Sim::new(12, 2, count);
+    sim.peers[1].docs = MemDocs::default();
+    sim.peers[0].docs.saved.clear();
+    sim.connect(1, 0);
+    let mut steps = 0;
+    while !sim.settled() {
+        steps += 1;
+        assert!(steps < 100_000, "did not settle");
+        sim.step(false);
+        sim.now += Duration::from_millis(5);
+    }
+    assert_eq!(sim.peers[1].docs.held(), count);
 }
