@@ -35,8 +35,16 @@ fn ended(line: &str, task: &str) -> bool {
 
 #[test]
 fn a_graceful_stop_lets_a_task_finish_and_records_the_one_it_interrupts_as_failed() {
-    let (p, _) = setup(Some("[actions]\nshell = \"allow\"\n"), &[]);
+    let (p, _) = setup(
+        Some("allow_private_network = true\n\n[actions]\nshell = \"allow\"\n"),
+        &[],
+    );
     let ws = workspace(&p.desk);
+    // The phone also wants a push when a task fails (a local stand-in for ntfy).
+    let ntfy = errand_tests::ntfy::Ntfy::start(false);
+    p.phone
+        .run(&["notify", "add", &ntfy.url("stops"), "--events", "failed"])
+        .success();
     let _orphans = Orphans {
         arg: "38.5",
         cwd: ws.clone(),
@@ -86,6 +94,11 @@ fn a_graceful_stop_lets_a_task_finish_and_records_the_one_it_interrupts_as_faile
             .is_some_and(|r| r.contains("the desktop was stopped")),
         "the event says why: {interrupted:#}"
     );
+    // And the push went out before the desktop was gone.
+    let pushed = ntfy.wait_for(DEADLINE, |m| {
+        m.message.contains(crate::support::short(&long)) && m.message.contains("failed")
+    });
+    assert!(!pushed.message.contains("sleep"), "{pushed:?}");
     // It ended within the grace period, before the other was interrupted.
     let finished = match watch.seen.iter().find(|l| ended(l, &brief)) {
         Some(line) => line.clone(),
