@@ -549,6 +549,12 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_is_closed() != 44830:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_errand_ffi_checksum_method_node_notify_add() != 60285:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_errand_ffi_checksum_method_node_notify_list() != 57110:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_errand_ffi_checksum_method_node_notify_remove() != 57690:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_pair() != 9430:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_questions() != 725:
@@ -644,6 +650,15 @@ _UniffiLib.uniffi_errand_ffi_checksum_method_node_history.restype = ctypes.c_uin
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_is_closed.argtypes = (
 )
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_is_closed.restype = ctypes.c_uint16
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_notify_add.argtypes = (
+)
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_notify_add.restype = ctypes.c_uint16
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_notify_list.argtypes = (
+)
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_notify_list.restype = ctypes.c_uint16
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_notify_remove.argtypes = (
+)
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_notify_remove.restype = ctypes.c_uint16
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_pair.argtypes = (
 )
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_pair.restype = ctypes.c_uint16
@@ -752,6 +767,22 @@ _UniffiLib.uniffi_errand_ffi_fn_method_node_is_closed.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_errand_ffi_fn_method_node_is_closed.restype = ctypes.c_int8
+_UniffiLib.uniffi_errand_ffi_fn_method_node_notify_add.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.c_int8,
+)
+_UniffiLib.uniffi_errand_ffi_fn_method_node_notify_add.restype = ctypes.c_uint64
+_UniffiLib.uniffi_errand_ffi_fn_method_node_notify_list.argtypes = (
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_errand_ffi_fn_method_node_notify_list.restype = ctypes.c_uint64
+_UniffiLib.uniffi_errand_ffi_fn_method_node_notify_remove.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_errand_ffi_fn_method_node_notify_remove.restype = ctypes.c_uint64
 _UniffiLib.uniffi_errand_ffi_fn_method_node_pair.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1899,6 +1930,114 @@ class _UniffiFfiConverterTypeMessageRecord(_UniffiConverterRustBuffer):
         _UniffiFfiConverterOptionalString.write(value.reply, buf)
 
 @dataclass
+class NoticeRecord:
+    """
+    A notification the desktop sent about a task, and how it went.
+"""
+    def __init__(self, *, device_id:str, event:str, at_ms:int, delivered:bool, outcome:str):
+        self.device_id = device_id
+        self.event = event
+        self.at_ms = at_ms
+        self.delivered = delivered
+        self.outcome = outcome
+        
+        
+
+    
+    def __str__(self):
+        return "NoticeRecord(device_id={}, event={}, at_ms={}, delivered={}, outcome={})".format(self.device_id, self.event, self.at_ms, self.delivered, self.outcome)
+    def __eq__(self, other):
+        if self.device_id != other.device_id:
+            return False
+        if self.event != other.event:
+            return False
+        if self.at_ms != other.at_ms:
+            return False
+        if self.delivered != other.delivered:
+            return False
+        if self.outcome != other.outcome:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeNoticeRecord(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return NoticeRecord(
+            device_id=_UniffiFfiConverterString.read(buf),
+            event=_UniffiFfiConverterString.read(buf),
+            at_ms=_UniffiFfiConverterInt64.read(buf),
+            delivered=_UniffiFfiConverterBoolean.read(buf),
+            outcome=_UniffiFfiConverterString.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.device_id)
+        _UniffiFfiConverterString.check_lower(value.event)
+        _UniffiFfiConverterInt64.check_lower(value.at_ms)
+        _UniffiFfiConverterBoolean.check_lower(value.delivered)
+        _UniffiFfiConverterString.check_lower(value.outcome)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.device_id, buf)
+        _UniffiFfiConverterString.write(value.event, buf)
+        _UniffiFfiConverterInt64.write(value.at_ms, buf)
+        _UniffiFfiConverterBoolean.write(value.delivered, buf)
+        _UniffiFfiConverterString.write(value.outcome, buf)
+
+@dataclass
+class NotifyEndpoint:
+    """
+    Where a device wants to be told of events (`Node.notify_add`).
+"""
+    def __init__(self, *, id:str, url:str, events:typing.List[str], content:bool):
+        self.id = id
+        self.url = url
+        self.events = events
+        self.content = content
+        
+        
+
+    
+    def __str__(self):
+        return "NotifyEndpoint(id={}, url={}, events={}, content={})".format(self.id, self.url, self.events, self.content)
+    def __eq__(self, other):
+        if self.id != other.id:
+            return False
+        if self.url != other.url:
+            return False
+        if self.events != other.events:
+            return False
+        if self.content != other.content:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeNotifyEndpoint(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return NotifyEndpoint(
+            id=_UniffiFfiConverterString.read(buf),
+            url=_UniffiFfiConverterString.read(buf),
+            events=_UniffiFfiConverterSequenceString.read(buf),
+            content=_UniffiFfiConverterBoolean.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.id)
+        _UniffiFfiConverterString.check_lower(value.url)
+        _UniffiFfiConverterSequenceString.check_lower(value.events)
+        _UniffiFfiConverterBoolean.check_lower(value.content)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.id, buf)
+        _UniffiFfiConverterString.write(value.url, buf)
+        _UniffiFfiConverterSequenceString.write(value.events, buf)
+        _UniffiFfiConverterBoolean.write(value.content, buf)
+
+@dataclass
 class PairedRecord:
     """
     The outcome of pairing with a ticket.
@@ -2547,12 +2686,35 @@ class _UniffiFfiConverterSequenceTypeArtifactRecord(_UniffiConverterRustBuffer):
             _UniffiFfiConverterTypeArtifactRecord.read(buf) for i in range(count)
         ]
 
+class _UniffiFfiConverterSequenceTypeNoticeRecord(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeNoticeRecord.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeNoticeRecord.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeNoticeRecord.read(buf) for i in range(count)
+        ]
+
 @dataclass
 class TaskRecord:
     """
     A task: what was asked, of which desktop, and what came of it.
 """
-    def __init__(self, *, id:str, thread_id:str, prompt:str, target_id:str, created_by:str, created_ms:int, status:TaskStatus, started_ms:typing.Optional[int], finished_ms:typing.Optional[int], progress:typing.List[ProgressRecord], result:typing.Optional[str], error:typing.Optional[str], artifacts:typing.List[ArtifactRecord], cancel_requested:bool):
+    def __init__(self, *, id:str, thread_id:str, prompt:str, target_id:str, created_by:str, created_ms:int, status:TaskStatus, started_ms:typing.Optional[int], finished_ms:typing.Optional[int], progress:typing.List[ProgressRecord], result:typing.Optional[str], error:typing.Optional[str], artifacts:typing.List[ArtifactRecord], cancel_requested:bool, notifications:typing.List[NoticeRecord]):
         self.id = id
         self.thread_id = thread_id
         self.prompt = prompt
@@ -2567,12 +2729,13 @@ class TaskRecord:
         self.error = error
         self.artifacts = artifacts
         self.cancel_requested = cancel_requested
+        self.notifications = notifications
         
         
 
     
     def __str__(self):
-        return "TaskRecord(id={}, thread_id={}, prompt={}, target_id={}, created_by={}, created_ms={}, status={}, started_ms={}, finished_ms={}, progress={}, result={}, error={}, artifacts={}, cancel_requested={})".format(self.id, self.thread_id, self.prompt, self.target_id, self.created_by, self.created_ms, self.status, self.started_ms, self.finished_ms, self.progress, self.result, self.error, self.artifacts, self.cancel_requested)
+        return "TaskRecord(id={}, thread_id={}, prompt={}, target_id={}, created_by={}, created_ms={}, status={}, started_ms={}, finished_ms={}, progress={}, result={}, error={}, artifacts={}, cancel_requested={}, notifications={})".format(self.id, self.thread_id, self.prompt, self.target_id, self.created_by, self.created_ms, self.status, self.started_ms, self.finished_ms, self.progress, self.result, self.error, self.artifacts, self.cancel_requested, self.notifications)
     def __eq__(self, other):
         if self.id != other.id:
             return False
@@ -2602,6 +2765,8 @@ class TaskRecord:
             return False
         if self.cancel_requested != other.cancel_requested:
             return False
+        if self.notifications != other.notifications:
+            return False
         return True
 
 class _UniffiFfiConverterTypeTaskRecord(_UniffiConverterRustBuffer):
@@ -2622,6 +2787,7 @@ class _UniffiFfiConverterTypeTaskRecord(_UniffiConverterRustBuffer):
             error=_UniffiFfiConverterOptionalString.read(buf),
             artifacts=_UniffiFfiConverterSequenceTypeArtifactRecord.read(buf),
             cancel_requested=_UniffiFfiConverterBoolean.read(buf),
+            notifications=_UniffiFfiConverterSequenceTypeNoticeRecord.read(buf),
         )
 
     @staticmethod
@@ -2640,6 +2806,7 @@ class _UniffiFfiConverterTypeTaskRecord(_UniffiConverterRustBuffer):
         _UniffiFfiConverterOptionalString.check_lower(value.error)
         _UniffiFfiConverterSequenceTypeArtifactRecord.check_lower(value.artifacts)
         _UniffiFfiConverterBoolean.check_lower(value.cancel_requested)
+        _UniffiFfiConverterSequenceTypeNoticeRecord.check_lower(value.notifications)
 
     @staticmethod
     def write(value, buf):
@@ -2657,6 +2824,7 @@ class _UniffiFfiConverterTypeTaskRecord(_UniffiConverterRustBuffer):
         _UniffiFfiConverterOptionalString.write(value.error, buf)
         _UniffiFfiConverterSequenceTypeArtifactRecord.write(value.artifacts, buf)
         _UniffiFfiConverterBoolean.write(value.cancel_requested, buf)
+        _UniffiFfiConverterSequenceTypeNoticeRecord.write(value.notifications, buf)
 
 @dataclass
 class ThreadRecord:
@@ -3927,6 +4095,29 @@ class _UniffiFfiConverterSequenceTypeHistoryEntry(_UniffiConverterRustBuffer):
             _UniffiFfiConverterTypeHistoryEntry.read(buf) for i in range(count)
         ]
 
+class _UniffiFfiConverterSequenceTypeNotifyEndpoint(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeNotifyEndpoint.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeNotifyEndpoint.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeNotifyEndpoint.read(buf) for i in range(count)
+        ]
+
 class _UniffiFfiConverterSequenceTypeQuestionRecord(_UniffiConverterRustBuffer):
     @classmethod
     def check_lower(cls, value):
@@ -4333,6 +4524,24 @@ class NodeProtocol(typing.Protocol):
         Whether `close` was called.
 """
         raise NotImplementedError
+    async def notify_add(self, url: str,events: typing.List[str],content: bool) -> NotifyEndpoint:
+        """
+        Registers where this device wants to be told of events while the app is not running:
+        an `http(s)` endpoint that takes a POSTed message (a self-hosted ntfy topic, a
+        UnifiedPush endpoint). `events`: done, failed, approval, question (all of those when
+        empty); `content`: let messages carry the task's text.
+"""
+        raise NotImplementedError
+    async def notify_list(self, ) -> typing.List[NotifyEndpoint]:
+        """
+        This device's notification endpoints.
+"""
+        raise NotImplementedError
+    async def notify_remove(self, id: str) -> NotifyEndpoint:
+        """
+        Stops using one of this device's endpoints (id or id prefix).
+"""
+        raise NotImplementedError
     async def pair(self, ticket: str,device_name: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> PairedRecord:
         """
         Pairs this device with the one that showed `ticket` (the text of its QR code), in the
@@ -4720,6 +4929,72 @@ class Node(NodeProtocol):
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
+    async def notify_add(self, url: str,events: typing.List[str],content: bool) -> NotifyEndpoint:
+        """
+        Registers where this device wants to be told of events while the app is not running:
+        an `http(s)` endpoint that takes a POSTed message (a self-hosted ntfy topic, a
+        UnifiedPush endpoint). `events`: done, failed, approval, question (all of those when
+        empty); `content`: let messages carry the task's text.
+"""
+        
+        _UniffiFfiConverterString.check_lower(url)
+
+        _UniffiFfiConverterSequenceString.check_lower(events)
+
+        _UniffiFfiConverterBoolean.check_lower(content)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(url),
+            _UniffiFfiConverterSequenceString.lower(events),
+            _UniffiFfiConverterBoolean.lower(content),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeNotifyEndpoint.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeErrandError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_errand_ffi_fn_method_node_notify_add(*_uniffi_lowered_args),
+            _UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def notify_list(self, ) -> typing.List[NotifyEndpoint]:
+        """
+        This device's notification endpoints.
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceTypeNotifyEndpoint.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeErrandError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_errand_ffi_fn_method_node_notify_list(*_uniffi_lowered_args),
+            _UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def notify_remove(self, id: str) -> NotifyEndpoint:
+        """
+        Stops using one of this device's endpoints (id or id prefix).
+"""
+        
+        _UniffiFfiConverterString.check_lower(id)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(id),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeNotifyEndpoint.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeErrandError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_errand_ffi_fn_method_node_notify_remove(*_uniffi_lowered_args),
+            _UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     async def pair(self, ticket: str,device_name: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> PairedRecord:
         """
         Pairs this device with the one that showed `ticket` (the text of its QR code), in the
@@ -5006,6 +5281,8 @@ __all__ = [
     "DeviceRecord",
     "HistoryEntry",
     "MessageRecord",
+    "NoticeRecord",
+    "NotifyEndpoint",
     "PairedRecord",
     "PeerRecord",
     "PeerSyncRecord",

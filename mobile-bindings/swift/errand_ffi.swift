@@ -683,6 +683,24 @@ public protocol NodeProtocol: AnyObject, Sendable {
     func isClosed()  -> Bool
     
     /**
+     * Registers where this device wants to be told of events while the app is not running:
+     * an `http(s)` endpoint that takes a POSTed message (a self-hosted ntfy topic, a
+     * UnifiedPush endpoint). `events`: done, failed, approval, question (all of those when
+     * empty); `content`: let messages carry the task's text.
+     */
+    func notifyAdd(url: String, events: [String], content: Bool) async throws  -> NotifyEndpoint
+    
+    /**
+     * This device's notification endpoints.
+     */
+    func notifyList() async throws  -> [NotifyEndpoint]
+    
+    /**
+     * Stops using one of this device's endpoints (id or id prefix).
+     */
+    func notifyRemove(id: String) async throws  -> NotifyEndpoint
+    
+    /**
      * Pairs this device with the one that showed `ticket` (the text of its QR code), in the
      * role the ticket gives (the desktop chose it: phone unless it said otherwise).
      * `device_name` is how the others will see this device.
@@ -1051,6 +1069,66 @@ open func isClosed() -> Bool  {
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * Registers where this device wants to be told of events while the app is not running:
+     * an `http(s)` endpoint that takes a POSTed message (a self-hosted ntfy topic, a
+     * UnifiedPush endpoint). `events`: done, failed, approval, question (all of those when
+     * empty); `content`: let messages carry the task's text.
+     */
+open func notifyAdd(url: String, events: [String], content: Bool)async throws  -> NotifyEndpoint  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_errand_ffi_fn_method_node_notify_add(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(url),FfiConverterSequenceString.lower(events),FfiConverterBool.lower(content)
+                )
+            },
+            pollFunc: ffi_errand_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_errand_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_errand_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeNotifyEndpoint_lift,
+            errorHandler: FfiConverterTypeErrandError_lift
+        )
+}
+    
+    /**
+     * This device's notification endpoints.
+     */
+open func notifyList()async throws  -> [NotifyEndpoint]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_errand_ffi_fn_method_node_notify_list(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_errand_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_errand_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_errand_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeNotifyEndpoint.lift,
+            errorHandler: FfiConverterTypeErrandError_lift
+        )
+}
+    
+    /**
+     * Stops using one of this device's endpoints (id or id prefix).
+     */
+open func notifyRemove(id: String)async throws  -> NotifyEndpoint  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_errand_ffi_fn_method_node_notify_remove(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_errand_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_errand_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_errand_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeNotifyEndpoint_lift,
+            errorHandler: FfiConverterTypeErrandError_lift
+        )
 }
     
     /**
@@ -2187,6 +2265,152 @@ public func FfiConverterTypeMessageRecord_lower(_ value: MessageRecord) -> RustB
 
 
 /**
+ * A notification the desktop sent about a task, and how it went.
+ */
+public struct NoticeRecord: Equatable, Hashable {
+    public var deviceId: String
+    public var event: String
+    public var atMs: Int64
+    public var delivered: Bool
+    /**
+     * `HTTP 200`, or why it failed.
+     */
+    public var outcome: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(deviceId: String, event: String, atMs: Int64, delivered: Bool, 
+        /**
+         * `HTTP 200`, or why it failed.
+         */outcome: String) {
+        self.deviceId = deviceId
+        self.event = event
+        self.atMs = atMs
+        self.delivered = delivered
+        self.outcome = outcome
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension NoticeRecord: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeNoticeRecord: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> NoticeRecord {
+        return
+            try NoticeRecord(
+                deviceId: FfiConverterString.read(from: &buf), 
+                event: FfiConverterString.read(from: &buf), 
+                atMs: FfiConverterInt64.read(from: &buf), 
+                delivered: FfiConverterBool.read(from: &buf), 
+                outcome: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: NoticeRecord, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.deviceId, into: &buf)
+        FfiConverterString.write(value.event, into: &buf)
+        FfiConverterInt64.write(value.atMs, into: &buf)
+        FfiConverterBool.write(value.delivered, into: &buf)
+        FfiConverterString.write(value.outcome, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNoticeRecord_lift(_ buf: RustBuffer) throws -> NoticeRecord {
+    return try FfiConverterTypeNoticeRecord.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNoticeRecord_lower(_ value: NoticeRecord) -> RustBuffer {
+    return FfiConverterTypeNoticeRecord.lower(value)
+}
+
+
+/**
+ * Where a device wants to be told of events (`Node.notify_add`).
+ */
+public struct NotifyEndpoint: Equatable, Hashable {
+    public var id: String
+    public var url: String
+    public var events: [String]
+    /**
+     * Whether messages may carry the task's text.
+     */
+    public var content: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(id: String, url: String, events: [String], 
+        /**
+         * Whether messages may carry the task's text.
+         */content: Bool) {
+        self.id = id
+        self.url = url
+        self.events = events
+        self.content = content
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension NotifyEndpoint: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeNotifyEndpoint: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> NotifyEndpoint {
+        return
+            try NotifyEndpoint(
+                id: FfiConverterString.read(from: &buf), 
+                url: FfiConverterString.read(from: &buf), 
+                events: FfiConverterSequenceString.read(from: &buf), 
+                content: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: NotifyEndpoint, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.id, into: &buf)
+        FfiConverterString.write(value.url, into: &buf)
+        FfiConverterSequenceString.write(value.events, into: &buf)
+        FfiConverterBool.write(value.content, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNotifyEndpoint_lift(_ buf: RustBuffer) throws -> NotifyEndpoint {
+    return try FfiConverterTypeNotifyEndpoint.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNotifyEndpoint_lower(_ value: NotifyEndpoint) -> RustBuffer {
+    return FfiConverterTypeNotifyEndpoint.lower(value)
+}
+
+
+/**
  * The outcome of pairing with a ticket.
  */
 public struct PairedRecord: Equatable, Hashable {
@@ -2752,6 +2976,10 @@ public struct TaskRecord: Equatable, Hashable {
     public var error: String?
     public var artifacts: [ArtifactRecord]
     public var cancelRequested: Bool
+    /**
+     * Notifications the desktop sent about it, and how each went.
+     */
+    public var notifications: [NoticeRecord]
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -2767,7 +2995,10 @@ public struct TaskRecord: Equatable, Hashable {
          */result: String?, 
         /**
          * Why it failed or was cancelled.
-         */error: String?, artifacts: [ArtifactRecord], cancelRequested: Bool) {
+         */error: String?, artifacts: [ArtifactRecord], cancelRequested: Bool, 
+        /**
+         * Notifications the desktop sent about it, and how each went.
+         */notifications: [NoticeRecord]) {
         self.id = id
         self.threadId = threadId
         self.prompt = prompt
@@ -2782,6 +3013,7 @@ public struct TaskRecord: Equatable, Hashable {
         self.error = error
         self.artifacts = artifacts
         self.cancelRequested = cancelRequested
+        self.notifications = notifications
     }
 
     
@@ -2813,7 +3045,8 @@ public struct FfiConverterTypeTaskRecord: FfiConverterRustBuffer {
                 result: FfiConverterOptionString.read(from: &buf), 
                 error: FfiConverterOptionString.read(from: &buf), 
                 artifacts: FfiConverterSequenceTypeArtifactRecord.read(from: &buf), 
-                cancelRequested: FfiConverterBool.read(from: &buf)
+                cancelRequested: FfiConverterBool.read(from: &buf), 
+                notifications: FfiConverterSequenceTypeNoticeRecord.read(from: &buf)
         )
     }
 
@@ -2832,6 +3065,7 @@ public struct FfiConverterTypeTaskRecord: FfiConverterRustBuffer {
         FfiConverterOptionString.write(value.error, into: &buf)
         FfiConverterSequenceTypeArtifactRecord.write(value.artifacts, into: &buf)
         FfiConverterBool.write(value.cancelRequested, into: &buf)
+        FfiConverterSequenceTypeNoticeRecord.write(value.notifications, into: &buf)
     }
 }
 
@@ -4143,6 +4377,56 @@ fileprivate struct FfiConverterSequenceTypeMessageRecord: FfiConverterRustBuffer
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeNoticeRecord: FfiConverterRustBuffer {
+    typealias SwiftType = [NoticeRecord]
+
+    public static func write(_ value: [NoticeRecord], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeNoticeRecord.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [NoticeRecord] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [NoticeRecord]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeNoticeRecord.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeNotifyEndpoint: FfiConverterRustBuffer {
+    typealias SwiftType = [NotifyEndpoint]
+
+    public static func write(_ value: [NotifyEndpoint], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeNotifyEndpoint.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [NotifyEndpoint] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [NotifyEndpoint]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeNotifyEndpoint.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypePeerRecord: FfiConverterRustBuffer {
     typealias SwiftType = [PeerRecord]
 
@@ -4396,6 +4680,15 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_errand_ffi_checksum_method_node_is_closed() != 44830) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_errand_ffi_checksum_method_node_notify_add() != 60285) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_errand_ffi_checksum_method_node_notify_list() != 57110) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_errand_ffi_checksum_method_node_notify_remove() != 57690) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_errand_ffi_checksum_method_node_pair() != 9430) {

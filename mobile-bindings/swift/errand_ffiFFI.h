@@ -374,6 +374,21 @@ uint64_t uniffi_errand_ffi_fn_method_node_history(uint64_t ptr, RustBuffer doc_i
 int8_t uniffi_errand_ffi_fn_method_node_is_closed(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_NOTIFY_ADD
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_NOTIFY_ADD
+uint64_t uniffi_errand_ffi_fn_method_node_notify_add(uint64_t ptr, RustBuffer url, RustBuffer events, int8_t content
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_NOTIFY_LIST
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_NOTIFY_LIST
+uint64_t uniffi_errand_ffi_fn_method_node_notify_list(uint64_t ptr
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_NOTIFY_REMOVE
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_NOTIFY_REMOVE
+uint64_t uniffi_errand_ffi_fn_method_node_notify_remove(uint64_t ptr, RustBuffer id
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_PAIR
 #define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_PAIR
 uint64_t uniffi_errand_ffi_fn_method_node_pair(uint64_t ptr, RustBuffer ticket, RustBuffer device_name
@@ -776,6 +791,24 @@ uint16_t uniffi_errand_ffi_checksum_method_node_history(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_IS_CLOSED
 #define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_IS_CLOSED
 uint16_t uniffi_errand_ffi_checksum_method_node_is_closed(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_NOTIFY_ADD
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_NOTIFY_ADD
+uint16_t uniffi_errand_ffi_checksum_method_node_notify_add(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_NOTIFY_LIST
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_NOTIFY_LIST
+uint16_t uniffi_errand_ffi_checksum_method_node_notify_list(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_NOTIFY_REMOVE
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_NOTIFY_REMOVE
+uint16_t uniffi_errand_ffi_checksum_method_node_notify_remove(void
     
 );
 #endif

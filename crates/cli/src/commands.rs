@@ -548,6 +548,61 @@ async fn one_shot(
                     let entries: Vec<NotifyEntry> = session.call(Request::NotifyList).await?;
                     show(json, &entries, |es| output::notify_entries(es))?;
                 }
+                crate::NotifyAction::Test => {
+                    let entries: Vec<NotifyEntry> = session.call(Request::NotifyList).await?;
+                    if entries.is_empty() {
+                        anyhow::bail!(
+                            "no notification endpoints: add one with `errand notify add URL`"
+                        );
+                    }
+                    let mut results = Vec::new();
+                    for e in &entries {
+                        // The person's own endpoint, tried from their own device: a LAN
+                        // address is what a self-hosted server usually has.
+                        let (delivered, outcome) = errand_executor::notify::post(
+                            &e.url,
+                            true,
+                            "test",
+                            "",
+                            "errand test notification",
+                        )
+                        .await;
+                        results.push(serde_json::json!({
+                            "id": e.id, "url": e.url, "delivered": delivered, "outcome": outcome,
+                        }));
+                    }
+                    let all = results.iter().all(|r| r["delivered"] == true);
+                    show(json, &results, |rs| {
+                        rs.iter()
+                            .map(|r| {
+                                format!(
+                                    "{} {}: {}",
+                                    r["id"].as_str().unwrap_or_default(),
+                                    r["url"].as_str().unwrap_or_default(),
+                                    if r["delivered"] == true {
+                                        format!(
+                                            "delivered ({})",
+                                            r["outcome"].as_str().unwrap_or_default()
+                                        )
+                                    } else {
+                                        format!(
+                                            "failed: {}",
+                                            r["outcome"].as_str().unwrap_or_default()
+                                        )
+                                    }
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })?;
+                    if !all {
+                        let failed = results.iter().filter(|r| r["delivered"] != true).count();
+                        anyhow::bail!(
+                            "{failed} of {} endpoints did not take the test message",
+                            results.len()
+                        );
+                    }
+                }
                 crate::NotifyAction::Remove { id } => {
                     let entry: NotifyEntry = session.call(Request::NotifyRemove { id }).await?;
                     session.refresh(Duration::from_millis(1500)).await;

@@ -224,6 +224,8 @@ pub enum NotifyAction {
     List,
     /// Stop using an endpoint (id or id prefix)
     Remove { id: String },
+    /// Send a test message from this device to each of its endpoints, and say how it went
+    Test,
 }
 
 #[derive(Debug, Subcommand)]

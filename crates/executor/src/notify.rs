@@ -154,53 +154,66 @@ impl Notifier {
         task: &str,
         text: &str,
     ) -> (bool, String) {
-        let url = match reqwest::Url::parse(&entry.url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => url,
-            _ => return (false, format!("{} is not an http(s) URL", entry.url)),
-        };
-        // reqwest is built without a TLS provider of its own: the process's one (ring).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .timeout(ATTEMPT_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("errand/", env!("CARGO_PKG_VERSION")));
-        if !self.allow_private {
-            if let Err(reason) = reach::check_url(&url) {
-                return (false, reason);
-            }
-            builder = builder.no_proxy().dns_resolver(Arc::new(reach::PublicOnly));
-        }
-        let client = match builder.build() {
-            Ok(c) => c,
-            Err(e) => return (false, e.to_string()),
-        };
-        let mut last = String::new();
-        for attempt in 0..=RETRY_AFTER.len() {
-            if attempt > 0 {
-                tokio::time::sleep(RETRY_AFTER[attempt - 1]).await;
-            }
-            let sent = client
-                .post(url.clone())
-                .header("Title", "errand")
-                .header("Tags", event.as_str())
-                .header("X-Errand-Event", event.as_str())
-                .header("X-Errand-Task", task)
-                .body(text.to_owned())
-                .send()
-                .await;
-            match sent {
-                Ok(r) if r.status().is_success() => {
-                    return (true, format!("HTTP {}", r.status().as_u16()));
-                }
-                Ok(r) => last = format!("HTTP {}", r.status().as_u16()),
-                Err(e) => last = error_chain(&e),
-            }
-        }
-        (
-            false,
-            format!("{last} (after {} attempts)", RETRY_AFTER.len() + 1),
-        )
+        post(&entry.url, self.allow_private, event.as_str(), task, text).await
     }
+}
+
+/// POSTs `text` to `url` as ntfy's publish API takes it (the message as the body, `Title` and
+/// `Tags` headers), retrying after [`RETRY_AFTER`]; returns whether it was taken and how it
+/// went (`HTTP 200`, or why not). Private addresses only with `allow_private`.
+pub async fn post(
+    url: &str,
+    allow_private: bool,
+    event: &str,
+    task: &str,
+    text: &str,
+) -> (bool, String) {
+    let url = match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+        _ => return (false, format!("{url} is not an http(s) URL")),
+    };
+    // reqwest is built without a TLS provider of its own: the process's one (ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .timeout(ATTEMPT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("errand/", env!("CARGO_PKG_VERSION")));
+    if !allow_private {
+        if let Err(reason) = reach::check_url(&url) {
+            return (false, reason);
+        }
+        builder = builder.no_proxy().dns_resolver(Arc::new(reach::PublicOnly));
+    }
+    let client = match builder.build() {
+        Ok(c) => c,
+        Err(e) => return (false, e.to_string()),
+    };
+    let mut last = String::new();
+    for attempt in 0..=RETRY_AFTER.len() {
+        if attempt > 0 {
+            tokio::time::sleep(RETRY_AFTER[attempt - 1]).await;
+        }
+        let sent = client
+            .post(url.clone())
+            .header("Title", "errand")
+            .header("Tags", event)
+            .header("X-Errand-Event", event)
+            .header("X-Errand-Task", task)
+            .body(text.to_owned())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                return (true, format!("HTTP {}", r.status().as_u16()));
+            }
+            Ok(r) => last = format!("HTTP {}", r.status().as_u16()),
+            Err(e) => last = error_chain(&e),
+        }
+    }
+    (
+        false,
+        format!("{last} (after {} attempts)", RETRY_AFTER.len() + 1),
+    )
 }
 
 /// An error with its causes, on one line ("error sending request: connection refused").

@@ -10,8 +10,8 @@ use tokio::sync::watch;
 use crate::error::ErrandError;
 use crate::events::{self, NodeListener, Subscription};
 use crate::records::{
-    ApprovalRecord, DeviceRecord, HistoryEntry, MessageRecord, PairedRecord, PeerSyncRecord,
-    QuestionRecord, SentRecord, StatusRecord, TaskRecord, ThreadRecord,
+    ApprovalRecord, DeviceRecord, HistoryEntry, MessageRecord, NotifyEndpoint, PairedRecord,
+    PeerSyncRecord, QuestionRecord, SentRecord, StatusRecord, TaskRecord, ThreadRecord,
 };
 use crate::runtime;
 
@@ -279,6 +279,32 @@ impl Node {
     /// they have synced. Returns the device as it was.
     pub async fn revoke(&self, device: String) -> Result<DeviceRecord, ErrandError> {
         self.blocking(move |e| Ok(e.revoke(&device)?.into())).await
+    }
+
+    /// Registers where this device wants to be told of events while the app is not running:
+    /// an `http(s)` endpoint that takes a POSTed message (a self-hosted ntfy topic, a
+    /// UnifiedPush endpoint). `events`: done, failed, approval, question (all of those when
+    /// empty); `content`: let messages carry the task's text.
+    pub async fn notify_add(
+        &self,
+        url: String,
+        events: Vec<String>,
+        content: bool,
+    ) -> Result<NotifyEndpoint, ErrandError> {
+        self.blocking(move |e| Ok(e.notify_add(&url, &events, content)?.into()))
+            .await
+    }
+
+    /// This device's notification endpoints.
+    pub async fn notify_list(&self) -> Result<Vec<NotifyEndpoint>, ErrandError> {
+        self.blocking(|e| Ok(e.notify_list()?.into_iter().map(Into::into).collect()))
+            .await
+    }
+
+    /// Stops using one of this device's endpoints (id or id prefix).
+    pub async fn notify_remove(&self, id: String) -> Result<NotifyEndpoint, ErrandError> {
+        self.blocking(move |e| Ok(e.notify_remove(&id)?.into()))
+            .await
     }
 
     /// This device, its space and its peers.

@@ -130,6 +130,8 @@ pub struct TaskRecord {
     pub error: Option<String>,
     pub artifacts: Vec<ArtifactRecord>,
     pub cancel_requested: bool,
+    /// Notifications the desktop sent about it, and how each went.
+    pub notifications: Vec<NoticeRecord>,
 }
 
 impl From<thread::Task> for TaskRecord {
@@ -165,6 +167,7 @@ impl From<thread::Task> for TaskRecord {
                 })
                 .collect(),
             cancel_requested: t.cancel_requested,
+            notifications: t.notifications.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -519,4 +522,48 @@ impl From<PeerSync> for PeerSyncRecord {
 
 fn secs_to_ms(secs: u64) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)
+}
+
+/// Where a device wants to be told of events (`Node.notify_add`).
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct NotifyEndpoint {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    /// Whether messages may carry the task's text.
+    pub content: bool,
+}
+
+impl From<errand_sync::schema::index::NotifyEntry> for NotifyEndpoint {
+    fn from(e: errand_sync::schema::index::NotifyEntry) -> Self {
+        NotifyEndpoint {
+            id: e.id,
+            url: e.url,
+            events: e.events,
+            content: e.content,
+        }
+    }
+}
+
+/// A notification the desktop sent about a task, and how it went.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct NoticeRecord {
+    pub device_id: String,
+    pub event: String,
+    pub at_ms: i64,
+    pub delivered: bool,
+    /// `HTTP 200`, or why it failed.
+    pub outcome: String,
+}
+
+impl From<errand_sync::schema::thread::Notice> for NoticeRecord {
+    fn from(n: errand_sync::schema::thread::Notice) -> Self {
+        NoticeRecord {
+            device_id: n.device,
+            event: n.event,
+            at_ms: n.at,
+            delivered: n.delivered,
+            outcome: n.outcome,
+        }
+    }
 }

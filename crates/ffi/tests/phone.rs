@@ -207,6 +207,21 @@ async fn a_phone_pairs_sends_and_follows_events() {
             .all(|d| !d.this_device || d.clock_offset_ms.is_none())
     );
 
+    // Where the phone wants pushes: registered, listed, refused when malformed, removed.
+    let endpoint = phone
+        .notify_add("https://ntfy.example.org/pocket".into(), vec![], false)
+        .await
+        .expect("notify_add");
+    assert_eq!(endpoint.events, ["done", "failed", "approval", "question"]);
+    let e = phone
+        .notify_add("ftp://example.org".into(), vec![], false)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ErrandError::InvalidInput(_)), "{e:?}");
+    assert_eq!(phone.notify_list().await.expect("list"), [endpoint.clone()]);
+    phone.notify_remove(endpoint.id).await.expect("remove");
+    assert!(phone.notify_list().await.expect("list").is_empty());
+
     let e = phone.revoke("nobody".into()).await.unwrap_err();
     assert!(matches!(e, ErrandError::NotFound(_)), "{e:?}");
     let e = phone.revoke("pocket".into()).await.unwrap_err();

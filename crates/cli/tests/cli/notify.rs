@@ -40,6 +40,16 @@ fn an_approval_request_and_a_finished_task_are_posted_without_their_content() {
     assert_eq!(added["url"], url.as_str());
     let listed = p.phone.json(&["notify", "list"]);
     assert_eq!(array(&listed).len(), 1, "{listed:#}");
+    // The phone can try it itself.
+    let tried = p.phone.run(&["notify", "test"]);
+    assert!(
+        tried.success().contains("delivered (HTTP 200)"),
+        "{}",
+        tried.success()
+    );
+    ntfy.wait_for(Duration::from_secs(5), |m| {
+        m.message == "errand test notification"
+    });
 
     let sent = send(&p.phone, &["/sh echo secret-output", "--timeout", "10"]);
     let task = str_field(&sent, "task");
@@ -112,6 +122,18 @@ fn an_endpoint_that_refuses_is_retried_and_its_failure_shows() {
         shown.success().contains("notification failed"),
         "{}",
         shown.success()
+    );
+
+    let tried = p.phone.run(&["notify", "test"]);
+    assert!(
+        tried.failure().contains("1 of 1 endpoints did not take"),
+        "{}",
+        tried.failure()
+    );
+    assert!(
+        tried.stdout.contains("failed: HTTP 500"),
+        "{}",
+        tried.stdout
     );
 
     // Removed, it gets nothing more.

@@ -734,6 +734,12 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_errand_ffi_checksum_method_node_is_closed(
     ): Int
+    external fun uniffi_errand_ffi_checksum_method_node_notify_add(
+    ): Int
+    external fun uniffi_errand_ffi_checksum_method_node_notify_list(
+    ): Int
+    external fun uniffi_errand_ffi_checksum_method_node_notify_remove(
+    ): Int
     external fun uniffi_errand_ffi_checksum_method_node_pair(
     ): Int
     external fun uniffi_errand_ffi_checksum_method_node_questions(
@@ -825,6 +831,12 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_errand_ffi_fn_method_node_is_closed(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Byte
+    external fun uniffi_errand_ffi_fn_method_node_notify_add(`ptr`: Long,`url`: RustBuffer.ByValue,`events`: RustBuffer.ByValue,`content`: Byte,
+    ): Long
+    external fun uniffi_errand_ffi_fn_method_node_notify_list(`ptr`: Long,
+    ): Long
+    external fun uniffi_errand_ffi_fn_method_node_notify_remove(`ptr`: Long,`id`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_errand_ffi_fn_method_node_pair(`ptr`: Long,`ticket`: RustBuffer.ByValue,`deviceName`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_errand_ffi_fn_method_node_questions(`ptr`: Long,`pendingOnly`: Byte,
@@ -1009,6 +1021,15 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_errand_ffi_checksum_method_node_is_closed() and 0xFFFF) != 44830) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_errand_ffi_checksum_method_node_notify_add() and 0xFFFF) != 60285) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_errand_ffi_checksum_method_node_notify_list() and 0xFFFF) != 57110) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_errand_ffi_checksum_method_node_notify_remove() and 0xFFFF) != 57690) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_errand_ffi_checksum_method_node_pair() and 0xFFFF) != 9430) {
@@ -1615,6 +1636,24 @@ public interface NodeInterface {
     fun `isClosed`(): kotlin.Boolean
     
     /**
+     * Registers where this device wants to be told of events while the app is not running:
+     * an `http(s)` endpoint that takes a POSTed message (a self-hosted ntfy topic, a
+     * UnifiedPush endpoint). `events`: done, failed, approval, question (all of those when
+     * empty); `content`: let messages carry the task's text.
+     */
+    suspend fun `notifyAdd`(`url`: kotlin.String, `events`: List<kotlin.String>, `content`: kotlin.Boolean): NotifyEndpoint
+    
+    /**
+     * This device's notification endpoints.
+     */
+    suspend fun `notifyList`(): List<NotifyEndpoint>
+    
+    /**
+     * Stops using one of this device's endpoints (id or id prefix).
+     */
+    suspend fun `notifyRemove`(`id`: kotlin.String): NotifyEndpoint
+    
+    /**
      * Pairs this device with the one that showed `ticket` (the text of its QR code), in the
      * role the ticket gives (the desktop chose it: phone unless it said otherwise).
      * `device_name` is how the others will see this device.
@@ -2080,6 +2119,85 @@ open class Node: Disposable, AutoCloseable, NodeInterface
     )
     }
     
+
+    
+    /**
+     * Registers where this device wants to be told of events while the app is not running:
+     * an `http(s)` endpoint that takes a POSTed message (a self-hosted ntfy topic, a
+     * UnifiedPush endpoint). `events`: done, failed, approval, question (all of those when
+     * empty); `content`: let messages carry the task's text.
+     */
+    @Throws(ErrandException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `notifyAdd`(`url`: kotlin.String, `events`: List<kotlin.String>, `content`: kotlin.Boolean) : NotifyEndpoint {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_errand_ffi_fn_method_node_notify_add(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`url`),
+        FfiConverterSequenceString.lower(`events`),
+        FfiConverterBoolean.lower(`content`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeNotifyEndpoint.lift(it) },
+        // Error FFI converter
+        ErrandException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * This device's notification endpoints.
+     */
+    @Throws(ErrandException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `notifyList`() : List<NotifyEndpoint> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_errand_ffi_fn_method_node_notify_list(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeNotifyEndpoint.lift(it) },
+        // Error FFI converter
+        ErrandException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Stops using one of this device's endpoints (id or id prefix).
+     */
+    @Throws(ErrandException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `notifyRemove`(`id`: kotlin.String) : NotifyEndpoint {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_errand_ffi_fn_method_node_notify_remove(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeNotifyEndpoint.lift(it) },
+        // Error FFI converter
+        ErrandException.ErrorHandler,
+    )
+    }
 
     
     /**
@@ -3449,6 +3567,119 @@ public object FfiConverterTypeMessageRecord: FfiConverterRustBuffer<MessageRecor
 
 
 /**
+ * A notification the desktop sent about a task, and how it went.
+ */
+data class NoticeRecord (
+    var `deviceId`: kotlin.String
+    , 
+    var `event`: kotlin.String
+    , 
+    var `atMs`: kotlin.Long
+    , 
+    var `delivered`: kotlin.Boolean
+    , 
+    /**
+     * `HTTP 200`, or why it failed.
+     */
+    var `outcome`: kotlin.String
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeNoticeRecord: FfiConverterRustBuffer<NoticeRecord> {
+    override fun read(buf: ByteBuffer): NoticeRecord {
+        return NoticeRecord(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: NoticeRecord) = (
+            FfiConverterString.allocationSize(value.`deviceId`) +
+            FfiConverterString.allocationSize(value.`event`) +
+            FfiConverterLong.allocationSize(value.`atMs`) +
+            FfiConverterBoolean.allocationSize(value.`delivered`) +
+            FfiConverterString.allocationSize(value.`outcome`)
+    )
+
+    override fun write(value: NoticeRecord, buf: ByteBuffer) {
+            FfiConverterString.write(value.`deviceId`, buf)
+            FfiConverterString.write(value.`event`, buf)
+            FfiConverterLong.write(value.`atMs`, buf)
+            FfiConverterBoolean.write(value.`delivered`, buf)
+            FfiConverterString.write(value.`outcome`, buf)
+    }
+}
+
+
+
+/**
+ * Where a device wants to be told of events (`Node.notify_add`).
+ */
+data class NotifyEndpoint (
+    var `id`: kotlin.String
+    , 
+    var `url`: kotlin.String
+    , 
+    var `events`: List<kotlin.String>
+    , 
+    /**
+     * Whether messages may carry the task's text.
+     */
+    var `content`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeNotifyEndpoint: FfiConverterRustBuffer<NotifyEndpoint> {
+    override fun read(buf: ByteBuffer): NotifyEndpoint {
+        return NotifyEndpoint(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterSequenceString.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: NotifyEndpoint) = (
+            FfiConverterString.allocationSize(value.`id`) +
+            FfiConverterString.allocationSize(value.`url`) +
+            FfiConverterSequenceString.allocationSize(value.`events`) +
+            FfiConverterBoolean.allocationSize(value.`content`)
+    )
+
+    override fun write(value: NotifyEndpoint, buf: ByteBuffer) {
+            FfiConverterString.write(value.`id`, buf)
+            FfiConverterString.write(value.`url`, buf)
+            FfiConverterSequenceString.write(value.`events`, buf)
+            FfiConverterBoolean.write(value.`content`, buf)
+    }
+}
+
+
+
+/**
  * The outcome of pairing with a ticket.
  */
 data class PairedRecord (
@@ -3913,6 +4144,11 @@ data class TaskRecord (
     var `artifacts`: List<ArtifactRecord>
     , 
     var `cancelRequested`: kotlin.Boolean
+    , 
+    /**
+     * Notifications the desktop sent about it, and how each went.
+     */
+    var `notifications`: List<NoticeRecord>
     
 ){
     
@@ -3943,6 +4179,7 @@ public object FfiConverterTypeTaskRecord: FfiConverterRustBuffer<TaskRecord> {
             FfiConverterOptionalString.read(buf),
             FfiConverterSequenceTypeArtifactRecord.read(buf),
             FfiConverterBoolean.read(buf),
+            FfiConverterSequenceTypeNoticeRecord.read(buf),
         )
     }
 
@@ -3960,7 +4197,8 @@ public object FfiConverterTypeTaskRecord: FfiConverterRustBuffer<TaskRecord> {
             FfiConverterOptionalString.allocationSize(value.`result`) +
             FfiConverterOptionalString.allocationSize(value.`error`) +
             FfiConverterSequenceTypeArtifactRecord.allocationSize(value.`artifacts`) +
-            FfiConverterBoolean.allocationSize(value.`cancelRequested`)
+            FfiConverterBoolean.allocationSize(value.`cancelRequested`) +
+            FfiConverterSequenceTypeNoticeRecord.allocationSize(value.`notifications`)
     )
 
     override fun write(value: TaskRecord, buf: ByteBuffer) {
@@ -3978,6 +4216,7 @@ public object FfiConverterTypeTaskRecord: FfiConverterRustBuffer<TaskRecord> {
             FfiConverterOptionalString.write(value.`error`, buf)
             FfiConverterSequenceTypeArtifactRecord.write(value.`artifacts`, buf)
             FfiConverterBoolean.write(value.`cancelRequested`, buf)
+            FfiConverterSequenceTypeNoticeRecord.write(value.`notifications`, buf)
     }
 }
 
@@ -5279,6 +5518,62 @@ public object FfiConverterSequenceTypeMessageRecord: FfiConverterRustBuffer<List
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeMessageRecord.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeNoticeRecord: FfiConverterRustBuffer<List<NoticeRecord>> {
+    override fun read(buf: ByteBuffer): List<NoticeRecord> {
+        val len = buf.getInt()
+        return List<NoticeRecord>(len) {
+            FfiConverterTypeNoticeRecord.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<NoticeRecord>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeNoticeRecord.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<NoticeRecord>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeNoticeRecord.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeNotifyEndpoint: FfiConverterRustBuffer<List<NotifyEndpoint>> {
+    override fun read(buf: ByteBuffer): List<NotifyEndpoint> {
+        val len = buf.getInt()
+        return List<NotifyEndpoint>(len) {
+            FfiConverterTypeNotifyEndpoint.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<NotifyEndpoint>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeNotifyEndpoint.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<NotifyEndpoint>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeNotifyEndpoint.write(it, buf)
         }
     }
 }
