@@ -1,0 +1,397 @@
+//! The repo's own tests: durability, crashes, signatures and what a forging peer sends.
+
+use super::*;
+use crate::schema::thread;
+
+/// A sync message on which automerge 0.12 panics inside `receive_sync_message`.
+const PANICS_AUTOMERGE: &[u8] = &[
+    0x42, 0x00, 0x00, 0x00, 0x01, 0x12, 0x85, 0x6f, 0x4a, 0x83, 0x91, 0x34, 0x04, 0xe4, 0x01, 0x08,
+    0x00, 0x00, 0x02, 0x01, 0x00, 0x00, 0x00, 0x00,
+];
+
+const SPACE: SpaceId = SpaceId([3; 16]);
+
+/// A repo of `key` in [`SPACE`] where every device counts as a desktop.
+fn open(path: &std::path::Path, key: &iroh::SecretKey) -> Repo {
+    let store = Arc::new(Store::open(path).unwrap());
+    let repo = Repo::new(
+        store,
+        key.clone(),
+        Arc::new(authorship::FixedAuthors::anyone(crate::Role::Desktop)),
+    );
+    repo.set_space(SPACE).unwrap();
+    repo
+}
+
+fn repo() -> (tempfile::TempDir, Repo) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = open(&dir.path().join("db.redb"), &iroh::SecretKey::generate());
+    (dir, repo)
+}
+
+#[test]
+fn a_message_that_panics_automerge_is_an_error_and_the_document_survives() {
+    let (_dir, repo) = repo();
+    let doc = DocId::new_thread();
+    repo.create(&doc, "thread created", |tx| {
+        thread::create(tx, doc.as_str(), "t")
+    })
+    .unwrap();
+    let heads = repo.heads(&doc).unwrap();
+    let mut state = sync::State::new();
+    let panics = Envelope {
+        sigs: Vec::new(),
+        message: PANICS_AUTOMERGE.to_vec(),
+    }
+    .encode();
+    let err = repo
+        .receive_sync_message(&doc, &mut state, &panics)
+        .unwrap_err();
+    assert!(matches!(err, ReceiveError::Malformed { .. }), "{err}");
+    // Reloaded from the store, as it was.
+    assert_eq!(repo.heads(&doc).unwrap(), heads);
+    assert_eq!(
+        repo.read(&doc, thread::title).unwrap().flatten().as_deref(),
+        Some("t")
+    );
+    // And a fresh document that never existed is not left behind half-made.
+    let fresh = DocId::new_thread();
+    assert!(
+        repo.receive_sync_message(&fresh, &mut sync::State::new(), &panics)
+            .is_err()
+    );
+    assert!(!repo.contains(&fresh).unwrap());
+}
+
+/// A peer that names documents this device does not hold, without bringing them, leaves
+/// nothing of them in memory.
+#[test]
+fn a_document_a_peer_only_names_takes_no_memory() {
+    let (_dir, repo) = repo();
+    let lookup = Envelope {
+        sigs: Vec::new(),
+        message: Automerge::new()
+            .generate_sync_message(&mut sync::State::new())
+            .unwrap()
+            .encode(),
+    }
+    .encode();
+    for _ in 0..50 {
+        let named = DocId::new_thread();
+        let changed = repo
+            .receive_sync_message(&named, &mut sync::State::new(), &lookup)
+            .unwrap();
+        assert!(!changed);
+        assert!(!repo.holds(&named));
+    }
+    assert_eq!(repo.lock().len(), 0, "documents left in memory");
+    assert_eq!(repo.held(), 0);
+}
+
+/// Past `max_documents`, this device creates no document, its own (one line naming the
+/// quota) or a peer's (refused as malformed, so the peer is dropped), and keeps none of
+/// the refused one in memory; the documents held still take changes.
+#[test]
+fn a_full_space_creates_no_document_of_its_own_or_a_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let quotas = Quotas {
+        max_documents: 2,
+        ..Quotas::DEFAULT
+    };
+    let repo = open(&dir.path().join("db.redb"), &iroh::SecretKey::generate()).with_quotas(quotas);
+    let (_peer_dir, peer) = self::repo();
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let doc = DocId::new_thread();
+        repo.create(&doc, "thread created", |tx| {
+            thread::create(tx, doc.as_str(), "t")
+        })
+        .unwrap();
+        made.push(doc);
+    }
+    let third = DocId::new_thread();
+    let err = repo
+        .create(&third, "thread created", |tx| {
+            thread::create(tx, third.as_str(), "t")
+        })
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "this space holds 2 documents, the most a space may hold (2, max_documents)"
+    );
+    assert!(!repo.contains(&third).unwrap());
+
+    let theirs = DocId::new_thread();
+    peer.create(&theirs, "thread created", |tx| {
+        thread::create(tx, theirs.as_str(), "theirs")
+    })
+    .unwrap();
+    let message = peer
+        .generate_sync_message(&theirs, &mut sync::State::new())
+        .unwrap()
+        .unwrap();
+    let err = repo
+        .receive_sync_message(&theirs, &mut sync::State::new(), &message)
+        .unwrap_err();
+    assert!(matches!(err, ReceiveError::Malformed { .. }), "{err}");
+    assert!(err.to_string().contains("max_documents"), "{err}");
+    assert!(!repo.lock().contains_key(&theirs));
+    assert_eq!(repo.held(), 2);
+    put(&repo, &made[0], "still-works");
+}
+
+/// Exchanges sync messages between two repos until neither has anything to say.
+fn sync_pair(a: &Repo, b: &Repo, doc: &DocId) {
+    let (mut a_state, mut b_state) = (sync::State::new(), sync::State::new());
+    for _ in 0..20 {
+        let to_b = a.generate_sync_message(doc, &mut a_state).unwrap();
+        if let Some(m) = &to_b {
+            b.receive_sync_message(doc, &mut b_state, m).unwrap();
+        }
+        let to_a = b.generate_sync_message(doc, &mut b_state).unwrap();
+        if let Some(m) = &to_a {
+            a.receive_sync_message(doc, &mut a_state, m).unwrap();
+        }
+        if to_b.is_none() && to_a.is_none() {
+            return;
+        }
+    }
+    panic!("sync did not settle");
+}
+
+/// Sends a task with id `key` from this repo's device to itself.
+fn put(repo: &Repo, doc: &DocId, key: &str) {
+    let me = repo.device.to_string();
+    repo.change(doc, &format!("sent {key}"), |tx| {
+        thread::add_task(
+            tx,
+            &thread::NewTask {
+                id: key,
+                prompt: "p",
+                target: &me,
+                created: 1,
+            },
+        )
+    })
+    .unwrap();
+}
+
+fn keys(repo: &Repo, doc: &DocId) -> Vec<String> {
+    let mut ids: Vec<String> = repo
+        .read(doc, |d| thread::tasks(d, doc.as_str()))
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn create_thread(repo: &Repo, doc: &DocId) {
+    repo.create(doc, "thread created", |tx| {
+        thread::create(tx, doc.as_str(), "t")
+    })
+    .unwrap();
+}
+
+/// A peer may receive a local change before it is durable here. If this device then
+/// crashes and comes back without it, its next change must not clash with the one the peer
+/// holds (same actor and sequence number), or the document would stop syncing for good.
+#[test]
+fn a_change_a_crash_lost_here_but_a_peer_holds_comes_back_and_sync_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("desk.redb");
+    let before_crash = dir.path().join("before-crash.redb");
+    let desk = iroh::SecretKey::generate();
+    let (_peer_dir, peer) = self::repo();
+    let doc = DocId::new_thread();
+    {
+        let repo = open(&path, &desk);
+        create_thread(&repo, &doc);
+        put(&repo, &doc, "created");
+        sync_pair(&repo, &peer, &doc);
+    }
+    std::fs::copy(&path, &before_crash).unwrap();
+    {
+        let repo = open(&path, &desk);
+        put(&repo, &doc, "sent before the crash");
+        sync_pair(&repo, &peer, &doc);
+    }
+    // The crash: the file as it was before that change was durable.
+    std::fs::rename(&before_crash, &path).unwrap();
+    let repo = open(&path, &desk);
+    assert_eq!(keys(&repo, &doc), ["created"]);
+    put(&repo, &doc, "after the restart");
+    sync_pair(&repo, &peer, &doc);
+    let expected = ["after the restart", "created", "sent before the crash"];
+    assert_eq!(keys(&repo, &doc), expected);
+    assert_eq!(keys(&peer, &doc), expected);
+    let history = repo.read(&doc, crate::schema::history).unwrap().unwrap();
+    assert!(
+        history
+            .iter()
+            .all(|h| h.device_id == desk.public().to_string())
+    );
+}
+
+#[test]
+fn changes_are_durable_and_reload_with_their_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = iroh::SecretKey::generate();
+    let doc = DocId::new_thread();
+    {
+        let repo = open(&dir.path().join("db.redb"), &key);
+        create_thread(&repo, &doc);
+        put(&repo, &doc, "a");
+    }
+    let repo = open(&dir.path().join("db.redb"), &key);
+    let history = repo.read(&doc, crate::schema::history).unwrap().unwrap();
+    let messages: Vec<&str> = history.iter().map(|h| h.message.as_str()).collect();
+    assert_eq!(messages, ["thread created", "sent a"]);
+    assert_eq!(history[0].device_id, key.public().to_string());
+    assert!(history.iter().all(|h| h.time > 0));
+}
+
+/// Signatures are stored with the changes and travel with them: a third device receives
+/// a change from one that did not write it, and checks it against its author.
+#[test]
+fn signatures_are_kept_and_passed_on_through_a_third_device() {
+    let (_a_dir, a) = repo();
+    let (_b_dir, b) = repo();
+    let (_c_dir, c) = repo();
+    let doc = DocId::new_thread();
+    create_thread(&a, &doc);
+    put(&a, &doc, "one");
+    sync_pair(&a, &b, &doc);
+    // Compacted and reloaded, b still has the signatures to forward.
+    b.compact(0).unwrap();
+    b.lock().clear();
+    sync_pair(&b, &c, &doc);
+    assert_eq!(keys(&c, &doc), ["one"]);
+    let SignedDoc { bytes, sigs } = c.save_signed(&doc).unwrap().unwrap();
+    assert_eq!(sigs.len(), 2);
+    let (_d_dir, d) = repo();
+    d.import(&doc, &bytes, &sigs).unwrap();
+    assert_eq!(keys(&d, &doc), ["one"]);
+    let (_e_dir, e) = repo();
+    let err = e.import(&doc, &bytes, &sigs[..1]).unwrap_err();
+    assert!(err.to_string().contains("carries no signature"), "{err}");
+    assert!(!e.contains(&doc).unwrap());
+}
+
+/// What a forging member sends: a change under another device's actor, signed with its
+/// own key; a change signed for another document; a change with no signature.
+#[test]
+fn forged_misplaced_and_unsigned_changes_are_refused() {
+    let (_a_dir, a) = repo();
+    let doc = DocId::new_thread();
+    create_thread(&a, &doc);
+    let (_b_dir, b) = repo();
+    sync_pair(&a, &b, &doc);
+    let victim = a.device;
+
+    // The forger writes a change whose actor names the victim.
+    let (_f_dir, forger) = repo();
+    sync_pair(&a, &forger, &doc);
+    {
+        let mut docs = forger.lock();
+        let entry = docs.get_mut(&doc).unwrap();
+        let mut actor = victim.as_bytes().to_vec();
+        actor.extend_from_slice(&[9; 12]);
+        entry.doc.set_actor(ActorId::from(actor));
+    }
+    put(&forger, &doc, "forged");
+    let mut state = sync::State::new();
+    let mut theirs = sync::State::new();
+    let mut refused = None;
+    for _ in 0..6 {
+        if let Some(m) = forger.generate_sync_message(&doc, &mut state).unwrap()
+            && let Err(e) = b.receive_sync_message(&doc, &mut theirs, &m)
+        {
+            refused = Some(e);
+            break;
+        }
+        if let Some(m) = b.generate_sync_message(&doc, &mut theirs).unwrap() {
+            forger.receive_sync_message(&doc, &mut state, &m).unwrap();
+        }
+    }
+    let refused = refused.expect("the forged change was refused");
+    assert!(
+        refused.to_string().contains("is not signed by"),
+        "{refused}"
+    );
+    assert!(keys(&b, &doc).is_empty());
+
+    // An honest change, its envelope emptied of signatures.
+    put(&a, &doc, "honest");
+    let mut state = sync::State::new();
+    let mut theirs = sync::State::new();
+    let mut refused = None;
+    for _ in 0..6 {
+        if let Some(m) = a.generate_sync_message(&doc, &mut state).unwrap() {
+            let mut env = Envelope::decode(&m).unwrap();
+            env.sigs.clear();
+            if let Err(e) = b.receive_sync_message(&doc, &mut theirs, &env.encode()) {
+                refused = Some(e);
+                break;
+            }
+        }
+        if let Some(m) = b.generate_sync_message(&doc, &mut theirs).unwrap() {
+            a.receive_sync_message(&doc, &mut state, &m).unwrap();
+        }
+    }
+    let refused = refused.expect("the unsigned change was refused");
+    assert!(refused.to_string().contains("no signature"), "{refused}");
+
+    // The same signed bytes delivered as another document's.
+    let SignedDoc { bytes, sigs } = a.save_signed(&doc).unwrap().unwrap();
+    let other = DocId::new_thread();
+    let err = b.import(&other, &bytes, &sigs).unwrap_err();
+    assert!(err.to_string().contains("is not signed by"), "{err}");
+    assert!(!b.contains(&other).unwrap());
+    // And in the right place they are fine.
+    b.import(&doc, &bytes, &sigs).unwrap();
+    assert_eq!(keys(&b, &doc), ["honest"]);
+}
+
+/// A device the authors do not know: its changes wait (the caller syncs the index first).
+#[test]
+fn a_change_by_an_unknown_device_is_early_and_nothing_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = iroh::SecretKey::generate();
+    let store = Arc::new(Store::open(&dir.path().join("db.redb")).unwrap());
+    let me = iroh::SecretKey::generate();
+    let strict = Repo::new(
+        store,
+        me.clone(),
+        Arc::new(authorship::FixedAuthors::only([(
+            me.public(),
+            crate::Role::Desktop,
+        )])),
+    );
+    strict.set_space(SPACE).unwrap();
+    let (_s_dir, s) = {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = open(&dir.path().join("db.redb"), &stranger);
+        (dir, repo)
+    };
+    let doc = DocId::new_thread();
+    create_thread(&s, &doc);
+    let SignedDoc { bytes, sigs } = s.save_signed(&doc).unwrap().unwrap();
+    let err = strict.import(&doc, &bytes, &sigs).unwrap_err();
+    assert!(err.to_string().contains("not a member"), "{err}");
+    let mut state = sync::State::new();
+    let mut theirs = sync::State::new();
+    let m = strict
+        .generate_sync_message(&doc, &mut theirs)
+        .unwrap()
+        .unwrap();
+    s.receive_sync_message(&doc, &mut state, &m).unwrap();
+    let m = s.generate_sync_message(&doc, &mut state).unwrap().unwrap();
+    let err = strict
+        .receive_sync_message(&doc, &mut theirs, &m)
+        .unwrap_err();
+    assert!(matches!(err, ReceiveError::Early { .. }), "{err}");
+    assert!(!strict.contains(&doc).unwrap());
+}
