@@ -14,7 +14,7 @@ use errand_sync::schema::now_millis;
 use errand_sync::schema::thread::{self, Decision, TaskStatus};
 use errand_sync::{DeviceId, DocId, Role};
 
-use crate::support::{TestNode, WAIT, desktop, node, node_in, pair, until};
+use crate::support::{TestNode, WAIT, desktop, done, dropped, node, node_in, pair, until};
 
 /// The desktop's view of who may send and approve, as `errand up` wires it: the verified
 /// membership.
@@ -128,18 +128,7 @@ async fn viewer_forges_a_denial(
         .unwrap();
 
     // The desktop refuses the change (a viewer's role may not decide) and drops the viewer.
-    let viewer_id = viewer.node.id().to_string();
-    let reason = tokio::time::timeout(WAIT, async {
-        loop {
-            match desk_events.recv().await {
-                Ok(NodeEvent::PeerDropped { peer, reason }) if peer == viewer_id => return reason,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("events ended: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("the desktop refuses the viewer's decision");
+    let reason = dropped(&mut desk_events, &viewer.node.id()).await;
     assert!(reason.contains("its role may not"), "{reason}");
     let _ = nodes;
     let held = approval_on(&desk.node, thread_doc, &request.id).unwrap();
@@ -226,12 +215,5 @@ async fn a_phone_back_online_is_told_of_a_request_only_a_viewer_has_decided() {
     // And its approval still decides.
     phone.node.decide(&request, true).unwrap();
     let nodes = [desk.node.as_ref(), phone.node.as_ref()];
-    until("the task is done", &nodes, || {
-        let ok = phone
-            .node
-            .task(&sent.task)
-            .is_ok_and(|t| t.status == TaskStatus::Done);
-        async move { ok }
-    })
-    .await;
+    done(&phone.node, &sent.task, &nodes).await;
 }

@@ -6,15 +6,14 @@
 
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{ActorId, AutomergeError, ObjType, ROOT, ReadDoc};
-use errand_node::{Node, NodeEvent};
+use errand_node::Node;
 use errand_sync::authorship::{self, Envelope};
 use errand_sync::schema::DocId;
 use errand_sync::schema::thread::{self, TaskStatus};
-use errand_sync::{DeviceId, Role, wire};
-use tokio::sync::broadcast;
+use errand_sync::{Role, wire};
 
 use crate::approvals::start_executor_with;
-use crate::support::{TestNode, WAIT, desktop, node, pair, until};
+use crate::support::{TestNode, desktop, done, dropped, node, pair, until};
 
 /// A desktop, an honest phone and a member that will turn (a phone unless said otherwise).
 async fn space(hostile_role: Role) -> (TestNode, TestNode, TestNode) {
@@ -24,22 +23,6 @@ async fn space(hostile_role: Role) -> (TestNode, TestNode, TestNode) {
     pair(&desk, &phone, "phone", Role::Phone).await;
     pair(&desk, &hostile, "stolen", hostile_role).await;
     (desk, phone, hostile)
-}
-
-/// Waits for `events` to report `peer` dropped; returns the reason.
-async fn dropped(events: &mut broadcast::Receiver<NodeEvent>, peer: &DeviceId) -> String {
-    let peer = peer.to_string();
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await {
-                Ok(NodeEvent::PeerDropped { peer: p, reason }) if p == peer => return reason,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("events ended: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("the hostile member is dropped")
 }
 
 /// The hostile member writes one change into `doc` with its own node's repo (signed with
@@ -67,14 +50,7 @@ async fn still_works(desk: &TestNode, phone: &TestNode, text: &str) {
         .send(&format!("/sh echo {text}"), None, None)
         .unwrap();
     let nodes = [desk.node.as_ref(), phone.node.as_ref()];
-    until("the honest phone's task is done", &nodes, || {
-        let ok = phone
-            .node
-            .task(&sent.task)
-            .is_ok_and(|t| t.status == TaskStatus::Done);
-        async move { ok }
-    })
-    .await;
+    done(&phone.node, &sent.task, &nodes).await;
     let task = phone.node.task(&sent.task).unwrap();
     assert_eq!(task.result.as_deref().map(str::trim), Some(text));
 }
@@ -131,14 +107,7 @@ async fn a_forged_result_of_a_queued_task_is_refused_and_the_task_runs() {
         TaskStatus::Queued
     );
     let _executor = start_executor_with(&desk, "allow");
-    until("the task is done", &nodes, || {
-        let ok = phone
-            .node
-            .task(&sent.task)
-            .is_ok_and(|t| t.status == TaskStatus::Done);
-        async move { ok }
-    })
-    .await;
+    done(&phone.node, &sent.task, &nodes).await;
     for n in [&desk.node, &phone.node] {
         let t = n.task(&sent.task).unwrap();
         assert_eq!(t.result.as_deref().map(str::trim), Some("real"), "{t:#?}");
@@ -341,14 +310,7 @@ async fn replacing_a_thread_s_task_list_is_refused() {
     .await;
     assert!(reason.contains("skeleton"), "{reason}");
     let _executor = start_executor_with(&desk, "allow");
-    until("the hidden-to-be task runs", &nodes, || {
-        let ok = phone
-            .node
-            .task(&sent.task)
-            .is_ok_and(|t| t.status == TaskStatus::Done);
-        async move { ok }
-    })
-    .await;
+    done(&phone.node, &sent.task, &nodes).await;
 }
 
 /// Seen before: a member rewrote an approval request's text to something harmless, the phone
@@ -385,12 +347,5 @@ async fn rewriting_what_an_approval_asks_is_refused() {
     let shown = shown.iter().find(|a| a.id == request.id).unwrap();
     assert!(shown.action.contains("echo asked"), "{shown:#?}");
     phone.node.decide(&request.id, true).unwrap();
-    until("the approved task is done", &nodes, || {
-        let ok = phone
-            .node
-            .task(&sent.task)
-            .is_ok_and(|t| t.status == TaskStatus::Done);
-        async move { ok }
-    })
-    .await;
+    done(&phone.node, &sent.task, &nodes).await;
 }

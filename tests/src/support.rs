@@ -111,3 +111,37 @@ pub fn task_ids(node: &Node) -> Vec<String> {
     ids.sort();
     ids
 }
+
+/// Waits for `events` to report `peer` dropped (it sent something refused); returns the
+/// reason.
+pub async fn dropped(
+    events: &mut tokio::sync::broadcast::Receiver<errand_node::NodeEvent>,
+    peer: &errand_sync::DeviceId,
+) -> String {
+    use tokio::sync::broadcast::error::RecvError;
+    let peer = peer.to_string();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(errand_node::NodeEvent::PeerDropped { peer: p, reason }) if p == peer => {
+                    return reason;
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(e) => panic!("events ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the peer is dropped")
+}
+
+/// Waits until `node` shows `task` done.
+pub async fn done(node: &Node, task: &str, nodes: &[&Node]) {
+    until("the task is done", nodes, || {
+        let ok = node
+            .task(task)
+            .is_ok_and(|t| t.status == errand_sync::schema::thread::TaskStatus::Done);
+        async move { ok }
+    })
+    .await;
+}

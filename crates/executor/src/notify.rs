@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use errand_sync::schema::index::{self, NotifyEntry};
+use errand_sync::schema::index;
 use errand_sync::schema::thread::{self, Notice};
 use errand_sync::schema::{DocId, now_millis};
 use errand_sync::{DeviceId, Repo};
@@ -126,7 +126,8 @@ impl Notifier {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             while pending.try_join_next().is_some() {}
             pending.spawn(async move {
-                let (delivered, outcome) = this.deliver(&entry, event, &task, &text).await;
+                let (delivered, outcome) =
+                    post(&entry.url, this.allow_private, event.as_str(), &task, &text).await;
                 let notice = Notice {
                     device: entry.device.clone(),
                     event: event.as_str().to_owned(),
@@ -144,17 +145,6 @@ impl Notifier {
                 }
             });
         }
-    }
-
-    /// Posts `text` to the endpoint, retrying; returns whether it was taken and how it went.
-    async fn deliver(
-        &self,
-        entry: &NotifyEntry,
-        event: Event,
-        task: &str,
-        text: &str,
-    ) -> (bool, String) {
-        post(&entry.url, self.allow_private, event.as_str(), task, text).await
     }
 }
 
