@@ -561,6 +561,16 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_revoke() != 42120:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_errand_ffi_checksum_method_node_schedule_add() != 1889:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_errand_ffi_checksum_method_node_schedule_list() != 50157:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_errand_ffi_checksum_method_node_schedule_pause() != 50254:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_errand_ffi_checksum_method_node_schedule_remove() != 1970:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_errand_ffi_checksum_method_node_schedule_resume() != 57595:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_send() != 27004:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_status() != 27697:
@@ -668,6 +678,21 @@ _UniffiLib.uniffi_errand_ffi_checksum_method_node_questions.restype = ctypes.c_u
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_revoke.argtypes = (
 )
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_revoke.restype = ctypes.c_uint16
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_schedule_add.argtypes = (
+)
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_schedule_add.restype = ctypes.c_uint16
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_schedule_list.argtypes = (
+)
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_schedule_list.restype = ctypes.c_uint16
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_schedule_pause.argtypes = (
+)
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_schedule_pause.restype = ctypes.c_uint16
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_schedule_remove.argtypes = (
+)
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_schedule_remove.restype = ctypes.c_uint16
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_schedule_resume.argtypes = (
+)
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_schedule_resume.restype = ctypes.c_uint16
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_send.argtypes = (
 )
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_send.restype = ctypes.c_uint16
@@ -799,6 +824,30 @@ _UniffiLib.uniffi_errand_ffi_fn_method_node_revoke.argtypes = (
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_errand_ffi_fn_method_node_revoke.restype = ctypes.c_uint64
+_UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_add.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_add.restype = ctypes.c_uint64
+_UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_list.argtypes = (
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_list.restype = ctypes.c_uint64
+_UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_pause.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_pause.restype = ctypes.c_uint64
+_UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_remove.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_remove.restype = ctypes.c_uint64
+_UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_resume.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_resume.restype = ctypes.c_uint64
 _UniffiLib.uniffi_errand_ffi_fn_method_node_send.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1807,6 +1856,12 @@ class MessageKind(enum.Enum):
     The desktop asked before doing something risky.
 """
     
+    MISSED = 4
+    """
+    Runs of a schedule that did not happen in time (`state`: off, asleep or late); the
+    catch-up run, if any, follows.
+"""
+    
 
 
 class _UniffiFfiConverterTypeMessageKind(_UniffiConverterRustBuffer):
@@ -1821,6 +1876,8 @@ class _UniffiFfiConverterTypeMessageKind(_UniffiConverterRustBuffer):
             return MessageKind.QUESTION
         if variant == 4:
             return MessageKind.APPROVAL
+        if variant == 5:
+            return MessageKind.MISSED
         raise InternalError("Raw enum value doesn't match any cases")
 
     @staticmethod
@@ -1832,6 +1889,8 @@ class _UniffiFfiConverterTypeMessageKind(_UniffiConverterRustBuffer):
         if value == MessageKind.QUESTION:
             return
         if value == MessageKind.APPROVAL:
+            return
+        if value == MessageKind.MISSED:
             return
         raise ValueError(value)
 
@@ -1845,6 +1904,8 @@ class _UniffiFfiConverterTypeMessageKind(_UniffiConverterRustBuffer):
             buf.write_i32(3)
         if value == MessageKind.APPROVAL:
             buf.write_i32(4)
+        if value == MessageKind.MISSED:
+            buf.write_i32(5)
 
 
 
@@ -2362,6 +2423,223 @@ class _UniffiFfiConverterTypeQuestionRecord(_UniffiConverterRustBuffer):
         _UniffiFfiConverterOptionalString.write(value.answered_by, buf)
 
 @dataclass
+class ScheduleRecord:
+    """
+    A schedule as the phone shows it.
+"""
+    def __init__(self, *, id:str, text:str, rule:str, time_zone:str, thread_id:typing.Optional[str], target_id:str, target_name:str, missed_rule:str, paused:bool, removed:bool, next_run_ms:typing.Optional[int], last_run_ms:typing.Optional[int], last_task_id:typing.Optional[str], last_thread_id:typing.Optional[str], last_status:typing.Optional[str], missed_total:int, missed_first_ms:typing.Optional[int], missed_last_ms:typing.Optional[int], missed_count:typing.Optional[int], missed_reason:typing.Optional[str]):
+        self.id = id
+        self.text = text
+        self.rule = rule
+        self.time_zone = time_zone
+        self.thread_id = thread_id
+        self.target_id = target_id
+        self.target_name = target_name
+        self.missed_rule = missed_rule
+        self.paused = paused
+        self.removed = removed
+        self.next_run_ms = next_run_ms
+        self.last_run_ms = last_run_ms
+        self.last_task_id = last_task_id
+        self.last_thread_id = last_thread_id
+        self.last_status = last_status
+        self.missed_total = missed_total
+        self.missed_first_ms = missed_first_ms
+        self.missed_last_ms = missed_last_ms
+        self.missed_count = missed_count
+        self.missed_reason = missed_reason
+        
+        
+
+    
+    def __str__(self):
+        return "ScheduleRecord(id={}, text={}, rule={}, time_zone={}, thread_id={}, target_id={}, target_name={}, missed_rule={}, paused={}, removed={}, next_run_ms={}, last_run_ms={}, last_task_id={}, last_thread_id={}, last_status={}, missed_total={}, missed_first_ms={}, missed_last_ms={}, missed_count={}, missed_reason={})".format(self.id, self.text, self.rule, self.time_zone, self.thread_id, self.target_id, self.target_name, self.missed_rule, self.paused, self.removed, self.next_run_ms, self.last_run_ms, self.last_task_id, self.last_thread_id, self.last_status, self.missed_total, self.missed_first_ms, self.missed_last_ms, self.missed_count, self.missed_reason)
+    def __eq__(self, other):
+        if self.id != other.id:
+            return False
+        if self.text != other.text:
+            return False
+        if self.rule != other.rule:
+            return False
+        if self.time_zone != other.time_zone:
+            return False
+        if self.thread_id != other.thread_id:
+            return False
+        if self.target_id != other.target_id:
+            return False
+        if self.target_name != other.target_name:
+            return False
+        if self.missed_rule != other.missed_rule:
+            return False
+        if self.paused != other.paused:
+            return False
+        if self.removed != other.removed:
+            return False
+        if self.next_run_ms != other.next_run_ms:
+            return False
+        if self.last_run_ms != other.last_run_ms:
+            return False
+        if self.last_task_id != other.last_task_id:
+            return False
+        if self.last_thread_id != other.last_thread_id:
+            return False
+        if self.last_status != other.last_status:
+            return False
+        if self.missed_total != other.missed_total:
+            return False
+        if self.missed_first_ms != other.missed_first_ms:
+            return False
+        if self.missed_last_ms != other.missed_last_ms:
+            return False
+        if self.missed_count != other.missed_count:
+            return False
+        if self.missed_reason != other.missed_reason:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeScheduleRecord(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return ScheduleRecord(
+            id=_UniffiFfiConverterString.read(buf),
+            text=_UniffiFfiConverterString.read(buf),
+            rule=_UniffiFfiConverterString.read(buf),
+            time_zone=_UniffiFfiConverterString.read(buf),
+            thread_id=_UniffiFfiConverterOptionalString.read(buf),
+            target_id=_UniffiFfiConverterString.read(buf),
+            target_name=_UniffiFfiConverterString.read(buf),
+            missed_rule=_UniffiFfiConverterString.read(buf),
+            paused=_UniffiFfiConverterBoolean.read(buf),
+            removed=_UniffiFfiConverterBoolean.read(buf),
+            next_run_ms=_UniffiFfiConverterOptionalInt64.read(buf),
+            last_run_ms=_UniffiFfiConverterOptionalInt64.read(buf),
+            last_task_id=_UniffiFfiConverterOptionalString.read(buf),
+            last_thread_id=_UniffiFfiConverterOptionalString.read(buf),
+            last_status=_UniffiFfiConverterOptionalString.read(buf),
+            missed_total=_UniffiFfiConverterInt64.read(buf),
+            missed_first_ms=_UniffiFfiConverterOptionalInt64.read(buf),
+            missed_last_ms=_UniffiFfiConverterOptionalInt64.read(buf),
+            missed_count=_UniffiFfiConverterOptionalInt64.read(buf),
+            missed_reason=_UniffiFfiConverterOptionalString.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.id)
+        _UniffiFfiConverterString.check_lower(value.text)
+        _UniffiFfiConverterString.check_lower(value.rule)
+        _UniffiFfiConverterString.check_lower(value.time_zone)
+        _UniffiFfiConverterOptionalString.check_lower(value.thread_id)
+        _UniffiFfiConverterString.check_lower(value.target_id)
+        _UniffiFfiConverterString.check_lower(value.target_name)
+        _UniffiFfiConverterString.check_lower(value.missed_rule)
+        _UniffiFfiConverterBoolean.check_lower(value.paused)
+        _UniffiFfiConverterBoolean.check_lower(value.removed)
+        _UniffiFfiConverterOptionalInt64.check_lower(value.next_run_ms)
+        _UniffiFfiConverterOptionalInt64.check_lower(value.last_run_ms)
+        _UniffiFfiConverterOptionalString.check_lower(value.last_task_id)
+        _UniffiFfiConverterOptionalString.check_lower(value.last_thread_id)
+        _UniffiFfiConverterOptionalString.check_lower(value.last_status)
+        _UniffiFfiConverterInt64.check_lower(value.missed_total)
+        _UniffiFfiConverterOptionalInt64.check_lower(value.missed_first_ms)
+        _UniffiFfiConverterOptionalInt64.check_lower(value.missed_last_ms)
+        _UniffiFfiConverterOptionalInt64.check_lower(value.missed_count)
+        _UniffiFfiConverterOptionalString.check_lower(value.missed_reason)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.id, buf)
+        _UniffiFfiConverterString.write(value.text, buf)
+        _UniffiFfiConverterString.write(value.rule, buf)
+        _UniffiFfiConverterString.write(value.time_zone, buf)
+        _UniffiFfiConverterOptionalString.write(value.thread_id, buf)
+        _UniffiFfiConverterString.write(value.target_id, buf)
+        _UniffiFfiConverterString.write(value.target_name, buf)
+        _UniffiFfiConverterString.write(value.missed_rule, buf)
+        _UniffiFfiConverterBoolean.write(value.paused, buf)
+        _UniffiFfiConverterBoolean.write(value.removed, buf)
+        _UniffiFfiConverterOptionalInt64.write(value.next_run_ms, buf)
+        _UniffiFfiConverterOptionalInt64.write(value.last_run_ms, buf)
+        _UniffiFfiConverterOptionalString.write(value.last_task_id, buf)
+        _UniffiFfiConverterOptionalString.write(value.last_thread_id, buf)
+        _UniffiFfiConverterOptionalString.write(value.last_status, buf)
+        _UniffiFfiConverterInt64.write(value.missed_total, buf)
+        _UniffiFfiConverterOptionalInt64.write(value.missed_first_ms, buf)
+        _UniffiFfiConverterOptionalInt64.write(value.missed_last_ms, buf)
+        _UniffiFfiConverterOptionalInt64.write(value.missed_count, buf)
+        _UniffiFfiConverterOptionalString.write(value.missed_reason, buf)
+
+@dataclass
+class ScheduleSpec:
+    """
+    A new schedule (`Node.schedule_add`): `cron` (five fields, or `@daily` and the like) or
+    `every` (`15m`, `1h30m`), not both.
+"""
+    def __init__(self, *, cron:typing.Optional[str], every:typing.Optional[str], time_zone:typing.Optional[str], thread_id:typing.Optional[str], target:typing.Optional[str], missed:typing.Optional[str], text:str):
+        self.cron = cron
+        self.every = every
+        self.time_zone = time_zone
+        self.thread_id = thread_id
+        self.target = target
+        self.missed = missed
+        self.text = text
+        
+        
+
+    
+    def __str__(self):
+        return "ScheduleSpec(cron={}, every={}, time_zone={}, thread_id={}, target={}, missed={}, text={})".format(self.cron, self.every, self.time_zone, self.thread_id, self.target, self.missed, self.text)
+    def __eq__(self, other):
+        if self.cron != other.cron:
+            return False
+        if self.every != other.every:
+            return False
+        if self.time_zone != other.time_zone:
+            return False
+        if self.thread_id != other.thread_id:
+            return False
+        if self.target != other.target:
+            return False
+        if self.missed != other.missed:
+            return False
+        if self.text != other.text:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeScheduleSpec(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return ScheduleSpec(
+            cron=_UniffiFfiConverterOptionalString.read(buf),
+            every=_UniffiFfiConverterOptionalString.read(buf),
+            time_zone=_UniffiFfiConverterOptionalString.read(buf),
+            thread_id=_UniffiFfiConverterOptionalString.read(buf),
+            target=_UniffiFfiConverterOptionalString.read(buf),
+            missed=_UniffiFfiConverterOptionalString.read(buf),
+            text=_UniffiFfiConverterString.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterOptionalString.check_lower(value.cron)
+        _UniffiFfiConverterOptionalString.check_lower(value.every)
+        _UniffiFfiConverterOptionalString.check_lower(value.time_zone)
+        _UniffiFfiConverterOptionalString.check_lower(value.thread_id)
+        _UniffiFfiConverterOptionalString.check_lower(value.target)
+        _UniffiFfiConverterOptionalString.check_lower(value.missed)
+        _UniffiFfiConverterString.check_lower(value.text)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterOptionalString.write(value.cron, buf)
+        _UniffiFfiConverterOptionalString.write(value.every, buf)
+        _UniffiFfiConverterOptionalString.write(value.time_zone, buf)
+        _UniffiFfiConverterOptionalString.write(value.thread_id, buf)
+        _UniffiFfiConverterOptionalString.write(value.target, buf)
+        _UniffiFfiConverterOptionalString.write(value.missed, buf)
+        _UniffiFfiConverterString.write(value.text, buf)
+
+@dataclass
 class SentRecord:
     """
     A task just sent. It is stored on this device; `delivered` says whether its desktop holds
@@ -2714,7 +2992,7 @@ class TaskRecord:
     """
     A task: what was asked, of which desktop, and what came of it.
 """
-    def __init__(self, *, id:str, thread_id:str, prompt:str, target_id:str, created_by:str, created_ms:int, status:TaskStatus, started_ms:typing.Optional[int], finished_ms:typing.Optional[int], progress:typing.List[ProgressRecord], result:typing.Optional[str], error:typing.Optional[str], artifacts:typing.List[ArtifactRecord], cancel_requested:bool, notifications:typing.List[NoticeRecord]):
+    def __init__(self, *, id:str, thread_id:str, prompt:str, target_id:str, created_by:str, created_ms:int, status:TaskStatus, started_ms:typing.Optional[int], finished_ms:typing.Optional[int], progress:typing.List[ProgressRecord], result:typing.Optional[str], error:typing.Optional[str], artifacts:typing.List[ArtifactRecord], cancel_requested:bool, notifications:typing.List[NoticeRecord], schedule_id:typing.Optional[str], slot_ms:typing.Optional[int]):
         self.id = id
         self.thread_id = thread_id
         self.prompt = prompt
@@ -2730,12 +3008,14 @@ class TaskRecord:
         self.artifacts = artifacts
         self.cancel_requested = cancel_requested
         self.notifications = notifications
+        self.schedule_id = schedule_id
+        self.slot_ms = slot_ms
         
         
 
     
     def __str__(self):
-        return "TaskRecord(id={}, thread_id={}, prompt={}, target_id={}, created_by={}, created_ms={}, status={}, started_ms={}, finished_ms={}, progress={}, result={}, error={}, artifacts={}, cancel_requested={}, notifications={})".format(self.id, self.thread_id, self.prompt, self.target_id, self.created_by, self.created_ms, self.status, self.started_ms, self.finished_ms, self.progress, self.result, self.error, self.artifacts, self.cancel_requested, self.notifications)
+        return "TaskRecord(id={}, thread_id={}, prompt={}, target_id={}, created_by={}, created_ms={}, status={}, started_ms={}, finished_ms={}, progress={}, result={}, error={}, artifacts={}, cancel_requested={}, notifications={}, schedule_id={}, slot_ms={})".format(self.id, self.thread_id, self.prompt, self.target_id, self.created_by, self.created_ms, self.status, self.started_ms, self.finished_ms, self.progress, self.result, self.error, self.artifacts, self.cancel_requested, self.notifications, self.schedule_id, self.slot_ms)
     def __eq__(self, other):
         if self.id != other.id:
             return False
@@ -2767,6 +3047,10 @@ class TaskRecord:
             return False
         if self.notifications != other.notifications:
             return False
+        if self.schedule_id != other.schedule_id:
+            return False
+        if self.slot_ms != other.slot_ms:
+            return False
         return True
 
 class _UniffiFfiConverterTypeTaskRecord(_UniffiConverterRustBuffer):
@@ -2788,6 +3072,8 @@ class _UniffiFfiConverterTypeTaskRecord(_UniffiConverterRustBuffer):
             artifacts=_UniffiFfiConverterSequenceTypeArtifactRecord.read(buf),
             cancel_requested=_UniffiFfiConverterBoolean.read(buf),
             notifications=_UniffiFfiConverterSequenceTypeNoticeRecord.read(buf),
+            schedule_id=_UniffiFfiConverterOptionalString.read(buf),
+            slot_ms=_UniffiFfiConverterOptionalInt64.read(buf),
         )
 
     @staticmethod
@@ -2807,6 +3093,8 @@ class _UniffiFfiConverterTypeTaskRecord(_UniffiConverterRustBuffer):
         _UniffiFfiConverterSequenceTypeArtifactRecord.check_lower(value.artifacts)
         _UniffiFfiConverterBoolean.check_lower(value.cancel_requested)
         _UniffiFfiConverterSequenceTypeNoticeRecord.check_lower(value.notifications)
+        _UniffiFfiConverterOptionalString.check_lower(value.schedule_id)
+        _UniffiFfiConverterOptionalInt64.check_lower(value.slot_ms)
 
     @staticmethod
     def write(value, buf):
@@ -2825,6 +3113,8 @@ class _UniffiFfiConverterTypeTaskRecord(_UniffiConverterRustBuffer):
         _UniffiFfiConverterSequenceTypeArtifactRecord.write(value.artifacts, buf)
         _UniffiFfiConverterBoolean.write(value.cancel_requested, buf)
         _UniffiFfiConverterSequenceTypeNoticeRecord.write(value.notifications, buf)
+        _UniffiFfiConverterOptionalString.write(value.schedule_id, buf)
+        _UniffiFfiConverterOptionalInt64.write(value.slot_ms, buf)
 
 @dataclass
 class ThreadRecord:
@@ -4141,6 +4431,29 @@ class _UniffiFfiConverterSequenceTypeQuestionRecord(_UniffiConverterRustBuffer):
             _UniffiFfiConverterTypeQuestionRecord.read(buf) for i in range(count)
         ]
 
+class _UniffiFfiConverterSequenceTypeScheduleRecord(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeScheduleRecord.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeScheduleRecord.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeScheduleRecord.read(buf) for i in range(count)
+        ]
+
 
 class NodeListener():
     """
@@ -4558,6 +4871,29 @@ class NodeProtocol(typing.Protocol):
         """
         Revokes a device (name or id prefix): this device refuses it at once, the others once
         they have synced. Returns the device as it was.
+"""
+        raise NotImplementedError
+    async def schedule_add(self, spec: ScheduleSpec) -> ScheduleRecord:
+        """
+        Adds a schedule: a task the target desktop runs by itself at set times. A bad cron
+        expression, period or time zone is refused with a one-line reason.
+"""
+        raise NotImplementedError
+    async def schedule_list(self, ) -> typing.List[ScheduleRecord]:
+        """
+        Every schedule not removed: rule, target, next run, last run, missed runs.
+"""
+        raise NotImplementedError
+    async def schedule_pause(self, id: str) -> ScheduleRecord:
+        """
+        Pauses a schedule (id or prefix): no runs, and none owed, until it is resumed.
+"""
+        raise NotImplementedError
+    async def schedule_remove(self, id: str) -> ScheduleRecord:
+        raise NotImplementedError
+    async def schedule_resume(self, id: str) -> ScheduleRecord:
+        """
+        Resumes a paused schedule from its next slot.
 """
         raise NotImplementedError
     async def send(self, text: str,thread_id: typing.Union[object, typing.Optional[str]] = _DEFAULT,to_device: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> SentRecord:
@@ -5063,6 +5399,101 @@ class Node(NodeProtocol):
             _uniffi_lift_return,
             _uniffi_error_converter,
         )
+    async def schedule_add(self, spec: ScheduleSpec) -> ScheduleRecord:
+        """
+        Adds a schedule: a task the target desktop runs by itself at set times. A bad cron
+        expression, period or time zone is refused with a one-line reason.
+"""
+        
+        _UniffiFfiConverterTypeScheduleSpec.check_lower(spec)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterTypeScheduleSpec.lower(spec),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeScheduleRecord.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeErrandError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_add(*_uniffi_lowered_args),
+            _UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def schedule_list(self, ) -> typing.List[ScheduleRecord]:
+        """
+        Every schedule not removed: rule, target, next run, last run, missed runs.
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceTypeScheduleRecord.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeErrandError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_list(*_uniffi_lowered_args),
+            _UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def schedule_pause(self, id: str) -> ScheduleRecord:
+        """
+        Pauses a schedule (id or prefix): no runs, and none owed, until it is resumed.
+"""
+        
+        _UniffiFfiConverterString.check_lower(id)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(id),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeScheduleRecord.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeErrandError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_pause(*_uniffi_lowered_args),
+            _UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def schedule_remove(self, id: str) -> ScheduleRecord:
+        
+        _UniffiFfiConverterString.check_lower(id)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(id),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeScheduleRecord.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeErrandError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_remove(*_uniffi_lowered_args),
+            _UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def schedule_resume(self, id: str) -> ScheduleRecord:
+        """
+        Resumes a paused schedule from its next slot.
+"""
+        
+        _UniffiFfiConverterString.check_lower(id)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(id),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeScheduleRecord.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeErrandError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_resume(*_uniffi_lowered_args),
+            _UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     async def send(self, text: str,thread_id: typing.Union[object, typing.Optional[str]] = _DEFAULT,to_device: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> SentRecord:
         """
         Sends a task to a desktop: `thread_id` adds it to a thread (else a new thread starts),
@@ -5288,6 +5719,8 @@ __all__ = [
     "PeerSyncRecord",
     "ProgressRecord",
     "QuestionRecord",
+    "ScheduleRecord",
+    "ScheduleSpec",
     "SentRecord",
     "StatusRecord",
     "TaskRecord",

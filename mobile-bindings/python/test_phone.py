@@ -34,6 +34,7 @@ from errand_ffi import (
     Node,
     NodeEvent,
     NodeListener,
+    ScheduleSpec,
     TaskStatus,
 )
 
@@ -307,6 +308,28 @@ class PhoneTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual((conversation[1].state, conversation[1].reply_by), ("approved", "pocket"))
         self.assertEqual((conversation[2].text.strip(), conversation[2].by), ("hi", "desk"))
         self.assertEqual(await phone.questions(), [])
+
+    async def test_a_schedule_made_on_the_phone_is_the_desktop_s_to_run(self):
+        rec = Recorder()
+        phone = await self.pair(rec)
+        spec = ScheduleSpec(cron="30 7 * * MON-FRI", every=None, time_zone="America/New_York",
+                            thread_id=None, target=None, missed="skip", text="/sh uptime")
+        made = await phone.schedule_add(spec)
+        self.assertEqual(made.rule, "cron 30 7 * * MON-FRI (America/New_York)")
+        self.assertEqual((made.target_name, made.missed_rule), ("desk", "skip"))
+        self.assertIsNotNone(made.next_run_ms)
+        with self.assertRaises(ErrandError.InvalidInput):
+            await phone.schedule_add(ScheduleSpec(cron=None, every="5 minutes", time_zone=None,
+                                                  thread_id=None, target=None, missed=None,
+                                                  text="/sh uptime"))
+        await phone.sync_now(5000)
+        # The desktop, a real `errand` process, holds it as the phone made it.
+        listed = self.desk.cli("schedule", "list")
+        self.assertEqual([(s["id"], s["next_run"]) for s in listed], [(made.id, made.next_run_ms)])
+        paused = await phone.schedule_pause(made.id[:6])
+        self.assertTrue(paused.paused)
+        await phone.schedule_remove(made.id)
+        self.assertEqual(await phone.schedule_list(), [])
 
     async def test_a_task_sent_while_the_desktop_is_down_arrives_when_it_is_back(self):
         rec = Recorder()

@@ -719,6 +719,29 @@ public protocol NodeProtocol: AnyObject, Sendable {
     func revoke(device: String) async throws  -> DeviceRecord
     
     /**
+     * Adds a schedule: a task the target desktop runs by itself at set times. A bad cron
+     * expression, period or time zone is refused with a one-line reason.
+     */
+    func scheduleAdd(spec: ScheduleSpec) async throws  -> ScheduleRecord
+    
+    /**
+     * Every schedule not removed: rule, target, next run, last run, missed runs.
+     */
+    func scheduleList() async throws  -> [ScheduleRecord]
+    
+    /**
+     * Pauses a schedule (id or prefix): no runs, and none owed, until it is resumed.
+     */
+    func schedulePause(id: String) async throws  -> ScheduleRecord
+    
+    func scheduleRemove(id: String) async throws  -> ScheduleRecord
+    
+    /**
+     * Resumes a paused schedule from its next slot.
+     */
+    func scheduleResume(id: String) async throws  -> ScheduleRecord
+    
+    /**
      * Sends a task to a desktop: `thread_id` adds it to a thread (else a new thread starts),
      * `to_device` names the desktop (name or id prefix; else the space's first desktop).
      * Returns once the task is stored here; it reaches the desktop whenever the two can reach
@@ -1187,6 +1210,99 @@ open func revoke(device: String)async throws  -> DeviceRecord  {
             completeFunc: ffi_errand_ffi_rust_future_complete_rust_buffer,
             freeFunc: ffi_errand_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypeDeviceRecord_lift,
+            errorHandler: FfiConverterTypeErrandError_lift
+        )
+}
+    
+    /**
+     * Adds a schedule: a task the target desktop runs by itself at set times. A bad cron
+     * expression, period or time zone is refused with a one-line reason.
+     */
+open func scheduleAdd(spec: ScheduleSpec)async throws  -> ScheduleRecord  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_errand_ffi_fn_method_node_schedule_add(
+                        self.uniffiCloneHandle(),FfiConverterTypeScheduleSpec_lower(spec)
+                )
+            },
+            pollFunc: ffi_errand_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_errand_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_errand_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeScheduleRecord_lift,
+            errorHandler: FfiConverterTypeErrandError_lift
+        )
+}
+    
+    /**
+     * Every schedule not removed: rule, target, next run, last run, missed runs.
+     */
+open func scheduleList()async throws  -> [ScheduleRecord]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_errand_ffi_fn_method_node_schedule_list(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_errand_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_errand_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_errand_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeScheduleRecord.lift,
+            errorHandler: FfiConverterTypeErrandError_lift
+        )
+}
+    
+    /**
+     * Pauses a schedule (id or prefix): no runs, and none owed, until it is resumed.
+     */
+open func schedulePause(id: String)async throws  -> ScheduleRecord  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_errand_ffi_fn_method_node_schedule_pause(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_errand_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_errand_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_errand_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeScheduleRecord_lift,
+            errorHandler: FfiConverterTypeErrandError_lift
+        )
+}
+    
+open func scheduleRemove(id: String)async throws  -> ScheduleRecord  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_errand_ffi_fn_method_node_schedule_remove(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_errand_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_errand_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_errand_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeScheduleRecord_lift,
+            errorHandler: FfiConverterTypeErrandError_lift
+        )
+}
+    
+    /**
+     * Resumes a paused schedule from its next slot.
+     */
+open func scheduleResume(id: String)async throws  -> ScheduleRecord  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_errand_ffi_fn_method_node_schedule_resume(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_errand_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_errand_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_errand_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeScheduleRecord_lift,
             errorHandler: FfiConverterTypeErrandError_lift
         )
 }
@@ -2780,6 +2896,259 @@ public func FfiConverterTypeQuestionRecord_lower(_ value: QuestionRecord) -> Rus
 
 
 /**
+ * A schedule as the phone shows it.
+ */
+public struct ScheduleRecord: Equatable, Hashable {
+    public var id: String
+    public var text: String
+    /**
+     * The rule in one line: `cron 0 9 * * 1-5 (Europe/Paris)`, `every 15m`.
+     */
+    public var rule: String
+    public var timeZone: String
+    public var threadId: String?
+    public var targetId: String
+    public var targetName: String
+    public var missedRule: String
+    public var paused: Bool
+    public var removed: Bool
+    public var nextRunMs: Int64?
+    /**
+     * The last run: its slot, task, thread and status.
+     */
+    public var lastRunMs: Int64?
+    public var lastTaskId: String?
+    public var lastThreadId: String?
+    public var lastStatus: String?
+    /**
+     * Missed runs in all, and the latest batch (first and last slot, how many, why:
+     * `off`, `asleep` or `late`).
+     */
+    public var missedTotal: Int64
+    public var missedFirstMs: Int64?
+    public var missedLastMs: Int64?
+    public var missedCount: Int64?
+    public var missedReason: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(id: String, text: String, 
+        /**
+         * The rule in one line: `cron 0 9 * * 1-5 (Europe/Paris)`, `every 15m`.
+         */rule: String, timeZone: String, threadId: String?, targetId: String, targetName: String, missedRule: String, paused: Bool, removed: Bool, nextRunMs: Int64?, 
+        /**
+         * The last run: its slot, task, thread and status.
+         */lastRunMs: Int64?, lastTaskId: String?, lastThreadId: String?, lastStatus: String?, 
+        /**
+         * Missed runs in all, and the latest batch (first and last slot, how many, why:
+         * `off`, `asleep` or `late`).
+         */missedTotal: Int64, missedFirstMs: Int64?, missedLastMs: Int64?, missedCount: Int64?, missedReason: String?) {
+        self.id = id
+        self.text = text
+        self.rule = rule
+        self.timeZone = timeZone
+        self.threadId = threadId
+        self.targetId = targetId
+        self.targetName = targetName
+        self.missedRule = missedRule
+        self.paused = paused
+        self.removed = removed
+        self.nextRunMs = nextRunMs
+        self.lastRunMs = lastRunMs
+        self.lastTaskId = lastTaskId
+        self.lastThreadId = lastThreadId
+        self.lastStatus = lastStatus
+        self.missedTotal = missedTotal
+        self.missedFirstMs = missedFirstMs
+        self.missedLastMs = missedLastMs
+        self.missedCount = missedCount
+        self.missedReason = missedReason
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ScheduleRecord: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeScheduleRecord: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ScheduleRecord {
+        return
+            try ScheduleRecord(
+                id: FfiConverterString.read(from: &buf), 
+                text: FfiConverterString.read(from: &buf), 
+                rule: FfiConverterString.read(from: &buf), 
+                timeZone: FfiConverterString.read(from: &buf), 
+                threadId: FfiConverterOptionString.read(from: &buf), 
+                targetId: FfiConverterString.read(from: &buf), 
+                targetName: FfiConverterString.read(from: &buf), 
+                missedRule: FfiConverterString.read(from: &buf), 
+                paused: FfiConverterBool.read(from: &buf), 
+                removed: FfiConverterBool.read(from: &buf), 
+                nextRunMs: FfiConverterOptionInt64.read(from: &buf), 
+                lastRunMs: FfiConverterOptionInt64.read(from: &buf), 
+                lastTaskId: FfiConverterOptionString.read(from: &buf), 
+                lastThreadId: FfiConverterOptionString.read(from: &buf), 
+                lastStatus: FfiConverterOptionString.read(from: &buf), 
+                missedTotal: FfiConverterInt64.read(from: &buf), 
+                missedFirstMs: FfiConverterOptionInt64.read(from: &buf), 
+                missedLastMs: FfiConverterOptionInt64.read(from: &buf), 
+                missedCount: FfiConverterOptionInt64.read(from: &buf), 
+                missedReason: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ScheduleRecord, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.id, into: &buf)
+        FfiConverterString.write(value.text, into: &buf)
+        FfiConverterString.write(value.rule, into: &buf)
+        FfiConverterString.write(value.timeZone, into: &buf)
+        FfiConverterOptionString.write(value.threadId, into: &buf)
+        FfiConverterString.write(value.targetId, into: &buf)
+        FfiConverterString.write(value.targetName, into: &buf)
+        FfiConverterString.write(value.missedRule, into: &buf)
+        FfiConverterBool.write(value.paused, into: &buf)
+        FfiConverterBool.write(value.removed, into: &buf)
+        FfiConverterOptionInt64.write(value.nextRunMs, into: &buf)
+        FfiConverterOptionInt64.write(value.lastRunMs, into: &buf)
+        FfiConverterOptionString.write(value.lastTaskId, into: &buf)
+        FfiConverterOptionString.write(value.lastThreadId, into: &buf)
+        FfiConverterOptionString.write(value.lastStatus, into: &buf)
+        FfiConverterInt64.write(value.missedTotal, into: &buf)
+        FfiConverterOptionInt64.write(value.missedFirstMs, into: &buf)
+        FfiConverterOptionInt64.write(value.missedLastMs, into: &buf)
+        FfiConverterOptionInt64.write(value.missedCount, into: &buf)
+        FfiConverterOptionString.write(value.missedReason, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeScheduleRecord_lift(_ buf: RustBuffer) throws -> ScheduleRecord {
+    return try FfiConverterTypeScheduleRecord.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeScheduleRecord_lower(_ value: ScheduleRecord) -> RustBuffer {
+    return FfiConverterTypeScheduleRecord.lower(value)
+}
+
+
+/**
+ * A new schedule (`Node.schedule_add`): `cron` (five fields, or `@daily` and the like) or
+ * `every` (`15m`, `1h30m`), not both.
+ */
+public struct ScheduleSpec: Equatable, Hashable {
+    public var cron: String?
+    public var every: String?
+    /**
+     * IANA time zone (`Europe/Paris`); this device's when absent.
+     */
+    public var timeZone: String?
+    /**
+     * The thread every run goes to; a new thread per run when absent.
+     */
+    public var threadId: String?
+    /**
+     * The desktop that runs it (name or id prefix); the space's first desktop when absent.
+     */
+    public var target: String?
+    /**
+     * `run-once` (one catch-up run for runs missed while the desktop was off; the default)
+     * or `skip`.
+     */
+    public var missed: String?
+    public var text: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(cron: String?, every: String?, 
+        /**
+         * IANA time zone (`Europe/Paris`); this device's when absent.
+         */timeZone: String?, 
+        /**
+         * The thread every run goes to; a new thread per run when absent.
+         */threadId: String?, 
+        /**
+         * The desktop that runs it (name or id prefix); the space's first desktop when absent.
+         */target: String?, 
+        /**
+         * `run-once` (one catch-up run for runs missed while the desktop was off; the default)
+         * or `skip`.
+         */missed: String?, text: String) {
+        self.cron = cron
+        self.every = every
+        self.timeZone = timeZone
+        self.threadId = threadId
+        self.target = target
+        self.missed = missed
+        self.text = text
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ScheduleSpec: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeScheduleSpec: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ScheduleSpec {
+        return
+            try ScheduleSpec(
+                cron: FfiConverterOptionString.read(from: &buf), 
+                every: FfiConverterOptionString.read(from: &buf), 
+                timeZone: FfiConverterOptionString.read(from: &buf), 
+                threadId: FfiConverterOptionString.read(from: &buf), 
+                target: FfiConverterOptionString.read(from: &buf), 
+                missed: FfiConverterOptionString.read(from: &buf), 
+                text: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ScheduleSpec, into buf: inout [UInt8]) {
+        FfiConverterOptionString.write(value.cron, into: &buf)
+        FfiConverterOptionString.write(value.every, into: &buf)
+        FfiConverterOptionString.write(value.timeZone, into: &buf)
+        FfiConverterOptionString.write(value.threadId, into: &buf)
+        FfiConverterOptionString.write(value.target, into: &buf)
+        FfiConverterOptionString.write(value.missed, into: &buf)
+        FfiConverterString.write(value.text, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeScheduleSpec_lift(_ buf: RustBuffer) throws -> ScheduleSpec {
+    return try FfiConverterTypeScheduleSpec.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeScheduleSpec_lower(_ value: ScheduleSpec) -> RustBuffer {
+    return FfiConverterTypeScheduleSpec.lower(value)
+}
+
+
+/**
  * A task just sent. It is stored on this device; `delivered` says whether its desktop holds
  * it yet (it gets it whenever the two can reach each other; offline is not an error).
  */
@@ -2980,6 +3349,11 @@ public struct TaskRecord: Equatable, Hashable {
      * Notifications the desktop sent about it, and how each went.
      */
     public var notifications: [NoticeRecord]
+    /**
+     * The schedule whose run this is, and the slot (the scheduled time) it runs.
+     */
+    public var scheduleId: String?
+    public var slotMs: Int64?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -2998,7 +3372,10 @@ public struct TaskRecord: Equatable, Hashable {
          */error: String?, artifacts: [ArtifactRecord], cancelRequested: Bool, 
         /**
          * Notifications the desktop sent about it, and how each went.
-         */notifications: [NoticeRecord]) {
+         */notifications: [NoticeRecord], 
+        /**
+         * The schedule whose run this is, and the slot (the scheduled time) it runs.
+         */scheduleId: String?, slotMs: Int64?) {
         self.id = id
         self.threadId = threadId
         self.prompt = prompt
@@ -3014,6 +3391,8 @@ public struct TaskRecord: Equatable, Hashable {
         self.artifacts = artifacts
         self.cancelRequested = cancelRequested
         self.notifications = notifications
+        self.scheduleId = scheduleId
+        self.slotMs = slotMs
     }
 
     
@@ -3046,7 +3425,9 @@ public struct FfiConverterTypeTaskRecord: FfiConverterRustBuffer {
                 error: FfiConverterOptionString.read(from: &buf), 
                 artifacts: FfiConverterSequenceTypeArtifactRecord.read(from: &buf), 
                 cancelRequested: FfiConverterBool.read(from: &buf), 
-                notifications: FfiConverterSequenceTypeNoticeRecord.read(from: &buf)
+                notifications: FfiConverterSequenceTypeNoticeRecord.read(from: &buf), 
+                scheduleId: FfiConverterOptionString.read(from: &buf), 
+                slotMs: FfiConverterOptionInt64.read(from: &buf)
         )
     }
 
@@ -3066,6 +3447,8 @@ public struct FfiConverterTypeTaskRecord: FfiConverterRustBuffer {
         FfiConverterSequenceTypeArtifactRecord.write(value.artifacts, into: &buf)
         FfiConverterBool.write(value.cancelRequested, into: &buf)
         FfiConverterSequenceTypeNoticeRecord.write(value.notifications, into: &buf)
+        FfiConverterOptionString.write(value.scheduleId, into: &buf)
+        FfiConverterOptionInt64.write(value.slotMs, into: &buf)
     }
 }
 
@@ -3590,6 +3973,11 @@ public enum MessageKind: Equatable, Hashable {
      * The desktop asked before doing something risky.
      */
     case approval
+    /**
+     * Runs of a schedule that did not happen in time (`state`: off, asleep or late); the
+     * catch-up run, if any, follows.
+     */
+    case missed
 
 
 
@@ -3619,6 +4007,8 @@ public struct FfiConverterTypeMessageKind: FfiConverterRustBuffer {
         
         case 4: return .approval
         
+        case 5: return .missed
+        
         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
@@ -3641,6 +4031,10 @@ public struct FfiConverterTypeMessageKind: FfiConverterRustBuffer {
         
         case .approval:
             writeInt(&buf, Int32(4))
+        
+        
+        case .missed:
+            writeInt(&buf, Int32(5))
         
         }
     }
@@ -4527,6 +4921,31 @@ fileprivate struct FfiConverterSequenceTypeQuestionRecord: FfiConverterRustBuffe
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeScheduleRecord: FfiConverterRustBuffer {
+    typealias SwiftType = [ScheduleRecord]
+
+    public static func write(_ value: [ScheduleRecord], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeScheduleRecord.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ScheduleRecord] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ScheduleRecord]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeScheduleRecord.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeTaskRecord: FfiConverterRustBuffer {
     typealias SwiftType = [TaskRecord]
 
@@ -4698,6 +5117,21 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_errand_ffi_checksum_method_node_revoke() != 42120) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_errand_ffi_checksum_method_node_schedule_add() != 1889) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_errand_ffi_checksum_method_node_schedule_list() != 50157) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_errand_ffi_checksum_method_node_schedule_pause() != 50254) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_errand_ffi_checksum_method_node_schedule_remove() != 1970) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_errand_ffi_checksum_method_node_schedule_resume() != 57595) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_errand_ffi_checksum_method_node_send() != 27004) {

@@ -404,6 +404,31 @@ uint64_t uniffi_errand_ffi_fn_method_node_questions(uint64_t ptr, int8_t pending
 uint64_t uniffi_errand_ffi_fn_method_node_revoke(uint64_t ptr, RustBuffer device
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_SCHEDULE_ADD
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_SCHEDULE_ADD
+uint64_t uniffi_errand_ffi_fn_method_node_schedule_add(uint64_t ptr, RustBuffer spec
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_SCHEDULE_LIST
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_SCHEDULE_LIST
+uint64_t uniffi_errand_ffi_fn_method_node_schedule_list(uint64_t ptr
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_SCHEDULE_PAUSE
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_SCHEDULE_PAUSE
+uint64_t uniffi_errand_ffi_fn_method_node_schedule_pause(uint64_t ptr, RustBuffer id
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_SCHEDULE_REMOVE
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_SCHEDULE_REMOVE
+uint64_t uniffi_errand_ffi_fn_method_node_schedule_remove(uint64_t ptr, RustBuffer id
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_SCHEDULE_RESUME
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_SCHEDULE_RESUME
+uint64_t uniffi_errand_ffi_fn_method_node_schedule_resume(uint64_t ptr, RustBuffer id
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_SEND
 #define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_SEND
 uint64_t uniffi_errand_ffi_fn_method_node_send(uint64_t ptr, RustBuffer text, RustBuffer thread_id, RustBuffer to_device
@@ -827,6 +852,36 @@ uint16_t uniffi_errand_ffi_checksum_method_node_questions(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_REVOKE
 #define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_REVOKE
 uint16_t uniffi_errand_ffi_checksum_method_node_revoke(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_SCHEDULE_ADD
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_SCHEDULE_ADD
+uint16_t uniffi_errand_ffi_checksum_method_node_schedule_add(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_SCHEDULE_LIST
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_SCHEDULE_LIST
+uint16_t uniffi_errand_ffi_checksum_method_node_schedule_list(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_SCHEDULE_PAUSE
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_SCHEDULE_PAUSE
+uint16_t uniffi_errand_ffi_checksum_method_node_schedule_pause(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_SCHEDULE_REMOVE
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_SCHEDULE_REMOVE
+uint16_t uniffi_errand_ffi_checksum_method_node_schedule_remove(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_SCHEDULE_RESUME
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_SCHEDULE_RESUME
+uint16_t uniffi_errand_ffi_checksum_method_node_schedule_resume(void
     
 );
 #endif

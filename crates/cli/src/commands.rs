@@ -28,7 +28,11 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-fn show<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -> String) -> Result<()> {
+pub(crate) fn show<T: Serialize>(
+    json: bool,
+    value: &T,
+    human: impl FnOnce(&T) -> String,
+) -> Result<()> {
     if json {
         print_json(value)
     } else {
@@ -611,6 +615,10 @@ async fn one_shot(
                     })?;
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schedule { action } => {
+            crate::schedule::run(session, action, json).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Devices { action: None } => {

@@ -10,6 +10,7 @@ macro_rules! out {
 mod commands;
 mod executor;
 mod output;
+mod schedule;
 mod session;
 
 use std::net::SocketAddr;
@@ -198,6 +199,11 @@ pub enum Command {
         #[command(subcommand)]
         action: NotifyAction,
     },
+    /// Tasks a desktop runs by itself at set times, even while no phone is connected
+    Schedule {
+        #[command(subcommand)]
+        action: ScheduleAction,
+    },
     /// This device, its space and its peers
     Status,
     /// Sync once with every reachable peer
@@ -226,6 +232,46 @@ pub enum NotifyAction {
     Remove { id: String },
     /// Send a test message from this device to each of its endpoints, and say how it went
     Test,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleAction {
+    /// Add a schedule and print its id. Each run is a task in the schedule's thread (a new
+    /// thread per run when none is named), run by the target desktop
+    Add {
+        /// A five-field cron expression: minute hour day-of-month month day-of-week
+        /// ("0 9 * * 1-5"), or @hourly, @daily, @weekly, @monthly, @yearly
+        #[arg(long, conflicts_with = "every", required_unless_present = "every")]
+        cron: Option<String>,
+        /// A fixed period instead: 15m, 1h30m, 1d (at least 1 minute)
+        #[arg(long)]
+        every: Option<String>,
+        /// The time zone the cron expression is read in (IANA, like Europe/Paris; default:
+        /// this device's)
+        #[arg(long)]
+        tz: Option<String>,
+        /// The thread every run goes to (id or prefix)
+        #[arg(long)]
+        thread: Option<String>,
+        /// The desktop that runs it (name or id prefix)
+        #[arg(long)]
+        to: Option<String>,
+        /// What happens to runs missed while the desktop was off or asleep: run-once (one
+        /// catch-up run) or skip
+        #[arg(long, default_value = "run-once")]
+        missed: String,
+        /// What each run does, as `errand send` takes it
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// Every schedule: its rule, target, next run, last run and how it went, missed runs
+    List,
+    /// Stop running a schedule until it is resumed (runs due meanwhile are not owed)
+    Pause { id: String },
+    /// Run a paused schedule again, from its next slot
+    Resume { id: String },
+    /// Remove a schedule for good
+    Remove { id: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -22,4 +22,5 @@ pub mod model;
 pub mod notify;
 pub mod policy;
 pub mod runner;
+pub mod scheduler;
 pub mod tools;

@@ -38,6 +38,8 @@ pub enum Event {
     Approval,
     /// It waits for an answer.
     Question,
+    /// Runs of a schedule were missed; the task is the catch-up run.
+    Missed,
 }
 
 impl Event {
@@ -47,6 +49,7 @@ impl Event {
             Event::Failed => "failed",
             Event::Approval => "approval",
             Event::Question => "question",
+            Event::Missed => "missed",
         }
     }
 
@@ -56,6 +59,7 @@ impl Event {
             Event::Failed => "failed",
             Event::Approval => "waits for your approval",
             Event::Question => "has a question for you",
+            Event::Missed => "catches up on missed scheduled runs",
         }
     }
 }
@@ -103,23 +107,48 @@ impl Notifier {
         .await;
     }
 
-    /// Tells every endpoint registered for `event` by a current member, in the background.
-    /// `content` is what a `--content` endpoint may see (the prompt, a result, a question).
-    pub fn notify(&self, doc: &DocId, task: &str, event: Event, content: Option<&str>) {
-        let entries = self
-            .repo
+    /// The endpoints registered for `event` by current members.
+    fn endpoints(&self, event: Event) -> Vec<index::NotifyEntry> {
+        self.repo
             .read(&DocId::index(), index::notify_entries)
             .ok()
             .flatten()
-            .unwrap_or_default();
-        for entry in entries {
-            let member = entry
-                .device
-                .parse::<DeviceId>()
-                .is_ok_and(|d| self.authority.name(&d).is_some());
-            if !member || !entry.events.iter().any(|e| e == event.as_str()) {
-                continue;
-            }
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|entry| {
+                entry
+                    .device
+                    .parse::<DeviceId>()
+                    .is_ok_and(|d| self.authority.name(&d).is_some())
+                    && entry.events.iter().any(|e| e == event.as_str())
+            })
+            .collect()
+    }
+
+    /// Tells every endpoint registered for `missed` that a schedule missed `count` runs and
+    /// runs none of them (it skips missed runs). There is no task to record the delivery on.
+    pub fn notify_missed(&self, schedule: &str, count: u64) {
+        let short = schedule.get(..8).unwrap_or(schedule);
+        let text = format!("schedule {short} missed {count} scheduled runs");
+        for entry in self.endpoints(Event::Missed) {
+            let (allow_private, text) = (self.allow_private, text.clone());
+            let schedule = schedule.to_owned();
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            while pending.try_join_next().is_some() {}
+            pending.spawn(async move {
+                let (delivered, outcome) =
+                    post(&entry.url, allow_private, "missed", &schedule, &text).await;
+                if !delivered {
+                    warn!(%schedule, "a missed-runs notification failed: {outcome}");
+                }
+            });
+        }
+    }
+
+    /// Tells every endpoint registered for `event` by a current member, in the background.
+    /// `content` is what a `--content` endpoint may see (the prompt, a result, a question).
+    pub fn notify(&self, doc: &DocId, task: &str, event: Event, content: Option<&str>) {
+        for entry in self.endpoints(event) {
             let text = message(event, task, content.filter(|_| entry.content));
             let this = self.clone();
             let (doc, task) = (doc.clone(), task.to_owned());

@@ -108,6 +108,7 @@ pub struct ExecutorConfig {
 pub struct ExecutorHandle {
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
+    scheduler: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ExecutorHandle {
@@ -115,6 +116,9 @@ impl ExecutorHandle {
     /// finish, and those still running then end as failed with the stop as the reason.
     pub async fn stop(mut self) {
         self.stop.cancel();
+        if let Some(scheduler) = self.scheduler.take() {
+            let _ = scheduler.await;
+        }
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
@@ -173,6 +177,14 @@ pub fn start(
         authority.clone(),
         config.policy.allows_private_network(),
     );
+    // Schedules create tasks; the executor runs them like any other. Both stop together.
+    let scheduler = crate::scheduler::spawn(
+        repo.clone(),
+        config.device,
+        authority.clone(),
+        notifier.clone(),
+        stop.clone(),
+    );
     let shared = Arc::new(Shared {
         notifier,
         slots: Semaphore::new(config.max_parallel.max(1)),
@@ -192,6 +204,7 @@ pub fn start(
     ExecutorHandle {
         stop,
         task: Some(task),
+        scheduler: Some(scheduler),
     }
 }
 

@@ -11,7 +11,8 @@ use crate::error::ErrandError;
 use crate::events::{self, NodeListener, Subscription};
 use crate::records::{
     ApprovalRecord, DeviceRecord, HistoryEntry, MessageRecord, NotifyEndpoint, PairedRecord,
-    PeerSyncRecord, QuestionRecord, SentRecord, StatusRecord, TaskRecord, ThreadRecord,
+    PeerSyncRecord, QuestionRecord, ScheduleRecord, ScheduleSpec, SentRecord, StatusRecord,
+    TaskRecord, ThreadRecord,
 };
 use crate::runtime;
 
@@ -304,6 +305,36 @@ impl Node {
     /// Stops using one of this device's endpoints (id or id prefix).
     pub async fn notify_remove(&self, id: String) -> Result<NotifyEndpoint, ErrandError> {
         self.blocking(move |e| Ok(e.notify_remove(&id)?.into()))
+            .await
+    }
+
+    /// Adds a schedule: a task the target desktop runs by itself at set times. A bad cron
+    /// expression, period or time zone is refused with a one-line reason.
+    pub async fn schedule_add(&self, spec: ScheduleSpec) -> Result<ScheduleRecord, ErrandError> {
+        self.blocking(move |e| Ok(e.schedule_add(&spec.into())?.into()))
+            .await
+    }
+
+    /// Every schedule not removed: rule, target, next run, last run, missed runs.
+    pub async fn schedule_list(&self) -> Result<Vec<ScheduleRecord>, ErrandError> {
+        self.blocking(|e| Ok(e.schedules()?.into_iter().map(Into::into).collect()))
+            .await
+    }
+
+    /// Pauses a schedule (id or prefix): no runs, and none owed, until it is resumed.
+    pub async fn schedule_pause(&self, id: String) -> Result<ScheduleRecord, ErrandError> {
+        self.blocking(move |e| Ok(e.schedule_pause(&id, true)?.into()))
+            .await
+    }
+
+    /// Resumes a paused schedule from its next slot.
+    pub async fn schedule_resume(&self, id: String) -> Result<ScheduleRecord, ErrandError> {
+        self.blocking(move |e| Ok(e.schedule_pause(&id, false)?.into()))
+            .await
+    }
+
+    pub async fn schedule_remove(&self, id: String) -> Result<ScheduleRecord, ErrandError> {
+        self.blocking(move |e| Ok(e.schedule_remove(&id)?.into()))
             .await
     }
 

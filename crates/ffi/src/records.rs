@@ -132,6 +132,9 @@ pub struct TaskRecord {
     pub cancel_requested: bool,
     /// Notifications the desktop sent about it, and how each went.
     pub notifications: Vec<NoticeRecord>,
+    /// The schedule whose run this is, and the slot (the scheduled time) it runs.
+    pub schedule_id: Option<String>,
+    pub slot_ms: Option<i64>,
 }
 
 impl From<thread::Task> for TaskRecord {
@@ -168,6 +171,8 @@ impl From<thread::Task> for TaskRecord {
                 .collect(),
             cancel_requested: t.cancel_requested,
             notifications: t.notifications.into_iter().map(Into::into).collect(),
+            schedule_id: t.schedule,
+            slot_ms: t.slot,
         }
     }
 }
@@ -301,6 +306,9 @@ pub enum MessageKind {
     Question,
     /// The desktop asked before doing something risky.
     Approval,
+    /// Runs of a schedule that did not happen in time (`state`: off, asleep or late); the
+    /// catch-up run, if any, follows.
+    Missed,
 }
 
 /// One entry of a thread's conversation (`Node.conversation`), in order.
@@ -330,6 +338,7 @@ impl From<ConversationEntry> for MessageRecord {
                 "prompt" => MessageKind::Prompt,
                 "question" => MessageKind::Question,
                 "approval" => MessageKind::Approval,
+                "missed" => MessageKind::Missed,
                 _ => MessageKind::Answer,
             },
             id: e.id,
@@ -564,6 +573,94 @@ impl From<errand_sync::schema::thread::Notice> for NoticeRecord {
             at_ms: n.at,
             delivered: n.delivered,
             outcome: n.outcome,
+        }
+    }
+}
+
+/// A new schedule (`Node.schedule_add`): `cron` (five fields, or `@daily` and the like) or
+/// `every` (`15m`, `1h30m`), not both.
+#[derive(Clone, Debug, Default, PartialEq, Eq, uniffi::Record)]
+pub struct ScheduleSpec {
+    pub cron: Option<String>,
+    pub every: Option<String>,
+    /// IANA time zone (`Europe/Paris`); this device's when absent.
+    pub time_zone: Option<String>,
+    /// The thread every run goes to; a new thread per run when absent.
+    pub thread_id: Option<String>,
+    /// The desktop that runs it (name or id prefix); the space's first desktop when absent.
+    pub target: Option<String>,
+    /// `run-once` (one catch-up run for runs missed while the desktop was off; the default)
+    /// or `skip`.
+    pub missed: Option<String>,
+    pub text: String,
+}
+
+impl From<ScheduleSpec> for errand_node::node::ScheduleSpec {
+    fn from(s: ScheduleSpec) -> Self {
+        errand_node::node::ScheduleSpec {
+            cron: s.cron,
+            every: s.every,
+            tz: s.time_zone,
+            thread: s.thread_id,
+            to: s.target,
+            missed: s.missed,
+            text: s.text,
+        }
+    }
+}
+
+/// A schedule as the phone shows it.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct ScheduleRecord {
+    pub id: String,
+    pub text: String,
+    /// The rule in one line: `cron 0 9 * * 1-5 (Europe/Paris)`, `every 15m`.
+    pub rule: String,
+    pub time_zone: String,
+    pub thread_id: Option<String>,
+    pub target_id: String,
+    pub target_name: String,
+    pub missed_rule: String,
+    pub paused: bool,
+    pub removed: bool,
+    pub next_run_ms: Option<i64>,
+    /// The last run: its slot, task, thread and status.
+    pub last_run_ms: Option<i64>,
+    pub last_task_id: Option<String>,
+    pub last_thread_id: Option<String>,
+    pub last_status: Option<String>,
+    /// Missed runs in all, and the latest batch (first and last slot, how many, why:
+    /// `off`, `asleep` or `late`).
+    pub missed_total: i64,
+    pub missed_first_ms: Option<i64>,
+    pub missed_last_ms: Option<i64>,
+    pub missed_count: Option<i64>,
+    pub missed_reason: Option<String>,
+}
+
+impl From<errand_node::node::ScheduleInfo> for ScheduleRecord {
+    fn from(s: errand_node::node::ScheduleInfo) -> Self {
+        ScheduleRecord {
+            id: s.id,
+            text: s.text,
+            rule: s.rule,
+            time_zone: s.tz,
+            thread_id: s.thread,
+            target_id: s.target,
+            target_name: s.target_name,
+            missed_rule: s.missed,
+            paused: s.paused,
+            removed: s.removed,
+            next_run_ms: s.next_run,
+            last_run_ms: s.last_run,
+            last_task_id: s.last_task,
+            last_thread_id: s.last_thread,
+            last_status: s.last_status,
+            missed_total: s.missed_total,
+            missed_first_ms: s.missed_first,
+            missed_last_ms: s.missed_last,
+            missed_count: s.missed_count,
+            missed_reason: s.missed_reason,
         }
     }
 }

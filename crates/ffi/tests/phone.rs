@@ -225,6 +225,51 @@ async fn a_phone_pairs_sends_and_follows_events() {
     phone.notify_remove(endpoint.id).await.expect("remove");
     assert!(phone.notify_list().await.expect("list").is_empty());
 
+    // Schedules: added with a rule and zone the node checks, listed with their next run,
+    // paused, resumed and removed; a bad rule is refused as invalid input.
+    let spec = errand_ffi::ScheduleSpec {
+        cron: Some("0 9 * * 1-5".into()),
+        time_zone: Some("Europe/Paris".into()),
+        text: "/sh date".into(),
+        ..Default::default()
+    };
+    let schedule = phone
+        .schedule_add(spec.clone())
+        .await
+        .expect("schedule_add");
+    assert_eq!(schedule.rule, "cron 0 9 * * 1-5 (Europe/Paris)");
+    assert_eq!(schedule.missed_rule, "run-once");
+    assert!(schedule.next_run_ms.is_some(), "{schedule:?}");
+    for bad in [
+        errand_ffi::ScheduleSpec {
+            cron: Some("0 25 * * *".into()),
+            ..spec.clone()
+        },
+        errand_ffi::ScheduleSpec {
+            time_zone: Some("Nowhere/Atlantis".into()),
+            ..spec.clone()
+        },
+    ] {
+        let e = phone.schedule_add(bad).await.unwrap_err();
+        assert!(matches!(e, ErrandError::InvalidInput(_)), "{e:?}");
+    }
+    let paused = phone
+        .schedule_pause(schedule.id.clone())
+        .await
+        .expect("pause");
+    assert!(paused.paused && paused.next_run_ms.is_none(), "{paused:?}");
+    let resumed = phone
+        .schedule_resume(schedule.id.clone())
+        .await
+        .expect("resume");
+    assert!(!resumed.paused && resumed.next_run_ms.is_some());
+    assert_eq!(phone.schedule_list().await.expect("list").len(), 1);
+    phone
+        .schedule_remove(schedule.id.clone())
+        .await
+        .expect("remove");
+    assert!(phone.schedule_list().await.expect("list").is_empty());
+
     let e = phone.revoke("nobody".into()).await.unwrap_err();
     assert!(matches!(e, ErrandError::NotFound(_)), "{e:?}");
     let e = phone.revoke("pocket".into()).await.unwrap_err();

@@ -124,6 +124,17 @@ pub enum Request {
     NotifyRemove {
         id: String,
     },
+    ScheduleAdd {
+        spec: crate::node::ScheduleSpec,
+    },
+    Schedules,
+    SchedulePause {
+        id: String,
+        paused: bool,
+    },
+    ScheduleRemove {
+        id: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -186,6 +197,10 @@ pub async fn dispatch(node: &Node, request: Request) -> Result<serde_json::Value
         } => json(node.notify_add(&url, &events, content)?),
         Request::NotifyList => json(node.notify_list()?),
         Request::NotifyRemove { id } => json(node.notify_remove(&id)?),
+        Request::ScheduleAdd { spec } => json(node.schedule_add(&spec)?),
+        Request::Schedules => json(node.schedules()?),
+        Request::SchedulePause { id, paused } => json(node.schedule_pause(&id, paused)?),
+        Request::ScheduleRemove { id } => json(node.schedule_remove(&id)?),
         Request::Tasks { thread } => json(node.tasks(thread.as_deref())?),
         Request::Show { task } => json(node.task(&task)?),
         Request::Cancel { task, wait_secs } => {

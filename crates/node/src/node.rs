@@ -25,9 +25,11 @@ use crate::lan::LanSightings;
 
 mod conversation;
 mod notify;
+mod schedules;
 
 pub use conversation::{ConversationEntry, QuestionInfo};
 pub use notify::{DEFAULT_NOTIFY_EVENTS, NOTIFY_EVENTS};
+pub use schedules::{ScheduleInfo, ScheduleSpec};
 
 const KEY_FILE: &str = "device.key";
 const DB_FILE: &str = "errand.redb";

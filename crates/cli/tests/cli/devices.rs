@@ -23,7 +23,7 @@ fn allow_shell(home: &Home) -> PathBuf {
 
 /// `member` issues a ticket (through its running daemon, or on its own) and `newcomer` joins
 /// with it under `name` and `role`; returns the newcomer's device id.
-fn join_through(member: &Home, newcomer: &Home, name: &str, role: &str) -> String {
+pub(crate) fn join_through(member: &Home, newcomer: &Home, name: &str, role: &str) -> String {
     let ticket_file = member.file(&format!("ticket-for-{name}.txt"));
     let mut pair = member.spawn(&[
         "pair",

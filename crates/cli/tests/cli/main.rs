@@ -15,5 +15,6 @@ mod offline;
 mod pairing;
 mod reach;
 mod refusals;
+mod schedules;
 mod stops;
 mod support;

@@ -32,7 +32,8 @@ pub struct QuestionInfo {
 /// (approvals asked, questions asked and answered), then its answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConversationEntry {
-    /// prompt, approval, question or answer.
+    /// prompt, approval, question, answer, or missed (runs of a schedule that did not happen
+    /// in time).
     pub kind: String,
     /// The task's, approval's, question's or answer's id.
     pub id: String,
@@ -199,6 +200,16 @@ impl Node {
                 )
             })?
             .ok_or_else(|| NodeError::NotFound(format!("no thread {needle:?} here")))?;
+        // A schedule's missed runs count only as recorded by the desktop that runs it.
+        let schedule_targets: HashMap<String, String> = self
+            .repo
+            .read(&DocId::index(), errand_sync::schema::index::schedules::list)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.id, s.target))
+            .collect();
+        let mut missed: HashMap<&str, Vec<ConversationEntry>> = HashMap::new();
+        let mut loose: Vec<ConversationEntry> = Vec::new();
         let mut during: HashMap<&str, Vec<ConversationEntry>> = HashMap::new();
         let mut answers: HashMap<&str, ConversationEntry> = HashMap::new();
         let targets: HashMap<&str, &str> = tasks
@@ -229,6 +240,28 @@ impl Node {
                 });
         }
         for m in &messages {
+            if let Some(slots) = &m.missed {
+                if schedule_targets.get(&slots.schedule) != Some(&m.author) {
+                    continue;
+                }
+                let entry = ConversationEntry {
+                    kind: "missed".into(),
+                    id: m.id.clone(),
+                    task: m.task.clone(),
+                    at: m.at,
+                    by: self.name_of(&names, &m.author),
+                    text: m.text.clone(),
+                    state: slots.reason.clone(),
+                    reply_by: None,
+                    reply: None,
+                };
+                if m.task.is_empty() {
+                    loose.push(entry);
+                } else {
+                    missed.entry(m.task.as_str()).or_default().push(entry);
+                }
+                continue;
+            }
             if targets.get(m.task.as_str()) != Some(&m.author.as_str()) {
                 continue;
             }
@@ -268,6 +301,10 @@ impl Node {
         }
         let mut out = Vec::new();
         for task in &tasks {
+            // Missed runs come before the run that catches up on them.
+            if let Some(entries) = missed.remove(task.id.as_str()) {
+                out.extend(entries);
+            }
             out.push(prompt_entry(task, self.name_of(&names, &task.created_by)));
             if let Some(mut entries) = during.remove(task.id.as_str()) {
                 entries.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
@@ -280,6 +317,8 @@ impl Node {
                 out.push(answer);
             }
         }
+        loose.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+        out.extend(loose);
         Ok(out)
     }
 }

@@ -7,7 +7,7 @@
 //!   revoked:  { <device>: { revoked_by, revoked_at, signature } },
 //!   addrs:    { <device>: { addrs: "ip:port ip:port", relay, at } },   written by that device only
 //!   threads:  { <thread>: { title, created, created_by, archived } },
-//!   schedules: {},
+//!   schedules: { <schedule>: { ... } },                               see [`schedules`]
 //!   notify:   { <device>: { <id>: { url, events, content, removed } } } }   that device's only
 //! ```
 
@@ -16,6 +16,8 @@ use automerge::{AutomergeError, ObjId, ObjType, ROOT, ReadDoc};
 use serde::{Deserialize, Serialize};
 
 use super::{SCHEMA_VERSION, get_bool, get_i64, get_obj, get_str};
+
+pub mod schedules;
 
 /// A member certificate as stored: plain fields, verified by the pairing layer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | both | the root, a thread's `tasks` | the document's first change only (no dependencies, nothing overwritten) |
 //! | thread | `tasks/<bucket>`: a new task | a phone or desktop; never overwritten or deleted |
-//! | thread | a task's `prompt`, `target`, `created`, `cancel_requested` | its sender (the task's creator) |
+//! | thread | a task's `prompt`, `target`, `created`, `cancel_requested`, `schedule`, `slot` | its sender (the task's creator) |
 //! | thread | a task's `status` | its target desktop; the sender only `queued`, when it creates the task |
 //! | thread | a task's `started`, `finished`, `result`, `error`, `progress`, `artifacts` | its target desktop |
 //! | thread | `approvals/<id>` and its request fields | a desktop, the target of the approval's task |
@@ -23,6 +23,9 @@
 //! | index | `addrs/<device>` | that device; the device that paired it may create the entry first |
 //! | index | `threads/<thread>` | a phone or desktop creates it; only its creator changes it |
 //! | index | `notify/<device>` | that device (where it wants to be told of events) |
+//! | index | `schedules/<id>`: a new schedule, and its rule and text | a phone or desktop; only its creator writes the rule |
+//! | index | a schedule's `paused`, `resumed_at`, `removed` | any phone or desktop |
+//! | index | a schedule's `run` (what happened to its slots) | the schedule's target desktop |
 //! | thread | a task's `notified` (deliveries of notifications) | its target desktop |
 //!
 //! And for every object: nothing is deleted (errand never deletes), and a new entry in a map
@@ -333,7 +336,14 @@ fn target_of_id(doc: &Automerge, task: &str) -> Option<String> {
     target_of(doc, &obj)
 }
 
-const SENDER_FIELDS: [&str; 4] = ["prompt", "target", "created", "cancel_requested"];
+const SENDER_FIELDS: [&str; 6] = [
+    "prompt",
+    "target",
+    "created",
+    "cancel_requested",
+    "schedule",
+    "slot",
+];
 const EXECUTOR_FIELDS: [&str; 7] = [
     "started",
     "finished",
@@ -525,6 +535,16 @@ fn index_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
             }
             Ok(())
         }
+        ["schedules"] => {
+            if !w.standing.may_send() {
+                return refuse("adds a schedule, which its role may not");
+            }
+            if !matches!(op.action, OpType::Make(_)) {
+                return refuse("writes a schedule that is not a map");
+            }
+            new_entry(doc, &container, op, w)
+        }
+        ["schedules", _, rest @ ..] => schedule_op(doc, &path[1].obj, rest, op, w),
         ["threads"] => {
             if !w.standing.may_send() {
                 return refuse("adds a thread, which its role may not");
@@ -538,6 +558,41 @@ fn index_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
             Ok(())
         }
         _ => refuse("writes where errand writes nothing"),
+    }
+}
+
+/// An operation inside the schedule `schedule` (`rest` is the path below it).
+fn schedule_op(doc: &Automerge, schedule: &ObjId, rest: &[&str], op: &Op, w: &Writer) -> Verdict {
+    use crate::schema::index::schedules::{CREATOR_FIELDS, RUN, SHARED_FIELDS};
+    let creator = creator(schedule);
+    let target = written_by(doc, schedule, "target", &creator);
+    let is_target = target.as_deref() == Some(w.device.as_str());
+    match (rest, op_key(op)) {
+        ([], Some(k)) if CREATOR_FIELDS.contains(&k) => {
+            if w.device != creator {
+                return refuse(format!("writes the {k} of a schedule it did not make"));
+            }
+            Ok(())
+        }
+        ([], Some(k)) if SHARED_FIELDS.contains(&k) => {
+            if !w.standing.may_send() {
+                return refuse("pauses, resumes or removes a schedule, which its role may not");
+            }
+            Ok(())
+        }
+        ([], Some(RUN)) => {
+            if !is_target {
+                return refuse("records the runs of a schedule it does not run");
+            }
+            new_entry(doc, schedule, op, w)
+        }
+        ([RUN, ..], _) => {
+            if !is_target {
+                return refuse("records the runs of a schedule it does not run");
+            }
+            Ok(())
+        }
+        _ => refuse("writes a schedule field errand does not have"),
     }
 }
 

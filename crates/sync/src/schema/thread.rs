@@ -155,6 +155,11 @@ pub struct Task {
     /// Notifications the target desktop sent about this task, and how each went.
     #[serde(default)]
     pub notifications: Vec<Notice>,
+    /// The schedule that made this task, and the slot (the scheduled time, Unix ms) it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<i64>,
 }
 
 /// One notification about a task, as its target desktop delivered it (or failed to).
@@ -253,6 +258,21 @@ pub fn add_task(tx: &mut impl Transactable, task: &NewTask<'_>) -> Result<(), Au
     tx.put(&obj, "target", task.target)?;
     tx.put(&obj, "created", task.created)?;
     tx.put(&obj, "status", TaskStatus::Queued.as_str())?;
+    Ok(())
+}
+
+/// Adds a run of a schedule: a task like any other, which also names its schedule and slot.
+/// Written by the desktop that runs the schedule, which is both sender and target.
+pub fn add_scheduled_task(
+    tx: &mut impl Transactable,
+    task: &NewTask<'_>,
+    schedule: &str,
+    slot: i64,
+) -> Result<(), AutomergeError> {
+    add_task(tx, task)?;
+    let obj = task_obj(tx, task.id)?;
+    tx.put(&obj, "schedule", schedule)?;
+    tx.put(&obj, "slot", slot)?;
     Ok(())
 }
 
@@ -403,6 +423,8 @@ fn task_at(doc: &impl ReadDoc, thread: &str, id: &str, obj: &ObjId) -> Task {
         error: fields.str("error"),
         artifacts,
         cancel_requested: fields.bool("cancel_requested").unwrap_or(false),
+        schedule: fields.str("schedule"),
+        slot: fields.i64("slot"),
         notifications: entries("notified")
             .iter()
             .filter_map(|e| {
@@ -452,7 +474,7 @@ fn task_objects(doc: &impl ReadDoc) -> Vec<(String, ObjId)> {
 /// The device that created an object: named by the actor of the operation that made it
 /// (actors begin with the device id), so a task records its sender without spending 64 bytes of
 /// every send on it.
-fn creator(obj: &ObjId) -> String {
+pub(crate) fn creator(obj: &ObjId) -> String {
     match obj {
         ObjId::Id(_, actor, _) => crate::ids::actor_device(actor),
         ObjId::Root => String::new(),

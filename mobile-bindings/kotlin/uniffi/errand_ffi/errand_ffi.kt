@@ -746,6 +746,16 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_errand_ffi_checksum_method_node_revoke(
     ): Int
+    external fun uniffi_errand_ffi_checksum_method_node_schedule_add(
+    ): Int
+    external fun uniffi_errand_ffi_checksum_method_node_schedule_list(
+    ): Int
+    external fun uniffi_errand_ffi_checksum_method_node_schedule_pause(
+    ): Int
+    external fun uniffi_errand_ffi_checksum_method_node_schedule_remove(
+    ): Int
+    external fun uniffi_errand_ffi_checksum_method_node_schedule_resume(
+    ): Int
     external fun uniffi_errand_ffi_checksum_method_node_send(
     ): Int
     external fun uniffi_errand_ffi_checksum_method_node_status(
@@ -842,6 +852,16 @@ internal object UniffiLib {
     external fun uniffi_errand_ffi_fn_method_node_questions(`ptr`: Long,`pendingOnly`: Byte,
     ): Long
     external fun uniffi_errand_ffi_fn_method_node_revoke(`ptr`: Long,`device`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_errand_ffi_fn_method_node_schedule_add(`ptr`: Long,`spec`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_errand_ffi_fn_method_node_schedule_list(`ptr`: Long,
+    ): Long
+    external fun uniffi_errand_ffi_fn_method_node_schedule_pause(`ptr`: Long,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_errand_ffi_fn_method_node_schedule_remove(`ptr`: Long,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_errand_ffi_fn_method_node_schedule_resume(`ptr`: Long,`id`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_errand_ffi_fn_method_node_send(`ptr`: Long,`text`: RustBuffer.ByValue,`threadId`: RustBuffer.ByValue,`toDevice`: RustBuffer.ByValue,
     ): Long
@@ -1039,6 +1059,21 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_errand_ffi_checksum_method_node_revoke() and 0xFFFF) != 42120) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_errand_ffi_checksum_method_node_schedule_add() and 0xFFFF) != 1889) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_errand_ffi_checksum_method_node_schedule_list() and 0xFFFF) != 50157) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_errand_ffi_checksum_method_node_schedule_pause() and 0xFFFF) != 50254) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_errand_ffi_checksum_method_node_schedule_remove() and 0xFFFF) != 1970) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_errand_ffi_checksum_method_node_schedule_resume() and 0xFFFF) != 57595) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_errand_ffi_checksum_method_node_send() and 0xFFFF) != 27004) {
@@ -1672,6 +1707,29 @@ public interface NodeInterface {
     suspend fun `revoke`(`device`: kotlin.String): DeviceRecord
     
     /**
+     * Adds a schedule: a task the target desktop runs by itself at set times. A bad cron
+     * expression, period or time zone is refused with a one-line reason.
+     */
+    suspend fun `scheduleAdd`(`spec`: ScheduleSpec): ScheduleRecord
+    
+    /**
+     * Every schedule not removed: rule, target, next run, last run, missed runs.
+     */
+    suspend fun `scheduleList`(): List<ScheduleRecord>
+    
+    /**
+     * Pauses a schedule (id or prefix): no runs, and none owed, until it is resumed.
+     */
+    suspend fun `schedulePause`(`id`: kotlin.String): ScheduleRecord
+    
+    suspend fun `scheduleRemove`(`id`: kotlin.String): ScheduleRecord
+    
+    /**
+     * Resumes a paused schedule from its next slot.
+     */
+    suspend fun `scheduleResume`(`id`: kotlin.String): ScheduleRecord
+    
+    /**
      * Sends a task to a desktop: `thread_id` adds it to a thread (else a new thread starts),
      * `to_device` names the desktop (name or id prefix; else the space's first desktop).
      * Returns once the task is stored here; it reaches the desktop whenever the two can reach
@@ -2273,6 +2331,128 @@ open class Node: Disposable, AutoCloseable, NodeInterface
         { future -> UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer(future) },
         // lift function
         { FfiConverterTypeDeviceRecord.lift(it) },
+        // Error FFI converter
+        ErrandException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Adds a schedule: a task the target desktop runs by itself at set times. A bad cron
+     * expression, period or time zone is refused with a one-line reason.
+     */
+    @Throws(ErrandException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `scheduleAdd`(`spec`: ScheduleSpec) : ScheduleRecord {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_add(
+                uniffiHandle,
+                
+        FfiConverterTypeScheduleSpec.lower(`spec`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeScheduleRecord.lift(it) },
+        // Error FFI converter
+        ErrandException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Every schedule not removed: rule, target, next run, last run, missed runs.
+     */
+    @Throws(ErrandException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `scheduleList`() : List<ScheduleRecord> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_list(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeScheduleRecord.lift(it) },
+        // Error FFI converter
+        ErrandException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Pauses a schedule (id or prefix): no runs, and none owed, until it is resumed.
+     */
+    @Throws(ErrandException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `schedulePause`(`id`: kotlin.String) : ScheduleRecord {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_pause(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeScheduleRecord.lift(it) },
+        // Error FFI converter
+        ErrandException.ErrorHandler,
+    )
+    }
+
+    
+    @Throws(ErrandException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `scheduleRemove`(`id`: kotlin.String) : ScheduleRecord {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_remove(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeScheduleRecord.lift(it) },
+        // Error FFI converter
+        ErrandException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Resumes a paused schedule from its next slot.
+     */
+    @Throws(ErrandException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `scheduleResume`(`id`: kotlin.String) : ScheduleRecord {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_errand_ffi_fn_method_node_schedule_resume(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeScheduleRecord.lift(it) },
         // Error FFI converter
         ErrandException.ErrorHandler,
     )
@@ -3963,6 +4143,227 @@ public object FfiConverterTypeQuestionRecord: FfiConverterRustBuffer<QuestionRec
 
 
 /**
+ * A schedule as the phone shows it.
+ */
+data class ScheduleRecord (
+    var `id`: kotlin.String
+    , 
+    var `text`: kotlin.String
+    , 
+    /**
+     * The rule in one line: `cron 0 9 * * 1-5 (Europe/Paris)`, `every 15m`.
+     */
+    var `rule`: kotlin.String
+    , 
+    var `timeZone`: kotlin.String
+    , 
+    var `threadId`: kotlin.String?
+    , 
+    var `targetId`: kotlin.String
+    , 
+    var `targetName`: kotlin.String
+    , 
+    var `missedRule`: kotlin.String
+    , 
+    var `paused`: kotlin.Boolean
+    , 
+    var `removed`: kotlin.Boolean
+    , 
+    var `nextRunMs`: kotlin.Long?
+    , 
+    /**
+     * The last run: its slot, task, thread and status.
+     */
+    var `lastRunMs`: kotlin.Long?
+    , 
+    var `lastTaskId`: kotlin.String?
+    , 
+    var `lastThreadId`: kotlin.String?
+    , 
+    var `lastStatus`: kotlin.String?
+    , 
+    /**
+     * Missed runs in all, and the latest batch (first and last slot, how many, why:
+     * `off`, `asleep` or `late`).
+     */
+    var `missedTotal`: kotlin.Long
+    , 
+    var `missedFirstMs`: kotlin.Long?
+    , 
+    var `missedLastMs`: kotlin.Long?
+    , 
+    var `missedCount`: kotlin.Long?
+    , 
+    var `missedReason`: kotlin.String?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeScheduleRecord: FfiConverterRustBuffer<ScheduleRecord> {
+    override fun read(buf: ByteBuffer): ScheduleRecord {
+        return ScheduleRecord(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ScheduleRecord) = (
+            FfiConverterString.allocationSize(value.`id`) +
+            FfiConverterString.allocationSize(value.`text`) +
+            FfiConverterString.allocationSize(value.`rule`) +
+            FfiConverterString.allocationSize(value.`timeZone`) +
+            FfiConverterOptionalString.allocationSize(value.`threadId`) +
+            FfiConverterString.allocationSize(value.`targetId`) +
+            FfiConverterString.allocationSize(value.`targetName`) +
+            FfiConverterString.allocationSize(value.`missedRule`) +
+            FfiConverterBoolean.allocationSize(value.`paused`) +
+            FfiConverterBoolean.allocationSize(value.`removed`) +
+            FfiConverterOptionalLong.allocationSize(value.`nextRunMs`) +
+            FfiConverterOptionalLong.allocationSize(value.`lastRunMs`) +
+            FfiConverterOptionalString.allocationSize(value.`lastTaskId`) +
+            FfiConverterOptionalString.allocationSize(value.`lastThreadId`) +
+            FfiConverterOptionalString.allocationSize(value.`lastStatus`) +
+            FfiConverterLong.allocationSize(value.`missedTotal`) +
+            FfiConverterOptionalLong.allocationSize(value.`missedFirstMs`) +
+            FfiConverterOptionalLong.allocationSize(value.`missedLastMs`) +
+            FfiConverterOptionalLong.allocationSize(value.`missedCount`) +
+            FfiConverterOptionalString.allocationSize(value.`missedReason`)
+    )
+
+    override fun write(value: ScheduleRecord, buf: ByteBuffer) {
+            FfiConverterString.write(value.`id`, buf)
+            FfiConverterString.write(value.`text`, buf)
+            FfiConverterString.write(value.`rule`, buf)
+            FfiConverterString.write(value.`timeZone`, buf)
+            FfiConverterOptionalString.write(value.`threadId`, buf)
+            FfiConverterString.write(value.`targetId`, buf)
+            FfiConverterString.write(value.`targetName`, buf)
+            FfiConverterString.write(value.`missedRule`, buf)
+            FfiConverterBoolean.write(value.`paused`, buf)
+            FfiConverterBoolean.write(value.`removed`, buf)
+            FfiConverterOptionalLong.write(value.`nextRunMs`, buf)
+            FfiConverterOptionalLong.write(value.`lastRunMs`, buf)
+            FfiConverterOptionalString.write(value.`lastTaskId`, buf)
+            FfiConverterOptionalString.write(value.`lastThreadId`, buf)
+            FfiConverterOptionalString.write(value.`lastStatus`, buf)
+            FfiConverterLong.write(value.`missedTotal`, buf)
+            FfiConverterOptionalLong.write(value.`missedFirstMs`, buf)
+            FfiConverterOptionalLong.write(value.`missedLastMs`, buf)
+            FfiConverterOptionalLong.write(value.`missedCount`, buf)
+            FfiConverterOptionalString.write(value.`missedReason`, buf)
+    }
+}
+
+
+
+/**
+ * A new schedule (`Node.schedule_add`): `cron` (five fields, or `@daily` and the like) or
+ * `every` (`15m`, `1h30m`), not both.
+ */
+data class ScheduleSpec (
+    var `cron`: kotlin.String?
+    , 
+    var `every`: kotlin.String?
+    , 
+    /**
+     * IANA time zone (`Europe/Paris`); this device's when absent.
+     */
+    var `timeZone`: kotlin.String?
+    , 
+    /**
+     * The thread every run goes to; a new thread per run when absent.
+     */
+    var `threadId`: kotlin.String?
+    , 
+    /**
+     * The desktop that runs it (name or id prefix); the space's first desktop when absent.
+     */
+    var `target`: kotlin.String?
+    , 
+    /**
+     * `run-once` (one catch-up run for runs missed while the desktop was off; the default)
+     * or `skip`.
+     */
+    var `missed`: kotlin.String?
+    , 
+    var `text`: kotlin.String
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeScheduleSpec: FfiConverterRustBuffer<ScheduleSpec> {
+    override fun read(buf: ByteBuffer): ScheduleSpec {
+        return ScheduleSpec(
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ScheduleSpec) = (
+            FfiConverterOptionalString.allocationSize(value.`cron`) +
+            FfiConverterOptionalString.allocationSize(value.`every`) +
+            FfiConverterOptionalString.allocationSize(value.`timeZone`) +
+            FfiConverterOptionalString.allocationSize(value.`threadId`) +
+            FfiConverterOptionalString.allocationSize(value.`target`) +
+            FfiConverterOptionalString.allocationSize(value.`missed`) +
+            FfiConverterString.allocationSize(value.`text`)
+    )
+
+    override fun write(value: ScheduleSpec, buf: ByteBuffer) {
+            FfiConverterOptionalString.write(value.`cron`, buf)
+            FfiConverterOptionalString.write(value.`every`, buf)
+            FfiConverterOptionalString.write(value.`timeZone`, buf)
+            FfiConverterOptionalString.write(value.`threadId`, buf)
+            FfiConverterOptionalString.write(value.`target`, buf)
+            FfiConverterOptionalString.write(value.`missed`, buf)
+            FfiConverterString.write(value.`text`, buf)
+    }
+}
+
+
+
+/**
  * A task just sent. It is stored on this device; `delivered` says whether its desktop holds
  * it yet (it gets it whenever the two can reach each other; offline is not an error).
  */
@@ -4149,6 +4550,13 @@ data class TaskRecord (
      * Notifications the desktop sent about it, and how each went.
      */
     var `notifications`: List<NoticeRecord>
+    , 
+    /**
+     * The schedule whose run this is, and the slot (the scheduled time) it runs.
+     */
+    var `scheduleId`: kotlin.String?
+    , 
+    var `slotMs`: kotlin.Long?
     
 ){
     
@@ -4180,6 +4588,8 @@ public object FfiConverterTypeTaskRecord: FfiConverterRustBuffer<TaskRecord> {
             FfiConverterSequenceTypeArtifactRecord.read(buf),
             FfiConverterBoolean.read(buf),
             FfiConverterSequenceTypeNoticeRecord.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalLong.read(buf),
         )
     }
 
@@ -4198,7 +4608,9 @@ public object FfiConverterTypeTaskRecord: FfiConverterRustBuffer<TaskRecord> {
             FfiConverterOptionalString.allocationSize(value.`error`) +
             FfiConverterSequenceTypeArtifactRecord.allocationSize(value.`artifacts`) +
             FfiConverterBoolean.allocationSize(value.`cancelRequested`) +
-            FfiConverterSequenceTypeNoticeRecord.allocationSize(value.`notifications`)
+            FfiConverterSequenceTypeNoticeRecord.allocationSize(value.`notifications`) +
+            FfiConverterOptionalString.allocationSize(value.`scheduleId`) +
+            FfiConverterOptionalLong.allocationSize(value.`slotMs`)
     )
 
     override fun write(value: TaskRecord, buf: ByteBuffer) {
@@ -4217,6 +4629,8 @@ public object FfiConverterTypeTaskRecord: FfiConverterRustBuffer<TaskRecord> {
             FfiConverterSequenceTypeArtifactRecord.write(value.`artifacts`, buf)
             FfiConverterBoolean.write(value.`cancelRequested`, buf)
             FfiConverterSequenceTypeNoticeRecord.write(value.`notifications`, buf)
+            FfiConverterOptionalString.write(value.`scheduleId`, buf)
+            FfiConverterOptionalLong.write(value.`slotMs`, buf)
     }
 }
 
@@ -4578,7 +4992,12 @@ enum class MessageKind {
     /**
      * The desktop asked before doing something risky.
      */
-    APPROVAL;
+    APPROVAL,
+    /**
+     * Runs of a schedule that did not happen in time (`state`: off, asleep or late); the
+     * catch-up run, if any, follows.
+     */
+    MISSED;
 
     
 
@@ -5686,6 +6105,34 @@ public object FfiConverterSequenceTypeQuestionRecord: FfiConverterRustBuffer<Lis
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeQuestionRecord.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeScheduleRecord: FfiConverterRustBuffer<List<ScheduleRecord>> {
+    override fun read(buf: ByteBuffer): List<ScheduleRecord> {
+        val len = buf.getInt()
+        return List<ScheduleRecord>(len) {
+            FfiConverterTypeScheduleRecord.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ScheduleRecord>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeScheduleRecord.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ScheduleRecord>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeScheduleRecord.write(it, buf)
         }
     }
 }

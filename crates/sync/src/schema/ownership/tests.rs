@@ -540,9 +540,111 @@ fn the_index_root_is_written_once_and_each_entry_by_its_owner() {
         "deletes",
     );
     // And nothing where errand writes nothing.
-    let schedules = crate::schema::get_obj(&doc, &ROOT, "schedules").unwrap();
     refused(
-        attempt(&mut doc, &id, &w.phone, |tx| tx.put(&schedules, "s", 1)),
-        "writes where errand writes nothing",
+        attempt(&mut doc, &id, &w.phone, |tx| tx.put(ROOT, "extra", 1)),
+        "skeleton",
     );
+}
+
+#[test]
+fn a_schedule_s_rule_is_its_creator_s_its_runs_its_target_s_and_pausing_anyone_s() {
+    use crate::schema::index::schedules::{self, NewSchedule, RunRecord};
+    let w = world();
+    let id = DocId::index();
+    let mut doc = Automerge::new();
+    let root = w.desk.hex();
+    attempt(&mut doc, &id, &w.desk, |tx| {
+        index::create(tx, "space", &root)
+    })
+    .unwrap();
+    let desk = w.desk.hex();
+    let new = NewSchedule {
+        id: "s1",
+        text: "/sh date",
+        cron: Some("0 9 * * *"),
+        every_ms: None,
+        tz: "UTC",
+        thread: None,
+        target: &desk,
+        missed: "run-once",
+        created: 1,
+    };
+    refused(
+        attempt(&mut doc, &id, &w.viewer, |tx| schedules::add(tx, &new)),
+        "its role may not",
+    );
+    attempt(&mut doc, &id, &w.phone, |tx| schedules::add(tx, &new)).unwrap();
+    // Someone else cannot take the id, nor change what runs or where.
+    refused(
+        attempt(&mut doc, &id, &w.hostile, |tx| schedules::add(tx, &new)),
+        "another device",
+    );
+    let obj = crate::schema::get_obj(
+        &doc,
+        &crate::schema::get_obj(&doc, &ROOT, "schedules").unwrap(),
+        "s1",
+    )
+    .unwrap();
+    refused(
+        attempt(&mut doc, &id, &w.hostile, |tx| {
+            tx.put(&obj, "text", "/sh rm -rf ~")
+        }),
+        "did not make",
+    );
+    refused(
+        attempt(&mut doc, &id, &w.hostile, |tx| {
+            tx.put(&obj, "target", w.hostile.hex().as_str())
+        }),
+        "did not make",
+    );
+    attempt(&mut doc, &id, &w.phone, |tx| {
+        tx.put(&obj, "cron", "0 10 * * *")
+    })
+    .unwrap();
+    // Pausing, resuming and removing: any phone or desktop, not a viewer.
+    refused(
+        attempt(&mut doc, &id, &w.viewer, |tx| {
+            schedules::set_paused(tx, "s1", true, 5).map(|_| ())
+        }),
+        "its role may not",
+    );
+    attempt(&mut doc, &id, &w.hostile, |tx| {
+        schedules::set_paused(tx, "s1", true, 5).map(|_| ())
+    })
+    .unwrap();
+    attempt(&mut doc, &id, &w.other_desk, |tx| {
+        schedules::set_paused(tx, "s1", false, 6).map(|_| ())
+    })
+    .unwrap();
+    // What happened to the runs: the target desktop's alone.
+    let record = RunRecord {
+        last_slot: Some(10),
+        ..RunRecord::default()
+    };
+    for by in [&w.phone, &w.other_desk, &w.hostile] {
+        refused(
+            attempt(&mut doc, &id, by, |tx| schedules::record(tx, "s1", &record)),
+            "does not run",
+        );
+    }
+    attempt(&mut doc, &id, &w.desk, |tx| {
+        schedules::record(tx, "s1", &record)
+    })
+    .unwrap();
+    let run = crate::schema::get_obj(&doc, &obj, "run").unwrap();
+    refused(
+        attempt(&mut doc, &id, &w.phone, |tx| tx.put(&run, "last_slot", 99)),
+        "does not run",
+    );
+    refused(
+        attempt(&mut doc, &id, &w.phone, |tx| tx.put(&obj, "owner", "me")),
+        "errand does not have",
+    );
+    let listed = schedules::list(&doc);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].created_by, w.phone.hex());
+    assert_eq!(listed[0].cron.as_deref(), Some("0 10 * * *"));
+    assert_eq!(listed[0].resumed_at, Some(6));
+    assert!(!listed[0].paused);
+    assert_eq!(listed[0].run.last_slot, Some(10));
 }

@@ -29,6 +29,8 @@ use crate::schema::{Fields, get_obj};
 pub const KIND_AGENT: &str = "agent";
 /// A question the agent asks the user while a task runs.
 pub const KIND_QUESTION: &str = "question";
+/// Runs of a schedule that did not happen when they should have.
+pub const KIND_MISSED: &str = "missed";
 
 /// One entry of a thread's `messages`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +52,21 @@ pub struct Message {
     pub expires_at: Option<i64>,
     /// A question: every answer written so far, valid or not; see [`first_valid_answer`].
     pub answers: Vec<Answer>,
+    /// A missed-runs notice: which schedule and which slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<MissedSlots>,
+}
+
+/// Slots of a schedule that passed without running, as its desktop recorded them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissedSlots {
+    pub schedule: String,
+    /// The first and last slot missed (Unix ms), and how many.
+    pub first: i64,
+    pub last: i64,
+    pub count: i64,
+    /// `off`, `asleep` or `late`.
+    pub reason: String,
 }
 
 /// One device's answer to a question, signed by it.
@@ -116,6 +133,30 @@ pub fn ask_question(tx: &mut impl Transactable, q: &NewQuestion<'_>) -> Result<(
     tx.put(&obj, "at", q.at)?;
     tx.put(&obj, "expires_at", q.expires_at)?;
     tx.put_object(&obj, "answers", ObjType::Map)?;
+    Ok(())
+}
+
+/// Records missed slots of a schedule in the thread; `task` is the catch-up run, if any (empty
+/// when the schedule skips missed slots). Executor only.
+pub fn add_missed(
+    tx: &mut impl Transactable,
+    id: &str,
+    task: &str,
+    text: &str,
+    at: i64,
+    m: &MissedSlots,
+) -> Result<(), AutomergeError> {
+    let obj = append(tx)?;
+    tx.put(&obj, "id", id)?;
+    tx.put(&obj, "kind", KIND_MISSED)?;
+    tx.put(&obj, "task", task)?;
+    tx.put(&obj, "text", text)?;
+    tx.put(&obj, "at", at)?;
+    tx.put(&obj, "schedule", m.schedule.as_str())?;
+    tx.put(&obj, "first", m.first)?;
+    tx.put(&obj, "last", m.last)?;
+    tx.put(&obj, "count", m.count)?;
+    tx.put(&obj, "reason", m.reason.as_str())?;
     Ok(())
 }
 
@@ -189,6 +230,17 @@ pub fn messages(doc: &impl ReadDoc) -> Vec<Message> {
                     .map(|s| s.lines().map(str::to_owned).collect())
                     .unwrap_or_default(),
                 expires_at: f.i64("expires_at"),
+                missed: (f.str("kind").as_deref() == Some(KIND_MISSED))
+                    .then(|| {
+                        Some(MissedSlots {
+                            schedule: f.str("schedule")?,
+                            first: f.i64("first")?,
+                            last: f.i64("last")?,
+                            count: f.i64("count")?,
+                            reason: f.str("reason").unwrap_or_default(),
+                        })
+                    })
+                    .flatten(),
                 answers,
             })
         })
