@@ -541,6 +541,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_devices() != 26051:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_errand_ffi_checksum_method_node_doctor() != 50622:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_document_at() != 6376:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_errand_ffi_checksum_method_node_fetch_artifact() != 18587:
@@ -648,6 +650,9 @@ _UniffiLib.uniffi_errand_ffi_checksum_method_node_device_id.restype = ctypes.c_u
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_devices.argtypes = (
 )
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_devices.restype = ctypes.c_uint16
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_doctor.argtypes = (
+)
+_UniffiLib.uniffi_errand_ffi_checksum_method_node_doctor.restype = ctypes.c_uint16
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_document_at.argtypes = (
 )
 _UniffiLib.uniffi_errand_ffi_checksum_method_node_document_at.restype = ctypes.c_uint16
@@ -769,6 +774,11 @@ _UniffiLib.uniffi_errand_ffi_fn_method_node_devices.argtypes = (
     ctypes.c_uint64,
 )
 _UniffiLib.uniffi_errand_ffi_fn_method_node_devices.restype = ctypes.c_uint64
+_UniffiLib.uniffi_errand_ffi_fn_method_node_doctor.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_errand_ffi_fn_method_node_doctor.restype = ctypes.c_uint64
 _UniffiLib.uniffi_errand_ffi_fn_method_node_document_at.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1687,7 +1697,7 @@ class DeviceRecord:
     """
     A device of the space.
 """
-    def __init__(self, *, id:str, name:str, role:DeviceRole, added_by:str, added_ms:int, this_device:bool, connected:bool, addrs:typing.List[str], clock_offset_ms:typing.Optional[int]):
+    def __init__(self, *, id:str, name:str, role:DeviceRole, added_by:str, added_ms:int, this_device:bool, connected:bool, addrs:typing.List[str], clock_offset_ms:typing.Optional[int], last_seen_ms:typing.Optional[int]):
         self.id = id
         self.name = name
         self.role = role
@@ -1697,12 +1707,13 @@ class DeviceRecord:
         self.connected = connected
         self.addrs = addrs
         self.clock_offset_ms = clock_offset_ms
+        self.last_seen_ms = last_seen_ms
         
         
 
     
     def __str__(self):
-        return "DeviceRecord(id={}, name={}, role={}, added_by={}, added_ms={}, this_device={}, connected={}, addrs={}, clock_offset_ms={})".format(self.id, self.name, self.role, self.added_by, self.added_ms, self.this_device, self.connected, self.addrs, self.clock_offset_ms)
+        return "DeviceRecord(id={}, name={}, role={}, added_by={}, added_ms={}, this_device={}, connected={}, addrs={}, clock_offset_ms={}, last_seen_ms={})".format(self.id, self.name, self.role, self.added_by, self.added_ms, self.this_device, self.connected, self.addrs, self.clock_offset_ms, self.last_seen_ms)
     def __eq__(self, other):
         if self.id != other.id:
             return False
@@ -1722,6 +1733,8 @@ class DeviceRecord:
             return False
         if self.clock_offset_ms != other.clock_offset_ms:
             return False
+        if self.last_seen_ms != other.last_seen_ms:
+            return False
         return True
 
 class _UniffiFfiConverterTypeDeviceRecord(_UniffiConverterRustBuffer):
@@ -1737,6 +1750,7 @@ class _UniffiFfiConverterTypeDeviceRecord(_UniffiConverterRustBuffer):
             connected=_UniffiFfiConverterBoolean.read(buf),
             addrs=_UniffiFfiConverterSequenceString.read(buf),
             clock_offset_ms=_UniffiFfiConverterOptionalInt64.read(buf),
+            last_seen_ms=_UniffiFfiConverterOptionalInt64.read(buf),
         )
 
     @staticmethod
@@ -1750,6 +1764,7 @@ class _UniffiFfiConverterTypeDeviceRecord(_UniffiConverterRustBuffer):
         _UniffiFfiConverterBoolean.check_lower(value.connected)
         _UniffiFfiConverterSequenceString.check_lower(value.addrs)
         _UniffiFfiConverterOptionalInt64.check_lower(value.clock_offset_ms)
+        _UniffiFfiConverterOptionalInt64.check_lower(value.last_seen_ms)
 
     @staticmethod
     def write(value, buf):
@@ -1762,6 +1777,131 @@ class _UniffiFfiConverterTypeDeviceRecord(_UniffiConverterRustBuffer):
         _UniffiFfiConverterBoolean.write(value.connected, buf)
         _UniffiFfiConverterSequenceString.write(value.addrs, buf)
         _UniffiFfiConverterOptionalInt64.write(value.clock_offset_ms, buf)
+        _UniffiFfiConverterOptionalInt64.write(value.last_seen_ms, buf)
+
+class _UniffiFfiConverterOptionalBoolean(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterBoolean.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterBoolean.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterBoolean.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+@dataclass
+class DiagnosisRecord:
+    """
+    Whether a device can be reached right now, and why not (`Node.doctor`).
+"""
+    def __init__(self, *, device_id:str, name:str, role:DeviceRole, this_device:bool, revoked:bool, connected:bool, reachable:typing.Optional[bool], round_trip_ms:typing.Optional[int], last_seen_ms:typing.Optional[int], clock_offset_ms:typing.Optional[int], findings:typing.List[str], codes:typing.List[str]):
+        self.device_id = device_id
+        self.name = name
+        self.role = role
+        self.this_device = this_device
+        self.revoked = revoked
+        self.connected = connected
+        self.reachable = reachable
+        self.round_trip_ms = round_trip_ms
+        self.last_seen_ms = last_seen_ms
+        self.clock_offset_ms = clock_offset_ms
+        self.findings = findings
+        self.codes = codes
+        
+        
+
+    
+    def __str__(self):
+        return "DiagnosisRecord(device_id={}, name={}, role={}, this_device={}, revoked={}, connected={}, reachable={}, round_trip_ms={}, last_seen_ms={}, clock_offset_ms={}, findings={}, codes={})".format(self.device_id, self.name, self.role, self.this_device, self.revoked, self.connected, self.reachable, self.round_trip_ms, self.last_seen_ms, self.clock_offset_ms, self.findings, self.codes)
+    def __eq__(self, other):
+        if self.device_id != other.device_id:
+            return False
+        if self.name != other.name:
+            return False
+        if self.role != other.role:
+            return False
+        if self.this_device != other.this_device:
+            return False
+        if self.revoked != other.revoked:
+            return False
+        if self.connected != other.connected:
+            return False
+        if self.reachable != other.reachable:
+            return False
+        if self.round_trip_ms != other.round_trip_ms:
+            return False
+        if self.last_seen_ms != other.last_seen_ms:
+            return False
+        if self.clock_offset_ms != other.clock_offset_ms:
+            return False
+        if self.findings != other.findings:
+            return False
+        if self.codes != other.codes:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeDiagnosisRecord(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return DiagnosisRecord(
+            device_id=_UniffiFfiConverterString.read(buf),
+            name=_UniffiFfiConverterString.read(buf),
+            role=_UniffiFfiConverterTypeDeviceRole.read(buf),
+            this_device=_UniffiFfiConverterBoolean.read(buf),
+            revoked=_UniffiFfiConverterBoolean.read(buf),
+            connected=_UniffiFfiConverterBoolean.read(buf),
+            reachable=_UniffiFfiConverterOptionalBoolean.read(buf),
+            round_trip_ms=_UniffiFfiConverterOptionalInt64.read(buf),
+            last_seen_ms=_UniffiFfiConverterOptionalInt64.read(buf),
+            clock_offset_ms=_UniffiFfiConverterOptionalInt64.read(buf),
+            findings=_UniffiFfiConverterSequenceString.read(buf),
+            codes=_UniffiFfiConverterSequenceString.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.device_id)
+        _UniffiFfiConverterString.check_lower(value.name)
+        _UniffiFfiConverterTypeDeviceRole.check_lower(value.role)
+        _UniffiFfiConverterBoolean.check_lower(value.this_device)
+        _UniffiFfiConverterBoolean.check_lower(value.revoked)
+        _UniffiFfiConverterBoolean.check_lower(value.connected)
+        _UniffiFfiConverterOptionalBoolean.check_lower(value.reachable)
+        _UniffiFfiConverterOptionalInt64.check_lower(value.round_trip_ms)
+        _UniffiFfiConverterOptionalInt64.check_lower(value.last_seen_ms)
+        _UniffiFfiConverterOptionalInt64.check_lower(value.clock_offset_ms)
+        _UniffiFfiConverterSequenceString.check_lower(value.findings)
+        _UniffiFfiConverterSequenceString.check_lower(value.codes)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.device_id, buf)
+        _UniffiFfiConverterString.write(value.name, buf)
+        _UniffiFfiConverterTypeDeviceRole.write(value.role, buf)
+        _UniffiFfiConverterBoolean.write(value.this_device, buf)
+        _UniffiFfiConverterBoolean.write(value.revoked, buf)
+        _UniffiFfiConverterBoolean.write(value.connected, buf)
+        _UniffiFfiConverterOptionalBoolean.write(value.reachable, buf)
+        _UniffiFfiConverterOptionalInt64.write(value.round_trip_ms, buf)
+        _UniffiFfiConverterOptionalInt64.write(value.last_seen_ms, buf)
+        _UniffiFfiConverterOptionalInt64.write(value.clock_offset_ms, buf)
+        _UniffiFfiConverterSequenceString.write(value.findings, buf)
+        _UniffiFfiConverterSequenceString.write(value.codes, buf)
 
 @dataclass
 class HistoryEntry:
@@ -4304,6 +4444,29 @@ class _UniffiFfiConverterSequenceTypeDeviceRecord(_UniffiConverterRustBuffer):
             _UniffiFfiConverterTypeDeviceRecord.read(buf) for i in range(count)
         ]
 
+class _UniffiFfiConverterSequenceTypeDiagnosisRecord(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeDiagnosisRecord.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeDiagnosisRecord.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeDiagnosisRecord.read(buf) for i in range(count)
+        ]
+
 class _UniffiFfiConverterBytes(_UniffiConverterRustBuffer):
     @staticmethod
     def read(buf):
@@ -4815,6 +4978,12 @@ class NodeProtocol(typing.Protocol):
         The space's devices.
 """
         raise NotImplementedError
+    async def doctor(self, timeout_ms: int) -> typing.List[DiagnosisRecord]:
+        """
+        Tries every device of the space (up to `timeout_ms` each, all at once) and says, for
+        each, whether it can be reached right now and if not why.
+"""
+        raise NotImplementedError
     async def document_at(self, heads: typing.List[str],doc_id: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> str:
         """
         A document as it was at `heads` (change hashes from `history`), as JSON text.
@@ -5167,6 +5336,27 @@ class Node(NodeProtocol):
         _uniffi_error_converter = _UniffiFfiConverterTypeErrandError
         return await _uniffi_rust_call_async(
             _UniffiLib.uniffi_errand_ffi_fn_method_node_devices(*_uniffi_lowered_args),
+            _UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def doctor(self, timeout_ms: int) -> typing.List[DiagnosisRecord]:
+        """
+        Tries every device of the space (up to `timeout_ms` each, all at once) and says, for
+        each, whether it can be reached right now and if not why.
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(timeout_ms)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(timeout_ms),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceTypeDiagnosisRecord.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeErrandError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_errand_ffi_fn_method_node_doctor(*_uniffi_lowered_args),
             _UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer,
             _UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer,
             _UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer,
@@ -5710,6 +5900,7 @@ __all__ = [
     "ApprovalRecord",
     "ArtifactRecord",
     "DeviceRecord",
+    "DiagnosisRecord",
     "HistoryEntry",
     "MessageRecord",
     "NoticeRecord",

@@ -661,6 +661,12 @@ public protocol NodeProtocol: AnyObject, Sendable {
     func devices() async throws  -> [DeviceRecord]
     
     /**
+     * Tries every device of the space (up to `timeout_ms` each, all at once) and says, for
+     * each, whether it can be reached right now and if not why.
+     */
+    func doctor(timeoutMs: UInt64) async throws  -> [DiagnosisRecord]
+    
+    /**
      * A document as it was at `heads` (change hashes from `history`), as JSON text.
      */
     func documentAt(heads: [String], docId: String?) async throws  -> String
@@ -1019,6 +1025,26 @@ open func devices()async throws  -> [DeviceRecord]  {
             completeFunc: ffi_errand_ffi_rust_future_complete_rust_buffer,
             freeFunc: ffi_errand_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterSequenceTypeDeviceRecord.lift,
+            errorHandler: FfiConverterTypeErrandError_lift
+        )
+}
+    
+    /**
+     * Tries every device of the space (up to `timeout_ms` each, all at once) and says, for
+     * each, whether it can be reached right now and if not why.
+     */
+open func doctor(timeoutMs: UInt64)async throws  -> [DiagnosisRecord]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_errand_ffi_fn_method_node_doctor(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_errand_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_errand_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_errand_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeDiagnosisRecord.lift,
             errorHandler: FfiConverterTypeErrandError_lift
         )
 }
@@ -2082,6 +2108,10 @@ public struct DeviceRecord: Equatable, Hashable {
      * Its clock minus this device's, in milliseconds, as last measured on connection.
      */
     public var clockOffsetMs: Int64?
+    /**
+     * When this device last saw it (now, while connected); `None`: never.
+     */
+    public var lastSeenMs: Int64?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -2097,7 +2127,10 @@ public struct DeviceRecord: Equatable, Hashable {
          */addrs: [String], 
         /**
          * Its clock minus this device's, in milliseconds, as last measured on connection.
-         */clockOffsetMs: Int64?) {
+         */clockOffsetMs: Int64?, 
+        /**
+         * When this device last saw it (now, while connected); `None`: never.
+         */lastSeenMs: Int64?) {
         self.id = id
         self.name = name
         self.role = role
@@ -2107,6 +2140,7 @@ public struct DeviceRecord: Equatable, Hashable {
         self.connected = connected
         self.addrs = addrs
         self.clockOffsetMs = clockOffsetMs
+        self.lastSeenMs = lastSeenMs
     }
 
     
@@ -2133,7 +2167,8 @@ public struct FfiConverterTypeDeviceRecord: FfiConverterRustBuffer {
                 thisDevice: FfiConverterBool.read(from: &buf), 
                 connected: FfiConverterBool.read(from: &buf), 
                 addrs: FfiConverterSequenceString.read(from: &buf), 
-                clockOffsetMs: FfiConverterOptionInt64.read(from: &buf)
+                clockOffsetMs: FfiConverterOptionInt64.read(from: &buf), 
+                lastSeenMs: FfiConverterOptionInt64.read(from: &buf)
         )
     }
 
@@ -2147,6 +2182,7 @@ public struct FfiConverterTypeDeviceRecord: FfiConverterRustBuffer {
         FfiConverterBool.write(value.connected, into: &buf)
         FfiConverterSequenceString.write(value.addrs, into: &buf)
         FfiConverterOptionInt64.write(value.clockOffsetMs, into: &buf)
+        FfiConverterOptionInt64.write(value.lastSeenMs, into: &buf)
     }
 }
 
@@ -2163,6 +2199,119 @@ public func FfiConverterTypeDeviceRecord_lift(_ buf: RustBuffer) throws -> Devic
 #endif
 public func FfiConverterTypeDeviceRecord_lower(_ value: DeviceRecord) -> RustBuffer {
     return FfiConverterTypeDeviceRecord.lower(value)
+}
+
+
+/**
+ * Whether a device can be reached right now, and why not (`Node.doctor`).
+ */
+public struct DiagnosisRecord: Equatable, Hashable {
+    public var deviceId: String
+    public var name: String
+    public var role: DeviceRole
+    public var thisDevice: Bool
+    public var revoked: Bool
+    public var connected: Bool
+    /**
+     * Whether it answered just now (`None`: not tried, for this device and revoked ones).
+     */
+    public var reachable: Bool?
+    public var roundTripMs: Int64?
+    public var lastSeenMs: Int64?
+    public var clockOffsetMs: Int64?
+    /**
+     * What was found, in plain words, in order (`codes` holds the same, for programs:
+     * connected, reachable, unreachable, no_address, no_relay, never_connected, last_seen,
+     * clock_skew, revoked, this_device).
+     */
+    public var findings: [String]
+    public var codes: [String]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(deviceId: String, name: String, role: DeviceRole, thisDevice: Bool, revoked: Bool, connected: Bool, 
+        /**
+         * Whether it answered just now (`None`: not tried, for this device and revoked ones).
+         */reachable: Bool?, roundTripMs: Int64?, lastSeenMs: Int64?, clockOffsetMs: Int64?, 
+        /**
+         * What was found, in plain words, in order (`codes` holds the same, for programs:
+         * connected, reachable, unreachable, no_address, no_relay, never_connected, last_seen,
+         * clock_skew, revoked, this_device).
+         */findings: [String], codes: [String]) {
+        self.deviceId = deviceId
+        self.name = name
+        self.role = role
+        self.thisDevice = thisDevice
+        self.revoked = revoked
+        self.connected = connected
+        self.reachable = reachable
+        self.roundTripMs = roundTripMs
+        self.lastSeenMs = lastSeenMs
+        self.clockOffsetMs = clockOffsetMs
+        self.findings = findings
+        self.codes = codes
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension DiagnosisRecord: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDiagnosisRecord: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DiagnosisRecord {
+        return
+            try DiagnosisRecord(
+                deviceId: FfiConverterString.read(from: &buf), 
+                name: FfiConverterString.read(from: &buf), 
+                role: FfiConverterTypeDeviceRole.read(from: &buf), 
+                thisDevice: FfiConverterBool.read(from: &buf), 
+                revoked: FfiConverterBool.read(from: &buf), 
+                connected: FfiConverterBool.read(from: &buf), 
+                reachable: FfiConverterOptionBool.read(from: &buf), 
+                roundTripMs: FfiConverterOptionInt64.read(from: &buf), 
+                lastSeenMs: FfiConverterOptionInt64.read(from: &buf), 
+                clockOffsetMs: FfiConverterOptionInt64.read(from: &buf), 
+                findings: FfiConverterSequenceString.read(from: &buf), 
+                codes: FfiConverterSequenceString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: DiagnosisRecord, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.deviceId, into: &buf)
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterTypeDeviceRole.write(value.role, into: &buf)
+        FfiConverterBool.write(value.thisDevice, into: &buf)
+        FfiConverterBool.write(value.revoked, into: &buf)
+        FfiConverterBool.write(value.connected, into: &buf)
+        FfiConverterOptionBool.write(value.reachable, into: &buf)
+        FfiConverterOptionInt64.write(value.roundTripMs, into: &buf)
+        FfiConverterOptionInt64.write(value.lastSeenMs, into: &buf)
+        FfiConverterOptionInt64.write(value.clockOffsetMs, into: &buf)
+        FfiConverterSequenceString.write(value.findings, into: &buf)
+        FfiConverterSequenceString.write(value.codes, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDiagnosisRecord_lift(_ buf: RustBuffer) throws -> DiagnosisRecord {
+    return try FfiConverterTypeDiagnosisRecord.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDiagnosisRecord_lower(_ value: DiagnosisRecord) -> RustBuffer {
+    return FfiConverterTypeDiagnosisRecord.lower(value)
 }
 
 
@@ -4573,6 +4722,30 @@ fileprivate struct FfiConverterOptionInt64: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionBool: FfiConverterRustBuffer {
+    typealias SwiftType = Bool?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterBool.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterBool.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
     typealias SwiftType = String?
 
@@ -4713,6 +4886,31 @@ fileprivate struct FfiConverterSequenceTypeDeviceRecord: FfiConverterRustBuffer 
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypeDeviceRecord.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeDiagnosisRecord: FfiConverterRustBuffer {
+    typealias SwiftType = [DiagnosisRecord]
+
+    public static func write(_ value: [DiagnosisRecord], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeDiagnosisRecord.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [DiagnosisRecord] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [DiagnosisRecord]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeDiagnosisRecord.read(from: &buf))
         }
         return seq
     }
@@ -5087,6 +5285,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_errand_ffi_checksum_method_node_devices() != 26051) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_errand_ffi_checksum_method_node_doctor() != 50622) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_errand_ffi_checksum_method_node_document_at() != 6376) {

@@ -354,6 +354,11 @@ RustBuffer uniffi_errand_ffi_fn_method_node_device_id(uint64_t ptr, RustCallStat
 uint64_t uniffi_errand_ffi_fn_method_node_devices(uint64_t ptr
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_DOCTOR
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_DOCTOR
+uint64_t uniffi_errand_ffi_fn_method_node_doctor(uint64_t ptr, uint64_t timeout_ms
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_DOCUMENT_AT
 #define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_FN_METHOD_NODE_DOCUMENT_AT
 uint64_t uniffi_errand_ffi_fn_method_node_document_at(uint64_t ptr, RustBuffer heads, RustBuffer doc_id
@@ -792,6 +797,12 @@ uint16_t uniffi_errand_ffi_checksum_method_node_device_id(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_DEVICES
 #define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_DEVICES
 uint16_t uniffi_errand_ffi_checksum_method_node_devices(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_DOCTOR
+#define UNIFFI_FFIDEF_UNIFFI_ERRAND_FFI_CHECKSUM_METHOD_NODE_DOCTOR
+uint16_t uniffi_errand_ffi_checksum_method_node_doctor(void
     
 );
 #endif

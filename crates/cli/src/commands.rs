@@ -617,6 +617,15 @@ async fn one_shot(
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Doctor { timeout } => {
+            let found: Vec<errand_node::node::Diagnosis> = session
+                .call(Request::Doctor {
+                    timeout_secs: timeout.clamp(1, 60),
+                })
+                .await?;
+            show(json, &found, |f| output::doctor(f))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schedule { action } => {
             crate::schedule::run(session, action, json).await?;
             Ok(ExitCode::SUCCESS)

@@ -204,6 +204,12 @@ pub enum Command {
         #[command(subcommand)]
         action: ScheduleAction,
     },
+    /// For each device of the space: whether it can be reached right now, and if not why
+    Doctor {
+        /// How long to try each device, in seconds
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
     /// This device, its space and its peers
     Status,
     /// Sync once with every reachable peer

@@ -256,13 +256,20 @@ pub fn devices(devices: &[DeviceInfo]) -> String {
         "{:<8}  {:<20}  {:<8}  {}\n",
         "DEVICE", "NAME", "ROLE", "STATE"
     );
+    let now = errand_sync::schema::now_millis();
     for d in devices {
         let state = if d.this_device {
-            "this device"
+            "this device".to_owned()
         } else if d.connected {
-            "connected"
+            "connected".to_owned()
         } else {
-            "not connected"
+            match d.last_seen_ms {
+                Some(at) => format!(
+                    "not connected, last seen {}",
+                    errand_node::node::ago(at, now)
+                ),
+                None => "not connected, never seen".to_owned(),
+            }
         };
         out.push_str(&format!(
             "{:<8}  {:<20}  {:<8}  {}{}\n",
@@ -424,6 +431,35 @@ fn remaining(in_ms: i64) -> String {
     } else {
         format!("in {} min", secs / 60)
     }
+}
+
+/// `errand doctor`: one block per device, its state first, then why.
+pub fn doctor(found: &[errand_node::node::Diagnosis]) -> String {
+    let mut out = String::new();
+    for d in found {
+        let state = if d.this_device {
+            "this device"
+        } else if d.revoked {
+            "revoked"
+        } else if d.reachable == Some(true) {
+            "reachable"
+        } else {
+            "NOT reachable"
+        };
+        out.push_str(&format!(
+            "{} ({}, {}): {state}\n",
+            one_line(&d.name, 30),
+            d.role.as_str(),
+            short(&d.device)
+        ));
+        if d.this_device {
+            continue;
+        }
+        for f in &d.findings {
+            out.push_str(&format!("  - {}\n", f.text));
+        }
+    }
+    out.trim_end().to_owned()
 }
 
 #[cfg(test)]

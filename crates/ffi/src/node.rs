@@ -10,9 +10,9 @@ use tokio::sync::watch;
 use crate::error::ErrandError;
 use crate::events::{self, NodeListener, Subscription};
 use crate::records::{
-    ApprovalRecord, DeviceRecord, HistoryEntry, MessageRecord, NotifyEndpoint, PairedRecord,
-    PeerSyncRecord, QuestionRecord, ScheduleRecord, ScheduleSpec, SentRecord, StatusRecord,
-    TaskRecord, ThreadRecord,
+    ApprovalRecord, DeviceRecord, DiagnosisRecord, HistoryEntry, MessageRecord, NotifyEndpoint,
+    PairedRecord, PeerSyncRecord, QuestionRecord, ScheduleRecord, ScheduleSpec, SentRecord,
+    StatusRecord, TaskRecord, ThreadRecord,
 };
 use crate::runtime;
 
@@ -336,6 +336,19 @@ impl Node {
     pub async fn schedule_remove(&self, id: String) -> Result<ScheduleRecord, ErrandError> {
         self.blocking(move |e| Ok(e.schedule_remove(&id)?.into()))
             .await
+    }
+
+    /// Tries every device of the space (up to `timeout_ms` each, all at once) and says, for
+    /// each, whether it can be reached right now and if not why.
+    pub async fn doctor(&self, timeout_ms: u64) -> Result<Vec<DiagnosisRecord>, ErrandError> {
+        let engine = self.engine()?;
+        runtime::spawn(async move {
+            let found = engine
+                .doctor(Duration::from_millis(timeout_ms.clamp(100, 60_000)))
+                .await?;
+            Ok(found.into_iter().map(Into::into).collect())
+        })
+        .await
     }
 
     /// This device, its space and its peers.

@@ -369,6 +369,8 @@ pub struct DeviceRecord {
     pub addrs: Vec<String>,
     /// Its clock minus this device's, in milliseconds, as last measured on connection.
     pub clock_offset_ms: Option<i64>,
+    /// When this device last saw it (now, while connected); `None`: never.
+    pub last_seen_ms: Option<i64>,
 }
 
 impl From<DeviceInfo> for DeviceRecord {
@@ -383,6 +385,7 @@ impl From<DeviceInfo> for DeviceRecord {
             connected: d.connected,
             addrs: d.addrs,
             clock_offset_ms: d.clock_offset_ms,
+            last_seen_ms: d.last_seen_ms,
         }
     }
 }
@@ -661,6 +664,46 @@ impl From<errand_node::node::ScheduleInfo> for ScheduleRecord {
             missed_last_ms: s.missed_last,
             missed_count: s.missed_count,
             missed_reason: s.missed_reason,
+        }
+    }
+}
+
+/// Whether a device can be reached right now, and why not (`Node.doctor`).
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct DiagnosisRecord {
+    pub device_id: String,
+    pub name: String,
+    pub role: DeviceRole,
+    pub this_device: bool,
+    pub revoked: bool,
+    pub connected: bool,
+    /// Whether it answered just now (`None`: not tried, for this device and revoked ones).
+    pub reachable: Option<bool>,
+    pub round_trip_ms: Option<i64>,
+    pub last_seen_ms: Option<i64>,
+    pub clock_offset_ms: Option<i64>,
+    /// What was found, in plain words, in order (`codes` holds the same, for programs:
+    /// connected, reachable, unreachable, no_address, no_relay, never_connected, last_seen,
+    /// clock_skew, revoked, this_device).
+    pub findings: Vec<String>,
+    pub codes: Vec<String>,
+}
+
+impl From<errand_node::node::Diagnosis> for DiagnosisRecord {
+    fn from(d: errand_node::node::Diagnosis) -> Self {
+        DiagnosisRecord {
+            device_id: d.device,
+            name: d.name,
+            role: d.role.into(),
+            this_device: d.this_device,
+            revoked: d.revoked,
+            connected: d.connected,
+            reachable: d.reachable,
+            round_trip_ms: d.round_trip_ms,
+            last_seen_ms: d.last_seen_ms,
+            clock_offset_ms: d.clock_offset_ms,
+            codes: d.findings.iter().map(|f| f.code.clone()).collect(),
+            findings: d.findings.into_iter().map(|f| f.text).collect(),
         }
     }
 }

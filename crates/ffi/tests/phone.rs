@@ -206,6 +206,15 @@ async fn a_phone_pairs_sends_and_follows_events() {
             .iter()
             .all(|d| !d.this_device || d.clock_offset_ms.is_none())
     );
+    assert!(desk_record.last_seen_ms.is_some(), "connected: seen now");
+    // The doctor tries the desktop for real.
+    let found = phone.doctor(2_000).await.expect("doctor");
+    let desk_found = found
+        .iter()
+        .find(|d| d.device_id == desk_record.id)
+        .expect("the desktop diagnosed");
+    assert_eq!(desk_found.reachable, Some(true), "{desk_found:?}");
+    assert!(found.iter().any(|d| d.this_device && d.reachable.is_none()));
 
     // Where the phone wants pushes: registered, listed, refused when malformed, removed.
     let endpoint = phone

@@ -135,6 +135,9 @@ pub enum Request {
     ScheduleRemove {
         id: String,
     },
+    Doctor {
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -201,6 +204,9 @@ pub async fn dispatch(node: &Node, request: Request) -> Result<serde_json::Value
         Request::Schedules => json(node.schedules()?),
         Request::SchedulePause { id, paused } => json(node.schedule_pause(&id, paused)?),
         Request::ScheduleRemove { id } => json(node.schedule_remove(&id)?),
+        Request::Doctor { timeout_secs } => {
+            json(node.doctor(Duration::from_secs(timeout_secs)).await?)
+        }
         Request::Tasks { thread } => json(node.tasks(thread.as_deref())?),
         Request::Show { task } => json(node.task(&task)?),
         Request::Cancel { task, wait_secs } => {

@@ -12,6 +12,7 @@ pub mod events;
 pub mod home;
 mod lan;
 pub mod node;
+pub mod presence;
 
 pub use error::NodeError;
 pub use events::NodeEvent;

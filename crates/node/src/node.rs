@@ -24,10 +24,12 @@ use crate::events::NodeEvent;
 use crate::lan::LanSightings;
 
 mod conversation;
+mod doctor;
 mod notify;
 mod schedules;
 
 pub use conversation::{ConversationEntry, QuestionInfo};
+pub use doctor::{Diagnosis, Finding, ago};
 pub use notify::{DEFAULT_NOTIFY_EVENTS, NOTIFY_EVENTS};
 pub use schedules::{ScheduleInfo, ScheduleSpec};
 
@@ -79,6 +81,9 @@ pub struct DeviceInfo {
     pub addrs: Vec<String>,
     /// The device's clock minus this device's, in milliseconds, as last measured.
     pub clock_offset_ms: Option<i64>,
+    /// When this device last saw it (now, while connected); never, if `None`.
+    #[serde(default)]
+    pub last_seen_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -207,6 +212,7 @@ pub struct Node {
     tasks: Mutex<tokio::task::JoinSet<()>>,
     lan: LanSightings,
     clocks: Clocks,
+    presence: crate::presence::Presence,
 }
 
 fn now_unix() -> u64 {
@@ -250,6 +256,7 @@ impl Node {
         let replicator = Replicator::new(repo.clone(), endpoint.clone(), gate.clone());
         let pairing = PairingSlot::default();
         let clocks = Clocks::new(store.clone());
+        let presence = crate::presence::Presence::new(store.clone());
         let router = Router::builder(endpoint.clone())
             .accept(errand_sync::SYNC_ALPN, replicator.clone())
             .accept(pairing::PAIR_ALPN, pairing.clone())
@@ -274,6 +281,7 @@ impl Node {
             tasks: Mutex::default(),
             lan: LanSightings::default(),
             clocks,
+            presence,
         };
         if config.lan_discovery {
             let (repo, replicator, lan, gate) = (
@@ -462,16 +470,24 @@ impl Node {
         });
         let mut net = self.replicator.events();
         let events = self.events.clone();
-        let (endpoint, repo, lan, clocks) = (
+        let (endpoint, repo, lan, clocks, presence) = (
             self.endpoint.clone(),
             self.repo.clone(),
             self.lan.clone(),
             self.clocks.clone(),
+            self.presence.clone(),
         );
         self.spawn(async move {
             loop {
                 match net.recv().await {
                     Ok(ev) => {
+                        match &ev {
+                            NetEvent::Connected(peer) | NetEvent::Disconnected(peer) => {
+                                presence.saw(*peer, true);
+                            }
+                            NetEvent::Synced { peer, .. } => presence.saw(*peer, false),
+                            NetEvent::Misbehaved { .. } => {}
+                        }
                         if let NetEvent::Connected(peer) = &ev {
                             let addrs = repo
                                 .read(&DocId::index(), index::addrs)
@@ -730,6 +746,13 @@ impl Node {
                 clock_offset_ms: (m.device != self.id())
                     .then(|| self.clocks.get(&m.device).map(|o| o.offset_ms))
                     .flatten(),
+                last_seen_ms: if m.device == self.id() {
+                    None
+                } else if connected.contains(&m.device) {
+                    Some(schema::now_millis())
+                } else {
+                    self.presence.last_seen(&m.device)
+                },
             })
             .collect())
     }

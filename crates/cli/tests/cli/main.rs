@@ -13,6 +13,7 @@ mod membership;
 mod notify;
 mod offline;
 mod pairing;
+mod presence;
 mod reach;
 mod refusals;
 mod schedules;

@@ -726,6 +726,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_errand_ffi_checksum_method_node_devices(
     ): Int
+    external fun uniffi_errand_ffi_checksum_method_node_doctor(
+    ): Int
     external fun uniffi_errand_ffi_checksum_method_node_document_at(
     ): Int
     external fun uniffi_errand_ffi_checksum_method_node_fetch_artifact(
@@ -832,6 +834,8 @@ internal object UniffiLib {
     external fun uniffi_errand_ffi_fn_method_node_device_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_errand_ffi_fn_method_node_devices(`ptr`: Long,
+    ): Long
+    external fun uniffi_errand_ffi_fn_method_node_doctor(`ptr`: Long,`timeoutMs`: Long,
     ): Long
     external fun uniffi_errand_ffi_fn_method_node_document_at(`ptr`: Long,`heads`: RustBuffer.ByValue,`docId`: RustBuffer.ByValue,
     ): Long
@@ -1029,6 +1033,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_errand_ffi_checksum_method_node_devices() and 0xFFFF) != 26051) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_errand_ffi_checksum_method_node_doctor() and 0xFFFF) != 50622) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_errand_ffi_checksum_method_node_document_at() and 0xFFFF) != 6376) {
@@ -1649,6 +1656,12 @@ public interface NodeInterface {
     suspend fun `devices`(): List<DeviceRecord>
     
     /**
+     * Tries every device of the space (up to `timeout_ms` each, all at once) and says, for
+     * each, whether it can be reached right now and if not why.
+     */
+    suspend fun `doctor`(`timeoutMs`: kotlin.ULong): List<DiagnosisRecord>
+    
+    /**
      * A document as it was at `heads` (change hashes from `history`), as JSON text.
      */
     suspend fun `documentAt`(`heads`: List<kotlin.String>, `docId`: kotlin.String? = null): kotlin.String
@@ -2077,6 +2090,32 @@ open class Node: Disposable, AutoCloseable, NodeInterface
         { future -> UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer(future) },
         // lift function
         { FfiConverterSequenceTypeDeviceRecord.lift(it) },
+        // Error FFI converter
+        ErrandException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Tries every device of the space (up to `timeout_ms` each, all at once) and says, for
+     * each, whether it can be reached right now and if not why.
+     */
+    @Throws(ErrandException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `doctor`(`timeoutMs`: kotlin.ULong) : List<DiagnosisRecord> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_errand_ffi_fn_method_node_doctor(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`timeoutMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_errand_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_errand_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_errand_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeDiagnosisRecord.lift(it) },
         // Error FFI converter
         ErrandException.ErrorHandler,
     )
@@ -3526,6 +3565,11 @@ data class DeviceRecord (
      * Its clock minus this device's, in milliseconds, as last measured on connection.
      */
     var `clockOffsetMs`: kotlin.Long?
+    , 
+    /**
+     * When this device last saw it (now, while connected); `None`: never.
+     */
+    var `lastSeenMs`: kotlin.Long?
     
 ){
     
@@ -3551,6 +3595,7 @@ public object FfiConverterTypeDeviceRecord: FfiConverterRustBuffer<DeviceRecord>
             FfiConverterBoolean.read(buf),
             FfiConverterSequenceString.read(buf),
             FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalLong.read(buf),
         )
     }
 
@@ -3563,7 +3608,8 @@ public object FfiConverterTypeDeviceRecord: FfiConverterRustBuffer<DeviceRecord>
             FfiConverterBoolean.allocationSize(value.`thisDevice`) +
             FfiConverterBoolean.allocationSize(value.`connected`) +
             FfiConverterSequenceString.allocationSize(value.`addrs`) +
-            FfiConverterOptionalLong.allocationSize(value.`clockOffsetMs`)
+            FfiConverterOptionalLong.allocationSize(value.`clockOffsetMs`) +
+            FfiConverterOptionalLong.allocationSize(value.`lastSeenMs`)
     )
 
     override fun write(value: DeviceRecord, buf: ByteBuffer) {
@@ -3576,6 +3622,106 @@ public object FfiConverterTypeDeviceRecord: FfiConverterRustBuffer<DeviceRecord>
             FfiConverterBoolean.write(value.`connected`, buf)
             FfiConverterSequenceString.write(value.`addrs`, buf)
             FfiConverterOptionalLong.write(value.`clockOffsetMs`, buf)
+            FfiConverterOptionalLong.write(value.`lastSeenMs`, buf)
+    }
+}
+
+
+
+/**
+ * Whether a device can be reached right now, and why not (`Node.doctor`).
+ */
+data class DiagnosisRecord (
+    var `deviceId`: kotlin.String
+    , 
+    var `name`: kotlin.String
+    , 
+    var `role`: DeviceRole
+    , 
+    var `thisDevice`: kotlin.Boolean
+    , 
+    var `revoked`: kotlin.Boolean
+    , 
+    var `connected`: kotlin.Boolean
+    , 
+    /**
+     * Whether it answered just now (`None`: not tried, for this device and revoked ones).
+     */
+    var `reachable`: kotlin.Boolean?
+    , 
+    var `roundTripMs`: kotlin.Long?
+    , 
+    var `lastSeenMs`: kotlin.Long?
+    , 
+    var `clockOffsetMs`: kotlin.Long?
+    , 
+    /**
+     * What was found, in plain words, in order (`codes` holds the same, for programs:
+     * connected, reachable, unreachable, no_address, no_relay, never_connected, last_seen,
+     * clock_skew, revoked, this_device).
+     */
+    var `findings`: List<kotlin.String>
+    , 
+    var `codes`: List<kotlin.String>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDiagnosisRecord: FfiConverterRustBuffer<DiagnosisRecord> {
+    override fun read(buf: ByteBuffer): DiagnosisRecord {
+        return DiagnosisRecord(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterTypeDeviceRole.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalBoolean.read(buf),
+            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalLong.read(buf),
+            FfiConverterSequenceString.read(buf),
+            FfiConverterSequenceString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: DiagnosisRecord) = (
+            FfiConverterString.allocationSize(value.`deviceId`) +
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterTypeDeviceRole.allocationSize(value.`role`) +
+            FfiConverterBoolean.allocationSize(value.`thisDevice`) +
+            FfiConverterBoolean.allocationSize(value.`revoked`) +
+            FfiConverterBoolean.allocationSize(value.`connected`) +
+            FfiConverterOptionalBoolean.allocationSize(value.`reachable`) +
+            FfiConverterOptionalLong.allocationSize(value.`roundTripMs`) +
+            FfiConverterOptionalLong.allocationSize(value.`lastSeenMs`) +
+            FfiConverterOptionalLong.allocationSize(value.`clockOffsetMs`) +
+            FfiConverterSequenceString.allocationSize(value.`findings`) +
+            FfiConverterSequenceString.allocationSize(value.`codes`)
+    )
+
+    override fun write(value: DiagnosisRecord, buf: ByteBuffer) {
+            FfiConverterString.write(value.`deviceId`, buf)
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterTypeDeviceRole.write(value.`role`, buf)
+            FfiConverterBoolean.write(value.`thisDevice`, buf)
+            FfiConverterBoolean.write(value.`revoked`, buf)
+            FfiConverterBoolean.write(value.`connected`, buf)
+            FfiConverterOptionalBoolean.write(value.`reachable`, buf)
+            FfiConverterOptionalLong.write(value.`roundTripMs`, buf)
+            FfiConverterOptionalLong.write(value.`lastSeenMs`, buf)
+            FfiConverterOptionalLong.write(value.`clockOffsetMs`, buf)
+            FfiConverterSequenceString.write(value.`findings`, buf)
+            FfiConverterSequenceString.write(value.`codes`, buf)
     }
 }
 
@@ -5715,6 +5861,38 @@ public object FfiConverterOptionalLong: FfiConverterRustBuffer<kotlin.Long?> {
 /**
  * @suppress
  */
+public object FfiConverterOptionalBoolean: FfiConverterRustBuffer<kotlin.Boolean?> {
+    override fun read(buf: ByteBuffer): kotlin.Boolean? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterBoolean.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.Boolean?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterBoolean.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.Boolean?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterBoolean.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?> {
     override fun read(buf: ByteBuffer): kotlin.String? {
         if (buf.get().toInt() == 0) {
@@ -5881,6 +6059,34 @@ public object FfiConverterSequenceTypeDeviceRecord: FfiConverterRustBuffer<List<
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeDeviceRecord.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeDiagnosisRecord: FfiConverterRustBuffer<List<DiagnosisRecord>> {
+    override fun read(buf: ByteBuffer): List<DiagnosisRecord> {
+        val len = buf.getInt()
+        return List<DiagnosisRecord>(len) {
+            FfiConverterTypeDiagnosisRecord.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<DiagnosisRecord>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeDiagnosisRecord.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<DiagnosisRecord>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeDiagnosisRecord.write(it, buf)
         }
     }
 }
