@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use errand_tests::ntfy::Ntfy;
 use serde_json::Value;
 
 use crate::devices::join_through;
@@ -92,7 +93,17 @@ fn an_every_minute_schedule_runs_each_slot_once_across_a_desktop_restart() {
 
 #[test]
 fn slots_missed_while_the_desktop_was_stopped_show_as_missed_and_run_once_or_not() {
-    let (p, policy) = setup_home(Home::new("desk"), Some(ALLOW_SHELL), &[]);
+    let ntfy = Ntfy::start(false);
+    let (p, policy) = setup_home(
+        Home::new("desk"),
+        Some(&format!("allow_private_network = true\n{ALLOW_SHELL}")),
+        &[],
+    );
+    // The phone wants to hear of missed runs.
+    p.phone
+        .run(&["notify", "add", &ntfy.url("phone"), "--events", "missed"])
+        .success();
+    p.phone.run(&["sync"]).success();
     p.daemon.terminate();
     // Made five hours ago (by the phone's clock) while the desktop is off: five hourly slots
     // have passed by the time it starts.
@@ -133,6 +144,11 @@ fn slots_missed_while_the_desktop_was_stopped_show_as_missed_and_run_once_or_not
         "{conversation:#}"
     );
     assert_eq!(entries[1]["kind"], "prompt");
+    // And the phone was told, without the task's text.
+    let told = ntfy.wait_for(Duration::from_secs(30), |m| {
+        m.message.contains("catches up on missed scheduled runs")
+    });
+    assert!(!told.message.contains("caught-up"), "{told:?}");
 
     let skipped = wait_schedule(&p.desk, &skip, "the skipped runs recorded", |s| {
         s["missed_count"] == 5
@@ -140,6 +156,9 @@ fn slots_missed_while_the_desktop_was_stopped_show_as_missed_and_run_once_or_not
     assert_eq!(skipped["missed_reason"], "off");
     assert!(skipped["last_run"].is_null(), "{skipped:#}");
     assert!(runs_of(&p.desk, &skip).is_empty());
+    ntfy.wait_for(Duration::from_secs(30), |m| {
+        m.message == format!("schedule {} missed 5 scheduled runs", &skip[..8])
+    });
     // Next run: an hour after the last missed slot, not before.
     assert_eq!(
         skipped["next_run"].as_i64(),
