@@ -21,6 +21,8 @@ mod malformed;
 #[cfg(test)]
 mod scale;
 #[cfg(test)]
+mod schedules;
+#[cfg(test)]
 mod support;
 #[cfg(test)]
 mod trust;
