@@ -716,6 +716,11 @@ impl Repo {
         if let Err(refusal) = Limits::DEFAULT.check_document(bytes) {
             return Err(malformed(id, refusal.to_string()));
         }
+        if !self.holds(id)
+            && let Err(full) = self.quotas.check_new_document(self.held())
+        {
+            return Err(malformed(id, full.to_string()));
+        }
         let mut incoming = match catch_unwind(|| Automerge::load(bytes)) {
             Ok(Ok(doc)) => doc,
             Ok(Err(e)) => return Err(malformed(id, e.to_string())),

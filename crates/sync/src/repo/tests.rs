@@ -278,6 +278,15 @@ fn signatures_are_kept_and_passed_on_through_a_third_device() {
     let err = e.import(&doc, &bytes, &sigs[..1]).unwrap_err();
     assert!(err.to_string().contains("carries no signature"), "{err}");
     assert!(!e.contains(&doc).unwrap());
+    // A full space takes no new document this way either, and holds nothing of it.
+    let (_f_dir, f) = repo();
+    let f = f.with_quotas(crate::quota::Quotas {
+        max_documents: 0,
+        ..crate::quota::Quotas::DEFAULT
+    });
+    let err = f.import(&doc, &bytes, &sigs).unwrap_err();
+    assert!(err.to_string().contains("documents"), "{err}");
+    assert!(!f.contains(&doc).unwrap());
 }
 
 /// What a forging member sends: a change under another device's actor, signed with its
