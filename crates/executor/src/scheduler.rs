@@ -130,10 +130,13 @@ impl Driver {
                 }
                 dirty = true;
             }
+            // A slot already due here is one whose run could not be recorded: it is tried
+            // again at the next heartbeat, not in a busy loop.
             let wait = core
                 .poll_timeout()
-                .map(|at| Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0)))
-                .unwrap_or(HEARTBEAT)
+                .and_then(|at| u64::try_from(at - now_millis()).ok())
+                .filter(|ms| *ms > 0)
+                .map_or(HEARTBEAT, Duration::from_millis)
                 .min(HEARTBEAT);
             tokio::select! {
                 () = stop.cancelled() => return,

@@ -481,13 +481,13 @@ impl Node {
             loop {
                 match net.recv().await {
                     Ok(ev) => {
-                        match &ev {
+                        let seen = match &ev {
                             NetEvent::Connected(peer) | NetEvent::Disconnected(peer) => {
-                                presence.saw(*peer, true);
+                                Some((*peer, true))
                             }
-                            NetEvent::Synced { peer, .. } => presence.saw(*peer, false),
-                            NetEvent::Misbehaved { .. } => {}
-                        }
+                            NetEvent::Synced { peer, .. } => Some((*peer, false)),
+                            NetEvent::Misbehaved { .. } => None,
+                        };
                         if let NetEvent::Connected(peer) = &ev {
                             let addrs = repo
                                 .read(&DocId::index(), index::addrs)
@@ -503,6 +503,12 @@ impl Node {
                             );
                         }
                         let _ = events.send(NodeEvent::from_net(ev));
+                        // After the event: keeping the time is a commit, which must not hold
+                        // up the events behind it.
+                        if let Some((peer, always)) = seen {
+                            let presence = presence.clone();
+                            tokio::task::spawn_blocking(move || presence.saw(peer, always));
+                        }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,

@@ -482,6 +482,16 @@ impl Daemon {
         self.expect_line_within(what, LINE_DEADLINE, matches)
     }
 
+    /// A line that matches, already printed or waited for like [`Daemon::expect_line`]: for
+    /// events that are not ordered with the ones the test waited for first.
+    pub fn seen_or_expect(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        self.drain();
+        match self.seen.iter().find(|l| matches(l)) {
+            Some(line) => line.clone(),
+            None => self.expect_line(what, matches),
+        }
+    }
+
     pub fn expect_line_within(
         &mut self,
         what: &str,
