@@ -503,11 +503,11 @@ impl Node {
                             );
                         }
                         let _ = events.send(NodeEvent::from_net(ev));
-                        // After the event: keeping the time is a commit, which must not hold
-                        // up the events behind it.
+                        // After the event, so that keeping the time (a commit) does not delay
+                        // it. Inline, not on a blocking thread: a task left behind would hold
+                        // the store open after the node shut down.
                         if let Some((peer, always)) = seen {
-                            let presence = presence.clone();
-                            tokio::task::spawn_blocking(move || presence.saw(peer, always));
+                            presence.saw(peer, always);
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
