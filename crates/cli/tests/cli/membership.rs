@@ -10,6 +10,7 @@ use errand_tests::hostile::{IndexAttack, attack_index};
 
 use crate::support::{
     Daemon, Home, array, is_task_line, paired, path_str, read_ticket, send, short, str_field,
+    wait_until,
 };
 
 fn names(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -41,14 +42,22 @@ fn join(desk: &Home, daemon: &mut Daemon, newcomer: &Home, name: &str, role: &st
     id
 }
 
-/// One sync round of `home` that reaches the desktop.
+/// Sync rounds of `home` until one ends in sync with the desktop (a device that just joined
+/// may need more than one on a loaded machine).
 fn sync_with_desk(home: &Home, desk_id: &str) {
-    let synced = home.json(&["sync", "--timeout", "5"]);
-    let desk = array(&synced)
-        .iter()
-        .find(|e| e["id"] == desk_id)
-        .unwrap_or_else(|| panic!("desk in {synced:#}"));
-    assert_eq!(desk["synced"], true, "{synced:#}");
+    wait_until(
+        "a sync round in sync with the desktop",
+        Duration::from_secs(40),
+        || {
+            let synced = home.json(&["sync", "--timeout", "5"]);
+            let desk = array(&synced)
+                .iter()
+                .find(|e| e["id"] == desk_id)
+                .unwrap_or_else(|| panic!("desk in {synced:#}"))
+                .clone();
+            (desk["synced"] == true).then_some(())
+        },
+    );
 }
 
 #[test]
