@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::notify::{Event, Notifier};
-use crate::runner::Authority;
+use crate::runner::{Authority, short};
 
 /// How many ids are tried for one run when another device already holds the first (a hostile
 /// member can compute the ids too, and take them first).
@@ -485,8 +485,4 @@ fn missed_text(m: &Missed, catch_up: Option<&str>) -> String {
         m.last,
         m.reason.describe()
     )
-}
-
-fn short(id: &str) -> &str {
-    id.get(..8).unwrap_or(id)
 }

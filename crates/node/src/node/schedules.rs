@@ -79,12 +79,7 @@ fn check_text(text: &str) -> Result<&str, NodeError> {
 impl Node {
     /// Adds a schedule; returns it as listed.
     pub fn schedule_add(&self, spec: &ScheduleSpec) -> Result<ScheduleInfo, NodeError> {
-        self.require_space()?;
-        if self.role() == Some(Role::Viewer) {
-            return Err(NodeError::NotAllowed(
-                "this device is a viewer: it can read and sync, not schedule tasks".into(),
-            ));
-        }
+        self.may_edit_schedules()?;
         let text = check_text(&spec.text)?;
         let created = now_millis();
         let tz = match &spec.tz {

@@ -410,9 +410,8 @@ fn messages_are_desktops_and_answers_their_signer_s() {
     attempt(&mut doc, &id, &w.phone, |tx| answer(tx, &phone)).unwrap();
 }
 
-#[test]
-fn the_index_root_is_written_once_and_each_entry_by_its_owner() {
-    let w = world();
+/// An index document as the desktop that made the space created it.
+fn index_doc(w: &World) -> (Automerge, DocId) {
     let id = DocId::index();
     let mut doc = Automerge::new();
     let root = w.desk.hex();
@@ -420,6 +419,13 @@ fn the_index_root_is_written_once_and_each_entry_by_its_owner() {
         index::create(tx, "space", &root)
     })
     .unwrap();
+    (doc, id)
+}
+
+#[test]
+fn the_index_root_is_written_once_and_each_entry_by_its_owner() {
+    let w = world();
+    let (mut doc, id) = index_doc(&w);
     refused(
         attempt(&mut doc, &id, &w.hostile, |tx| tx.put(ROOT, "root", "me")),
         "skeleton",
@@ -550,13 +556,7 @@ fn the_index_root_is_written_once_and_each_entry_by_its_owner() {
 fn a_schedule_s_rule_is_its_creator_s_its_runs_its_target_s_and_pausing_anyone_s() {
     use crate::schema::index::schedules::{self, NewSchedule, RunRecord};
     let w = world();
-    let id = DocId::index();
-    let mut doc = Automerge::new();
-    let root = w.desk.hex();
-    attempt(&mut doc, &id, &w.desk, |tx| {
-        index::create(tx, "space", &root)
-    })
-    .unwrap();
+    let (mut doc, id) = index_doc(&w);
     let desk = w.desk.hex();
     let new = NewSchedule {
         id: "s1",
