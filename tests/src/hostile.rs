@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use automerge::sync::SyncDoc;
 use automerge::transaction::Transactable;
@@ -10,8 +11,11 @@ use automerge::{ObjType, ROOT, ReadDoc};
 use errand_pairing::membership::{Certificate, Revocation};
 use errand_pairing::trust;
 use errand_sync::authorship::{Envelope, FixedAuthors};
+use errand_sync::replication::{Digest, Msg, msg::PROTOCOL_VERSION};
 use errand_sync::schema::{index, thread};
-use errand_sync::{DeviceId, DocId, Repo, Role, SpaceId, Store};
+use errand_sync::{DeviceId, DocId, Repo, Role, SYNC_ALPN, SpaceId, Store, wire};
+use iroh::endpoint::{ConnectionError, PortmapperConfig, presets};
+use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey};
 
 /// A sync message whose one `have` has a bloom filter claiming 4,294,967,295 probes: automerge
 /// 0.12 sizes an allocation from it (about 17 GB) and the process aborts.
@@ -26,6 +30,103 @@ pub const FIFTY_MILLION_PROBES: [u8; 15] = [
 
 /// A bloom filter of one entry and zero bits: automerge takes every probe modulo zero.
 pub const ZERO_BITS: [u8; 10] = [0x42, 0x00, 0x00, 0x01, 0x00, 0x03, 0x01, 0x00, 0x07, 0x00];
+
+/// A frame holding `msg`, uncompressed.
+pub fn frame(msg: &Msg) -> Vec<u8> {
+    wire::uncompressed(&msg.encode())
+}
+
+/// A sync message about `doc` with no change signatures, in a frame.
+pub fn sync_frame(doc: &DocId, message: &[u8]) -> Vec<u8> {
+    frame(&Msg::Sync {
+        doc: doc.clone(),
+        message: envelope(message),
+    })
+}
+
+/// The first sync message of an empty document: what a peer sends to ask for a document it
+/// does not hold, and what a peer naming made-up documents sends for each.
+pub fn lookup_message() -> Vec<u8> {
+    automerge::Automerge::new()
+        .generate_sync_message(&mut automerge::sync::State::new())
+        .expect("an empty document has a first message")
+        .encode()
+}
+
+/// An endpoint on 127.0.0.1 with `key`, relays and address lookup off: a device's identity
+/// with none of errand's code behind it.
+pub async fn raw_endpoint(key: SecretKey) -> Endpoint {
+    Endpoint::builder(presets::Minimal)
+        .secret_key(key)
+        .relay_mode(RelayMode::Disabled)
+        .portmapper_config(PortmapperConfig::Disabled)
+        .clear_ip_transports()
+        .bind_addr("127.0.0.1:0")
+        .expect("a loopback address")
+        .bind()
+        .await
+        .expect("bind an endpoint on loopback")
+}
+
+/// A paired device whose app is gone and whose key is in the attacker's hands: it speaks
+/// `errand/sync` to a peer with whatever frames it likes.
+#[derive(Debug)]
+pub struct RawMember {
+    endpoint: Endpoint,
+}
+
+impl RawMember {
+    /// The member whose key is in the (stopped) home `home`.
+    pub async fn from_home(home: &Path) -> RawMember {
+        let key = errand_pairing::identity::load_or_create(&home.join("device.key"))
+            .expect("read the home's key");
+        RawMember {
+            endpoint: raw_endpoint(key).await,
+        }
+    }
+
+    /// Connects to device `peer` at one of `addrs` (socket addresses as `errand devices`
+    /// lists them), says hello as an honest peer starts, writes `frames` (until the peer stops
+    /// taking them), and returns the application code the peer closed the connection with,
+    /// or `None` if it did not close it within `wait`. The receiving half stays open
+    /// meanwhile, so the peer can answer while it still talks to us.
+    pub async fn send(
+        &self,
+        peer: &str,
+        addrs: &[String],
+        frames: &[Vec<u8>],
+        wait: Duration,
+    ) -> Option<u64> {
+        let id: EndpointId = peer.parse().expect("a device id");
+        let mut addr = EndpointAddr::new(id);
+        for a in addrs {
+            addr = addr.with_ip_addr(a.parse().expect("a socket address"));
+        }
+        let conn = self.endpoint.connect(addr, SYNC_ALPN).await.ok()?;
+        let (mut send, _recv) = conn.open_bi().await.ok()?;
+        let hello = Msg::Hello {
+            version: PROTOCOL_VERSION,
+            digest: Digest::default(),
+            docs: 0,
+        };
+        if wire::write_frame(&mut send, &frame(&hello)).await.is_ok() {
+            for f in frames {
+                if wire::write_frame(&mut send, f).await.is_err() {
+                    break;
+                }
+            }
+        }
+        match tokio::time::timeout(wait, conn.closed()).await {
+            Ok(ConnectionError::ApplicationClosed(close)) => Some(close.error_code.into_inner()),
+            _ => None,
+        }
+    }
+
+    /// Closes the endpoint.
+    pub async fn close(self) {
+        self.endpoint.close().await;
+    }
+}
 
 /// Writes into document `doc` of the (stopped) home `home`, as device `device`, a map nested
 /// `depth` levels deep under the key `deep`: a valid document that anything recursing over

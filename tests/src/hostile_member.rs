@@ -242,13 +242,13 @@ async fn a_task_written_under_the_desktop_s_name_is_refused() {
         message: message.encode(),
     };
     let mut events = desk.node.subscribe();
-    let raw = crate::trust::raw_endpoint(key).await;
+    let raw = crate::hostile::raw_endpoint(key).await;
     let (_conn, mut send) = crate::malformed::hello(&raw, &desk.node).await;
     let msg = errand_sync::replication::Msg::Sync {
         doc: doc.clone(),
         message: envelope.encode(),
     };
-    wire::write_frame(&mut send, &crate::malformed::frame(&msg))
+    wire::write_frame(&mut send, &crate::hostile::frame(&msg))
         .await
         .unwrap();
     let reason = dropped(&mut events, &hostile_id).await;

@@ -8,8 +8,9 @@ use errand_sync::{Role, SYNC_ALPN, wire};
 use iroh::Endpoint;
 use iroh::endpoint::{Connection, ConnectionError, SendStream};
 
+use crate::hostile::{frame, raw_endpoint, sync_frame};
 use crate::support::{desktop, node, pair, task_ids, until};
-use crate::trust::{addr_of, raw_endpoint};
+use crate::trust::addr_of;
 
 /// A 24-byte sync message on which automerge 0.12's `receive_sync_message` panics
 /// (`op_set2/change/batch.rs`: an unwrap on an unknown actor). `decode` accepts it.
@@ -26,11 +27,6 @@ async fn close_code(conn: &Connection) -> Option<u64> {
     }
 }
 
-/// A frame holding `msg`, uncompressed.
-pub fn frame(msg: &Msg) -> Vec<u8> {
-    wire::uncompressed(&msg.encode())
-}
-
 /// Connects to `to` as a raw peer and says hello, as an honest peer would start.
 pub async fn hello(raw: &Endpoint, to: &errand_node::Node) -> (Connection, SendStream) {
     let conn = raw.connect(addr_of(to), SYNC_ALPN).await.unwrap();
@@ -42,26 +38,6 @@ pub async fn hello(raw: &Endpoint, to: &errand_node::Node) -> (Connection, SendS
     };
     wire::write_frame(&mut send, &frame(&hello)).await.unwrap();
     (conn, send)
-}
-
-/// A sync message about `doc`, in a frame.
-pub fn sync_frame(doc: &DocId, message: &[u8]) -> Vec<u8> {
-    frame(&Msg::Sync {
-        doc: doc.clone(),
-        message: crate::hostile::envelope(message),
-    })
-}
-
-/// A tiny deterministic generator, so failures reproduce.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[tokio::test]
@@ -162,7 +138,7 @@ async fn a_misbehaving_member_is_dropped_and_the_others_keep_syncing() {
     let mut src = source.clone();
     src.receive_sync_message(&mut peer_state, first).unwrap();
     let with_changes = src.generate_sync_message(&mut peer_state).unwrap().encode();
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rng = crate::hostile::XorShift(0x9e37_79b9_7f4a_7c15);
     let mut dropped = 0;
     for round in 0..60 {
         let base = if round % 2 == 0 {
@@ -171,9 +147,9 @@ async fn a_misbehaving_member_is_dropped_and_the_others_keep_syncing() {
             valid.clone().encode()
         };
         let mut bytes = base;
-        for _ in 0..1 + rng.next() % 4 {
-            let i = (rng.next() as usize) % bytes.len();
-            bytes[i] ^= 1 << (rng.next() % 8);
+        for _ in 0..1 + rng.step() % 4 {
+            let i = (rng.step() as usize) % bytes.len();
+            bytes[i] ^= 1 << (rng.step() % 8);
         }
         let (conn, mut send) = hello(&raw, &desk.node).await;
         wire::write_frame(&mut send, &sync_frame(&thread_doc, &bytes))
@@ -374,10 +350,7 @@ async fn a_member_naming_unknown_documents_past_the_quota_is_dropped() {
         docs: 0,
     };
     wire::write_frame(&mut send, &frame(&hello)).await.unwrap();
-    let lookup = automerge::Automerge::new()
-        .generate_sync_message(&mut automerge::sync::State::new())
-        .unwrap()
-        .encode();
+    let lookup = crate::hostile::lookup_message();
     for _ in 0..=Quotas::DEFAULT.max_unknown_docs {
         let doc = DocId::new_thread();
         if wire::write_frame(&mut send, &sync_frame(&doc, &lookup))

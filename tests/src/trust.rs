@@ -5,23 +5,11 @@ use std::time::Duration;
 
 use errand_pairing::Ticket;
 use errand_sync::{Role, SYNC_ALPN, wire};
-use iroh::endpoint::{ConnectionError, PortmapperConfig, presets};
-use iroh::{Endpoint, EndpointAddr, RelayMode, SecretKey};
+use iroh::endpoint::ConnectionError;
+use iroh::{EndpointAddr, SecretKey};
 
+use crate::hostile::raw_endpoint;
 use crate::support::{desktop, node, pair};
-
-pub async fn raw_endpoint(key: SecretKey) -> Endpoint {
-    Endpoint::builder(presets::Minimal)
-        .secret_key(key)
-        .relay_mode(RelayMode::Disabled)
-        .portmapper_config(PortmapperConfig::Disabled)
-        .clear_ip_transports()
-        .bind_addr("127.0.0.1:0")
-        .unwrap()
-        .bind()
-        .await
-        .unwrap()
-}
 
 pub fn addr_of(node: &errand_node::Node) -> EndpointAddr {
     let mut addr = EndpointAddr::new(node.id());

@@ -201,6 +201,19 @@ impl Envelope {
     /// Parses an envelope; the count is checked against the bytes there are before anything
     /// is allocated.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let (sigs, message) = Envelope::split(bytes)?;
+        Ok(Envelope {
+            sigs,
+            message: message.to_vec(),
+        })
+    }
+
+    /// The signatures, and the automerge message as a part of `bytes`: what the receive path
+    /// uses, so that a message of many megabytes is not copied to be read.
+    #[allow(clippy::type_complexity)]
+    pub fn split(
+        bytes: &[u8],
+    ) -> Result<(Vec<([u8; KEY_BYTES], [u8; SIG_BYTES])>, &[u8]), EnvelopeError> {
         let mut count: u64 = 0;
         let mut at = 0;
         loop {
@@ -230,10 +243,7 @@ impl Envelope {
                 )
             })
             .collect();
-        Ok(Envelope {
-            sigs,
-            message: message.to_vec(),
-        })
+        Ok((sigs, message))
     }
 }
 

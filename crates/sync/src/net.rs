@@ -479,7 +479,7 @@ impl Replicator {
                     let msg = decoder
                         .decode(&bytes, MAX_FRAME)
                         .map_err(|e| e.to_string())
-                        .and_then(|b| Msg::decode(&b).map_err(|e| e.to_string()));
+                        .and_then(|b| Msg::decode_owned(b).map_err(|e| e.to_string()));
                     match msg {
                         Ok(msg) => session.handle(Instant::now(), Input::Message(msg), &mut docs),
                         Err(e) => {

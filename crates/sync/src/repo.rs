@@ -552,14 +552,13 @@ impl Repo {
         state: &mut sync::State,
         bytes: &[u8],
     ) -> Result<bool, ReceiveError> {
-        let envelope = match Envelope::decode(bytes) {
+        let (sigs, bytes) = match Envelope::split(bytes) {
             Ok(e) => e,
             Err(e) => {
                 *state = sync::State::new();
                 return Err(malformed(id, e.to_string()));
             }
         };
-        let bytes = envelope.message.as_slice();
         // Bounds first: automerge trusts the sizes a message claims (crate::limits).
         if let Err(refusal) = Limits::DEFAULT.check_sync_message(bytes) {
             *state = sync::State::new();
@@ -581,7 +580,7 @@ impl Repo {
         let pending = {
             let mut docs = self.lock();
             let entry = self.load_or_empty(&mut docs, id)?;
-            Self::take_sigs(entry, envelope.sigs);
+            Self::take_sigs(entry, sigs);
             let before = entry.doc.get_heads();
             // The changes as they came, parsed once: what the owner rules are checked on.
             let carried: Vec<automerge::Change> = message

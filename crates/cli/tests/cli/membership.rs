@@ -9,55 +9,14 @@ use errand_sync::schema::index;
 use errand_tests::hostile::{IndexAttack, attack_index};
 
 use crate::support::{
-    Daemon, Home, array, is_task_line, paired, path_str, read_ticket, send, short, str_field,
-    wait_until,
+    Home, array, is_task_line, join, paired, path_str, read_ticket, send, short, str_field,
+    sync_with_desk,
 };
 
 fn names(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
         .map(|(n, r)| ((*n).to_owned(), (*r).to_owned()))
         .collect()
-}
-
-/// `desk` (whose daemon is `daemon`) issues a ticket for `role` and `newcomer` joins with it.
-fn join(desk: &Home, daemon: &mut Daemon, newcomer: &Home, name: &str, role: &str) -> String {
-    let ticket_file = desk.file(&format!("ticket-for-{name}.txt"));
-    let mut pair = desk.spawn(&[
-        "pair",
-        "--yes",
-        "--role",
-        role,
-        "--ticket-file",
-        path_str(&ticket_file),
-    ]);
-    pair.expect_line("the waiting line", |l| {
-        l.starts_with("waiting for a device to join")
-    });
-    let ticket = read_ticket(&ticket_file);
-    newcomer.run(&["join", &ticket, "--name", name]).success();
-    assert!(pair.wait_exit(Duration::from_secs(15)).success());
-    let id = newcomer.device_id();
-    let added = format!("device {name} ({}) added as {role}", short(&id));
-    daemon.expect_line(&added, |l| l == added);
-    id
-}
-
-/// Sync rounds of `home` until one ends in sync with the desktop (a device that just joined
-/// may need more than one on a loaded machine).
-fn sync_with_desk(home: &Home, desk_id: &str) {
-    wait_until(
-        "a sync round in sync with the desktop",
-        Duration::from_secs(40),
-        || {
-            let synced = home.json(&["sync", "--timeout", "5"]);
-            let desk = array(&synced)
-                .iter()
-                .find(|e| e["id"] == desk_id)
-                .unwrap_or_else(|| panic!("desk in {synced:#}"))
-                .clone();
-            (desk["synced"] == true).then_some(())
-        },
-    );
 }
 
 #[test]

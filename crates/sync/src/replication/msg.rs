@@ -99,6 +99,22 @@ impl Msg {
         out
     }
 
+    /// [`Msg::decode`], taking the bytes: a `Sync` message keeps them as its payload (the
+    /// header moved out) instead of copying what may be megabytes.
+    pub fn decode_owned(mut bytes: Vec<u8>) -> Result<Msg, MsgError> {
+        if bytes.first() != Some(&SYNC) {
+            return Msg::decode(&bytes);
+        }
+        let mut r = Reader(&bytes[1..]);
+        let doc = r.doc()?;
+        let header = bytes.len() - r.0.len();
+        bytes.drain(..header);
+        Ok(Msg::Sync {
+            doc,
+            message: bytes,
+        })
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Msg, MsgError> {
         let mut r = Reader(bytes);
         let msg = match r.u8().map_err(|_| MsgError::Empty)? {
@@ -221,6 +237,7 @@ mod tests {
     fn messages_round_trip() {
         for m in samples() {
             assert_eq!(Msg::decode(&m.encode()).unwrap(), m);
+            assert_eq!(Msg::decode_owned(m.encode()).unwrap(), m);
         }
     }
 
@@ -237,6 +254,10 @@ mod tests {
                     continue;
                 }
                 assert!(Msg::decode(&bytes[..cut]).is_err(), "{m:?} cut at {cut}");
+                assert!(
+                    Msg::decode_owned(bytes[..cut].to_vec()).is_err(),
+                    "{m:?} cut at {cut}"
+                );
             }
             if !matches!(m, Msg::Sync { .. }) {
                 let mut longer = bytes.clone();
