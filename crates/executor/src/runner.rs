@@ -18,8 +18,9 @@
 //!   model's questions wait in `needs_input` for a signed answer from a phone.
 
 mod conversation;
+mod queue;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -143,8 +144,8 @@ struct Shared {
     running: Mutex<HashMap<String, CancellationToken>>,
     /// Running tasks that a stop (not a user) cancelled.
     stopped: Mutex<HashSet<String>>,
-    /// Tasks known to have ended; never read again, so a long thread stays cheap to scan.
-    ended: Mutex<HashSet<String>>,
+    /// The tasks that wait to run here, kept from what each change touched.
+    queue: Mutex<queue::Queue>,
     slots: Semaphore,
     stop: CancellationToken,
     processes: ProcessLedger,
@@ -197,7 +198,7 @@ pub fn start(
         busy: Mutex::default(),
         running: Mutex::default(),
         stopped: Mutex::default(),
-        ended: Mutex::default(),
+        queue: Mutex::default(),
         stop: stop.clone(),
     });
     shared.config.connectors.warm_up();
@@ -224,34 +225,68 @@ impl Shared {
             .iter()
             .filter_map(|t| DocId::parse(&t.id))
             .collect();
+        let listed: HashSet<DocId> = ids.iter().cloned().collect();
         for id in self.repo.doc_ids().unwrap_or_default() {
-            if !id.is_index() && !ids.contains(&id) {
+            if !id.is_index() && !listed.contains(&id) {
                 ids.push(id);
             }
         }
         ids
     }
 
-    /// The state of the tasks of a thread that have not ended, remembering those that have.
-    fn live_states(&self, doc: &DocId) -> Vec<thread::TaskState> {
-        let skip = lock(&self.ended).clone();
+    /// Reads every task of a thread: what waits to run here joins the queue, and a running
+    /// task whose cancel was asked for is cancelled. Returns what it read.
+    fn scan(&self, doc: &DocId) -> Vec<thread::TaskState> {
         let states = self
             .repo
-            .read(doc, |d| thread::task_states(d, &skip))
+            .read(doc, |d| thread::task_states(d, &HashSet::new()))
             .ok()
             .flatten()
             .unwrap_or_default();
-        let mut ended = lock(&self.ended);
+        lock(&self.queue).scanned(doc, &self.me(), &states);
+        self.cancel_asked(&states);
         states
-            .into_iter()
-            .filter(|t| {
-                let done = t.status.is_final();
-                if done {
-                    ended.insert(t.id.clone());
-                }
-                !done
+    }
+
+    /// Takes in what a change wrote into a thread: the tasks it touched are read again, and
+    /// only those (a thread seen for the first time is read whole).
+    fn take_in(&self, doc: &DocId, tasks: &BTreeSet<String>) {
+        if !lock(&self.queue).knows(doc) {
+            self.scan(doc);
+            return;
+        }
+        if tasks.is_empty() {
+            return;
+        }
+        let states: Vec<thread::TaskState> = self
+            .repo
+            .read(doc, |d| {
+                tasks
+                    .iter()
+                    .filter_map(|id| thread::task_state(d, id))
+                    .collect()
             })
-            .collect()
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let me = self.me();
+        {
+            let mut queue = lock(&self.queue);
+            for state in &states {
+                queue.update(doc, &me, state);
+            }
+        }
+        self.cancel_asked(&states);
+    }
+
+    /// Cancels the running tasks among `states` whose cancel was asked for.
+    fn cancel_asked(&self, states: &[thread::TaskState]) {
+        let running = lock(&self.running);
+        for state in states.iter().filter(|s| s.cancel_requested) {
+            if let Some(token) = running.get(&state.id) {
+                token.cancel();
+            }
+        }
     }
 
     fn task(&self, doc: &DocId, id: &str) -> Option<Task> {
@@ -260,14 +295,6 @@ impl Shared {
             .ok()
             .flatten()
             .flatten()
-    }
-
-    fn tasks(&self, doc: &DocId) -> Vec<Task> {
-        self.repo
-            .read(doc, |d| thread::tasks(d, doc.as_str()))
-            .ok()
-            .flatten()
-            .unwrap_or_default()
     }
 
     fn change(
@@ -288,8 +315,9 @@ impl Shared {
         // Commands a crashed run left behind go first: their tasks are settled as failed next,
         // and a command of a failed task must not go on changing files.
         self.processes.kill_leftovers().await;
-        self.settle_interrupted();
         for doc in self.threads() {
+            let states = self.scan(&doc);
+            self.settle_interrupted(&doc, &states);
             self.clone().schedule(&doc);
         }
         loop {
@@ -298,19 +326,24 @@ impl Shared {
                 _ = self.stop.cancelled() => break,
             };
             match changed {
+                // A thread is read whole when its document first arrives; listing it in the
+                // index may come first or after.
                 Ok(c) if c.doc.is_index() => {
-                    for doc in self.threads() {
-                        self.clone().schedule(&doc);
+                    for doc in c.touched.threads.iter().filter_map(|t| DocId::parse(t)) {
+                        if !lock(&self.queue).knows(&doc) && self.repo.holds(&doc) {
+                            self.scan(&doc);
+                            self.clone().schedule(&doc);
+                        }
                     }
                 }
                 Ok(c) => {
+                    self.take_in(&c.doc, &c.touched.tasks);
                     self.clone().schedule(&c.doc);
-                    self.check_cancels(&c.doc);
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     for doc in self.threads() {
+                        self.scan(&doc);
                         self.clone().schedule(&doc);
-                        self.check_cancels(&doc);
                     }
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
@@ -333,11 +366,11 @@ impl Shared {
                 _ = &mut idle => return,
                 () = &mut grace => break,
                 changed = changes.recv() => match changed {
-                    Ok(c) if !c.doc.is_index() => self.check_cancels(&c.doc),
+                    Ok(c) if !c.doc.is_index() => self.take_in(&c.doc, &c.touched.tasks),
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         for doc in self.threads() {
-                            self.check_cancels(&doc);
+                            self.scan(&doc);
                         }
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
@@ -355,51 +388,36 @@ impl Shared {
         self.config.connectors.shutdown().await;
     }
 
-    /// Tasks left running by a previous run cannot be resumed safely: end them with a reason.
-    fn settle_interrupted(&self) {
+    /// Tasks of a thread that a previous run left running or waiting cannot be resumed
+    /// safely: end them with a reason.
+    fn settle_interrupted(&self, doc: &DocId, states: &[thread::TaskState]) {
         let me = self.me();
-        for doc in self.threads() {
-            for task in self.tasks(&doc) {
-                if task.target == me
-                    && matches!(
-                        task.status,
-                        TaskStatus::Running | TaskStatus::WaitingApproval | TaskStatus::NeedsInput
-                    )
-                {
-                    let reason = "interrupted: the desktop stopped while this task was running; it was not run again (send it again to retry)";
-                    self.change(
-                        &doc,
-                        &format!("task {} interrupted", short(&task.id)),
-                        |tx| {
-                            thread::add_progress(tx, &task.id, reason, now_millis())?;
-                            thread::finish(
-                                tx,
-                                &task.id,
-                                Err(reason),
-                                TaskStatus::Failed,
-                                now_millis(),
-                            )?;
-                            conversation::add_answer(tx, &task.id, reason, TaskStatus::Failed, &[])
-                        },
-                    );
-                    info!(task = %task.id, "settled an interrupted task");
-                    self.notifier
-                        .notify(&doc, &task.id, Event::Failed, Some(reason));
-                }
-            }
-        }
-    }
-
-    fn check_cancels(&self, doc: &DocId) {
-        let running = lock(&self.running).clone();
-        if running.is_empty() {
-            return;
-        }
-        for task in self.live_states(doc) {
-            if task.cancel_requested
-                && let Some(token) = running.get(&task.id)
+        for task in states {
+            if task.target == me
+                && matches!(
+                    task.status,
+                    TaskStatus::Running | TaskStatus::WaitingApproval | TaskStatus::NeedsInput
+                )
             {
-                token.cancel();
+                let reason = "interrupted: the desktop stopped while this task was running; it was not run again (send it again to retry)";
+                self.change(
+                    doc,
+                    &format!("task {} interrupted", short(&task.id)),
+                    |tx| {
+                        thread::add_progress(tx, &task.id, reason, now_millis())?;
+                        thread::finish(
+                            tx,
+                            &task.id,
+                            Err(reason),
+                            TaskStatus::Failed,
+                            now_millis(),
+                        )?;
+                        conversation::add_answer(tx, &task.id, reason, TaskStatus::Failed, &[])
+                    },
+                );
+                info!(task = %task.id, "settled an interrupted task");
+                self.notifier
+                    .notify(doc, &task.id, Event::Failed, Some(reason));
             }
         }
     }
@@ -409,19 +427,19 @@ impl Shared {
         if doc.is_index() || self.stop.is_cancelled() {
             return;
         }
-        // A busy thread starts nothing; its own commits land here too, so check that first.
-        if lock(&self.busy).contains(doc.as_str()) {
-            return;
-        }
-        let me = self.me();
-        let next = self
-            .live_states(doc)
-            .into_iter()
-            .find(|t| t.target == me && t.status == TaskStatus::Queued);
-        let Some(task) = next else { return };
-        if !lock(&self.busy).insert(doc.to_string()) {
-            return;
-        }
+        // A busy thread starts nothing; its own commits land here too. The busy set is held
+        // while a task is taken, so that two calls cannot both take one.
+        let task = {
+            let mut busy = lock(&self.busy);
+            if busy.contains(doc.as_str()) {
+                return;
+            }
+            let Some(task) = lock(&self.queue).next(doc) else {
+                return;
+            };
+            busy.insert(doc.to_string());
+            task
+        };
         let doc = doc.clone();
         tokio::spawn(async move {
             let permit = tokio::select! {
@@ -429,7 +447,7 @@ impl Shared {
                 _ = self.stop.cancelled() => None,
             };
             if permit.is_some() {
-                self.run_task(&doc, &task.id).await;
+                self.run_task(&doc, &task).await;
             }
             drop(permit);
             lock(&self.busy).remove(doc.as_str());

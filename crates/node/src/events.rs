@@ -1,13 +1,14 @@
 //! What a node reports as it happens: task status changes, peers coming and going, pairing.
 //! `errand watch` prints these, and the mobile bindings turn them into listener calls.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use errand_pairing::membership::Membership;
 use errand_pairing::protocol::PairingEvent;
 use errand_sync::ids::{DeviceId, Role};
+use errand_sync::schema::touched::Touched;
 use errand_sync::schema::{DocId, index, thread};
-use errand_sync::{NetEvent, Repo};
+use errand_sync::{DocChanged, NetEvent, Repo};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,132 +233,220 @@ pub(crate) fn approval_state(
 }
 
 /// Turns document changes into task events by remembering each task's last seen status.
+///
+/// A change is read through what it wrote (`DocChanged::touched`): the tasks and approval
+/// requests it touched, and the thread's messages only while one of its tasks waits for an
+/// answer. So a change costs in proportion to itself, not to its thread or the space; only a
+/// subscriber that fell behind reads everything again.
 #[derive(Debug, Default)]
 pub(crate) struct TaskWatcher {
     seen: HashMap<String, thread::TaskStatus>,
-    approvals: std::collections::HashSet<String>,
-    questions: std::collections::HashSet<String>,
+    approvals: HashSet<String>,
+    questions: HashSet<String>,
+    /// The tasks of each thread that wait for an answer, with their target desktop (the one
+    /// device whose question counts).
+    asking: HashMap<DocId, HashMap<String, String>>,
 }
 
 impl TaskWatcher {
+    /// Takes in what there is now, as not news.
     pub(crate) fn prime(&mut self, repo: &Repo, membership: Option<&Membership>) {
-        let _ = self.scan(repo, None, membership, true);
+        let mut ignored = Vec::new();
+        for d in listed_threads(repo) {
+            self.whole(repo, &d, membership, true, &mut ignored);
+        }
     }
 
-    /// Events for what changed; `doc: None` rescans everything. `membership` decides which
-    /// approval decisions count (a request with only forged or unauthorised decisions is
-    /// still waiting, and still news).
+    /// Events for a change; `None` (the subscriber fell behind) reads every thread again.
+    /// `membership` decides which approval decisions count (a request with only forged or
+    /// unauthorised decisions is still waiting, and still news).
     pub(crate) fn changed(
         &mut self,
         repo: &Repo,
-        doc: Option<&DocId>,
+        change: Option<&DocChanged>,
         membership: Option<&Membership>,
     ) -> Vec<NodeEvent> {
-        self.scan(repo, doc, membership, false)
-    }
-
-    fn scan(
-        &mut self,
-        repo: &Repo,
-        doc: Option<&DocId>,
-        membership: Option<&Membership>,
-        priming: bool,
-    ) -> Vec<NodeEvent> {
-        let docs: Vec<DocId> = match doc {
-            Some(d) if d.is_index() => return Vec::new(),
-            Some(d) => vec![d.clone()],
-            None => repo
-                .read(&DocId::index(), index::threads)
-                .ok()
-                .flatten()
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|t| DocId::parse(&t.id))
-                .collect(),
-        };
         let mut out = Vec::new();
-        for d in docs {
-            // Only the tasks that have not ended are read (an ended task never changes again),
-            // and only a few fields of each: this runs on every change.
-            let skip: std::collections::HashSet<String> = self
-                .seen
-                .iter()
-                .filter(|(_, s)| s.is_final())
-                .map(|(id, _)| id.clone())
-                .collect();
-            let states = repo
-                .read(&d, |doc| thread::task_states(doc, &skip))
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            let approvals = repo
-                .read(&d, |doc| thread::approvals(doc, d.as_str()))
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            for a in approvals {
-                if self.approvals.insert(a.id.clone())
-                    && counted_decision(membership, &a).is_none()
-                    && !a.expired
-                    && !priming
-                {
-                    out.push(NodeEvent::ApprovalRequested {
-                        approval: a.id,
-                        task: a.task,
-                        thread: a.thread,
-                        action: a.action,
-                        expires_at: a.expires_at,
-                    });
+        match change {
+            None => {
+                for d in listed_threads(repo) {
+                    self.whole(repo, &d, membership, false, &mut out);
                 }
             }
-            // A thread's messages are read only while one of its tasks waits for an answer:
-            // that is rare, and the list grows with every task.
-            let asking: Vec<&thread::TaskState> = states
-                .iter()
-                .filter(|t| t.status == thread::TaskStatus::NeedsInput)
-                .collect();
-            if !asking.is_empty() {
-                let messages = repo.read(&d, thread::messages).ok().flatten();
-                for q in messages.unwrap_or_default() {
-                    let Some(task) = asking.iter().find(|t| t.id == q.task) else {
-                        continue;
-                    };
-                    // Only the desktop that runs the task asks about it.
-                    if q.kind != thread::KIND_QUESTION
-                        || q.author != task.target
-                        || !self.questions.insert(q.id.clone())
-                        || priming
-                        || counted_answer(membership, d.as_str(), &q).is_some()
-                    {
-                        continue;
-                    }
-                    out.push(NodeEvent::InputRequested {
-                        question: q.id,
-                        task: q.task,
-                        thread: d.to_string(),
-                        text: q.text,
-                        expires_at: q.expires_at.unwrap_or(0),
-                    });
-                }
-            }
-            for t in states {
-                if self.seen.insert(t.id.clone(), t.status) != Some(t.status) && !priming {
-                    let task = repo
-                        .read(&d, |doc| thread::task(doc, d.as_str(), &t.id))
-                        .ok()
-                        .flatten()
-                        .flatten();
-                    let (prompt, error) = task.map(|t| (t.prompt, t.error)).unwrap_or_default();
-                    out.push(NodeEvent::TaskChanged {
-                        task: t.id,
-                        thread: d.to_string(),
-                        status: t.status,
-                        prompt,
-                        reason: error.filter(|_| t.status.is_final()),
-                    });
-                }
-            }
+            Some(c) if c.doc.is_index() => {}
+            Some(c) => self.touched(repo, &c.doc, &c.touched, membership, &mut out),
         }
         out
     }
+
+    /// Reads a whole thread.
+    fn whole(
+        &mut self,
+        repo: &Repo,
+        d: &DocId,
+        membership: Option<&Membership>,
+        priming: bool,
+        out: &mut Vec<NodeEvent>,
+    ) {
+        let read = repo
+            .read(d, |doc| {
+                (
+                    thread::task_states(doc, &HashSet::new()),
+                    thread::approvals(doc, d.as_str()),
+                )
+            })
+            .ok()
+            .flatten();
+        let Some((states, approvals)) = read else {
+            return;
+        };
+        self.on_approvals(approvals, membership, priming, out);
+        self.on_states(repo, d, states, priming, out);
+        self.on_questions(repo, d, membership, priming, out);
+    }
+
+    /// Reads what a change wrote into a thread.
+    fn touched(
+        &mut self,
+        repo: &Repo,
+        d: &DocId,
+        touched: &Touched,
+        membership: Option<&Membership>,
+        out: &mut Vec<NodeEvent>,
+    ) {
+        let read = repo
+            .read(d, |doc| {
+                let states: Vec<thread::TaskState> = touched
+                    .tasks
+                    .iter()
+                    .filter_map(|id| thread::task_state(doc, id))
+                    .collect();
+                let approvals: Vec<thread::Approval> = touched
+                    .approvals
+                    .iter()
+                    .filter_map(|id| thread::approval(doc, d.as_str(), id))
+                    .collect();
+                (states, approvals)
+            })
+            .ok()
+            .flatten();
+        let Some((states, approvals)) = read else {
+            return;
+        };
+        // A question may be written before or after its task's status says so.
+        let newly_asking = states
+            .iter()
+            .any(|t| t.status == thread::TaskStatus::NeedsInput);
+        self.on_approvals(approvals, membership, false, out);
+        self.on_states(repo, d, states, false, out);
+        if touched.messages || newly_asking {
+            self.on_questions(repo, d, membership, false, out);
+        }
+    }
+
+    fn on_approvals(
+        &mut self,
+        approvals: Vec<thread::Approval>,
+        membership: Option<&Membership>,
+        priming: bool,
+        out: &mut Vec<NodeEvent>,
+    ) {
+        for a in approvals {
+            if self.approvals.insert(a.id.clone())
+                && counted_decision(membership, &a).is_none()
+                && !a.expired
+                && !priming
+            {
+                out.push(NodeEvent::ApprovalRequested {
+                    approval: a.id,
+                    task: a.task,
+                    thread: a.thread,
+                    action: a.action,
+                    expires_at: a.expires_at,
+                });
+            }
+        }
+    }
+
+    fn on_states(
+        &mut self,
+        repo: &Repo,
+        d: &DocId,
+        states: Vec<thread::TaskState>,
+        priming: bool,
+        out: &mut Vec<NodeEvent>,
+    ) {
+        for t in states {
+            let asking = self.asking.entry(d.clone()).or_default();
+            if t.status == thread::TaskStatus::NeedsInput {
+                asking.insert(t.id.clone(), t.target.clone());
+            } else {
+                asking.remove(&t.id);
+            }
+            if self.seen.insert(t.id.clone(), t.status) != Some(t.status) && !priming {
+                let task = repo
+                    .read(d, |doc| thread::task(doc, d.as_str(), &t.id))
+                    .ok()
+                    .flatten()
+                    .flatten();
+                let (prompt, error) = task.map(|t| (t.prompt, t.error)).unwrap_or_default();
+                out.push(NodeEvent::TaskChanged {
+                    task: t.id,
+                    thread: d.to_string(),
+                    status: t.status,
+                    prompt,
+                    reason: error.filter(|_| t.status.is_final()),
+                });
+            }
+        }
+    }
+
+    /// The questions asked about this thread's waiting tasks. A thread's messages are read
+    /// only while one of its tasks waits for an answer: that is rare, and the list grows with
+    /// every task.
+    fn on_questions(
+        &mut self,
+        repo: &Repo,
+        d: &DocId,
+        membership: Option<&Membership>,
+        priming: bool,
+        out: &mut Vec<NodeEvent>,
+    ) {
+        let Some(asking) = self.asking.get(d).filter(|a| !a.is_empty()) else {
+            return;
+        };
+        let messages = repo.read(d, thread::messages).ok().flatten();
+        for q in messages.unwrap_or_default() {
+            let Some(target) = asking.get(&q.task) else {
+                continue;
+            };
+            // Only the desktop that runs the task asks about it.
+            if q.kind != thread::KIND_QUESTION
+                || &q.author != target
+                || !self.questions.insert(q.id.clone())
+                || priming
+                || counted_answer(membership, d.as_str(), &q).is_some()
+            {
+                continue;
+            }
+            out.push(NodeEvent::InputRequested {
+                question: q.id,
+                task: q.task,
+                thread: d.to_string(),
+                text: q.text,
+                expires_at: q.expires_at.unwrap_or(0),
+            });
+        }
+    }
+}
+
+/// The threads the index lists.
+fn listed_threads(repo: &Repo) -> Vec<DocId> {
+    repo.read(&DocId::index(), index::threads)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| DocId::parse(&t.id))
+        .collect()
 }

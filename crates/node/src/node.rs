@@ -437,11 +437,16 @@ impl Node {
             let _ = members.changed(membership.as_ref());
             loop {
                 let changed = match changes.recv().await {
-                    Ok(c) => Some(c.doc),
+                    Ok(c) => Some(c),
                     Err(broadcast::error::RecvError::Lagged(_)) => None,
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                if changed.as_ref().is_none_or(DocId::is_index) {
+                // Who belongs and where they are: only index changes beyond its thread list
+                // can change that (a new thread is the index's most frequent change).
+                if changed
+                    .as_ref()
+                    .is_none_or(|c| c.doc.is_index() && c.touched.other)
+                {
                     let before: Vec<DeviceId> = replicator.connected_peers();
                     membership = gate.refresh(&repo);
                     for ev in members.changed(membership.as_ref()) {

@@ -27,6 +27,8 @@ use crate::ids::{DeviceId, SpaceId, session_actor};
 use crate::limits::Limits;
 use crate::quota::{Quotas, TooManyDocuments};
 use crate::replication::{Catalog, Digest, Docs, DocsError, HeadsHash};
+use crate::schema::ownership::Checker;
+use crate::schema::touched::Touched;
 use crate::schema::{DocId, now_millis};
 use crate::store::{ChangeSig, Store, StoreError};
 use signed::{carried_hashes, chunks};
@@ -57,6 +59,8 @@ pub struct DocChanged {
     /// change is announced while its durable write is under way; a merged one once it is
     /// durable.
     pub local: bool,
+    /// What the change wrote: a subscriber that keeps state reads only that.
+    pub touched: Arc<Touched>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -437,9 +441,14 @@ impl Repo {
                 .doc
                 .transact_with(|_| options, f)
                 .map_err(|failure| failure.error)?;
+            let mut touched = Touched::default();
             if let Some(hash) = done.hash {
                 let sig = authorship::sign(&self.key, &space, id, &hash);
                 entry.unsaved_sigs.push((hash.0, sig));
+                if let Some(change) = entry.doc.get_change_by_hash(&hash) {
+                    touched =
+                        Checker::new(&entry.doc, id, &mut entry.paths).touched(&change.decode());
+                }
             }
             let out = done.result;
             // Under the write lock everything before this change is stored.
@@ -448,15 +457,16 @@ impl Repo {
             if changed {
                 self.note_heads(id, &heads);
             }
-            (out, changed)
+            (out, changed.then_some(touched))
         };
-        if !changed {
+        let Some(touched) = changed else {
             return Ok(out);
-        }
+        };
         // Announce first: the replicator pushes the change while it is encoded and written.
         let _ = self.changes.send(DocChanged {
             doc: id.clone(),
             local: true,
+            touched: Arc::new(touched),
         });
         // Only writers remove documents from memory, and we are the writer.
         let Some(pending) = self.lock().get_mut(id).and_then(pending_write) else {
@@ -607,12 +617,14 @@ impl Repo {
                     .err()
                     .map(|refusal| refusal.to_string())
             });
+            let mut touched = Touched::default();
             let failure = failure.map(|r| (r, false)).or_else(|| {
                 match catch_unwind(AssertUnwindSafe(|| {
                     self.verify_new(id, entry, &before, carried)
                 })) {
-                    Ok(Ok(sigs)) => {
+                    Ok(Ok((sigs, wrote))) => {
                         entry.unsaved_sigs.extend(sigs);
+                        touched = wrote;
                         None
                     }
                     Ok(Err(refusal)) => Some((refusal.to_string(), refusal.may_be_early())),
@@ -635,7 +647,7 @@ impl Repo {
                     if heads.is_empty() && names_only && entry.waiting_sigs.is_empty() {
                         docs.remove(id);
                     }
-                    pending
+                    pending.map(|p| (p, touched))
                 }
                 Err((reason, early)) => {
                     docs.remove(id);
@@ -657,14 +669,15 @@ impl Repo {
         self.write_merged(id, pending)
     }
 
-    /// Writes what a merge brought and announces it. On a failed write the document is
-    /// reloaded from the store (the peer sends the changes again at the next sync).
+    /// Writes what a merge brought and announces it, with what it wrote. On a failed write
+    /// the document is reloaded from the store (the peer sends the changes again at the next
+    /// sync).
     fn write_merged(
         &self,
         id: &DocId,
-        pending: Option<PendingWrite>,
+        pending: Option<(PendingWrite, Touched)>,
     ) -> Result<bool, ReceiveError> {
-        let Some(pending) = pending else {
+        let Some((pending, touched)) = pending else {
             return Ok(false);
         };
         if let Err(e) = self.write(id, pending) {
@@ -674,6 +687,7 @@ impl Repo {
         let _ = self.changes.send(DocChanged {
             doc: id.clone(),
             local: false,
+            touched: Arc::new(touched),
         });
         Ok(true)
     }
@@ -741,11 +755,11 @@ impl Repo {
                 Ok(self.verify_new(id, entry, &before, Vec::new()))
             }));
             let reason = match merged {
-                Ok(Ok(Ok(sigs))) => {
+                Ok(Ok(Ok((sigs, touched)))) => {
                     entry.unsaved_sigs.extend(sigs);
                     let pending = pending_write(entry);
                     self.note_heads(id, &entry.doc.get_heads());
-                    break 'merged pending;
+                    break 'merged pending.map(|p| (p, touched));
                 }
                 Ok(Ok(Err(refusal))) => refusal.to_string(),
                 Ok(Err(e)) => AutomergeError::to_string(&e),

@@ -8,6 +8,7 @@
 pub mod index;
 pub mod ownership;
 pub mod thread;
+pub mod touched;
 
 use automerge::{ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, Value};
 

@@ -11,6 +11,7 @@ use crate::authorship::{self, Refusal, Standing};
 use crate::ids::DeviceId;
 use crate::repo::LoadError;
 use crate::schema::DocId;
+use crate::schema::touched::Touched;
 use crate::store::{ChangeSig, StoreError};
 
 impl Repo {
@@ -69,7 +70,7 @@ impl Repo {
 
     /// Checks the changes a merge added to `entry` since `before`: each signed by the device
     /// its actor names, that device a member (or former member) of the space, and writing only
-    /// what it owns. Returns their signatures, to store with them.
+    /// what it owns. Returns their signatures, to store with them, and what they wrote.
     ///
     /// `carried` are the changes of the message as received, if at hand: rebuilding a change
     /// from the document costs more than parsing it.
@@ -79,7 +80,7 @@ impl Repo {
         entry: &mut Entry,
         before: &[ChangeHash],
         carried: Vec<automerge::Change>,
-    ) -> Result<Vec<ChangeSig>, Refusal> {
+    ) -> Result<(Vec<ChangeSig>, Touched), Refusal> {
         let space = self.space().ok_or(Refusal::NoSpace)?;
         let metas: Vec<(ChangeHash, ActorId)> = entry
             .doc
@@ -88,7 +89,7 @@ impl Repo {
             .map(|m| (m.hash, m.actor.into_owned()))
             .collect();
         if metas.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Touched::default()));
         }
         if id.is_index() {
             // Certificates that arrived in this very merge count for its other changes.
@@ -131,16 +132,17 @@ impl Repo {
             entry.doc.get_changes(before)
         };
         let mut owners = crate::schema::ownership::Checker::new(&entry.doc, id, &mut entry.paths);
+        let mut touched = Touched::default();
         for change in &changes {
             let device =
                 authorship::author(change.actor_id()).ok_or(Refusal::NoAuthor(change.hash()))?;
             let is = standing.get(&device).copied().unwrap_or(Standing::Unknown);
-            owners.check(&change.decode(), &device, is)?;
+            owners.check(&change.decode(), &device, is, &mut touched)?;
         }
         for (hash, _) in &metas {
             entry.waiting_sigs.remove(&authorship::key_of(hash));
         }
-        Ok(sigs)
+        Ok((sigs, touched))
     }
 
     /// Keeps the signatures a peer sent until their changes are applied.

@@ -43,6 +43,7 @@ use automerge::{Automerge, ObjId, Prop, ReadDoc, ScalarValue};
 
 use crate::ids::{DeviceId, Role, actor_device, hex};
 use crate::schema::DocId;
+use crate::schema::touched::Touched;
 
 /// What a node knows of the device that wrote a change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +101,12 @@ pub fn check(
     author: &DeviceId,
     standing: Standing,
 ) -> Result<(), Violation> {
-    Checker::new(doc, id, &mut Paths::default()).check(change, author, standing)
+    Checker::new(doc, id, &mut Paths::default()).check(
+        change,
+        author,
+        standing,
+        &mut Touched::default(),
+    )
 }
 
 /// The paths of a document's objects found so far ("counter@actor" to the path). An object
@@ -108,6 +114,11 @@ pub fn check(
 /// loaded document, so a thread's buckets are looked up once, not on every received task.
 #[derive(Debug, Default)]
 pub struct Paths(std::collections::HashMap<String, Vec<Seg>>);
+
+/// The deepest path followed. Documents errand writes are five levels deep at most; an
+/// operation deeper than this is refused (a check) or only counted as "other" (what a change
+/// touched).
+const MAX_DEPTH: usize = 16;
 
 /// At most this many paths are kept per document; past it the cache starts over.
 const MAX_PATHS: usize = 4096;
@@ -135,16 +146,57 @@ impl<'a> Checker<'a> {
         Checker { doc, kind, paths }
     }
 
-    /// See [`check`].
+    /// See [`check`]; also records in `touched` what the change wrote.
     pub fn check(
         &mut self,
         change: &automerge::ExpandedChange,
         author: &DeviceId,
         standing: Standing,
+        touched: &mut Touched,
+    ) -> Result<(), Violation> {
+        let (doc, kind) = (self.doc, self.kind);
+        self.walk(
+            change,
+            hex(author.as_bytes()),
+            standing,
+            |path, op, writer| {
+                touched.record(kind == Kind::Index, keys(path, op));
+                match kind {
+                    Kind::Thread => thread_op(doc, path, op, writer),
+                    Kind::Index => index_op(doc, path, op, writer),
+                }
+            },
+        )
+    }
+
+    /// What a change made on this device wrote (it is not checked: its owner rules are the
+    /// writer's own code's to keep).
+    pub fn touched(&mut self, change: &automerge::ExpandedChange) -> Touched {
+        let mut touched = Touched::default();
+        let index = self.kind == Kind::Index;
+        let walked = self.walk(change, String::new(), Standing::Unknown, |path, op, _| {
+            touched.record(index, keys(path, op));
+            Ok(())
+        });
+        if walked.is_err() {
+            // An object it wrote into could not be found: say something changed, not what.
+            touched.other = true;
+        }
+        touched
+    }
+
+    /// Calls `visit` with each operation of `change` and the path of the object it writes
+    /// into, finding each path once.
+    fn walk(
+        &mut self,
+        change: &automerge::ExpandedChange,
+        device: String,
+        standing: Standing,
+        mut visit: impl FnMut(&[Seg], &Op, &Writer) -> Verdict,
     ) -> Result<(), Violation> {
         let doc = self.doc;
         let writer = Writer {
-            device: hex(author.as_bytes()),
+            device,
             standing,
             first_change: change.deps.is_empty(),
             actor: change.actor_id.clone(),
@@ -164,18 +216,16 @@ impl<'a> Checker<'a> {
                 self.paths.0.insert(obj_key.clone(), path);
             }
             let path = &self.paths.0[&obj_key];
-            let verdict = match self.kind {
-                Kind::Thread => thread_op(doc, path, op, &writer),
-                Kind::Index => index_op(doc, path, op, &writer),
-            };
-            verdict.map_err(|what| Violation {
+            visit(path, op, &writer).map_err(|what| Violation {
                 author: writer.device.clone(),
                 what,
                 path: describe(path, op),
             })?;
             // An object this change makes sits where the change put it: its path is known
-            // without asking the document for its parents (the costly part of a check).
-            if matches!(op.action, OpType::Make(_)) {
+            // without asking the document for its parents (the costly part of a check). Not
+            // past errand's depth: a change nesting objects thousands deep would otherwise
+            // have its paths cost memory in the square of its length.
+            if matches!(op.action, OpType::Make(_)) && path.len() < MAX_DEPTH {
                 let id = format!("{}@{}", writer.start_op + n as u64, writer.actor);
                 if let Ok((obj, _)) = doc.import(&id) {
                     let mut made: Vec<Seg> = path.clone();
@@ -189,6 +239,13 @@ impl<'a> Checker<'a> {
         }
         Ok(())
     }
+}
+
+/// The keys from the root to where `op` writes.
+fn keys<'a>(path: &'a [Seg], op: &'a Op) -> impl Iterator<Item = &'a str> {
+    path.iter()
+        .map(|s| s.key.as_str())
+        .chain(std::iter::once(op_key(op).unwrap_or("#")))
 }
 
 struct Writer {
@@ -221,8 +278,7 @@ fn path_of(doc: &Automerge, id: &str) -> Option<Vec<Seg>> {
         };
         segs.push(Seg { key, obj: child });
         child = parent.obj.clone();
-        // Documents errand writes are four levels deep at most.
-        if segs.len() > 16 {
+        if segs.len() > MAX_DEPTH {
             return None;
         }
     }

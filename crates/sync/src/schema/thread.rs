@@ -506,6 +506,24 @@ pub struct TaskState {
     pub target: String,
     pub cancel_requested: bool,
     pub created: i64,
+    /// Its place in the thread's order.
+    pub order: TaskOrder,
+}
+
+/// Where a task stands in its thread's order (see [`causal_key`]): sorts as the thread does,
+/// so a reader that keeps some of a thread's tasks keeps them in order without reading the
+/// others.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskOrder {
+    key: (u64, Vec<u8>),
+    id: String,
+}
+
+impl TaskOrder {
+    /// The task's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
 }
 
 /// The state of every task not in `skip`, in the thread's order (causal, see [`causal_key`]).
@@ -515,20 +533,32 @@ pub fn task_states(doc: &impl ReadDoc, skip: &std::collections::HashSet<String>)
     task_objects(doc)
         .into_iter()
         .filter(|(id, _)| !skip.contains(id))
-        .map(|(id, obj)| {
-            let fields = Fields::read(doc, &obj);
-            TaskState {
-                status: fields
-                    .str("status")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(TaskStatus::Queued),
-                target: fields.str("target").unwrap_or_default(),
-                cancel_requested: fields.bool("cancel_requested").unwrap_or(false),
-                created: fields.i64("created").unwrap_or(0),
-                id,
-            }
-        })
+        .map(|(id, obj)| state_of(doc, id, &obj))
         .collect()
+}
+
+/// One task's state, by its id: a few map look-ups, whatever the length of the thread.
+pub fn task_state(doc: &impl ReadDoc, id: &str) -> Option<TaskState> {
+    let obj = task_obj(doc, id).ok()?;
+    Some(state_of(doc, id.to_owned(), &obj))
+}
+
+fn state_of(doc: &impl ReadDoc, id: String, obj: &ObjId) -> TaskState {
+    let fields = Fields::read(doc, obj);
+    TaskState {
+        status: fields
+            .str("status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(TaskStatus::Queued),
+        target: fields.str("target").unwrap_or_default(),
+        cancel_requested: fields.bool("cancel_requested").unwrap_or(false),
+        created: fields.i64("created").unwrap_or(0),
+        order: TaskOrder {
+            key: causal_key(obj),
+            id: id.clone(),
+        },
+        id,
+    }
 }
 
 /// Every task of the thread, in the thread's order (causal, see [`causal_key`]).
@@ -635,50 +665,60 @@ pub fn approvals(doc: &impl ReadDoc, thread: &str) -> Vec<Approval> {
     let Some(approvals) = get_obj(doc, &ROOT, "approvals") else {
         return Vec::new();
     };
-    let objects = |map: &ObjId| -> Vec<(String, ObjId)> {
-        doc.map_range(map, ..)
-            .filter(|item| matches!(item.value, automerge::ValueRef::Object(_)))
-            .map(|item| (item.key.to_string(), item.id()))
-            .collect()
-    };
-    let mut out: Vec<Approval> = objects(&approvals)
+    let mut out: Vec<Approval> = objects(doc, &approvals)
         .into_iter()
-        .filter_map(|(id, obj)| {
-            let fields = Fields::read(doc, &obj);
-            let decisions = fields
-                .obj("decisions")
-                .map(|d| {
-                    objects(d)
-                        .into_iter()
-                        .filter_map(|(device, e)| {
-                            let e = Fields::read(doc, &e);
-                            Some(Decision {
-                                approve: e.bool("approve")?,
-                                at: e.i64("at")?,
-                                signature: e.str("signature")?,
-                                device,
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            Some(Approval {
-                thread: thread.to_owned(),
-                task: fields.str("task")?,
-                action: fields.str("action").unwrap_or_default(),
-                class: fields.str("class").unwrap_or_default(),
-                requested_by: fields.str("requested_by").unwrap_or_default(),
-                requested_at: fields.i64("requested_at").unwrap_or(0),
-                expires_at: fields.i64("expires_at").unwrap_or(0),
-                decisions,
-                expired: fields.i64("expired_at").is_some()
-                    && written_by_creator(doc, &obj, "expired_at"),
-                id,
-            })
-        })
+        .filter_map(|(id, obj)| approval_at(doc, thread, id, &obj))
         .collect();
     out.sort_by(|a, b| (a.requested_at, &a.id).cmp(&(b.requested_at, &b.id)));
     out
+}
+
+/// One approval request, by its id (a few map look-ups, whatever the number of requests).
+pub fn approval(doc: &impl ReadDoc, thread: &str, id: &str) -> Option<Approval> {
+    let approvals = get_obj(doc, &ROOT, "approvals")?;
+    let obj = get_obj(doc, &approvals, id)?;
+    approval_at(doc, thread, id.to_owned(), &obj)
+}
+
+/// The entries of a map that are objects, with their keys.
+fn objects(doc: &impl ReadDoc, map: &ObjId) -> Vec<(String, ObjId)> {
+    doc.map_range(map, ..)
+        .filter(|item| matches!(item.value, automerge::ValueRef::Object(_)))
+        .map(|item| (item.key.to_string(), item.id()))
+        .collect()
+}
+
+fn approval_at(doc: &impl ReadDoc, thread: &str, id: String, obj: &ObjId) -> Option<Approval> {
+    let fields = Fields::read(doc, obj);
+    let decisions = fields
+        .obj("decisions")
+        .map(|d| {
+            objects(doc, d)
+                .into_iter()
+                .filter_map(|(device, e)| {
+                    let e = Fields::read(doc, &e);
+                    Some(Decision {
+                        approve: e.bool("approve")?,
+                        at: e.i64("at")?,
+                        signature: e.str("signature")?,
+                        device,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Approval {
+        thread: thread.to_owned(),
+        task: fields.str("task")?,
+        action: fields.str("action").unwrap_or_default(),
+        class: fields.str("class").unwrap_or_default(),
+        requested_by: fields.str("requested_by").unwrap_or_default(),
+        requested_at: fields.i64("requested_at").unwrap_or(0),
+        expires_at: fields.i64("expires_at").unwrap_or(0),
+        decisions,
+        expired: fields.i64("expired_at").is_some() && written_by_creator(doc, obj, "expired_at"),
+        id,
+    })
 }
 
 /// The bytes a deciding device signs: everything the decision is about, so a signature cannot
