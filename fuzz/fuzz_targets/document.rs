@@ -5,5 +5,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let t = errand_fuzz::target();
-    let _ = t.repo.import(&t.doc, data);
+    let _ = t.repo.import(&t.doc, data, &[]);
 });
