@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p errand-tests --bin errand-bench -- [--json] [--iterations N] [--sync-runs N]
-//!     [--round-trips N] [--only abcde]
+//!     [--round-trips N] [--only abcdef]
 //! ```
 //!
 //! (a) Propagation of one new task from a phone home to a desktop home over an established
@@ -28,9 +28,15 @@
 //!     `scripts/setup-tests`, running as the desktop's child process), measured as (d) in a
 //!     thread of 0 tasks, beside `/sh true` measured the same way in the same run.
 //!
+//! (f) Through running nodes (`bench/nodes.rs`): one new task from a phone `Node` to a desktop
+//!     `Node` running its executor and event watcher, on a thread of 100 and of 10,000 tasks.
+//!
 //! Bytes on the wire are the UDP payload bytes of the phone's connection in both directions
 //! (`Connection::stats()`: `udp_tx.bytes + udp_rx.bytes`), i.e. everything both endpoints sent
 //! to each other: QUIC headers, encryption overhead, acks and the framed sync messages.
+
+#[path = "bench/nodes.rs"]
+mod nodes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,7 +105,7 @@ fn parse_args() -> Result<Args> {
         iterations: None,
         sync_runs: 5,
         round_trips: 100,
-        only: "abcd".into(),
+        only: "abcdf".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -131,8 +137,8 @@ fn parse_args() -> Result<Args> {
             }
             "--only" => {
                 let sections = it.next().context("--only needs section letters, e.g. ad")?;
-                if sections.is_empty() || !sections.chars().all(|c| "abcde".contains(c)) {
-                    bail!("--only {sections:?}: give some of the letters a, b, c, d, e");
+                if sections.is_empty() || !sections.chars().all(|c| "abcdef".contains(c)) {
+                    bail!("--only {sections:?}: give some of the letters a, b, c, d, e, f");
                 }
                 args.only = sections;
             }
@@ -145,7 +151,7 @@ fn parse_args() -> Result<Args> {
                      (default 300 at 1,000 tasks, 100 at 10,000)\n\
                      --sync-runs N    fresh phones per initial-sync size (default 5)\n\
                      --round-trips N  timed /sh true round trips per thread size (default 100)\n\
-                     --only SECTIONS  run only these of the sections a, b, c, d, e (default abcde)"
+                     --only SECTIONS  run only these of the sections a, b, c, d, e, f (default abcdf)"
                 );
                 std::process::exit(0);
             }
@@ -1702,13 +1708,29 @@ async fn run(args: Args) -> Result<()> {
             mcp.push(round_trip(0, args.round_trips, prompt).await?);
         }
     }
+    let mut through_nodes = Vec::new();
+    for tasks in nodes::THREADS.into_iter().filter(|_| run_section('f')) {
+        let iters = args.iterations.unwrap_or(100);
+        note(&format!(
+            "(f) new task through running nodes on a thread of {} tasks, {iters} iterations",
+            group(tasks)
+        ));
+        through_nodes.push(nodes::node_propagation(tasks, iters).await?);
+    }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report_json(&props, &syncs, &parts, &trips, &mcp))?
-        );
+        let mut report = report_json(&props, &syncs, &parts, &trips, &mcp);
+        if !through_nodes.is_empty()
+            && let Some(all) = report.as_object_mut()
+        {
+            all.insert("through_nodes".into(), nodes::json(&through_nodes));
+        }
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         report_table(&props, &syncs, &parts, &trips, &mcp);
+        if !through_nodes.is_empty() {
+            println!();
+            nodes::table(&through_nodes);
+        }
     }
     Ok(())
 }
