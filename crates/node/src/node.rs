@@ -213,7 +213,11 @@ pub struct Node {
     lan: LanSightings,
     clocks: Clocks,
     presence: crate::presence::Presence,
+    /// The membership last evaluated, and the index heads it was evaluated at.
+    membership_cache: Mutex<Option<(Vec<automerge::ChangeHash>, MembershipNow)>>,
 }
+
+type MembershipNow = Option<errand_pairing::membership::Membership>;
 
 fn now_unix() -> u64 {
     std::time::SystemTime::now()
@@ -282,6 +286,7 @@ impl Node {
             lan: LanSightings::default(),
             clocks,
             presence,
+            membership_cache: Mutex::default(),
         };
         if config.lan_discovery {
             let (repo, replicator, lan, gate) = (
@@ -357,8 +362,23 @@ impl Node {
 
     /// The verified membership: from the pinned root, over the index and the ledger of what
     /// this device has seen (see [`MembershipGate`]).
+    /// The verified membership as of the index here. Evaluating it checks every certificate's
+    /// signature, so it is evaluated again only when the index changed since the last time
+    /// (membership is a function of the index and of the ledger, which only the index feeds).
     fn membership(&self) -> Option<errand_pairing::membership::Membership> {
-        self.gate.refresh(&self.repo)
+        let heads = self.repo.heads(&DocId::index()).unwrap_or_default();
+        let mut cached = self
+            .membership_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((at, membership)) = cached.as_ref()
+            && *at == heads
+        {
+            return membership.clone();
+        }
+        let membership = self.gate.refresh(&self.repo);
+        *cached = Some((heads, membership.clone()));
+        membership
     }
 
     /// The addresses this node can be dialled at.
@@ -441,8 +461,9 @@ impl Node {
                     Err(broadcast::error::RecvError::Lagged(_)) => None,
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                // Who belongs and where they are: only index changes beyond its thread list
-                // can change that (a new thread is the index's most frequent change).
+                // Who belongs: only index changes beyond its thread list can change that (a
+                // new thread is the index's most frequent change, and evaluating the
+                // membership checks every certificate's signature).
                 if changed
                     .as_ref()
                     .is_none_or(|c| c.doc.is_index() && c.touched.other)
@@ -466,6 +487,9 @@ impl Node {
                             );
                         }
                     }
+                }
+                // Where they are: cheap, and every index change may be worth a dial.
+                if changed.as_ref().is_none_or(|c| c.doc.is_index()) {
                     refresh_peers(&repo, &replicator, &gate, me, &lan);
                 }
                 for ev in watcher.changed(&repo, changed.as_ref(), membership.as_ref()) {
@@ -948,20 +972,7 @@ impl Node {
     pub fn tasks(&self, thread: Option<&str>) -> Result<Vec<thread::Task>, NodeError> {
         let threads = match thread {
             Some(t) => vec![self.resolve_thread(t)?],
-            None => {
-                // Listed threads, and any whose listing has not arrived yet.
-                let mut ids: Vec<DocId> = self
-                    .threads()?
-                    .iter()
-                    .filter_map(|t| DocId::parse(&t.id))
-                    .collect();
-                for id in self.repo.doc_ids()? {
-                    if !id.is_index() && !ids.contains(&id) {
-                        ids.push(id);
-                    }
-                }
-                ids
-            }
+            None => self.all_threads()?,
         };
         let mut each = Vec::new();
         for t in threads {
@@ -972,23 +983,44 @@ impl Node {
         Ok(interleave(each))
     }
 
+    /// Listed threads, and any held whose listing has not arrived yet.
+    fn all_threads(&self) -> Result<Vec<DocId>, NodeError> {
+        let mut ids: Vec<DocId> = self
+            .threads()?
+            .iter()
+            .filter_map(|t| DocId::parse(&t.id))
+            .collect();
+        let listed: std::collections::HashSet<DocId> = ids.iter().cloned().collect();
+        for id in self.repo.doc_ids()? {
+            if !id.is_index() && !listed.contains(&id) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
     /// Finds a task by id prefix.
     pub fn task(&self, needle: &str) -> Result<thread::Task, NodeError> {
         let needle = needle.trim();
         if needle.is_empty() {
             return Err(NodeError::BadInput("name a task".into()));
         }
-        let tasks = self.tasks(None)?;
-        let matches: Vec<_> = tasks
-            .into_iter()
-            .filter(|t| t.id.starts_with(needle))
-            .collect();
-        match matches.len() {
-            1 => Ok(matches
-                .into_iter()
-                .next()
-                .ok_or_else(|| NodeError::NotFound(needle.into()))?),
-            0 => Err(NodeError::NotFound(format!("no task {needle:?}"))),
+        // Ids first, tasks only for the one found: a look-up per thread for a whole id.
+        let mut matches: Vec<(DocId, String)> = Vec::new();
+        for t in self.all_threads()? {
+            let ids = self
+                .repo
+                .read(&t, |d| thread::task_ids_like(d, needle))?
+                .unwrap_or_default();
+            matches.extend(ids.into_iter().map(|id| (t.clone(), id)));
+        }
+        match matches.as_slice() {
+            [(t, id)] => self
+                .repo
+                .read(t, |d| thread::task(d, t.as_str(), id))?
+                .flatten()
+                .ok_or_else(|| NodeError::NotFound(format!("no task {needle:?}"))),
+            [] => Err(NodeError::NotFound(format!("no task {needle:?}"))),
             _ => Err(NodeError::Ambiguous(format!(
                 "{needle:?} names more than one task"
             ))),

@@ -366,6 +366,26 @@ pub fn title(doc: &impl ReadDoc) -> Option<String> {
     get_str(doc, &ROOT, "title")
 }
 
+/// The ids of the tasks whose id starts with `needle`: the one task with exactly that id
+/// when there is one (a few map look-ups), else every id with that prefix (reads ids, not
+/// tasks).
+pub fn task_ids_like(doc: &impl ReadDoc, needle: &str) -> Vec<String> {
+    if task_obj(doc, needle).is_ok() {
+        return vec![needle.to_owned()];
+    }
+    let Some(tasks) = get_obj(doc, &ROOT, "tasks") else {
+        return Vec::new();
+    };
+    doc.keys(&tasks)
+        .filter_map(|b| get_obj(doc, &tasks, &b))
+        .flat_map(|bucket| {
+            doc.keys(&bucket)
+                .filter(|id| id.starts_with(needle))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 pub fn task(doc: &impl ReadDoc, thread: &str, id: &str) -> Option<Task> {
     let obj = task_obj(doc, id).ok()?;
     Some(task_at(doc, thread, id, &obj))
