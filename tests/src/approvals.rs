@@ -8,30 +8,14 @@ use std::time::Duration;
 
 use errand_executor::agent::Limits;
 use errand_executor::policy::Policy;
-use errand_executor::runner::{self, Authority, ExecutorConfig, ExecutorHandle};
+use errand_executor::runner::{self, ExecutorConfig, ExecutorHandle};
 use errand_node::{Node, NodeEvent};
 use errand_sync::schema::now_millis;
 use errand_sync::schema::thread::{self, Decision, TaskStatus};
-use errand_sync::{DeviceId, DocId, Role};
+use errand_sync::{DocId, Role};
 
+use crate::members::Members;
 use crate::support::{TestNode, WAIT, desktop, done, dropped, node, node_in, pair, until};
-
-/// The desktop's view of who may send and approve, as `errand up` wires it: the verified
-/// membership.
-#[derive(Debug)]
-pub(crate) struct Members(pub(crate) Arc<Node>);
-
-impl Authority for Members {
-    fn may_send(&self, device: &DeviceId) -> bool {
-        self.0.may_send(device)
-    }
-    fn may_approve(&self, device: &DeviceId) -> bool {
-        self.0.may_approve(device)
-    }
-    fn name(&self, device: &DeviceId) -> Option<String> {
-        self.0.device_name(device)
-    }
-}
 
 /// A desktop running its executor, a phone and a viewer, all paired.
 async fn desk_phone_and_viewer() -> (TestNode, TestNode, TestNode, ExecutorHandle) {

@@ -5,6 +5,7 @@
 //! The benchmark binary, `errand-bench`, lives beside this in `src/bin`.
 
 pub mod hostile;
+pub mod members;
 pub mod model_server;
 pub mod ntfy;
 

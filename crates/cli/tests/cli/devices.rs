@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    Daemon, Home, array, paired_with, path_str, read_ticket, send, short, str_field, wait_until,
+    Daemon, Home, array, join_through, paired_with, path_str, send, short, str_field, wait_until,
 };
 
 const ALLOW_SHELL: &str = "[actions]\nshell = \"allow\"\n";
@@ -19,29 +19,6 @@ fn allow_shell(home: &Home) -> PathBuf {
     let file = home.file("policy.toml");
     fs::write(&file, ALLOW_SHELL).expect("write the policy file");
     file
-}
-
-/// `member` issues a ticket (through its running daemon, or on its own) and `newcomer` joins
-/// with it under `name` and `role`; returns the newcomer's device id.
-pub(crate) fn join_through(member: &Home, newcomer: &Home, name: &str, role: &str) -> String {
-    let ticket_file = member.file(&format!("ticket-for-{name}.txt"));
-    let mut pair = member.spawn(&[
-        "pair",
-        "--yes",
-        "--role",
-        role,
-        "--ticket-file",
-        path_str(&ticket_file),
-    ]);
-    pair.expect_line("the waiting line", |l| {
-        l.starts_with("waiting for a device to join")
-    });
-    let ticket = read_ticket(&ticket_file);
-    newcomer
-        .run(&["join", &ticket, "--name", name, "--role", role])
-        .success();
-    assert!(pair.wait_exit(Duration::from_secs(15)).success());
-    newcomer.device_id()
 }
 
 fn added_line(name: &str, id: &str, role: &str) -> String {

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::devices::join_through;
+use crate::support::join_through;
 use crate::support::{Home, array, paired, str_field};
 
 /// The doctor's verdict on `device`, as `home` gives it.

@@ -13,8 +13,8 @@ use std::time::Duration;
 use errand_tests::ntfy::Ntfy;
 use serde_json::Value;
 
-use crate::devices::join_through;
 use crate::executor::setup_home;
+use crate::support::join_through;
 use crate::support::{Home, array, path_str, str_field, wait_until};
 
 const ALLOW_SHELL: &str = "[actions]\nshell = \"allow\"\n";

@@ -703,10 +703,11 @@ pub fn is_task_line(line: &str, task: &str, prompt: &str) -> bool {
         && (line.ends_with(&format!(": {prompt}")) || line.contains(&format!(": {prompt} (")))
 }
 
-/// `desk` (whose daemon is `daemon`) issues a ticket for `role` and `newcomer` joins with it.
-pub fn join(desk: &Home, daemon: &mut Daemon, newcomer: &Home, name: &str, role: &str) -> String {
-    let ticket_file = desk.file(&format!("ticket-for-{name}.txt"));
-    let mut pair = desk.spawn(&[
+/// `member` issues a ticket (through its running daemon, or on its own) and `newcomer` joins
+/// with it under `name` and `role`; returns the newcomer's device id.
+pub fn join_through(member: &Home, newcomer: &Home, name: &str, role: &str) -> String {
+    let ticket_file = member.file(&format!("ticket-for-{name}.txt"));
+    let mut pair = member.spawn(&[
         "pair",
         "--yes",
         "--role",
@@ -718,9 +719,16 @@ pub fn join(desk: &Home, daemon: &mut Daemon, newcomer: &Home, name: &str, role:
         l.starts_with("waiting for a device to join")
     });
     let ticket = read_ticket(&ticket_file);
-    newcomer.run(&["join", &ticket, "--name", name]).success();
+    newcomer
+        .run(&["join", &ticket, "--name", name, "--role", role])
+        .success();
     assert!(pair.wait_exit(Duration::from_secs(15)).success());
-    let id = newcomer.device_id();
+    newcomer.device_id()
+}
+
+/// [`join_through`] the desktop whose daemon is `daemon`, which reports the new device.
+pub fn join(desk: &Home, daemon: &mut Daemon, newcomer: &Home, name: &str, role: &str) -> String {
+    let id = join_through(desk, newcomer, name, role);
     let added = format!("device {name} ({}) added as {role}", short(&id));
     daemon.expect_line(&added, |l| l == added);
     id

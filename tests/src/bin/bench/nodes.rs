@@ -15,11 +15,12 @@ use anyhow::{Context, Result, bail};
 use errand_executor::agent::Limits;
 use errand_executor::connectors::Connectors;
 use errand_executor::policy::Policy;
-use errand_executor::runner::{self as executor, Authority, ExecutorConfig};
+use errand_executor::runner::{self as executor, ExecutorConfig};
 use errand_node::{Node, NodeConfig};
+use errand_sync::Role;
 use errand_sync::schema::thread::{self, TaskStatus};
 use errand_sync::schema::{self, DocId};
-use errand_sync::{DeviceId, Role};
+use errand_tests::members::Members;
 use serde_json::{Value as Json, json};
 use tokio::sync::broadcast;
 
@@ -32,22 +33,6 @@ const GOAL_MEDIAN_MS: f64 = 2.0;
 const GOAL_RATIO: f64 = 1.5;
 /// Tasks per change when building the desktop's thread.
 const BATCH: usize = 500;
-
-/// The desktop's executor asks the node who may send and approve, as `errand up` does.
-#[derive(Debug)]
-struct Members(Arc<Node>);
-
-impl Authority for Members {
-    fn may_send(&self, device: &DeviceId) -> bool {
-        self.0.may_send(device)
-    }
-    fn may_approve(&self, device: &DeviceId) -> bool {
-        self.0.may_approve(device)
-    }
-    fn name(&self, device: &DeviceId) -> Option<String> {
-        self.0.device_name(device)
-    }
-}
 
 #[derive(Debug)]
 pub struct NodePropagation {
