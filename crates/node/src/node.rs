@@ -361,8 +361,7 @@ impl Node {
     }
 
     /// The verified membership: from the pinned root, over the index and the ledger of what
-    /// this device has seen (see [`MembershipGate`]).
-    /// The verified membership as of the index here. Evaluating it checks every certificate's
+    /// this device has seen (see [`MembershipGate`]). Evaluating it checks every certificate's
     /// signature, so it is evaluated again only when the index changed since the last time
     /// (membership is a function of the index and of the ledger, which only the index feeds).
     fn membership(&self) -> Option<errand_pairing::membership::Membership> {
