@@ -94,7 +94,9 @@ pub fn sign(key: &iroh::SecretKey, space: &SpaceId, doc: &DocId, hash: &ChangeHa
     key.sign(&signed_bytes(space, doc, hash)).to_bytes()
 }
 
-/// Whether `sig` is `device`'s signature of the change `hash` in `doc`.
+/// Whether `sig` is `device`'s signature of the change `hash` in `doc`. The same check as
+/// iroh's `PublicKey::verify` (strict verification), with the key decompressed once per
+/// device rather than once per signature.
 pub fn verify(
     device: &DeviceId,
     space: &SpaceId,
@@ -102,8 +104,46 @@ pub fn verify(
     hash: &ChangeHash,
     sig: &[u8; 64],
 ) -> bool {
-    let sig = iroh::Signature::from_bytes(sig);
-    device.verify(&signed_bytes(space, doc, hash), &sig).is_ok()
+    let Some(known) = known(device.as_bytes()) else {
+        return false;
+    };
+    let sig = ed25519_dalek::Signature::from_bytes(sig);
+    known
+        .key
+        .verify_strict(&signed_bytes(space, doc, hash), &sig)
+        .is_ok()
+}
+
+/// A device key seen before, decompressed: decompressing a point costs a good part of a
+/// verification, and every received change names its author's key (twice: as the actor that
+/// is turned into a device, and as the key its signature is checked with).
+#[derive(Clone, Copy)]
+struct Known {
+    device: DeviceId,
+    key: ed25519_dalek::VerifyingKey,
+}
+
+/// How many keys are kept. A space has a handful of devices; the bound is for a member that
+/// names made-up actors (the cache then starts over, which only costs time).
+const MAX_KNOWN: usize = 1024;
+
+type KnownKeys = std::collections::HashMap<[u8; 32], Known>;
+static KNOWN: std::sync::LazyLock<std::sync::Mutex<KnownKeys>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn known(bytes: &[u8; 32]) -> Option<Known> {
+    let mut keys = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = keys.get(bytes) {
+        return Some(*known);
+    }
+    let key = ed25519_dalek::VerifyingKey::from_bytes(bytes).ok()?;
+    let device = DeviceId::from_bytes(bytes).ok()?;
+    if keys.len() >= MAX_KNOWN {
+        keys.clear();
+    }
+    let known = Known { device, key };
+    keys.insert(*bytes, known);
+    Some(known)
 }
 
 /// Verifies many changes' signatures (a new device's first sync brings thousands), on every
@@ -121,10 +161,11 @@ pub fn verify_all(
                 device: *device,
             })
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let failure = if signed.len() < 256 || threads < 2 {
-        check(signed)
-    } else {
+    // Asking how many cores there are reads cgroup files: about as long as one verification,
+    // so it is asked only when there are enough signatures to share out.
+    let threads = || std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let shared = (signed.len() >= 256).then(threads).filter(|&n| n >= 2);
+    let failure = if let Some(threads) = shared {
         let per = signed.len().div_ceil(threads);
         std::thread::scope(|s| {
             let parts: Vec<_> = signed
@@ -137,6 +178,8 @@ pub fn verify_all(
                 .find(Option::is_some)
                 .flatten()
         })
+    } else {
+        check(signed)
     };
     match failure {
         Some(refusal) => Err(refusal),
@@ -148,7 +191,7 @@ pub fn verify_all(
 pub fn author(actor: &ActorId) -> Option<DeviceId> {
     let bytes = actor.to_bytes();
     let key: [u8; 32] = bytes.get(..32)?.try_into().ok()?;
-    DeviceId::from_bytes(&key).ok()
+    known(&key).map(|k| k.device)
 }
 
 /// The key of a change's signature in an [`Envelope`].

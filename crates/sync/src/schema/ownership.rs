@@ -109,11 +109,37 @@ pub fn check(
     )
 }
 
-/// The paths of a document's objects found so far ("counter@actor" to the path). An object
-/// never moves, so a path once found holds for the document's life in memory; kept with the
-/// loaded document, so a thread's buckets are looked up once, not on every received task.
+/// The paths of a document's objects found so far. An object never moves, so a path once
+/// found holds for the document's life in memory; kept with the loaded document, so a
+/// thread's buckets are looked up once, not on every received task.
 #[derive(Debug, Default)]
-pub struct Paths(std::collections::HashMap<String, Vec<Seg>>);
+pub struct Paths(std::collections::HashMap<ObjKey, Vec<Seg>>);
+
+/// An object as a change names it: the root, or the operation that made it. Kept as the
+/// operation's counter and actor, not as automerge's "counter@actor" text, because every
+/// operation looks its object up and formatting an actor as hex showed in profiles.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum ObjKey {
+    Root,
+    Made(u64, automerge::ActorId),
+}
+
+impl ObjKey {
+    fn of(obj: &ObjectId) -> ObjKey {
+        match obj {
+            ObjectId::Root => ObjKey::Root,
+            ObjectId::Id(id) => ObjKey::Made(id.counter(), id.actor().clone()),
+        }
+    }
+
+    /// How automerge's `import` spells it.
+    fn text(&self) -> String {
+        match self {
+            ObjKey::Root => "_root".to_owned(),
+            ObjKey::Made(counter, actor) => format!("{counter}@{actor}"),
+        }
+    }
+}
 
 /// The deepest path followed. Documents errand writes are five levels deep at most; an
 /// operation deeper than this is refused (a check) or only counted as "other" (what a change
@@ -203,15 +229,12 @@ impl<'a> Checker<'a> {
             start_op: change.start_op.get(),
         };
         for (n, op) in change.operations.iter().enumerate() {
-            let obj_key = match &op.obj {
-                ObjectId::Root => "_root".to_owned(),
-                ObjectId::Id(id) => format!("{}@{}", id.counter(), id.actor()),
-            };
+            let obj_key = ObjKey::of(&op.obj);
             if !self.paths.0.contains_key(&obj_key) {
-                let path = path_of(doc, &obj_key).ok_or_else(|| Violation {
+                let path = path_of(doc, &obj_key.text()).ok_or_else(|| Violation {
                     author: writer.device.clone(),
                     what: "writes into an object the document does not hold".into(),
-                    path: obj_key.clone(),
+                    path: obj_key.text(),
                 })?;
                 self.paths.0.insert(obj_key.clone(), path);
             }
@@ -226,8 +249,8 @@ impl<'a> Checker<'a> {
             // past errand's depth: a change nesting objects thousands deep would otherwise
             // have its paths cost memory in the square of its length.
             if matches!(op.action, OpType::Make(_)) && path.len() < MAX_DEPTH {
-                let id = format!("{}@{}", writer.start_op + n as u64, writer.actor);
-                if let Ok((obj, _)) = doc.import(&id) {
+                let id = ObjKey::Made(writer.start_op + n as u64, writer.actor.clone());
+                if let Ok((obj, _)) = doc.import(&id.text()) {
                     let mut made: Vec<Seg> = path.clone();
                     made.push(Seg {
                         key: op_key(op).unwrap_or("#").to_owned(),
@@ -428,8 +451,9 @@ fn thread_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
         }
         ["tasks", _, _] => {
             let sender = creator(&container);
-            let target = target_of(doc, &container);
-            let is_target = target.as_deref() == Some(w.device.as_str());
+            // Read only where a rule needs it: a new task's own fields (most of what is
+            // received) are decided by its sender alone.
+            let is_target = || target_of(doc, &container).as_deref() == Some(w.device.as_str());
             match key {
                 Some(k) if SENDER_FIELDS.contains(&k) => {
                     if w.device != sender {
@@ -442,14 +466,14 @@ fn thread_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
                         matches!(&op.action, OpType::Put(ScalarValue::Str(s)) if s == "queued");
                     // The sender writes `queued` once, in the change that creates the task.
                     let creating = w.created_here(&container) && op.pred.is_empty();
-                    if is_target || (w.device == sender && queued && creating) {
+                    if (w.device == sender && queued && creating) || is_target() {
                         Ok(())
                     } else {
                         refuse("writes the status of a task it does not run")
                     }
                 }
                 Some(k) if EXECUTOR_FIELDS.contains(&k) => {
-                    if !is_target {
+                    if !is_target() {
                         return refuse(format!("writes the {k} of a task it does not run"));
                     }
                     Ok(())
