@@ -831,15 +831,15 @@ impl Node {
             .unwrap_or_default())
     }
 
-    /// Finds a thread by id prefix.
+    /// Finds a thread by id prefix. Reads the listed ids, not the threads' entries.
     pub fn resolve_thread(&self, needle: &str) -> Result<DocId, NodeError> {
-        let threads = self.threads()?;
-        let matches: Vec<_> = threads
-            .iter()
-            .filter(|t| t.id.starts_with(needle))
-            .collect();
+        self.require_space()?;
+        let matches = self
+            .repo
+            .read(&DocId::index(), |d| index::thread_ids_like(d, needle))?
+            .unwrap_or_default();
         match matches.as_slice() {
-            [one] => DocId::parse(&one.id).ok_or_else(|| NodeError::NotFound(one.id.clone())),
+            [one] => DocId::parse(one).ok_or_else(|| NodeError::NotFound(one.clone())),
             [] => Err(NodeError::NotFound(format!("no thread {needle:?}"))),
             _ => Err(NodeError::Ambiguous(format!(
                 "{needle:?} names more than one thread"
@@ -1064,7 +1064,10 @@ impl Node {
         let doc = self.doc_arg(doc)?;
         let entries = self
             .repo
-            .read(&doc, schema::history)?
+            .read(&doc, |d| match limit {
+                Some(n) => schema::history_tail(d, n),
+                None => schema::history(d),
+            })?
             .ok_or_else(|| NodeError::NotFound(format!("no document {doc}")))?;
         let names: std::collections::HashMap<String, String> = self
             .membership()
@@ -1074,10 +1077,8 @@ impl Node {
                     .collect()
             })
             .unwrap_or_default();
-        let skip = limit.map_or(0, |l| entries.len().saturating_sub(l));
         Ok(entries
             .into_iter()
-            .skip(skip)
             .map(|entry| HistoryLine {
                 device: names
                     .get(&entry.device_id)

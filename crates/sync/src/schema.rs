@@ -280,19 +280,95 @@ pub struct HistoryEntry {
     pub message: String,
 }
 
-/// Every change of a document in causal order, oldest first.
+/// Every change of a document in causal order, oldest first. Reads the changes' metadata only,
+/// not their operations.
 pub fn history(doc: &automerge::Automerge) -> Vec<HistoryEntry> {
-    doc.get_changes(&[])
-        .into_iter()
-        .map(|change| HistoryEntry {
-            hash: change.hash().to_string(),
-            device_id: crate::ids::actor_device(change.actor_id()),
-            actor: change.actor_id().to_hex_string(),
-            seq: change.seq(),
-            time: change.timestamp(),
-            message: change.message().map(str::to_owned).unwrap_or_default(),
-        })
+    doc.get_changes_meta(&[])
+        .iter()
+        .map(history_entry)
         .collect()
+}
+
+/// The newest `n` changes of a document, found by walking back from its heads: the cost grows
+/// with `n`, not with the document's history. Oldest first, each change after those it
+/// depends on.
+///
+/// The walk takes the newest change it can reach (by the writer's clock, then hash). Where
+/// devices' clocks disagree this can differ from the last `n` of [`history`], which orders
+/// concurrent changes its own way; every change shown is still in causal order.
+pub fn history_tail(doc: &automerge::Automerge, n: usize) -> Vec<HistoryEntry> {
+    use std::collections::{BinaryHeap, HashMap, HashSet};
+    type Meta = automerge::ChangeMetadata<'static>;
+    let meta = |hash: &ChangeHash| doc.get_change_meta_by_hash(hash).map(|m| m.into_owned());
+    let mut frontier: BinaryHeap<(i64, ChangeHash)> = BinaryHeap::new();
+    let mut reached: HashMap<ChangeHash, Meta> = HashMap::new();
+    for head in doc.get_heads() {
+        if let Some(m) = meta(&head) {
+            frontier.push((m.timestamp, head));
+            reached.insert(head, m);
+        }
+    }
+    let mut taken: HashMap<ChangeHash, Meta> = HashMap::new();
+    while taken.len() < n {
+        let Some((_, hash)) = frontier.pop() else {
+            break;
+        };
+        let Some(m) = reached.remove(&hash) else {
+            continue;
+        };
+        for dep in &m.deps {
+            if !taken.contains_key(dep)
+                && !reached.contains_key(dep)
+                && let Some(d) = meta(dep)
+            {
+                frontier.push((d.timestamp, *dep));
+                reached.insert(*dep, d);
+            }
+        }
+        taken.insert(hash, m);
+    }
+    // Causal order within what was taken: each change after its dependencies (depth first,
+    // older starts first).
+    let mut starts: Vec<(i64, ChangeHash)> =
+        taken.values().map(|m| (m.timestamp, m.hash)).collect();
+    starts.sort();
+    let mut placed: HashSet<ChangeHash> = HashSet::new();
+    let mut out = Vec::with_capacity(taken.len());
+    for (_, start) in starts {
+        let mut stack = vec![(start, false)];
+        while let Some((hash, deps_done)) = stack.pop() {
+            if placed.contains(&hash) {
+                continue;
+            }
+            let Some(m) = taken.get(&hash) else {
+                continue;
+            };
+            if deps_done {
+                placed.insert(hash);
+                out.push(history_entry(m));
+            } else {
+                stack.push((hash, true));
+                stack.extend(
+                    m.deps
+                        .iter()
+                        .filter(|d| taken.contains_key(d))
+                        .map(|d| (*d, false)),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn history_entry(m: &automerge::ChangeMetadata<'_>) -> HistoryEntry {
+    HistoryEntry {
+        hash: m.hash.to_string(),
+        device_id: crate::ids::actor_device(&m.actor),
+        actor: m.actor.to_hex_string(),
+        seq: m.seq,
+        time: m.timestamp,
+        message: m.message.as_deref().unwrap_or_default().to_owned(),
+    }
 }
 
 /// Parses change hashes as printed by [`history`], separated by commas or spaces.
@@ -304,4 +380,120 @@ pub fn parse_heads(text: &str) -> Result<Vec<ChangeHash>, String> {
                 .map_err(|_| format!("{s:?} is not a change hash (64 hex digits)"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::{CommitOptions, Transactable};
+    use automerge::{ActorId, Automerge, ROOT};
+
+    use super::*;
+
+    fn commit(doc: &mut Automerge, n: i64, time: i64) {
+        doc.transact_with(
+            |_| {
+                CommitOptions::default()
+                    .with_message(format!("c{n}"))
+                    .with_time(time)
+            },
+            |tx| tx.put(ROOT, format!("k{n}"), n),
+        )
+        .unwrap();
+    }
+
+    /// Whether each entry comes after every entry it depends on.
+    fn causal(doc: &Automerge, entries: &[HistoryEntry]) -> bool {
+        let at: std::collections::HashMap<&str, usize> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.hash.as_str(), i))
+            .collect();
+        entries.iter().enumerate().all(|(i, e)| {
+            let meta = doc
+                .get_change_meta_by_hash(&e.hash.parse().unwrap())
+                .unwrap();
+            meta.deps
+                .iter()
+                .all(|d| at.get(d.to_string().as_str()).is_none_or(|j| *j < i))
+        })
+    }
+
+    #[test]
+    fn the_tail_of_a_linear_history_is_its_last_entries() {
+        let mut doc = Automerge::new();
+        for n in 0..30 {
+            commit(&mut doc, n, 1_000 + n);
+        }
+        let all = history(&doc);
+        assert_eq!(all.len(), 30);
+        for n in [0, 1, 5, 29, 30, 45] {
+            let tail = history_tail(&doc, n);
+            assert_eq!(tail, all[all.len() - n.min(30)..], "n = {n}");
+        }
+    }
+
+    #[test]
+    fn the_tail_of_concurrent_histories_is_in_causal_order() {
+        let mut a = Automerge::new().with_actor(ActorId::from([1u8; 16]));
+        for n in 0..5 {
+            commit(&mut a, n, 1_000 + n);
+        }
+        let mut b = a.fork().with_actor(ActorId::from([2u8; 16]));
+        for n in 0..6 {
+            // b's clock runs behind a's: taking by time alone would put a dependency after
+            // the change that depends on it.
+            commit(&mut a, 10 + n, 2_000 + n);
+            commit(&mut b, 20 + n, 500 + n);
+        }
+        a.merge(&mut b).unwrap();
+        commit(&mut a, 99, 3_000);
+        let all = history(&a);
+        for n in 0..=all.len() + 2 {
+            let tail = history_tail(&a, n);
+            assert_eq!(tail.len(), n.min(all.len()), "n = {n}");
+            assert!(causal(&a, &tail), "n = {n}: {tail:?}");
+            // The newest change is always there.
+            if n > 0 {
+                assert_eq!(tail.last().unwrap().message, "c99");
+            }
+        }
+        let mut whole: Vec<String> = history_tail(&a, all.len())
+            .into_iter()
+            .map(|e| e.hash)
+            .collect();
+        let mut every: Vec<String> = all.into_iter().map(|e| e.hash).collect();
+        whole.sort();
+        every.sort();
+        assert_eq!(whole, every);
+    }
+
+    #[test]
+    fn a_thread_is_found_by_its_whole_id_or_a_prefix_of_it() {
+        let mut doc = Automerge::new();
+        let ids = ["ab12", "ab34", "cd56"];
+        doc.transact::<_, _, automerge::AutomergeError>(|tx| {
+            index::create(tx, "space", "root")?;
+            for id in ids {
+                index::add_thread(
+                    tx,
+                    &index::ThreadEntry {
+                        id: id.into(),
+                        title: format!("thread {id}"),
+                        created: 1,
+                        created_by: "dev".into(),
+                        archived: false,
+                    },
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(index::thread_ids_like(&doc, "cd"), vec!["cd56"]);
+        assert_eq!(index::thread_ids_like(&doc, "ab34"), vec!["ab34"]);
+        let mut both = index::thread_ids_like(&doc, "ab");
+        both.sort();
+        assert_eq!(both, vec!["ab12", "ab34"]);
+        assert!(index::thread_ids_like(&doc, "zz").is_empty());
+        assert!(index::thread_ids_like(&Automerge::new(), "ab").is_empty());
+    }
 }

@@ -212,6 +212,20 @@ pub fn threads(doc: &impl ReadDoc) -> Vec<ThreadEntry> {
     out
 }
 
+/// The ids of the listed threads that start with `needle` (just `needle` when it is a whole
+/// id): a lookup by prefix reads the keys of the thread list, not each thread's entry.
+pub fn thread_ids_like(doc: &impl ReadDoc, needle: &str) -> Vec<String> {
+    let Some(threads) = get_obj(doc, &ROOT, "threads") else {
+        return Vec::new();
+    };
+    if get_obj(doc, &threads, needle).is_some() {
+        return vec![needle.to_owned()];
+    }
+    doc.keys(&threads)
+        .filter(|id| id.starts_with(needle))
+        .collect()
+}
+
 /// Where a device wants to be told of events: an HTTP endpoint that takes a POSTed message
 /// (a self-hosted ntfy topic, a UnifiedPush endpoint). Written by that device only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

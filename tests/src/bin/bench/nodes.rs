@@ -41,7 +41,18 @@ pub struct NodePropagation {
     /// `Node::send` alone: the phone's part (checks, transaction, durable commit).
     pub send: Stats,
     pub setup_ms: f64,
+    /// `Node::history` of the thread with a limit of [`HISTORY_LIMIT`] (`errand history
+    /// --limit 20`), on the desktop at the end.
+    pub history_tail: Stats,
+    /// The whole history of the thread, and how many commits it has.
+    pub history_all: Stats,
+    pub commits: usize,
 }
+
+/// The limit of the history timed in (f), as `errand history --limit 20` asks.
+const HISTORY_LIMIT: usize = 20;
+/// Times each history read is repeated.
+const HISTORY_READS: usize = 20;
 
 async fn open(dir: &std::path::Path) -> Result<Arc<Node>> {
     let mut config = NodeConfig::new(dir);
@@ -177,6 +188,18 @@ pub async fn node_propagation(tasks: usize, iterations: usize) -> Result<NodePro
         .await?;
     }
     exec.stop().await;
+    let (mut tail, mut all, mut commits) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..HISTORY_READS {
+        let t0 = Instant::now();
+        let lines = desk.history(Some(&first.thread), Some(HISTORY_LIMIT))?;
+        tail.push(ms(t0.elapsed()));
+        if lines.len() != HISTORY_LIMIT {
+            bail!("history --limit {HISTORY_LIMIT} gave {} lines", lines.len());
+        }
+        let t0 = Instant::now();
+        commits = desk.history(Some(&first.thread), None)?.len();
+        all.push(ms(t0.elapsed()));
+    }
     phone.shutdown().await;
     desk.shutdown().await;
     Ok(NodePropagation {
@@ -184,6 +207,9 @@ pub async fn node_propagation(tasks: usize, iterations: usize) -> Result<NodePro
         latency: stats(latency),
         send: stats(sends),
         setup_ms,
+        history_tail: stats(tail),
+        history_all: stats(all),
+        commits,
     })
 }
 
@@ -218,6 +244,16 @@ pub fn table(props: &[NodePropagation]) {
             p.setup_ms / 1e3
         );
     }
+    for p in props {
+        println!(
+            "  {:>8} tasks: history --limit {HISTORY_LIMIT} median {:.2} ms; the whole history \
+             ({} commits) {:.2} ms",
+            group(p.tasks),
+            p.history_tail.median,
+            group(p.commits),
+            p.history_all.median
+        );
+    }
     if let Some((median, ratio)) = verdict(props) {
         let met = median <= GOAL_MEDIAN_MS && ratio <= GOAL_RATIO;
         println!(
@@ -239,6 +275,10 @@ pub fn json(props: &[NodePropagation]) -> Json {
                 "latency_ms": super::stats_json(&p.latency),
                 "send_ms": super::stats_json(&p.send),
                 "setup_ms": p.setup_ms,
+                "history_limit": HISTORY_LIMIT,
+                "history_tail_ms": super::stats_json(&p.history_tail),
+                "history_all_ms": super::stats_json(&p.history_all),
+                "commits": p.commits,
             })
         })
         .collect();
