@@ -8,7 +8,7 @@ use std::time::Duration;
 use errand_pairing::membership::Certificate;
 use errand_pairing::protocol::{self as pairing, PairingEvent, PairingHost};
 use errand_pairing::{MembershipGate, Ticket, TrustHooks, identity, trust};
-use errand_sync::repo::COMPACT_AFTER_CHUNKS;
+use errand_sync::repo::Tidied;
 use errand_sync::schema::{self, DocId, HistoryEntry, index, thread};
 use errand_sync::{DeviceId, NetEvent, Replicator, Repo, Role, SpaceId, Store};
 use iroh::endpoint::{PortmapperConfig, presets};
@@ -551,9 +551,17 @@ impl Node {
                 tick.tick().await;
                 let repo = repo.clone();
                 let done =
-                    tokio::task::spawn_blocking(move || repo.compact(COMPACT_AFTER_CHUNKS)).await;
-                if let Ok(Err(e)) = done {
-                    warn!("compaction failed: {e}");
+                    tokio::task::spawn_blocking(move || repo.tidy(std::time::Instant::now())).await;
+                match done {
+                    Ok(Ok(t)) if t != Tidied::default() => {
+                        debug!(
+                            compacted = t.compacted,
+                            dropped = t.dropped,
+                            "tidied documents"
+                        );
+                    }
+                    Ok(Err(e)) => warn!("compaction failed: {e}"),
+                    _ => {}
                 }
             }
         });

@@ -43,6 +43,13 @@ const MAX_WAITING_SIGS: usize = 200_000;
 pub const COMPACT_AFTER_CHUNKS: usize = 64;
 /// A change set larger than this is stored as a fresh snapshot rather than appended.
 const SNAPSHOT_ABOVE_BYTES: usize = 64 * 1024;
+/// At most this many documents stay in memory: loading one more drops the least recently used
+/// document that is fully stored. Documents are loaded on use, so a space of any size costs the
+/// memory of the documents in use, not of all it holds.
+pub const MAX_LOADED: usize = 256;
+/// [`Repo::tidy`] drops documents unused for this long from memory (after folding their chunks
+/// into one snapshot, however few they are).
+pub const IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// A whole document with the signatures of its changes ([`Repo::save_signed`]).
 #[derive(Clone, Debug)]
@@ -117,6 +124,8 @@ struct Entry {
     waiting_sigs: HashMap<[u8; 8], [u8; 64]>,
     /// Where this document's objects are, as the owner rules found them.
     paths: crate::schema::ownership::Paths,
+    /// When it was last loaded or used.
+    used: std::time::Instant,
 }
 
 impl Entry {
@@ -132,8 +141,27 @@ impl Entry {
             unsaved_sigs: Vec::new(),
             waiting_sigs: HashMap::new(),
             paths: Default::default(),
+            used: std::time::Instant::now(),
         }
     }
+
+    /// Whether memory holds nothing the store lacks, so dropping it loses nothing. The index
+    /// stays: every node reads it all the time.
+    fn droppable(&self, id: &DocId) -> bool {
+        !id.is_index()
+            && self.doc.get_heads() == self.saved_heads
+            && self.unsaved_sigs.is_empty()
+            && self.waiting_sigs.is_empty()
+    }
+}
+
+/// What [`Repo::tidy`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tidied {
+    /// Documents whose chunks were folded into one snapshot.
+    pub compacted: usize,
+    /// Documents dropped from memory.
+    pub dropped: usize,
 }
 
 /// What a document needs written to catch the store up with memory.
@@ -321,7 +349,9 @@ impl Repo {
         docs: &'a mut HashMap<DocId, Entry>,
         id: &DocId,
     ) -> Result<Option<&'a mut Entry>, LoadError> {
-        if !docs.contains_key(id) {
+        if let Some(entry) = docs.get_mut(id) {
+            entry.used = std::time::Instant::now();
+        } else {
             let Some((bytes, chunks)) = self.store.load_doc(id.as_str())? else {
                 return Ok(None);
             };
@@ -344,7 +374,7 @@ impl Repo {
             doc.set_actor(self.actor());
             let saved_heads = doc.get_heads();
             self.note_heads(id, &saved_heads);
-            docs.insert(id.clone(), Entry::new(doc, saved_heads, chunks));
+            insert(docs, id, Entry::new(doc, saved_heads, chunks));
         }
         Ok(docs.get_mut(id))
     }
@@ -356,10 +386,10 @@ impl Repo {
         docs: &'a mut HashMap<DocId, Entry>,
         id: &DocId,
     ) -> Result<&'a mut Entry, LoadError> {
-        self.load_entry(docs, id)?;
-        Ok(docs
-            .entry(id.clone())
-            .or_insert_with(|| Entry::empty(self.actor())))
+        if self.load_entry(docs, id)?.is_none() {
+            insert(docs, id, Entry::empty(self.actor()));
+        }
+        Ok(docs.get_mut(id).expect("just inserted"))
     }
 
     /// Whether the document exists here (stored, or received and not yet empty).
@@ -397,7 +427,7 @@ impl Repo {
                 return Err(ChangeError::Exists(id.clone()));
             }
             self.quotas.check_new_document(self.held())?;
-            docs.insert(id.clone(), Entry::empty(self.actor()));
+            insert(&mut docs, id, Entry::empty(self.actor()));
         }
         let out = self.change_and_write(id, message, f);
         if out.is_err() {
@@ -697,6 +727,50 @@ impl Repo {
         Ok(self.read(id, Automerge::get_heads)?.unwrap_or_default())
     }
 
+    /// Upkeep, run every so often: folds the chunks of every loaded document that has more than
+    /// [`COMPACT_AFTER_CHUNKS`] into a snapshot, and drops from memory the documents unused for
+    /// [`IDLE_AFTER`], folding their chunks first if there are several (so a small thread is
+    /// compacted too, once it goes quiet).
+    pub fn tidy(&self, now: std::time::Instant) -> Result<Tidied, StoreError> {
+        let _writing = lock(&self.writes);
+        let mut docs = self.lock();
+        let mut done = Tidied::default();
+        let mut idle = Vec::new();
+        for (id, entry) in docs.iter_mut() {
+            let is_idle = now.saturating_duration_since(entry.used) >= IDLE_AFTER;
+            let drop_it = is_idle && entry.droppable(id);
+            if entry.chunks > COMPACT_AFTER_CHUNKS || (drop_it && entry.chunks > 1) {
+                self.snapshot(id, entry)?;
+                done.compacted += 1;
+            }
+            if drop_it {
+                idle.push(id.clone());
+            }
+        }
+        for id in idle {
+            docs.remove(&id);
+            done.dropped += 1;
+        }
+        Ok(done)
+    }
+
+    /// Replaces a loaded document's stored chunks by one snapshot. The caller holds the write
+    /// lock, so everything in memory is stored, signatures included.
+    fn snapshot(&self, id: &DocId, entry: &mut Entry) -> Result<(), StoreError> {
+        let snapshot = entry.doc.save();
+        let heads = entry.doc.get_heads();
+        self.store
+            .replace_with_snapshot(id.as_str(), &snapshot, &encode_heads(&heads), &[])?;
+        entry.saved_heads = heads;
+        entry.chunks = 1;
+        Ok(())
+    }
+
+    /// How many documents are in memory.
+    pub fn loaded(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Folds the chunks of every loaded document that has more than `threshold` of them into a
     /// snapshot. Returns how many documents were compacted.
     pub fn compact(&self, threshold: usize) -> Result<usize, StoreError> {
@@ -705,13 +779,7 @@ impl Repo {
         let mut compacted = 0;
         for (id, entry) in docs.iter_mut() {
             if entry.chunks > threshold {
-                let snapshot = entry.doc.save();
-                let heads = encode_heads(&entry.doc.get_heads());
-                // Under the write lock everything in memory is stored, signatures included.
-                self.store
-                    .replace_with_snapshot(id.as_str(), &snapshot, &heads, &[])?;
-                entry.saved_heads = entry.doc.get_heads();
-                entry.chunks = 1;
+                self.snapshot(id, entry)?;
                 compacted += 1;
             }
         }
@@ -893,6 +961,30 @@ fn decode_heads(bytes: &[u8]) -> Vec<ChangeHash> {
         .chunks_exact(32)
         .filter_map(|c| ChangeHash::try_from(c).ok())
         .collect()
+}
+
+/// Puts a document in memory, making room first if [`MAX_LOADED`] are there.
+fn insert(docs: &mut HashMap<DocId, Entry>, id: &DocId, entry: Entry) {
+    if docs.len() >= MAX_LOADED {
+        make_room(docs);
+    }
+    docs.insert(id.clone(), entry);
+}
+
+/// Drops the least recently used documents that memory may lose, down to three quarters of
+/// [`MAX_LOADED`] (so that a scan of many documents does not pay for this on every load).
+/// Documents with anything unstored stay, however many there are.
+fn make_room(docs: &mut HashMap<DocId, Entry>) {
+    let mut candidates: Vec<(std::time::Instant, DocId)> = docs
+        .iter()
+        .filter(|(id, entry)| entry.droppable(id))
+        .map(|(id, entry)| (entry.used, id.clone()))
+        .collect();
+    candidates.sort();
+    let excess = docs.len().saturating_sub(MAX_LOADED * 3 / 4);
+    for (_, id) in candidates.into_iter().take(excess) {
+        docs.remove(&id);
+    }
 }
 
 /// What `entry` needs written to catch the store up, if anything.

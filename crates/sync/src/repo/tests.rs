@@ -404,3 +404,62 @@ fn a_change_by_an_unknown_device_is_early_and_nothing_is_kept() {
     assert!(matches!(err, ReceiveError::Early { .. }), "{err}");
     assert!(!strict.contains(&doc).unwrap());
 }
+
+/// However many documents are read, memory holds at most [`MAX_LOADED`] of them; the rest
+/// come back from the store as they were, and can be changed again.
+#[test]
+fn memory_holds_a_bounded_number_of_documents_and_dropped_ones_come_back() {
+    let (_dir, repo) = repo();
+    let docs: Vec<DocId> = (0..MAX_LOADED + 60).map(|_| DocId::new_thread()).collect();
+    for doc in &docs {
+        create_thread(&repo, doc);
+        put(&repo, doc, "one");
+        assert!(repo.loaded() <= MAX_LOADED, "{} loaded", repo.loaded());
+    }
+    for doc in &docs {
+        assert_eq!(keys(&repo, doc), ["one"]);
+        assert!(repo.loaded() <= MAX_LOADED, "{} loaded", repo.loaded());
+    }
+    // The first ones were dropped long ago: changed again, they keep both tasks.
+    put(&repo, &docs[0], "two");
+    assert_eq!(keys(&repo, &docs[0]), ["one", "two"]);
+}
+
+/// Upkeep folds a quiet document's chunks into one snapshot, however few, drops it from
+/// memory, and loses nothing: it reads back, syncs, and takes new changes.
+#[test]
+fn idle_documents_are_compacted_and_dropped_and_lose_nothing() {
+    let (_dir, a) = repo();
+    let doc = DocId::new_thread();
+    create_thread(&a, &doc);
+    put(&a, &doc, "one");
+    put(&a, &doc, "two");
+    let index = DocId::index();
+    a.create(&index, "index", |tx| {
+        crate::schema::index::create(tx, "space", "root")
+    })
+    .unwrap();
+    assert_eq!(a.store.load_doc(doc.as_str()).unwrap().unwrap().1, 3);
+    // Just used: nothing to do yet.
+    assert_eq!(
+        a.tidy(std::time::Instant::now()).unwrap(),
+        Tidied::default()
+    );
+    assert_eq!(a.loaded(), 2);
+    let later = std::time::Instant::now() + IDLE_AFTER;
+    assert_eq!(
+        a.tidy(later).unwrap(),
+        Tidied {
+            compacted: 1,
+            dropped: 1
+        }
+    );
+    // The index stays in memory; the thread is one snapshot in the store.
+    assert_eq!(a.loaded(), 1);
+    assert_eq!(a.store.load_doc(doc.as_str()).unwrap().unwrap().1, 1);
+    assert_eq!(keys(&a, &doc), ["one", "two"]);
+    put(&a, &doc, "three");
+    let (_b_dir, b) = repo();
+    sync_pair(&a, &b, &doc);
+    assert_eq!(keys(&b, &doc), ["one", "three", "two"]);
+}
