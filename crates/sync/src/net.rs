@@ -233,6 +233,22 @@ impl Replicator {
             .collect()
     }
 
+    /// The UDP payload bytes sent and received on the open connection with `peer`: QUIC's
+    /// headers, encryption and acknowledgements included. What a reconnect or a sync cost.
+    pub fn traffic(&self, peer: &DeviceId) -> Option<u64> {
+        lock(&self.0.connections).get(peer).map(|(c, _)| {
+            let s = c.stats();
+            s.udp_tx.bytes + s.udp_rx.bytes
+        })
+    }
+
+    /// Whether `conn` is the connection kept for its peer.
+    fn is_current(&self, conn: &Connection) -> bool {
+        lock(&self.0.connections)
+            .get(&conn.remote_id())
+            .is_some_and(|(c, _)| c.stable_id() == conn.stable_id())
+    }
+
     pub fn is_connected(&self, peer: &DeviceId) -> bool {
         lock(&self.0.connections)
             .get(peer)
@@ -456,7 +472,11 @@ impl Replicator {
                 writer.abort();
                 return;
             }
-            {
+            // Only the session of the connection kept for this peer speaks for it: one that
+            // lost to a duplicate runs on until it sees its connection closed, and what it
+            // wrote last would otherwise stand (a stale "not in sync", or a stale "in sync")
+            // while the kept session, quiet, writes nothing.
+            if self.is_current(conn) {
                 let mut views = lock(&self.0.views);
                 let view = views.entry(peer).or_default();
                 view.digest = session.peer_digest();

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p errand-tests --bin errand-bench -- [--json] [--iterations N] [--sync-runs N]
-//!     [--round-trips N] [--only abcdef]
+//!     [--round-trips N] [--spaces N,N,...] [--only abcdefg]
 //! ```
 //!
 //! (a) Propagation of one new task from a phone home to a desktop home over an established
@@ -30,6 +30,9 @@
 //!
 //! (f) Through running nodes (`bench/nodes.rs`): one new task from a phone `Node` to a desktop
 //!     `Node` running its executor and event watcher, on a thread of 100 and of 10,000 tasks.
+//! (g) Spaces of 10, 100 and 1,000 threads of 20 tasks (`bench/spaces.rs`; `--spaces 10000`
+//!     for bigger ones): the desktop node in a process of its own, a phone node here: cold
+//!     start, listing every task and memory after it, a fresh phone, a reconnect, a catch-up.
 //!
 //! Bytes on the wire are the UDP payload bytes of the phone's connection in both directions
 //! (`Connection::stats()`: `udp_tx.bytes + udp_rx.bytes`), i.e. everything both endpoints sent
@@ -37,6 +40,8 @@
 
 #[path = "bench/nodes.rs"]
 mod nodes;
+#[path = "bench/spaces.rs"]
+mod spaces;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,6 +102,8 @@ struct Args {
     round_trips: usize,
     /// The sections to run, e.g. "abcd".
     only: String,
+    /// The space sizes of (g), in threads.
+    spaces: Vec<usize>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -105,7 +112,8 @@ fn parse_args() -> Result<Args> {
         iterations: None,
         sync_runs: 5,
         round_trips: 100,
-        only: "abcdf".into(),
+        only: "abcdfg".into(),
+        spaces: spaces::SPACES.to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -137,21 +145,34 @@ fn parse_args() -> Result<Args> {
             }
             "--only" => {
                 let sections = it.next().context("--only needs section letters, e.g. ad")?;
-                if sections.is_empty() || !sections.chars().all(|c| "abcdef".contains(c)) {
-                    bail!("--only {sections:?}: give some of the letters a, b, c, d, e, f");
+                if sections.is_empty() || !sections.chars().all(|c| "abcdefg".contains(c)) {
+                    bail!("--only {sections:?}: give some of the letters a, b, c, d, e, f, g");
                 }
                 args.only = sections;
+            }
+            "--spaces" => {
+                let list = it.next().context("--spaces needs sizes, e.g. 10,1000")?;
+                args.spaces = list
+                    .split(',')
+                    .map(|n| match n.trim().parse::<usize>() {
+                        Ok(n) if n > 0 => Ok(n),
+                        _ => bail!(
+                            "--spaces {list:?}: give thread counts of at least 1, e.g. 10,1000"
+                        ),
+                    })
+                    .collect::<Result<_>>()?;
             }
             "-h" | "--help" => {
                 println!(
                     "errand-bench [--json] [--iterations N] [--sync-runs N] [--round-trips N] \
-                     [--only SECTIONS]\n\n\
+                     [--spaces N,...] [--only SECTIONS]\n\n\
                      --json           print one JSON object instead of a table\n\
                      --iterations N   timed propagation iterations per thread size\n                 \
                      (default 300 at 1,000 tasks, 100 at 10,000)\n\
                      --sync-runs N    fresh phones per initial-sync size (default 5)\n\
                      --round-trips N  timed /sh true round trips per thread size (default 100)\n\
-                     --only SECTIONS  run only these of the sections a, b, c, d, e, f (default abcdf)"
+                     --spaces N,...   space sizes of (g), in threads (default 10,100,1000)\n\
+                     --only SECTIONS  run only these of the sections a to g (default abcdfg)"
                 );
                 std::process::exit(0);
             }
@@ -1643,12 +1664,36 @@ fn group(n: usize) -> String {
 }
 
 fn main() -> std::process::ExitCode {
-    let outcome = parse_args().and_then(|args| {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = || {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
-            .build()?
-            .block_on(run(args))
-    });
+            .build()
+            .map_err(anyhow::Error::from)
+    };
+    // The processes of (g) other than this one.
+    let outcome = if let [flag, home, rest @ ..] = argv.as_slice()
+        && (flag == spaces::DESKTOP_FLAG || flag == spaces::BUILD_FLAG)
+    {
+        let home = std::path::Path::new(home);
+        runtime().and_then(|rt| {
+            rt.block_on(async {
+                if flag == spaces::DESKTOP_FLAG {
+                    spaces::desktop_process(home).await
+                } else {
+                    let threads = rest.first().context("how many threads")?.parse()?;
+                    spaces::build(home, threads).await
+                }
+            })
+        })
+    } else {
+        parse_args().and_then(|args| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run(args))
+        })
+    };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -1718,12 +1763,23 @@ async fn run(args: Args) -> Result<()> {
         ));
         through_nodes.push(nodes::node_propagation(tasks, iters).await?);
     }
+    let mut space_runs = Vec::new();
+    for threads in args.spaces.iter().copied().filter(|_| run_section('g')) {
+        note(&format!(
+            "(g) a space of {} threads through running nodes",
+            group(threads)
+        ));
+        space_runs.push(spaces::space(threads).await?);
+    }
     if args.json {
         let mut report = report_json(&props, &syncs, &parts, &trips, &mcp);
-        if !through_nodes.is_empty()
-            && let Some(all) = report.as_object_mut()
-        {
-            all.insert("through_nodes".into(), nodes::json(&through_nodes));
+        if let Some(all) = report.as_object_mut() {
+            if !through_nodes.is_empty() {
+                all.insert("through_nodes".into(), nodes::json(&through_nodes));
+            }
+            if !space_runs.is_empty() {
+                all.insert("spaces".into(), spaces::json(&space_runs));
+            }
         }
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -1731,6 +1787,10 @@ async fn run(args: Args) -> Result<()> {
         if !through_nodes.is_empty() {
             println!();
             nodes::table(&through_nodes);
+        }
+        if !space_runs.is_empty() {
+            println!();
+            spaces::table(&space_runs);
         }
     }
     Ok(())

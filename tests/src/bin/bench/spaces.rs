@@ -1,0 +1,480 @@
+//! (g) Spaces of many threads, through real nodes: a desktop space of N threads of 20 finished
+//! tasks each (N = 10, 100, 1,000 by default; `--spaces` for others, e.g. 10000), served by a
+//! desktop node in a process of its own (this binary, re-run with `--space-desktop HOME`: a
+//! `Node` with its executor, as `errand up` runs them), and a phone `Node` here. Measured:
+//!
+//! - cold start: from spawning the desktop process until its node answers (`Node::threads`);
+//! - listing every task (`Node::tasks(None)`) inside the desktop, and its resident memory
+//!   (`/proc/self/status`) after it;
+//! - a fresh phone: from `Node::join` until `Node::sync_round` says it is in sync, holding
+//!   every thread the index lists, and the bytes of that connection;
+//! - a reconnect with nothing new: the phone node restarted, until in sync again, and bytes;
+//! - catch-up: the phone stopped, the desktop adds 1,000 tasks spread over 100 threads (over
+//!   all of them in a smaller space), the phone started again, until in sync.
+//!
+//! Each phone figure includes opening the phone's node; each is one run.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use errand_executor::agent::Limits;
+use errand_executor::connectors::Connectors;
+use errand_executor::policy::Policy;
+use errand_executor::runner::{self as executor, ExecutorConfig};
+use errand_node::{Node, NodeConfig};
+use errand_sync::Role;
+use errand_sync::schema::thread::{self, TaskStatus};
+use errand_sync::schema::{self, DocId, index};
+use errand_tests::members::Members;
+use serde_json::{Value as Json, json};
+
+use super::{group, ms, random_hex16};
+
+/// Space sizes of (g) by default, in threads.
+pub const SPACES: [usize; 3] = [10, 100, 1_000];
+/// Tasks in each thread of a space.
+const TASKS_PER_THREAD: usize = 20;
+/// Tasks the desktop adds while the phone is away, and across how many threads at most.
+const CATCH_UP_TASKS: usize = 1_000;
+const CATCH_UP_THREADS: usize = 100;
+/// Threads listed in the index per change while building a space.
+const INDEX_BATCH: usize = 500;
+/// How long a phone may take to get in sync before the run counts as failed.
+const SYNC_WAIT: Duration = Duration::from_secs(60);
+
+/// The flag that makes this binary the desktop process of (g).
+pub const DESKTOP_FLAG: &str = "--space-desktop";
+/// The flag that makes this binary build a space (`--space-build HOME THREADS`) and exit: in a
+/// process of its own, so that the home is free for the desktop process once it has ended.
+pub const BUILD_FLAG: &str = "--space-build";
+
+#[derive(Debug)]
+pub struct Space {
+    pub threads: usize,
+    pub build_ms: f64,
+    pub cold_start_ms: f64,
+    pub list_ms: f64,
+    pub listed: usize,
+    pub rss_mib: f64,
+    pub fresh_ms: f64,
+    pub fresh_bytes: u64,
+    pub reconnect_ms: f64,
+    pub reconnect_bytes: u64,
+    pub catch_up_ms: f64,
+    pub catch_up_tasks: usize,
+}
+
+async fn open(dir: &Path) -> Result<Arc<Node>> {
+    let mut config = NodeConfig::new(dir);
+    config.bind = Some("127.0.0.1:0".parse()?);
+    Ok(Arc::new(Node::open(config).await?))
+}
+
+/// Resident and peak resident memory of this process, in MiB.
+fn memory() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Builds a space of `threads` threads of [`TASKS_PER_THREAD`] finished tasks in `home`, as
+/// the desktop: each thread in one commit, the index listing them in batches.
+pub async fn build(home: &Path, threads: usize) -> Result<()> {
+    let desk = open(home).await?;
+    desk.init_space(Some("desk"))?;
+    let me = desk.id().to_string();
+    let repo = desk.repo().clone();
+    let mut listed = Vec::with_capacity(INDEX_BATCH);
+    for n in 0..threads {
+        let doc = DocId::new_thread();
+        let now = schema::now_millis();
+        repo.create(&doc, "thread with its tasks", |tx| {
+            thread::create(tx, doc.as_str(), &format!("thread {n}"))?;
+            for _ in 0..TASKS_PER_THREAD {
+                let id = random_hex16();
+                thread::add_task(
+                    tx,
+                    &thread::NewTask {
+                        id: &id,
+                        prompt: "earlier work",
+                        target: &me,
+                        created: now,
+                    },
+                )?;
+                thread::set_status(tx, &id, TaskStatus::Running, now)?;
+                thread::finish(tx, &id, Ok("ok"), TaskStatus::Done, now)?;
+            }
+            Ok(())
+        })?;
+        listed.push((doc, n, now));
+        if listed.len() == INDEX_BATCH || n + 1 == threads {
+            repo.change(&DocId::index(), "threads listed", |tx| {
+                for (doc, n, now) in listed.drain(..) {
+                    index::add_thread(
+                        tx,
+                        &index::ThreadEntry {
+                            id: doc.as_str().to_owned(),
+                            title: format!("thread {n}"),
+                            created: now,
+                            created_by: me.clone(),
+                            archived: false,
+                        },
+                    )?;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    desk.shutdown().await;
+    Ok(())
+}
+
+/// The desktop process of (g): a node on `home` with its executor, answering the commands of
+/// [`Desktop`] on stdin, one line each.
+pub async fn desktop_process(home: &Path) -> Result<()> {
+    let started = Instant::now();
+    let desk = open(home).await?;
+    let policy = Policy::parse("", home, home).context("the default policy")?;
+    policy.ensure_workspace()?;
+    let config = ExecutorConfig {
+        device: desk.id(),
+        policy,
+        model: None,
+        model_limits: Limits {
+            max_steps: 1,
+            max_time: Duration::from_secs(60),
+        },
+        model_hint: "errand-bench has no model".into(),
+        max_parallel: 4,
+        shell_timeout: Duration::from_secs(60),
+        connectors: Arc::new(Connectors::none()),
+    };
+    let exec = executor::start(desk.repo().clone(), config, Arc::new(Members(desk.clone())));
+    let threads = desk.threads()?.len();
+    let out = std::io::stdout();
+    writeln!(out.lock(), "ready {} {threads}", ms(started.elapsed()))?;
+    let mut lines = std::io::stdin().lock().lines();
+    while let Some(line) = lines.next().transpose()? {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let reply = match words.as_slice() {
+            ["list"] => {
+                let t0 = Instant::now();
+                let n = desk.tasks(None)?.len();
+                let took = ms(t0.elapsed());
+                let (rss, _) = memory();
+                format!("listed {n} {took} {rss}")
+            }
+            ["ticket"] => {
+                let ticket = desk.create_ticket(Duration::from_secs(600), true, Role::Phone)?;
+                format!("ticket {}", ticket.ticket)
+            }
+            ["id"] => format!("id {}", desk.id()),
+            ["add", threads, per] => {
+                let (threads, per): (usize, usize) = (threads.parse()?, per.parse()?);
+                let me = desk.id().to_string();
+                let now = schema::now_millis();
+                for t in desk.threads()?.iter().take(threads) {
+                    let doc = DocId::parse(&t.id).context("a thread id")?;
+                    desk.repo().change(&doc, "more tasks", |tx| {
+                        for _ in 0..per {
+                            let id = random_hex16();
+                            thread::add_task(
+                                tx,
+                                &thread::NewTask {
+                                    id: &id,
+                                    prompt: "later work",
+                                    target: &me,
+                                    created: now,
+                                },
+                            )?;
+                            thread::set_status(tx, &id, TaskStatus::Running, now)?;
+                            thread::finish(tx, &id, Ok("ok"), TaskStatus::Done, now)?;
+                        }
+                        Ok(())
+                    })?;
+                }
+                "added".to_owned()
+            }
+            ["quit"] => break,
+            _ => format!("error: unknown command {line:?}"),
+        };
+        writeln!(out.lock(), "{reply}")?;
+    }
+    exec.stop().await;
+    desk.shutdown().await;
+    Ok(())
+}
+
+/// The desktop process, driven from here.
+struct Desktop {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: std::io::BufReader<ChildStdout>,
+}
+
+impl Desktop {
+    fn spawn(home: &Path) -> Result<(Desktop, String)> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg(DESKTOP_FLAG)
+            .arg(home)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the desktop process")?;
+        let stdin = child.stdin.take().context("its stdin")?;
+        let stdout = std::io::BufReader::new(child.stdout.take().context("its stdout")?);
+        let mut desk = Desktop {
+            child,
+            stdin,
+            stdout,
+        };
+        let ready = desk.line()?;
+        Ok((desk, ready))
+    }
+
+    fn line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!("the desktop process ended");
+        }
+        let line = line.trim_end().to_owned();
+        if let Some(e) = line.strip_prefix("error: ") {
+            bail!("the desktop process: {e}");
+        }
+        Ok(line)
+    }
+
+    /// Sends a command; returns the words of its answer after the first.
+    fn ask(&mut self, command: &str) -> Result<Vec<String>> {
+        writeln!(self.stdin, "{command}")?;
+        self.stdin.flush()?;
+        let line = self.line()?;
+        Ok(line.split_whitespace().skip(1).map(str::to_owned).collect())
+    }
+
+    fn quit(mut self) -> Result<()> {
+        writeln!(self.stdin, "quit")?;
+        self.stdin.flush()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+/// Until the phone is in sync with every peer and holds every listed thread.
+async fn in_sync(phone: &Node, step: &str) -> Result<()> {
+    let t0 = Instant::now();
+    let peers = phone.sync_round(SYNC_WAIT).await?;
+    if peers.is_empty() || !peers.iter().all(|p| p.synced) {
+        let listed = phone.threads()?.len();
+        let held = phone.repo().held();
+        bail!(
+            "{step}: the phone did not get in sync in {:.1} s ({listed} threads listed, {held} \
+             documents held): {peers:?}",
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+pub async fn space(threads: usize) -> Result<Space> {
+    let desk_home = tempfile::tempdir()?;
+    let t0 = Instant::now();
+    let built = Command::new(std::env::current_exe()?)
+        .arg(BUILD_FLAG)
+        .arg(desk_home.path())
+        .arg(threads.to_string())
+        .status()
+        .context("building the space")?;
+    if !built.success() {
+        bail!("building a space of {threads} threads failed: {built}");
+    }
+    let build_ms = ms(t0.elapsed());
+
+    let t0 = Instant::now();
+    let (mut desk, ready) = Desktop::spawn(desk_home.path())?;
+    let cold_start_ms = ms(t0.elapsed());
+    if !ready.starts_with("ready ") {
+        bail!("the desktop process said {ready:?}");
+    }
+    let listing = desk.ask("list")?;
+    let [listed, list_ms, rss_mib] = listing.as_slice() else {
+        bail!("the desktop's listing: {listing:?}");
+    };
+    let (listed, list_ms, rss_mib): (usize, f64, f64) =
+        (listed.parse()?, list_ms.parse()?, rss_mib.parse()?);
+    if listed != threads * TASKS_PER_THREAD {
+        bail!("the desktop listed {listed} tasks");
+    }
+    let ticket = desk.ask("ticket")?.join(" ");
+    let desk_id: errand_sync::DeviceId = desk.ask("id")?.join("").parse()?;
+
+    // A fresh phone.
+    let phone_home = tempfile::tempdir()?;
+    let t0 = Instant::now();
+    let phone = open(phone_home.path()).await?;
+    phone
+        .join(&ticket, Some("phone"), Some(Role::Phone))
+        .await?;
+    in_sync(&phone, "a fresh phone").await?;
+    let fresh_ms = ms(t0.elapsed());
+    let fresh_bytes = phone.replicator().traffic(&desk_id).unwrap_or(0);
+    if phone.threads()?.len() != threads {
+        bail!("the phone lists {} threads", phone.threads()?.len());
+    }
+    phone.shutdown().await;
+    drop(phone);
+
+    // Back with nothing new.
+    let t0 = Instant::now();
+    let phone = open(phone_home.path()).await?;
+    in_sync(&phone, "a reconnect").await?;
+    let reconnect_ms = ms(t0.elapsed());
+    let reconnect_bytes = phone.replicator().traffic(&desk_id).unwrap_or(0);
+    phone.shutdown().await;
+    drop(phone);
+
+    // Away while the desktop adds work.
+    let across = threads.min(CATCH_UP_THREADS);
+    let per = CATCH_UP_TASKS.div_ceil(across);
+    desk.ask(&format!("add {across} {per}"))?;
+    let t0 = Instant::now();
+    let phone = open(phone_home.path()).await?;
+    in_sync(&phone, "a catch-up").await?;
+    let catch_up_ms = ms(t0.elapsed());
+    let held = phone.tasks(None)?.len();
+    if held != threads * TASKS_PER_THREAD + across * per {
+        bail!("after catching up the phone holds {held} tasks");
+    }
+    phone.shutdown().await;
+    desk.quit()?;
+    Ok(Space {
+        threads,
+        build_ms,
+        cold_start_ms,
+        list_ms,
+        listed,
+        rss_mib,
+        fresh_ms,
+        fresh_bytes,
+        reconnect_ms,
+        reconnect_bytes,
+        catch_up_ms,
+        catch_up_tasks: across * per,
+    })
+}
+
+/// The goals at 1,000 threads: (what, measured, at most, unit).
+fn goals(spaces: &[Space]) -> Vec<(&'static str, f64, f64, &'static str)> {
+    let mut out = Vec::new();
+    if let Some(s) = spaces.iter().find(|s| s.threads == 1_000) {
+        out.extend([
+            ("1,000 threads: cold start", s.cold_start_ms, 100.0, "ms"),
+            (
+                "1,000 threads: resident after listing",
+                s.rss_mib,
+                50.0,
+                "MiB",
+            ),
+            ("1,000 threads: listing every task", s.list_ms, 100.0, "ms"),
+            ("1,000 threads: fresh phone", s.fresh_ms, 2_000.0, "ms"),
+            (
+                "1,000 threads: catch-up of 1,000 tasks",
+                s.catch_up_ms,
+                1_000.0,
+                "ms",
+            ),
+            (
+                "1,000 threads: reconnect with nothing new",
+                s.reconnect_bytes as f64 / 1024.0,
+                20.0,
+                "KiB",
+            ),
+        ]);
+    }
+    if let Some(s) = spaces.iter().find(|s| s.threads == 10_000) {
+        out.push(("10,000 threads: fresh phone", s.fresh_ms, 15_000.0, "ms"));
+    }
+    out
+}
+
+pub fn table(spaces: &[Space]) {
+    println!(
+        "(g) spaces of N threads of {TASKS_PER_THREAD} tasks: a desktop node in its own process \
+         (with its executor), a phone node here; one run each"
+    );
+    println!(
+        "  {:>7}  {:>8}  {:>8}  {:>8}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
+        "threads",
+        "build s",
+        "start",
+        "list all",
+        "RSS MiB",
+        "fresh",
+        "fresh KB",
+        "reconnect",
+        "recon. KB",
+        "catch-up"
+    );
+    for s in spaces {
+        println!(
+            "  {:>7}  {:>8.1}  {:>6.0}ms  {:>6.1}ms  {:>7.1}  {:>7.0}ms  {:>9.1}  {:>7.0}ms  {:>9.1}  {:>7.0}ms",
+            group(s.threads),
+            s.build_ms / 1e3,
+            s.cold_start_ms,
+            s.list_ms,
+            s.rss_mib,
+            s.fresh_ms,
+            s.fresh_bytes as f64 / 1e3,
+            s.reconnect_ms,
+            s.reconnect_bytes as f64 / 1e3,
+            s.catch_up_ms,
+        );
+    }
+    for (what, measured, max, unit) in goals(spaces) {
+        println!(
+            "  goal: {what} <= {max} {unit}: {measured:.1} {unit}: {}",
+            if measured <= max { "met" } else { "NOT met" }
+        );
+    }
+}
+
+pub fn json(spaces: &[Space]) -> Json {
+    let rows: Vec<Json> = spaces
+        .iter()
+        .map(|s| {
+            json!({
+                "threads": s.threads,
+                "tasks_per_thread": TASKS_PER_THREAD,
+                "build_ms": s.build_ms,
+                "cold_start_ms": s.cold_start_ms,
+                "list_all_ms": s.list_ms,
+                "listed": s.listed,
+                "rss_mib_after_listing": s.rss_mib,
+                "fresh_phone_ms": s.fresh_ms,
+                "fresh_phone_bytes": s.fresh_bytes,
+                "reconnect_ms": s.reconnect_ms,
+                "reconnect_bytes": s.reconnect_bytes,
+                "catch_up_ms": s.catch_up_ms,
+                "catch_up_tasks": s.catch_up_tasks,
+            })
+        })
+        .collect();
+    let goals: Vec<Json> = goals(spaces)
+        .into_iter()
+        .map(|(what, measured, max, unit)| {
+            json!({ "what": what, "measured": measured, "max": max, "unit": unit, "met": measured <= max })
+        })
+        .collect();
+    json!({ "spaces": rows, "goals": goals })
+}
