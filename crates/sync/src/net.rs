@@ -137,6 +137,9 @@ struct Inner {
     progress: watch::Sender<u64>,
     events: broadcast::Sender<NetEvent>,
     shutdown: watch::Sender<bool>,
+    /// Every dialler and connection: each holds the repo, so the store stays open until they
+    /// have ended ([`Replicator::stopped`]).
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// Keeps this device's documents in sync with its peers. Cheap to clone.
@@ -161,6 +164,7 @@ impl Replicator {
             progress: watch::channel(0).0,
             events: broadcast::channel(1024).0,
             shutdown: watch::channel(false).0,
+            tasks: tokio_util::task::TaskTracker::new(),
         }))
     }
 
@@ -193,7 +197,9 @@ impl Replicator {
                 let n = Arc::new(Notify::new());
                 dialers.insert(id, n.clone());
                 let this = self.clone();
-                tokio::spawn(async move { this.dial_loop(id, n).await });
+                self.0
+                    .tasks
+                    .spawn(async move { this.dial_loop(id, n).await });
                 None
             }
         };
@@ -305,6 +311,14 @@ impl Replicator {
         lock(&self.0.views)
             .get(peer)
             .is_some_and(|v| v.idle && v.digest == Some(ours))
+    }
+
+    /// Waits, after [`Replicator::shutdown`], until every dialler and connection has ended, or
+    /// `timeout` has passed: after it the repo is no longer held by any of them (an app that
+    /// stops its node and opens it again in the same process finds its home free).
+    pub async fn stopped(&self, timeout: Duration) {
+        self.0.tasks.close();
+        let _ = tokio::time::timeout(timeout, self.0.tasks.wait()).await;
     }
 
     /// Closes every connection and stops dialling.
@@ -680,7 +694,10 @@ mod in_flight {
 
 impl ProtocolHandler for Replicator {
     async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
-        self.clone().run_connection(connection).await;
+        self.0
+            .tasks
+            .track_future(self.clone().run_connection(connection))
+            .await;
         Ok(())
     }
 
