@@ -1207,11 +1207,20 @@ impl Node {
         // approval expiry depends on it). The answer is the state that ended the wait: a
         // change made here just after (this device's own address or presence, say) would
         // otherwise turn an "in sync" that held into a "not in sync".
-        let clocks_asked = |node: &Node| {
-            node.replicator
-                .connected_peers()
-                .iter()
-                .all(|p| node.clocks.asked(p))
+        // A peer connected before this node listened for connections (right at start) was
+        // never asked: ask it here, once per round.
+        let mut asking = std::collections::HashSet::new();
+        let mut clocks_asked = |node: &Node| {
+            let mut all = true;
+            for peer in node.replicator.connected_peers() {
+                if !node.clocks.asked(&peer) {
+                    all = false;
+                    if asking.insert(peer) {
+                        node.measure_clock(peer);
+                    }
+                }
+            }
+            all
         };
         let mut state = all_synced(self);
         while !(state.iter().all(|s| *s) && clocks_asked(self)) {
@@ -1235,6 +1244,22 @@ impl Node {
                 synced,
             })
             .collect())
+    }
+
+    /// Measures a peer's clock in the background (see [`crate::clock`]).
+    fn measure_clock(&self, peer: DeviceId) {
+        let addrs = self
+            .repo
+            .read(&DocId::index(), index::addrs)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        crate::clock::measure_in_background(
+            self.endpoint.clone(),
+            dial_addr(peer, &addrs, &self.lan.get(&peer)),
+            self.clocks.clone(),
+            self.events.clone(),
+        );
     }
 
     fn names(&self) -> std::collections::HashMap<String, String> {

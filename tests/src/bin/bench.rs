@@ -280,6 +280,32 @@ fn random_hex16() -> String {
     DocId::new_thread().as_str()[..16].to_owned()
 }
 
+/// Adds `n` tasks to a thread, sent by the desktop `me` to itself and already done: the past
+/// of a thread, for the sections that need a big one.
+fn add_done_tasks(
+    tx: &mut impl automerge::transaction::Transactable,
+    me: &str,
+    n: usize,
+    prompt: &str,
+    now: i64,
+) -> Result<(), automerge::AutomergeError> {
+    for _ in 0..n {
+        let id = random_hex16();
+        thread::add_task(
+            tx,
+            &thread::NewTask {
+                id: &id,
+                prompt,
+                target: me,
+                created: now,
+            },
+        )?;
+        thread::set_status(tx, &id, TaskStatus::Running, now)?;
+        thread::finish(tx, &id, Ok("ok"), TaskStatus::Done, now)?;
+    }
+    Ok(())
+}
+
 const PROMPTS: [&str; 4] = [
     "summarise the PDFs in ~/inbox and file them by sender",
     "/sh cargo test --workspace",

@@ -18,13 +18,13 @@ use errand_executor::policy::Policy;
 use errand_executor::runner::{self as executor, ExecutorConfig};
 use errand_node::{Node, NodeConfig};
 use errand_sync::Role;
-use errand_sync::schema::thread::{self, TaskStatus};
+use errand_sync::schema::thread;
 use errand_sync::schema::{self, DocId};
 use errand_tests::members::Members;
 use serde_json::{Value as Json, json};
 use tokio::sync::broadcast;
 
-use super::{Stats, WAIT, WARMUP, group, ms, random_hex16, stats};
+use super::{Stats, WAIT, WARMUP, add_done_tasks, group, ms, stats};
 
 /// Thread sizes of (f): the goal compares the largest with the smallest.
 pub const THREADS: [usize; 2] = [100, 10_000];
@@ -60,6 +60,34 @@ async fn open(dir: &std::path::Path) -> Result<Arc<Node>> {
     Ok(Arc::new(Node::open(config).await?))
 }
 
+/// The desktop's real executor under the default policy, as `errand up` starts it, with no
+/// model (a task that needs one fails).
+pub fn start_executor(
+    desk: &Arc<Node>,
+    home: &std::path::Path,
+) -> Result<executor::ExecutorHandle> {
+    let policy = Policy::parse("", home, home).context("the default policy")?;
+    policy.ensure_workspace()?;
+    let config = ExecutorConfig {
+        device: desk.id(),
+        policy,
+        model: None,
+        model_limits: Limits {
+            max_steps: 1,
+            max_time: WAIT,
+        },
+        model_hint: "errand-bench has no model".into(),
+        max_parallel: 4,
+        shell_timeout: WAIT,
+        connectors: Arc::new(Connectors::none()),
+    };
+    Ok(executor::start(
+        desk.repo().clone(),
+        config,
+        Arc::new(Members(desk.clone())),
+    ))
+}
+
 /// Waits until `ok` holds, re-checking at each change of `repo` (and every 100 ms).
 async fn until(
     what: &str,
@@ -85,21 +113,7 @@ fn fill(desk: &Node, doc: &DocId, n: usize) -> Result<()> {
         let batch = BATCH.min(n - added);
         let now = schema::now_millis();
         desk.repo().change(doc, &format!("{batch} tasks"), |tx| {
-            for _ in 0..batch {
-                let id = random_hex16();
-                thread::add_task(
-                    tx,
-                    &thread::NewTask {
-                        id: &id,
-                        prompt: "earlier work",
-                        target: &me,
-                        created: now,
-                    },
-                )?;
-                thread::set_status(tx, &id, TaskStatus::Running, now)?;
-                thread::finish(tx, &id, Ok("ok"), TaskStatus::Done, now)?;
-            }
-            Ok(())
+            add_done_tasks(tx, &me, batch, "earlier work", now)
         })?;
         added += batch;
     }
@@ -118,23 +132,7 @@ pub async fn node_propagation(tasks: usize, iterations: usize) -> Result<NodePro
         .join(&ticket.ticket, Some("phone"), Some(Role::Phone))
         .await?;
 
-    let home = desk_dir.path();
-    let policy = Policy::parse("", home, home).context("the default policy")?;
-    policy.ensure_workspace()?;
-    let config = ExecutorConfig {
-        device: desk.id(),
-        policy,
-        model: None,
-        model_limits: Limits {
-            max_steps: 1,
-            max_time: WAIT,
-        },
-        model_hint: "errand-bench has no model".into(),
-        max_parallel: 4,
-        shell_timeout: WAIT,
-        connectors: Arc::new(Connectors::none()),
-    };
-    let exec = executor::start(desk.repo().clone(), config, Arc::new(Members(desk.clone())));
+    let exec = start_executor(&desk, desk_dir.path())?;
 
     // The thread: made by the desktop, filled, and synced to the phone.
     let first = desk.send("the thread's first task", None, None)?;

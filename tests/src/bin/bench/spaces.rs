@@ -21,18 +21,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use errand_executor::agent::Limits;
-use errand_executor::connectors::Connectors;
-use errand_executor::policy::Policy;
-use errand_executor::runner::{self as executor, ExecutorConfig};
 use errand_node::{Node, NodeConfig};
 use errand_sync::Role;
-use errand_sync::schema::thread::{self, TaskStatus};
+use errand_sync::schema::thread;
 use errand_sync::schema::{self, DocId, index};
-use errand_tests::members::Members;
 use serde_json::{Value as Json, json};
 
-use super::{group, ms, random_hex16};
+use super::{add_done_tasks, group, ms};
 
 /// Space sizes of (g) by default, in threads.
 pub const SPACES: [usize; 3] = [10, 100, 1_000];
@@ -100,21 +95,7 @@ pub async fn build(home: &Path, threads: usize) -> Result<()> {
         let now = schema::now_millis();
         repo.create(&doc, "thread with its tasks", |tx| {
             thread::create(tx, doc.as_str(), &format!("thread {n}"))?;
-            for _ in 0..TASKS_PER_THREAD {
-                let id = random_hex16();
-                thread::add_task(
-                    tx,
-                    &thread::NewTask {
-                        id: &id,
-                        prompt: "earlier work",
-                        target: &me,
-                        created: now,
-                    },
-                )?;
-                thread::set_status(tx, &id, TaskStatus::Running, now)?;
-                thread::finish(tx, &id, Ok("ok"), TaskStatus::Done, now)?;
-            }
-            Ok(())
+            add_done_tasks(tx, &me, TASKS_PER_THREAD, "earlier work", now)
         })?;
         listed.push((doc, n, now));
         if listed.len() == INDEX_BATCH || n + 1 == threads {
@@ -144,22 +125,7 @@ pub async fn build(home: &Path, threads: usize) -> Result<()> {
 pub async fn desktop_process(home: &Path) -> Result<()> {
     let started = Instant::now();
     let desk = open(home).await?;
-    let policy = Policy::parse("", home, home).context("the default policy")?;
-    policy.ensure_workspace()?;
-    let config = ExecutorConfig {
-        device: desk.id(),
-        policy,
-        model: None,
-        model_limits: Limits {
-            max_steps: 1,
-            max_time: Duration::from_secs(60),
-        },
-        model_hint: "errand-bench has no model".into(),
-        max_parallel: 4,
-        shell_timeout: Duration::from_secs(60),
-        connectors: Arc::new(Connectors::none()),
-    };
-    let exec = executor::start(desk.repo().clone(), config, Arc::new(Members(desk.clone())));
+    let exec = super::nodes::start_executor(&desk, home)?;
     let threads = desk.threads()?.len();
     let out = std::io::stdout();
     writeln!(out.lock(), "ready {} {threads}", ms(started.elapsed()))?;
@@ -186,21 +152,7 @@ pub async fn desktop_process(home: &Path) -> Result<()> {
                 for t in desk.threads()?.iter().take(threads) {
                     let doc = DocId::parse(&t.id).context("a thread id")?;
                     desk.repo().change(&doc, "more tasks", |tx| {
-                        for _ in 0..per {
-                            let id = random_hex16();
-                            thread::add_task(
-                                tx,
-                                &thread::NewTask {
-                                    id: &id,
-                                    prompt: "later work",
-                                    target: &me,
-                                    created: now,
-                                },
-                            )?;
-                            thread::set_status(tx, &id, TaskStatus::Running, now)?;
-                            thread::finish(tx, &id, Ok("ok"), TaskStatus::Done, now)?;
-                        }
-                        Ok(())
+                        add_done_tasks(tx, &me, per, "later work", now)
                     })?;
                 }
                 "added".to_owned()
