@@ -1669,7 +1669,6 @@ async fn bind_endpoint(
             .relay_mode(relay_mode)
             .portmapper_config(PortmapperConfig::Disabled)
             .hooks(TrustHooks::new(gate))
-            .transport_config(errand_sync::net::transport_config())
             .clear_ip_transports()
             .bind()
             .await
@@ -1705,7 +1704,6 @@ async fn bind_endpoint(
             .relay_mode(relay_mode.clone())
             .portmapper_config(PortmapperConfig::Disabled)
             .hooks(TrustHooks::new(gate.clone()))
-            .transport_config(errand_sync::net::transport_config())
             .clear_ip_transports()
             .bind_addr(addr)
             .map_err(|e| NodeError::Bind(e.to_string()))?;

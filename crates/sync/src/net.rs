@@ -43,28 +43,6 @@ const SEND_QUEUE: usize = 16;
 /// (for [`Replicator::delivered`]); older entries fall back to the saved sync states.
 const SHARED_CACHE: usize = 1024;
 
-/// How many ack-eliciting packets the peer may take in before it must acknowledge them (it
-/// also acknowledges after its usual delay, at most 25 ms, and at once on a gap).
-const ACK_THRESHOLD: u32 = 4;
-
-/// The QUIC transport every errand endpoint uses: iroh's defaults, with the peer asked (QUIC's
-/// acknowledgement-frequency extension) to acknowledge every fifth packet rather than every
-/// second.
-///
-/// Replication is request and answer: a change goes out, and the peer's sync reply comes back
-/// once the change is durable there. With QUIC's usual acknowledgements each of those packets
-/// drew one of its own, sent on the spot: about a datagram more per change, some 20 to 30 of its
-/// roughly 400 bytes on the wire, and more wake-ups on both sides. Delayed, an acknowledgement
-/// rides on the reply, or on the next change; bulk transfers still acknowledge every fifth
-/// packet, which keeps congestion control informed.
-pub fn transport_config() -> iroh::endpoint::QuicTransportConfig {
-    let mut acks = iroh::endpoint::AckFrequencyConfig::default();
-    acks.ack_eliciting_threshold(iroh::endpoint::VarInt::from_u32(ACK_THRESHOLD));
-    iroh::endpoint::QuicTransportConfig::builder()
-        .ack_frequency_config(Some(acks))
-        .build()
-}
-
 /// Application close codes.
 pub const CLOSE_SHUTDOWN: u32 = 0;
 pub const CLOSE_NOT_MEMBER: u32 = 1;
