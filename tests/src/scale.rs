@@ -126,3 +126,65 @@ async fn a_fresh_phone_receives_a_big_space_and_an_absent_one_catches_up() {
         .collect();
     assert!(added.is_subset(&held));
 }
+
+/// A node that has run before takes in its threads, for its events and its listings, from
+/// the views it stored of them, without loading one; what changed since is read anew and is
+/// news, what did not is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_reads_its_threads_from_their_views() {
+    use errand_node::NodeEvent;
+    use errand_sync::schema::thread::{self, TaskStatus};
+
+    let desk = desktop("desk").await;
+    let sent: Vec<_> = (0..40)
+        .map(|i| desk.node.send(&format!("task {i}"), None, None).unwrap())
+        .collect();
+    // Two restarts: in the first the node derives the views as it reads the threads (for its
+    // events, and a listing); the second reads them.
+    let TestNode { node, home } = desk;
+    node.shutdown().await;
+    drop(node);
+    let desk = node_in(home).await;
+    desk.node.primed().await;
+    assert_eq!(desk.node.tasks(None).unwrap().len(), 40);
+    let TestNode { node, home } = desk;
+    node.shutdown().await;
+    drop(node);
+    let desk = node_in(home).await;
+    let mut events = desk.node.subscribe();
+    desk.node.primed().await;
+    assert_eq!(desk.node.repo().loaded(), 1, "only the index is loaded");
+    let listed = desk.node.tasks(None).unwrap();
+    assert_eq!(listed.len(), 40);
+    assert!(listed.iter().all(|t| t.status == TaskStatus::Queued));
+    assert_eq!(desk.node.repo().loaded(), 1, "listing loads no thread");
+
+    // One task starts: the listing shows it, and it is the only news.
+    let started = &sent[17];
+    let doc = DocId::parse(&started.thread).unwrap();
+    desk.node
+        .repo()
+        .change(&doc, "task started", |tx| {
+            thread::set_status(tx, &started.task, TaskStatus::Running, 1)
+        })
+        .unwrap();
+    let running: Vec<String> = desk
+        .node
+        .tasks(None)
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.status == TaskStatus::Running)
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(running, [started.task.clone()]);
+    let news = tokio::time::timeout(crate::support::WAIT, async {
+        loop {
+            if let NodeEvent::TaskChanged { task, status, .. } = events.recv().await.unwrap() {
+                return (task, status);
+            }
+        }
+    })
+    .await
+    .expect("an event for the started task");
+    assert_eq!(news, (started.task.clone(), TaskStatus::Running));
+}

@@ -315,10 +315,27 @@ impl Shared {
         // Commands a crashed run left behind go first: their tasks are settled as failed next,
         // and a command of a failed task must not go on changing files.
         self.processes.kill_leftovers().await;
-        for doc in self.threads() {
-            let states = self.scan(&doc);
-            self.settle_interrupted(&doc, &states);
-            self.clone().schedule(&doc);
+        // Only the tasks that have not ended matter here; their stored views spare loading
+        // every thread of a big space at start.
+        let threads = self.threads();
+        let open = self
+            .repo
+            .read_views(thread::OPEN_TASKS_VIEW, &threads, |d, _| {
+                thread::open_task_states(d)
+            })
+            .inspect_err(|e| warn!("reading the threads one by one: {e}"));
+        for (i, doc) in threads.iter().enumerate() {
+            let states = match &open {
+                Ok(open) => {
+                    let states = open[i].clone().unwrap_or_default();
+                    lock(&self.queue).scanned(doc, &self.me(), &states);
+                    states
+                }
+                // One damaged thread must not keep the others from running.
+                Err(_) => self.scan(doc),
+            };
+            self.settle_interrupted(doc, &states);
+            self.clone().schedule(doc);
         }
         loop {
             let changed = tokio::select! {

@@ -248,12 +248,62 @@ pub(crate) struct TaskWatcher {
     asking: HashMap<DocId, HashMap<String, String>>,
 }
 
+/// What [`TaskWatcher::prime`] needs of a thread, kept as a stored view so that a node
+/// starting on a big space does not load every thread: each task's id, status and target, and
+/// the ids of the approval requests.
+#[derive(Debug, Serialize, Deserialize)]
+struct Known {
+    tasks: Vec<(String, thread::TaskStatus, String)>,
+    approvals: Vec<String>,
+}
+
+/// Bump whenever [`Known`] or how it is derived changes.
+const KNOWN_VIEW: &str = "node-known/1";
+
+impl Known {
+    fn of(doc: &automerge::Automerge, d: &DocId) -> Known {
+        Known {
+            tasks: thread::task_states(doc, &HashSet::new())
+                .into_iter()
+                .map(|t| (t.id, t.status, t.target))
+                .collect(),
+            approvals: thread::approvals(doc, d.as_str())
+                .into_iter()
+                .map(|a| a.id)
+                .collect(),
+        }
+    }
+}
+
 impl TaskWatcher {
     /// Takes in what there is now, as not news.
     pub(crate) fn prime(&mut self, repo: &Repo, membership: Option<&Membership>) {
         let mut ignored = Vec::new();
-        for d in listed_threads(repo) {
-            self.whole(repo, &d, membership, true, &mut ignored);
+        let threads = listed_threads(repo);
+        let known = match repo.read_views(KNOWN_VIEW, &threads, Known::of) {
+            Ok(known) => known,
+            Err(e) => {
+                // One damaged thread must not hide the others.
+                tracing::warn!("reading the threads one by one: {e}");
+                for d in &threads {
+                    self.whole(repo, d, membership, true, &mut ignored);
+                }
+                return;
+            }
+        };
+        for (d, known) in threads.iter().zip(known) {
+            let Some(known) = known else {
+                continue;
+            };
+            self.approvals.extend(known.approvals);
+            let asking = self.asking.entry(d.clone()).or_default();
+            for (id, status, target) in known.tasks {
+                if status == thread::TaskStatus::NeedsInput {
+                    asking.insert(id.clone(), target);
+                }
+                self.seen.insert(id, status);
+            }
+            self.on_questions(repo, d, membership, true, &mut ignored);
         }
     }
 

@@ -215,6 +215,8 @@ pub struct Node {
     presence: crate::presence::Presence,
     /// The membership last evaluated, and the index heads it was evaluated at.
     membership_cache: Mutex<Option<(Vec<automerge::ChangeHash>, MembershipNow)>>,
+    /// True once the event watcher has taken in what there was at start.
+    primed: tokio::sync::watch::Sender<bool>,
 }
 
 type MembershipNow = Option<errand_pairing::membership::Membership>;
@@ -287,6 +289,7 @@ impl Node {
             clocks,
             presence,
             membership_cache: Mutex::default(),
+            primed: tokio::sync::watch::Sender::new(false),
         };
         if config.lan_discovery {
             let (repo, replicator, lan, gate) = (
@@ -447,11 +450,13 @@ impl Node {
         let events = self.events.clone();
         let me = self.id();
         let lan = self.lan.clone();
+        let primed = self.primed.clone();
         self.spawn(async move {
             // Both primed with what there is now: only later changes are news.
             let mut membership = gate.refresh(&repo);
             let mut watcher = crate::events::TaskWatcher::default();
             watcher.prime(&repo, membership.as_ref());
+            primed.send_replace(true);
             let mut members = crate::events::MemberWatcher::default();
             let _ = members.changed(membership.as_ref());
             loop {
@@ -988,19 +993,18 @@ impl Node {
         }
     }
 
-    /// Every task, in every thread or in one.
+    /// Every task, in every thread or in one. Threads not in memory are read from their stored
+    /// task lists where those are current (see `errand_sync::repo` views), so a listing across
+    /// a space loads only the threads that changed since they were last listed.
     pub fn tasks(&self, thread: Option<&str>) -> Result<Vec<thread::Task>, NodeError> {
         let threads = match thread {
             Some(t) => vec![self.resolve_thread(t)?],
             None => self.all_threads()?,
         };
-        let mut each = Vec::new();
-        for t in threads {
-            if let Some(tasks) = self.repo.read(&t, |d| thread::tasks(d, t.as_str()))? {
-                each.push(tasks);
-            }
-        }
-        Ok(interleave(each))
+        let each = self.repo.read_views(thread::TASKS_VIEW, &threads, |d, t| {
+            thread::tasks(d, t.as_str())
+        })?;
+        Ok(interleave(each.into_iter().flatten().collect()))
     }
 
     /// Listed threads, and any held whose listing has not arrived yet.
@@ -1528,6 +1532,14 @@ impl Node {
     }
 
     /// Stops serving: closes connections and the endpoint.
+    /// Waits until the node watches for news: after opening, it first takes in what its
+    /// threads hold (from their stored views, or by reading the threads that changed since),
+    /// and only changes after that are events.
+    pub async fn primed(&self) {
+        let mut primed = self.primed.subscribe();
+        let _ = primed.wait_for(|p| *p).await;
+    }
+
     pub async fn shutdown(&self) {
         self.replicator.shutdown();
         let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
@@ -1543,6 +1555,10 @@ impl Node {
         // and the home can be opened again, in this process too (an app restarting its node).
         while tasks.join_next().await.is_some() {}
         self.replicator.stopped(Duration::from_secs(2)).await;
+        // Views are stored without a flush of their own (see `Store::set_views`).
+        if let Err(e) = self.repo.store().flush() {
+            warn!("could not flush the store: {e}");
+        }
     }
 }
 
@@ -1550,21 +1566,48 @@ impl Node {
 /// (causal, whatever the senders' clocks say); between threads, the task sent earliest (by its
 /// sender's clock) comes first.
 fn interleave(threads: Vec<Vec<thread::Task>>) -> Vec<thread::Task> {
-    let mut queues: Vec<std::collections::VecDeque<thread::Task>> =
-        threads.into_iter().map(Into::into).collect();
-    let mut out = Vec::with_capacity(queues.iter().map(|q| q.len()).sum());
-    loop {
-        let next = queues
-            .iter()
-            .enumerate()
-            .filter_map(|(i, q)| q.front().map(|t| (t.created, &t.id, i)))
-            .min()
-            .map(|(_, _, i)| i);
-        let Some(task) = next.and_then(|i| queues[i].pop_front()) else {
-            return out;
-        };
-        out.push(task);
+    use std::cmp::{Ordering, Reverse};
+    /// The next task of one thread, ordered by when it was sent (then id, then thread).
+    struct Front(thread::Task, usize);
+    impl Front {
+        fn key(&self) -> (i64, &str, usize) {
+            (self.0.created, &self.0.id, self.1)
+        }
     }
+    impl PartialEq for Front {
+        fn eq(&self, other: &Self) -> bool {
+            self.key() == other.key()
+        }
+    }
+    impl Eq for Front {}
+    impl PartialOrd for Front {
+        fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Front {
+        fn cmp(&self, other: &Self) -> Ordering {
+            self.key().cmp(&other.key())
+        }
+    }
+
+    let mut out = Vec::with_capacity(threads.iter().map(Vec::len).sum());
+    let mut queues: Vec<std::vec::IntoIter<thread::Task>> =
+        threads.into_iter().map(Vec::into_iter).collect();
+    let mut fronts: std::collections::BinaryHeap<Reverse<Front>> = queues
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, q)| Some(Reverse(Front(q.next()?, i))))
+        .collect();
+    while let Some(Reverse(Front(task, i))) = fronts.pop() {
+        out.push(task);
+        match queues[i].next() {
+            Some(next) => fronts.push(Reverse(Front(next, i))),
+            // A thread's buffer goes as soon as it is emptied, not after the whole listing.
+            None => queues[i] = Vec::new().into_iter(),
+        }
+    }
+    out
 }
 
 /// Dials every verified member: the gate's membership (pinned root, index and ledger), never

@@ -126,6 +126,8 @@ struct Entry {
     paths: crate::schema::ownership::Paths,
     /// When it was last loaded or used.
     used: std::time::Instant,
+    /// The views this process stored of it, each with the heads it was derived at.
+    views: Vec<(String, HeadsHash)>,
 }
 
 impl Entry {
@@ -142,6 +144,7 @@ impl Entry {
             waiting_sigs: HashMap::new(),
             paths: Default::default(),
             used: std::time::Instant::now(),
+            views: Vec::new(),
         }
     }
 
@@ -1021,3 +1024,4 @@ fn malformed(doc: &DocId, reason: String) -> ReceiveError {
 mod signed;
 #[cfg(test)]
 mod tests;
+mod views;

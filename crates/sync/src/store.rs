@@ -30,6 +30,9 @@ const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("reco
 const CHANGE_SIGS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("change_sigs");
 /// Content-addressed blobs: SHA-256 (hex) to bytes.
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+/// (doc, kind) -> a view derived from the document at some version, with that version's
+/// fingerprint (see `crate::repo::views`). A cache: losing it loses nothing.
+const VIEWS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("views");
 
 /// A change's hash and its author's signature.
 pub type ChangeSig = ([u8; 32], [u8; 64]);
@@ -97,6 +100,11 @@ store_error_from!(
 );
 
 /// The device's database.
+/// redb's page cache. Its default (1 GiB) lets the cache grow with everything ever read, so a
+/// node that once listed a big space kept it all in memory; pages beyond this are read again
+/// from the file (and the operating system's cache of it).
+pub const CACHE_BYTES: usize = 4 * 1024 * 1024;
+
 #[derive(Debug)]
 pub struct Store {
     db: Database,
@@ -110,7 +118,7 @@ impl Store {
     /// process has it open.
     pub fn open(path: &Path) -> Result<Store, OpenError> {
         let shown = path.display().to_string();
-        let db = match Database::create(path) {
+        let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::Locked(shown)),
             Err(source) => {
@@ -147,7 +155,49 @@ impl Store {
         tx.open_table(RECORDS)?;
         tx.open_table(BLOBS)?;
         tx.open_table(CHANGE_SIGS)?;
+        tx.open_table(VIEWS)?;
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Hands the stored view of `kind` of each of `docs` to `each` (with its place in `docs`;
+    /// `None` where there is none), in one transaction, without copying it out of the store.
+    pub fn each_view(
+        &self,
+        kind: &str,
+        docs: &[&str],
+        mut each: impl FnMut(usize, Option<&[u8]>),
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(VIEWS)?;
+        for (i, doc) in docs.iter().enumerate() {
+            match table.get((*doc, kind))? {
+                Some(v) => each(i, Some(v.value())),
+                None => each(i, None),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores views of `kind`, replacing older ones, in one transaction that is not made
+    /// durable by itself (so it costs no disk flush): it is by the next durable write, or by
+    /// [`Store::flush`]. Views are a cache; losing the last ones in a crash costs only time.
+    pub fn set_views(&self, kind: &str, views: &[(&str, Vec<u8>)]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::None)?;
+        {
+            let mut table = tx.open_table(VIEWS)?;
+            for (doc, bytes) in views {
+                table.insert((*doc, kind), bytes.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Makes every write before it durable (those of [`Store::set_views`] included).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.begin_write()?.commit()?;
         Ok(())
     }
 

@@ -463,3 +463,83 @@ fn idle_documents_are_compacted_and_dropped_and_lose_nothing() {
     sync_pair(&a, &b, &doc);
     assert_eq!(keys(&b, &doc), ["one", "three", "two"]);
 }
+
+/// A stored view stands in for a document not in memory only at the version it was derived
+/// from: a changed document is read again, a damaged view is derived again, and views outlive
+/// the process.
+#[test]
+fn views_are_read_from_the_store_only_while_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let key = iroh::SecretKey::generate();
+    let a = open(&path, &key);
+    let docs = [DocId::new_thread(), DocId::new_thread()];
+    let add = |repo: &Repo, doc: &DocId, id: &str| {
+        repo.change(doc, "task", |tx| {
+            thread::add_task(
+                tx,
+                &thread::NewTask {
+                    id,
+                    prompt: "p",
+                    target: "t",
+                    created: 1,
+                },
+            )
+        })
+        .unwrap();
+    };
+    for doc in &docs {
+        create_thread(&a, doc);
+        add(&a, doc, "one");
+    }
+    let derived = std::cell::Cell::new(0);
+    let list = |repo: &Repo| -> Vec<Option<Vec<String>>> {
+        let absent = DocId::new_thread();
+        let ids = [docs[0].clone(), docs[1].clone(), absent];
+        repo.read_views("test-ids/1", &ids, |doc, id| {
+            derived.set(derived.get() + 1);
+            thread::tasks(doc, id.as_str())
+                .into_iter()
+                .map(|t| t.id)
+                .collect::<Vec<String>>()
+        })
+        .unwrap()
+    };
+    let idle = || std::time::Instant::now() + IDLE_AFTER;
+    let one = Some(vec!["one".to_owned()]);
+    // In memory: read from the documents (and stored); the third is held nowhere.
+    assert_eq!(list(&a), [one.clone(), one.clone(), None]);
+    assert_eq!(derived.replace(0), 2);
+    // Dropped from memory: read from the store.
+    a.tidy(idle()).unwrap();
+    assert_eq!(a.loaded(), 0);
+    assert_eq!(list(&a), [one.clone(), one.clone(), None]);
+    assert_eq!(derived.replace(0), 0, "current views are not derived again");
+    assert_eq!(a.loaded(), 0, "nor are their documents loaded");
+    // A changed document is read anew, whether in memory or not.
+    add(&a, &docs[0], "two");
+    a.tidy(idle()).unwrap();
+    let both = Some(vec!["one".to_owned(), "two".to_owned()]);
+    assert_eq!(list(&a), [both.clone(), one.clone(), None]);
+    assert_eq!(derived.replace(0), 1);
+    // A view that does not decode is derived again.
+    a.tidy(idle()).unwrap();
+    let mut damaged = Vec::new();
+    a.store
+        .each_view("test-ids/1", &[docs[1].as_str()], |_, v| {
+            damaged = v.unwrap().to_vec();
+        })
+        .unwrap();
+    damaged.truncate(damaged.len() - 2);
+    a.store
+        .set_views("test-ids/1", &[(docs[1].as_str(), damaged)])
+        .unwrap();
+    assert_eq!(list(&a), [both.clone(), one.clone(), None]);
+    assert_eq!(derived.replace(0), 1);
+    // After a restart, the stored views serve again.
+    a.tidy(idle()).unwrap();
+    drop(a);
+    let a = open(&path, &key);
+    assert_eq!(list(&a), [both, one, None]);
+    assert_eq!(derived.replace(0), 0);
+}

@@ -519,7 +519,7 @@ pub fn task_status(doc: &impl ReadDoc, task: &str) -> Option<TaskStatus> {
 }
 
 /// The few fields of a task that decide what happens next.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskState {
     pub id: String,
     pub status: TaskStatus,
@@ -533,7 +533,7 @@ pub struct TaskState {
 /// Where a task stands in its thread's order (see [`causal_key`]): sorts as the thread does,
 /// so a reader that keeps some of a thread's tasks keeps them in order without reading the
 /// others.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TaskOrder {
     key: (u64, Vec<u8>),
     id: String,
@@ -554,6 +554,20 @@ pub fn task_states(doc: &impl ReadDoc, skip: &std::collections::HashSet<String>)
         .into_iter()
         .filter(|(id, _)| !skip.contains(id))
         .map(|(id, obj)| state_of(doc, id, &obj))
+        .collect()
+}
+
+/// The name under which [`open_task_states`] is kept as a stored view. Bump it whenever
+/// [`TaskState`], its encoding or what the function returns changes.
+pub const OPEN_TASKS_VIEW: &str = "thread-open-tasks/1";
+
+/// The state of every task that has not ended ([`TaskStatus::is_final`]), in the thread's
+/// order: what a desktop starting up needs of a thread (what waits to run, what was running
+/// when it stopped).
+pub fn open_task_states(doc: &impl ReadDoc) -> Vec<TaskState> {
+    task_states(doc, &std::collections::HashSet::new())
+        .into_iter()
+        .filter(|s| !s.status.is_final())
         .collect()
 }
 
@@ -580,6 +594,10 @@ fn state_of(doc: &impl ReadDoc, id: String, obj: &ObjId) -> TaskState {
         id,
     }
 }
+
+/// The name under which [`tasks`] is kept as a stored view (`Repo::read_views`). Bump it
+/// whenever [`Task`], its encoding or what [`tasks`] returns changes.
+pub const TASKS_VIEW: &str = "thread-tasks/1";
 
 /// Every task of the thread, in the thread's order (causal, see [`causal_key`]).
 pub fn tasks(doc: &impl ReadDoc, thread: &str) -> Vec<Task> {

@@ -5,7 +5,10 @@
 //!
 //! - cold start: from spawning the desktop process until its node answers (`Node::threads`);
 //! - listing every task (`Node::tasks(None)`) inside the desktop, and its resident memory
-//!   (`/proc/self/status`) after it;
+//!   (`/proc/self/status`) after it. The building process listed them once before it ended (as
+//!   anyone using that desktop would have), which stored each thread's task list as a view;
+//!   that first listing, which derives every view, is reported too. After the catch-up the
+//!   desktop lists again: the threads that changed are read anew, the others from their views;
 //! - a fresh phone: from `Node::join` until `Node::sync_round` says it is in sync, holding
 //!   every thread the index lists, and the bytes of that connection;
 //! - a reconnect with nothing new: the phone node restarted, until in sync again, and bytes;
@@ -51,8 +54,10 @@ pub const BUILD_FLAG: &str = "--space-build";
 pub struct Space {
     pub threads: usize,
     pub build_ms: f64,
+    pub first_list_ms: f64,
     pub cold_start_ms: f64,
     pub list_ms: f64,
+    pub list_after_ms: f64,
     pub listed: usize,
     pub rss_mib: f64,
     pub fresh_ms: f64,
@@ -83,7 +88,8 @@ fn memory() -> (f64, f64) {
 }
 
 /// Builds a space of `threads` threads of [`TASKS_PER_THREAD`] finished tasks in `home`, as
-/// the desktop: each thread in one commit, the index listing them in batches.
+/// the desktop: each thread in one commit, the index listing them in batches. Then lists every
+/// task once and prints how long that took (`first-list MS`), and runs its executor.
 pub async fn build(home: &Path, threads: usize) -> Result<()> {
     let desk = open(home).await?;
     desk.init_space(Some("desk"))?;
@@ -116,6 +122,12 @@ pub async fn build(home: &Path, threads: usize) -> Result<()> {
             })?;
         }
     }
+    let t0 = Instant::now();
+    let listed = desk.tasks(None)?.len();
+    println!("first-list {} {listed}", ms(t0.elapsed()));
+    // And runs its executor once, as `errand up` would have: at its start the executor reads
+    // the open tasks of every thread (deriving their views the first time).
+    super::nodes::start_executor(&desk, home)?.stop().await;
     desk.shutdown().await;
     Ok(())
 }
@@ -145,6 +157,10 @@ pub async fn desktop_process(home: &Path) -> Result<()> {
                 format!("ticket {}", ticket.ticket)
             }
             ["id"] => format!("id {}", desk.id()),
+            ["primed"] => {
+                desk.primed().await;
+                "primed".to_owned()
+            }
             ["add", threads, per] => {
                 let (threads, per): (usize, usize) = (threads.parse()?, per.parse()?);
                 let me = desk.id().to_string();
@@ -246,12 +262,27 @@ pub async fn space(threads: usize) -> Result<Space> {
         .arg(BUILD_FLAG)
         .arg(desk_home.path())
         .arg(threads.to_string())
-        .status()
+        .stderr(Stdio::inherit())
+        .output()
         .context("building the space")?;
-    if !built.success() {
-        bail!("building a space of {threads} threads failed: {built}");
+    if !built.status.success() {
+        bail!(
+            "building a space of {threads} threads failed: {}",
+            built.status
+        );
     }
     let build_ms = ms(t0.elapsed());
+    let said = String::from_utf8_lossy(&built.stdout);
+    let first_list_ms: f64 = said
+        .lines()
+        .find_map(|l| l.strip_prefix("first-list "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("the building process said {said:?}"))?;
+
+    // The desktop has run before: started once, until it had taken in its threads.
+    let (mut warm_up, _) = Desktop::spawn(desk_home.path())?;
+    warm_up.ask("primed")?;
+    warm_up.quit()?;
 
     let t0 = Instant::now();
     let (mut desk, ready) = Desktop::spawn(desk_home.path())?;
@@ -309,12 +340,19 @@ pub async fn space(threads: usize) -> Result<Space> {
         bail!("after catching up the phone holds {held} tasks");
     }
     phone.shutdown().await;
+    let listing = desk.ask("list")?;
+    let list_after_ms: f64 = match listing.as_slice() {
+        [n, took, _] if n.parse::<usize>().ok() == Some(held) => took.parse()?,
+        _ => bail!("the desktop's listing after the catch-up: {listing:?}"),
+    };
     desk.quit()?;
     Ok(Space {
         threads,
         build_ms,
+        first_list_ms,
         cold_start_ms,
         list_ms,
+        list_after_ms,
         listed,
         rss_mib,
         fresh_ms,
@@ -366,11 +404,13 @@ pub fn table(spaces: &[Space]) {
          (with its executor), a phone node here; one run each"
     );
     println!(
-        "  {:>7}  {:>8}  {:>8}  {:>8}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
+        "  {:>7}  {:>8}  {:>9}  {:>8}  {:>8}  {:>9}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
         "threads",
         "build s",
+        "1st list",
         "start",
         "list all",
+        "list aft.",
         "RSS MiB",
         "fresh",
         "fresh KB",
@@ -380,11 +420,13 @@ pub fn table(spaces: &[Space]) {
     );
     for s in spaces {
         println!(
-            "  {:>7}  {:>8.1}  {:>6.0}ms  {:>6.1}ms  {:>7.1}  {:>7.0}ms  {:>9.1}  {:>7.0}ms  {:>9.1}  {:>7.0}ms",
+            "  {:>7}  {:>8.1}  {:>7.1}ms  {:>6.0}ms  {:>6.1}ms  {:>7.1}ms  {:>7.1}  {:>7.0}ms  {:>9.1}  {:>7.0}ms  {:>9.1}  {:>7.0}ms",
             group(s.threads),
             s.build_ms / 1e3,
+            s.first_list_ms,
             s.cold_start_ms,
             s.list_ms,
+            s.list_after_ms,
             s.rss_mib,
             s.fresh_ms,
             s.fresh_bytes as f64 / 1e3,
@@ -409,6 +451,8 @@ pub fn json(spaces: &[Space]) -> Json {
                 "threads": s.threads,
                 "tasks_per_thread": TASKS_PER_THREAD,
                 "build_ms": s.build_ms,
+                "first_list_ms": s.first_list_ms,
+                "list_after_catch_up_ms": s.list_after_ms,
                 "cold_start_ms": s.cold_start_ms,
                 "list_all_ms": s.list_ms,
                 "listed": s.listed,
