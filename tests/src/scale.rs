@@ -176,7 +176,7 @@ async fn a_restarted_node_reads_its_threads_from_their_views() {
         .filter(|t| t.status == TaskStatus::Running)
         .map(|t| t.id)
         .collect();
-    assert_eq!(running, [started.task.clone()]);
+    assert_eq!(running, std::slice::from_ref(&started.task));
     let news = tokio::time::timeout(crate::support::WAIT, async {
         loop {
             if let NodeEvent::TaskChanged { task, status, .. } = events.recv().await.unwrap() {

@@ -512,20 +512,7 @@ impl Node {
             self.replicator.clone(),
         );
         self.spawn(async move {
-            let measure = |peer: DeviceId| {
-                let addrs = repo
-                    .read(&DocId::index(), index::addrs)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                let addr = dial_addr(peer, &addrs, &lan.get(&peer));
-                crate::clock::measure_in_background(
-                    endpoint.clone(),
-                    addr,
-                    clocks.clone(),
-                    events.clone(),
-                );
-            };
+            let measure = |peer| measure_clock(peer, &repo, &endpoint, &lan, &clocks, &events);
             loop {
                 match net.recv().await {
                     Ok(ev) => {
@@ -903,15 +890,38 @@ impl Node {
             )));
         }
         let me = self.id().to_string();
+        let task_id = errand_sync::ids::hex(&rand::random::<[u8; 8]>());
+        let new = thread::NewTask {
+            id: &task_id,
+            prompt: text,
+            target: &target.id,
+            created: schema::now_millis(),
+        };
         let thread_id = match thread {
-            Some(t) => self.resolve_thread(t)?,
+            Some(t) => {
+                let id = self.resolve_thread(t)?;
+                self.repo
+                    .change(&id, &format!("task {} queued", short(&task_id)), |tx| {
+                        thread::add_task(tx, &new)
+                    })?;
+                id
+            }
             None => {
+                // A new thread comes with its first task in one commit (one durable write
+                // fewer), then is listed in the index.
                 let id = DocId::new_thread();
                 let title: String = text.chars().take(60).collect();
                 self.repo.create(
                     &id,
-                    &format!("thread {} created", short(id.as_str())),
-                    |tx| thread::create(tx, id.as_str(), &title),
+                    &format!(
+                        "task {} queued in a new thread {}",
+                        short(&task_id),
+                        short(id.as_str())
+                    ),
+                    |tx| {
+                        thread::create(tx, id.as_str(), &title)?;
+                        thread::add_task(tx, &new)
+                    },
                 )?;
                 let entry = index::ThreadEntry {
                     id: id.to_string(),
@@ -928,18 +938,6 @@ impl Node {
                 id
             }
         };
-        let task_id = errand_sync::ids::hex(&rand::random::<[u8; 8]>());
-        let new = thread::NewTask {
-            id: &task_id,
-            prompt: text,
-            target: &target.id,
-            created: schema::now_millis(),
-        };
-        self.repo.change(
-            &thread_id,
-            &format!("task {} queued", short(&task_id)),
-            |tx| thread::add_task(tx, &new),
-        )?;
         let target_id: DeviceId = target
             .id
             .parse()
@@ -1252,17 +1250,13 @@ impl Node {
 
     /// Measures a peer's clock in the background (see [`crate::clock`]).
     fn measure_clock(&self, peer: DeviceId) {
-        let addrs = self
-            .repo
-            .read(&DocId::index(), index::addrs)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        crate::clock::measure_in_background(
-            self.endpoint.clone(),
-            dial_addr(peer, &addrs, &self.lan.get(&peer)),
-            self.clocks.clone(),
-            self.events.clone(),
+        measure_clock(
+            peer,
+            &self.repo,
+            &self.endpoint,
+            &self.lan,
+            &self.clocks,
+            &self.events,
         );
     }
 
@@ -1608,6 +1602,29 @@ fn interleave(threads: Vec<Vec<thread::Task>>) -> Vec<thread::Task> {
         }
     }
     out
+}
+
+/// Measures `peer`'s clock in the background, dialling it where the index or the local
+/// network last saw it (see [`crate::clock`]).
+fn measure_clock(
+    peer: DeviceId,
+    repo: &Repo,
+    endpoint: &Endpoint,
+    lan: &LanSightings,
+    clocks: &Clocks,
+    events: &broadcast::Sender<NodeEvent>,
+) {
+    let addrs = repo
+        .read(&DocId::index(), index::addrs)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    crate::clock::measure_in_background(
+        endpoint.clone(),
+        dial_addr(peer, &addrs, &lan.get(&peer)),
+        clocks.clone(),
+        events.clone(),
+    );
 }
 
 /// Dials every verified member: the gate's membership (pinned root, index and ledger), never

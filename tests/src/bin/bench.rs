@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p errand-tests --bin errand-bench -- [--json] [--iterations N] [--sync-runs N]
-//!     [--round-trips N] [--spaces N,N,...] [--only abcdefg]
+//!     [--round-trips N] [--spaces N,N,...] [--partition-secs N] [--only abcdefgh]
 //! ```
 //!
 //! (a) Propagation of one new task from a phone home to a desktop home over an established
@@ -33,11 +33,17 @@
 //! (g) Spaces of 10, 100 and 1,000 threads of 20 tasks (`bench/spaces.rs`; `--spaces 10000`
 //!     for bigger ones): the desktop node in a process of its own, a phone node here: cold
 //!     start, listing every task and memory after it, a fresh phone, a reconnect, a catch-up.
+//! (h) Bursts of 1,000 sends from a phone node, into one thread and into new threads, and a
+//!     partition of the link for `--partition-secs` (default 120) (`bench/links.rs`): a desktop
+//!     node in a process and a network namespace of its own (root and iproute2; without them
+//!     the bursts run over loopback and the partition is skipped).
 //!
 //! Bytes on the wire are the UDP payload bytes of the phone's connection in both directions
 //! (`Connection::stats()`: `udp_tx.bytes + udp_rx.bytes`), i.e. everything both endpoints sent
 //! to each other: QUIC headers, encryption overhead, acks and the framed sync messages.
 
+#[path = "bench/links.rs"]
+mod links;
 #[path = "bench/nodes.rs"]
 mod nodes;
 #[path = "bench/spaces.rs"]
@@ -104,6 +110,8 @@ struct Args {
     only: String,
     /// The space sizes of (g), in threads.
     spaces: Vec<usize>,
+    /// How long the link of (h) is down.
+    partition_secs: u64,
 }
 
 fn parse_args() -> Result<Args> {
@@ -112,8 +120,9 @@ fn parse_args() -> Result<Args> {
         iterations: None,
         sync_runs: 5,
         round_trips: 100,
-        only: "abcdfg".into(),
+        only: "abcdfgh".into(),
         spaces: spaces::SPACES.to_vec(),
+        partition_secs: links::PARTITION_SECS,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -145,10 +154,16 @@ fn parse_args() -> Result<Args> {
             }
             "--only" => {
                 let sections = it.next().context("--only needs section letters, e.g. ad")?;
-                if sections.is_empty() || !sections.chars().all(|c| "abcdefg".contains(c)) {
-                    bail!("--only {sections:?}: give some of the letters a, b, c, d, e, f, g");
+                if sections.is_empty() || !sections.chars().all(|c| "abcdefgh".contains(c)) {
+                    bail!("--only {sections:?}: give some of the letters a to h");
                 }
                 args.only = sections;
+            }
+            "--partition-secs" => {
+                let n = it.next().context("--partition-secs needs a number")?;
+                args.partition_secs = n
+                    .parse()
+                    .with_context(|| format!("--partition-secs {n:?}"))?;
             }
             "--spaces" => {
                 let list = it.next().context("--spaces needs sizes, e.g. 10,1000")?;
@@ -165,14 +180,15 @@ fn parse_args() -> Result<Args> {
             "-h" | "--help" => {
                 println!(
                     "errand-bench [--json] [--iterations N] [--sync-runs N] [--round-trips N] \
-                     [--spaces N,...] [--only SECTIONS]\n\n\
+                     [--spaces N,...] [--partition-secs N] [--only SECTIONS]\n\n\
                      --json           print one JSON object instead of a table\n\
                      --iterations N   timed propagation iterations per thread size\n                 \
                      (default 300 at 1,000 tasks, 100 at 10,000)\n\
                      --sync-runs N    fresh phones per initial-sync size (default 5)\n\
                      --round-trips N  timed /sh true round trips per thread size (default 100)\n\
                      --spaces N,...   space sizes of (g), in threads (default 10,100,1000)\n\
-                     --only SECTIONS  run only these of the sections a to g (default abcdfg)"
+                     --partition-secs N  how long the link of (h) is down (default 120)\n\
+                     --only SECTIONS  run only these of the sections a to h (default abcdfgh)"
                 );
                 std::process::exit(0);
             }
@@ -1796,6 +1812,15 @@ async fn run(args: Args) -> Result<()> {
         ));
         space_runs.push(spaces::space(threads).await?);
     }
+    let mut link_run = None;
+    if run_section('h') {
+        note(&format!(
+            "(h) bursts of {} sends and a partition of {} s",
+            group(links::BURST),
+            args.partition_secs
+        ));
+        link_run = Some(links::links(args.partition_secs).await?);
+    }
     if args.json {
         let mut report = report_json(&props, &syncs, &parts, &trips, &mcp);
         if let Some(all) = report.as_object_mut() {
@@ -1804,6 +1829,9 @@ async fn run(args: Args) -> Result<()> {
             }
             if !space_runs.is_empty() {
                 all.insert("spaces".into(), spaces::json(&space_runs));
+            }
+            if let Some(l) = &link_run {
+                all.insert("links".into(), links::json(l));
             }
         }
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -1816,6 +1844,10 @@ async fn run(args: Args) -> Result<()> {
         if !space_runs.is_empty() {
             println!();
             spaces::table(&space_runs);
+        }
+        if let Some(l) = &link_run {
+            println!();
+            links::table(l);
         }
     }
     Ok(())

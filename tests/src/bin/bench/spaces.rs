@@ -68,9 +68,23 @@ pub struct Space {
     pub catch_up_tasks: usize,
 }
 
+/// The environment variable that tells the desktop process where to listen (section (h) runs
+/// it in a network namespace of its own); 127.0.0.1 otherwise.
+pub const BIND_ENV: &str = "ERRAND_BENCH_BIND";
+
 async fn open(dir: &Path) -> Result<Arc<Node>> {
+    let bind = match std::env::var(BIND_ENV) {
+        Ok(addr) => addr
+            .parse()
+            .with_context(|| format!("{BIND_ENV}={addr:?}"))?,
+        Err(_) => "127.0.0.1:0".parse()?,
+    };
+    open_at(dir, bind).await
+}
+
+pub async fn open_at(dir: &Path, bind: std::net::SocketAddr) -> Result<Arc<Node>> {
     let mut config = NodeConfig::new(dir);
-    config.bind = Some("127.0.0.1:0".parse()?);
+    config.bind = Some(bind);
     Ok(Arc::new(Node::open(config).await?))
 }
 
@@ -91,7 +105,8 @@ fn memory() -> (f64, f64) {
 /// the desktop: each thread in one commit, the index listing them in batches. Then lists every
 /// task once and prints how long that took (`first-list MS`), and runs its executor.
 pub async fn build(home: &Path, threads: usize) -> Result<()> {
-    let desk = open(home).await?;
+    // Built offline, wherever the desktop will listen later.
+    let desk = open_at(home, "127.0.0.1:0".parse()?).await?;
     desk.init_space(Some("desk"))?;
     let me = desk.id().to_string();
     let repo = desk.repo().clone();
@@ -157,6 +172,7 @@ pub async fn desktop_process(home: &Path) -> Result<()> {
                 format!("ticket {}", ticket.ticket)
             }
             ["id"] => format!("id {}", desk.id()),
+            ["count"] => format!("count {}", desk.tasks(None)?.len()),
             ["primed"] => {
                 desk.primed().await;
                 "primed".to_owned()
@@ -184,7 +200,7 @@ pub async fn desktop_process(home: &Path) -> Result<()> {
 }
 
 /// The desktop process, driven from here.
-struct Desktop {
+pub struct Desktop {
     child: Child,
     stdin: ChildStdin,
     stdout: std::io::BufReader<ChildStdout>,
@@ -192,9 +208,15 @@ struct Desktop {
 
 impl Desktop {
     fn spawn(home: &Path) -> Result<(Desktop, String)> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg(DESKTOP_FLAG)
-            .arg(home)
+        let mut command = Command::new(std::env::current_exe()?);
+        command.arg(DESKTOP_FLAG).arg(home);
+        Desktop::spawn_from(command)
+    }
+
+    /// Starts the desktop process on `home` with `command`, which runs this binary with
+    /// [`DESKTOP_FLAG`] (through `ip netns exec`, say); returns it and its first line.
+    pub fn spawn_from(mut command: Command) -> Result<(Desktop, String)> {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -224,14 +246,14 @@ impl Desktop {
     }
 
     /// Sends a command; returns the words of its answer after the first.
-    fn ask(&mut self, command: &str) -> Result<Vec<String>> {
+    pub fn ask(&mut self, command: &str) -> Result<Vec<String>> {
         writeln!(self.stdin, "{command}")?;
         self.stdin.flush()?;
         let line = self.line()?;
         Ok(line.split_whitespace().skip(1).map(str::to_owned).collect())
     }
 
-    fn quit(mut self) -> Result<()> {
+    pub fn quit(mut self) -> Result<()> {
         writeln!(self.stdin, "quit")?;
         self.stdin.flush()?;
         self.child.wait()?;
@@ -240,7 +262,7 @@ impl Desktop {
 }
 
 /// Until the phone is in sync with every peer and holds every listed thread.
-async fn in_sync(phone: &Node, step: &str) -> Result<()> {
+pub async fn in_sync(phone: &Node, step: &str) -> Result<()> {
     let t0 = Instant::now();
     let peers = phone.sync_round(SYNC_WAIT).await?;
     if peers.is_empty() || !peers.iter().all(|p| p.synced) {

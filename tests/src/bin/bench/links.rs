@@ -1,0 +1,345 @@
+//! (h) Bursts and a partition, between a phone `Node` here and a desktop node in a process of
+//! its own (as in (g): a `Node` with its executor, on a space of 10 threads), over a real link:
+//!
+//! - bursts: 1,000 `Node::send`s, each durable before the next, as fast as the phone makes
+//!   them, into one thread and into 1,000 new threads: sends per second, and how long after
+//!   the last send the desktop holds them all (the phone's `wait_delivered` for the one
+//!   thread; `sync_round` until in sync, for the new threads; then the desktop counts them);
+//! - a partition: the link goes down for `--partition-secs` (default 120) and the phone sends
+//!   a task meanwhile; measured from the moment the link is back until the desktop holds it,
+//!   which includes noticing the link, redialling and syncing.
+//!
+//! The link is a veth pair into a network namespace that only the desktop process lives in
+//! (`ip netns`, so root and iproute2); the partition takes the phone's end down (as a laptop's
+//! Wi-Fi dropping: its routes go, and the other end loses its carrier). Without a namespace
+//! the bursts run over loopback and the partition is skipped, saying so.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value as Json, json};
+
+use super::spaces::{self, Desktop};
+use super::{group, ms};
+
+/// Sends of each burst.
+pub const BURST: usize = 1_000;
+/// The partition by default, in seconds.
+pub const PARTITION_SECS: u64 = 120;
+/// How long the desktop may take to hold everything before the run counts as failed.
+const SETTLE_WAIT: Duration = Duration::from_secs(120);
+
+#[derive(Debug)]
+pub struct Burst {
+    pub into: &'static str,
+    pub sends: usize,
+    pub send_ms: f64,
+    pub settle_ms: f64,
+}
+
+impl Burst {
+    fn per_second(&self) -> f64 {
+        self.sends as f64 / (self.send_ms / 1e3)
+    }
+}
+
+#[derive(Debug)]
+pub struct Links {
+    /// What the link was.
+    pub over: String,
+    pub bursts: Vec<Burst>,
+    /// The partition's length in seconds, and the time from healing to delivery.
+    pub partition: Option<(u64, f64)>,
+    /// Why there was no partition.
+    pub no_partition: Option<String>,
+}
+
+/// A network namespace joined to this one by a veth pair; removed on drop.
+struct Netns {
+    name: String,
+    outer_if: String,
+    outer: IpAddr,
+    inner: IpAddr,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Netns {
+    fn create() -> Result<Netns> {
+        let tag = std::process::id() % 10_000;
+        let octet = u8::try_from(tag % 250 + 1).expect("under 251");
+        let ns = Netns {
+            name: format!("errb{tag}"),
+            outer_if: format!("errb{tag}a"),
+            outer: IpAddr::V4(Ipv4Addr::new(10, 213, octet, 1)),
+            inner: IpAddr::V4(Ipv4Addr::new(10, 213, octet, 2)),
+        };
+        let inner_if = format!("errb{tag}b");
+        ip(&["netns", "add", &ns.name])?;
+        // From here on, dropping `ns` cleans up whatever was made.
+        ip(&[
+            "link",
+            "add",
+            &ns.outer_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inner_if,
+        ])?;
+        ip(&["link", "set", &inner_if, "netns", &ns.name])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", ns.outer),
+            "dev",
+            &ns.outer_if,
+        ])?;
+        ip(&["link", "set", &ns.outer_if, "up"])?;
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &ns.name, "ip"];
+            all.extend_from_slice(args);
+            ip(&all)
+        };
+        inside(&["addr", "add", &format!("{}/24", ns.inner), "dev", &inner_if])?;
+        inside(&["link", "set", &inner_if, "up"])?;
+        inside(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn link(&self, up: bool) -> Result<()> {
+        ip(&[
+            "link",
+            "set",
+            &self.outer_if,
+            if up { "up" } else { "down" },
+        ])
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.outer_if]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+pub async fn links(partition_secs: u64) -> Result<Links> {
+    let desk_home = tempfile::tempdir()?;
+    let exe = std::env::current_exe()?;
+    let built = Command::new(&exe)
+        .arg(spaces::BUILD_FLAG)
+        .arg(desk_home.path())
+        .arg("10")
+        .output()
+        .context("building the desktop's space")?;
+    if !built.status.success() {
+        bail!("building the desktop's space failed: {}", built.status);
+    }
+
+    let netns = Netns::create();
+    let (over, phone_bind, mut command, no_partition) = match &netns {
+        Ok(ns) => {
+            let mut command = Command::new("ip");
+            command
+                .args(["netns", "exec", &ns.name])
+                .arg(&exe)
+                .env(spaces::BIND_ENV, SocketAddr::new(ns.inner, 0).to_string());
+            (
+                format!(
+                    "a veth pair into a network namespace of the desktop's ({} - {})",
+                    ns.outer, ns.inner
+                ),
+                SocketAddr::new(ns.outer, 0),
+                command,
+                None,
+            )
+        }
+        Err(e) => (
+            "loopback".to_owned(),
+            "127.0.0.1:0".parse()?,
+            Command::new(&exe),
+            Some(format!("no network namespace: {e:#}")),
+        ),
+    };
+    command.arg(spaces::DESKTOP_FLAG).arg(desk_home.path());
+    let (mut desk, ready) = Desktop::spawn_from(command)?;
+    if !ready.starts_with("ready ") {
+        bail!("the desktop process said {ready:?}");
+    }
+    let ticket = desk.ask("ticket")?.join(" ");
+    let count = |desk: &mut Desktop| -> Result<usize> {
+        let said = desk.ask("count")?;
+        said.first()
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("the desktop's count: {said:?}"))
+    };
+    let before = count(&mut desk)?;
+
+    let phone_home = tempfile::tempdir()?;
+    let phone = spaces::open_at(phone_home.path(), phone_bind).await?;
+    phone
+        .join(&ticket, Some("phone"), Some(errand_sync::Role::Phone))
+        .await?;
+    spaces::in_sync(&phone, "a fresh phone").await?;
+
+    let mut bursts = Vec::new();
+    // Into one thread.
+    let first = phone.send("the thread of the burst", None, None)?;
+    spaces::in_sync(&phone, "before the burst").await?;
+    let t0 = Instant::now();
+    for i in 0..BURST {
+        phone.send(&format!("burst {i}"), Some(&first.thread), None)?;
+    }
+    let send_ms = ms(t0.elapsed());
+    let t1 = Instant::now();
+    if !phone
+        .wait_delivered(&first.target, &first.thread, SETTLE_WAIT)
+        .await
+    {
+        bail!("the desktop did not get the burst into one thread");
+    }
+    bursts.push(Burst {
+        into: "one thread",
+        sends: BURST,
+        send_ms,
+        settle_ms: ms(t1.elapsed()),
+    });
+    // Into new threads.
+    let t0 = Instant::now();
+    for i in 0..BURST {
+        phone.send(&format!("burst in a thread of its own {i}"), None, None)?;
+    }
+    let send_ms = ms(t0.elapsed());
+    let t1 = Instant::now();
+    spaces::in_sync(&phone, "after the burst into new threads").await?;
+    bursts.push(Burst {
+        into: "new threads",
+        sends: BURST,
+        send_ms,
+        settle_ms: ms(t1.elapsed()),
+    });
+    let held = count(&mut desk)?;
+    if held != before + 1 + 2 * BURST {
+        bail!(
+            "after the bursts the desktop holds {held} tasks, not {}",
+            before + 1 + 2 * BURST
+        );
+    }
+
+    let mut partition = None;
+    if let Ok(ns) = &netns {
+        ns.link(false)?;
+        let sent = phone.send("sent while the link is down", None, None)?;
+        // The partition itself: nothing is awaited here.
+        tokio::time::sleep(Duration::from_secs(partition_secs)).await;
+        ns.link(true)?;
+        let t0 = Instant::now();
+        if !phone
+            .wait_delivered(&sent.target, &sent.thread, SETTLE_WAIT)
+            .await
+        {
+            bail!("the desktop did not get the task sent during the partition");
+        }
+        partition = Some((partition_secs, ms(t0.elapsed())));
+    }
+    phone.shutdown().await;
+    desk.quit()?;
+    drop(netns);
+    Ok(Links {
+        over,
+        bursts,
+        partition,
+        no_partition,
+    })
+}
+
+pub fn table(links: &Links) {
+    println!(
+        "(h) bursts and a partition: a phone node here, a desktop node in its own process (with \
+         its executor), over {}",
+        links.over
+    );
+    println!(
+        "  {:>12}  {:>6}  {:>9}  {:>9}  {:>14}",
+        "burst into", "sends", "sending", "sends/s", "all held after"
+    );
+    for b in &links.bursts {
+        println!(
+            "  {:>12}  {:>6}  {:>7.0}ms  {:>9.0}  {:>12.0}ms",
+            b.into,
+            group(b.sends),
+            b.send_ms,
+            b.per_second(),
+            b.settle_ms
+        );
+        println!(
+            "  goal: {} sends/s or more into {}: {:.0}: {}",
+            group(1_000),
+            b.into,
+            b.per_second(),
+            if b.per_second() >= 1_000.0 {
+                "met"
+            } else {
+                "NOT met"
+            }
+        );
+        println!(
+            "  goal: the desktop holds all within 1,000 ms of the last send ({}): {:.0} ms: {}",
+            b.into,
+            b.settle_ms,
+            if b.settle_ms <= 1_000.0 {
+                "met"
+            } else {
+                "NOT met"
+            }
+        );
+    }
+    match (links.partition, &links.no_partition) {
+        (Some((secs, heal_ms)), _) => {
+            println!(
+                "  partition of {secs} s, a task sent during it: held by the desktop {heal_ms:.0} ms \
+                 after the link came back"
+            );
+            println!(
+                "  goal: reconnected and delivered within 2,000 ms: {heal_ms:.0} ms: {}",
+                if heal_ms <= 2_000.0 { "met" } else { "NOT met" }
+            );
+        }
+        (None, Some(why)) => println!("  partition: skipped ({why})"),
+        (None, None) => {}
+    }
+}
+
+pub fn json(links: &Links) -> Json {
+    json!({
+        "over": links.over,
+        "bursts": links.bursts.iter().map(|b| json!({
+            "into": b.into,
+            "sends": b.sends,
+            "send_ms": b.send_ms,
+            "sends_per_second": b.per_second(),
+            "all_held_after_ms": b.settle_ms,
+        })).collect::<Vec<_>>(),
+        "partition": links.partition.map(|(secs, heal_ms)| json!({
+            "seconds": secs,
+            "delivered_after_heal_ms": heal_ms,
+        })),
+        "partition_skipped": links.no_partition,
+    })
+}
