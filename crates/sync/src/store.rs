@@ -100,11 +100,6 @@ store_error_from!(
 );
 
 /// The device's database.
-/// redb's page cache. Its default (1 GiB) lets the cache grow with everything ever read, so a
-/// node that once listed a big space kept it all in memory; pages beyond this are read again
-/// from the file (and the operating system's cache of it).
-pub const CACHE_BYTES: usize = 4 * 1024 * 1024;
-
 #[derive(Debug)]
 pub struct Store {
     db: Database,
@@ -118,7 +113,7 @@ impl Store {
     /// process has it open.
     pub fn open(path: &Path) -> Result<Store, OpenError> {
         let shown = path.display().to_string();
-        let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
+        let db = match Database::create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::Locked(shown)),
             Err(source) => {
