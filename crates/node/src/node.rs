@@ -890,38 +890,15 @@ impl Node {
             )));
         }
         let me = self.id().to_string();
-        let task_id = errand_sync::ids::hex(&rand::random::<[u8; 8]>());
-        let new = thread::NewTask {
-            id: &task_id,
-            prompt: text,
-            target: &target.id,
-            created: schema::now_millis(),
-        };
         let thread_id = match thread {
-            Some(t) => {
-                let id = self.resolve_thread(t)?;
-                self.repo
-                    .change(&id, &format!("task {} queued", short(&task_id)), |tx| {
-                        thread::add_task(tx, &new)
-                    })?;
-                id
-            }
+            Some(t) => self.resolve_thread(t)?,
             None => {
-                // A new thread comes with its first task in one commit (one durable write
-                // fewer), then is listed in the index.
                 let id = DocId::new_thread();
                 let title: String = text.chars().take(60).collect();
                 self.repo.create(
                     &id,
-                    &format!(
-                        "task {} queued in a new thread {}",
-                        short(&task_id),
-                        short(id.as_str())
-                    ),
-                    |tx| {
-                        thread::create(tx, id.as_str(), &title)?;
-                        thread::add_task(tx, &new)
-                    },
+                    &format!("thread {} created", short(id.as_str())),
+                    |tx| thread::create(tx, id.as_str(), &title),
                 )?;
                 let entry = index::ThreadEntry {
                     id: id.to_string(),
@@ -938,6 +915,18 @@ impl Node {
                 id
             }
         };
+        let task_id = errand_sync::ids::hex(&rand::random::<[u8; 8]>());
+        let new = thread::NewTask {
+            id: &task_id,
+            prompt: text,
+            target: &target.id,
+            created: schema::now_millis(),
+        };
+        self.repo.change(
+            &thread_id,
+            &format!("task {} queued", short(&task_id)),
+            |tx| thread::add_task(tx, &new),
+        )?;
         let target_id: DeviceId = target
             .id
             .parse()
