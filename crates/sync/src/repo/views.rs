@@ -17,7 +17,7 @@ use automerge::Automerge;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{LoadError, Repo, lock};
+use super::{Entry, LoadError, Repo, lock};
 use crate::replication::HeadsHash;
 use crate::schema::DocId;
 
@@ -51,21 +51,7 @@ impl Repo {
                     continue;
                 };
                 entry.used = now;
-                let v = view(&entry.doc, id);
-                // Stored as well, so that the view serves once the document has left memory
-                // (or after a restart); once per version.
-                let at = HeadsHash::of(&entry.doc.get_heads());
-                let known = entry.views.iter_mut().find(|(k, _)| k == kind);
-                if known.as_ref().is_none_or(|(_, stored)| *stored != at)
-                    && let Some(bytes) = encode(&at, &v)
-                {
-                    fresh.push((id.as_str(), bytes));
-                    match known {
-                        Some((_, stored)) => *stored = at,
-                        None => entry.views.push((kind.to_owned(), at)),
-                    }
-                }
-                out[i] = Some(v);
+                out[i] = Some(derive(entry, id, kind, &view, &mut fresh));
             }
         }
         let current: Vec<Option<HeadsHash>> = {
@@ -94,13 +80,7 @@ impl Repo {
             let Some(entry) = self.load_entry(&mut docs, id)? else {
                 continue;
             };
-            let v = view(&entry.doc, id);
-            let at = HeadsHash::of(&entry.doc.get_heads());
-            if let Some(bytes) = encode(&at, &v) {
-                fresh.push((id.as_str(), bytes));
-                entry.views.push((kind.to_owned(), at));
-            }
-            out[i] = Some(v);
+            out[i] = Some(derive(entry, id, kind, &view, &mut fresh));
         }
         if !fresh.is_empty()
             && let Err(e) = self.store.set_views(kind, &fresh)
@@ -110,6 +90,31 @@ impl Repo {
         }
         Ok(out)
     }
+}
+
+/// Derives the view of a document in memory, and queues it in `fresh` to be stored unless
+/// this process stored it at this version already: so that it serves once the document has
+/// left memory, or after a restart.
+fn derive<'a, T: Serialize>(
+    entry: &mut Entry,
+    id: &'a DocId,
+    kind: &str,
+    view: &impl Fn(&Automerge, &DocId) -> T,
+    fresh: &mut Vec<(&'a str, Vec<u8>)>,
+) -> T {
+    let v = view(&entry.doc, id);
+    let at = HeadsHash::of(&entry.doc.get_heads());
+    let known = entry.views.iter_mut().find(|(k, _)| k == kind);
+    if known.as_ref().is_none_or(|(_, stored)| *stored != at)
+        && let Some(bytes) = encode(&at, &v)
+    {
+        fresh.push((id.as_str(), bytes));
+        match known {
+            Some((_, stored)) => *stored = at,
+            None => entry.views.push((kind.to_owned(), at)),
+        }
+    }
+    v
 }
 
 fn encode<T: Serialize>(at: &HeadsHash, view: &T) -> Option<Vec<u8>> {

@@ -20,6 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use errand_node::Node;
 use serde_json::{Value as Json, json};
 
 use super::spaces::{self, Desktop};
@@ -199,52 +200,13 @@ pub async fn links(partition_secs: u64) -> Result<Links> {
         .await?;
     spaces::in_sync(&phone, "a fresh phone").await?;
 
-    let mut bursts = Vec::new();
-    // Into one thread.
+    // Into one thread, then each into a thread of its own.
     let first = phone.send("the thread of the burst", None, None)?;
     spaces::in_sync(&phone, "before the burst").await?;
-    let t0 = Instant::now();
-    for i in 0..BURST {
-        phone.send(&format!("burst {i}"), Some(&first.thread), None)?;
-    }
-    let send_ms = ms(t0.elapsed());
-    let t1 = Instant::now();
-    if !phone
-        .wait_delivered(&first.target, &first.thread, SETTLE_WAIT)
-        .await
-    {
-        bail!("the desktop did not get the burst into one thread");
-    }
-    bursts.push(Burst {
-        into: "one thread",
-        sends: BURST,
-        send_ms,
-        settle_ms: ms(t1.elapsed()),
-    });
-    // Into new threads.
-    let t0 = Instant::now();
-    let mut sent = Vec::with_capacity(BURST);
-    for i in 0..BURST {
-        sent.push(phone.send(&format!("burst in a thread of its own {i}"), None, None)?);
-    }
-    let send_ms = ms(t0.elapsed());
-    let t1 = Instant::now();
-    // Each thread, and the index that lists them, as the phone sent them (the desktop's own
-    // changes since, its executor's, do not count here).
-    for s in &sent {
-        if !phone
-            .wait_delivered(&s.target, &s.thread, SETTLE_WAIT)
-            .await
-        {
-            bail!("the desktop did not get the burst into new threads");
-        }
-    }
-    bursts.push(Burst {
-        into: "new threads",
-        sends: BURST,
-        send_ms,
-        settle_ms: ms(t1.elapsed()),
-    });
+    let bursts = vec![
+        burst(&phone, "one thread", Some(&first.thread)).await?,
+        burst(&phone, "new threads", None).await?,
+    ];
     let held = count(&mut desk)?;
     if held != before + 1 + 2 * BURST {
         bail!(
@@ -277,6 +239,35 @@ pub async fn links(partition_secs: u64) -> Result<Links> {
         bursts,
         partition,
         no_partition,
+    })
+}
+
+/// Sends [`BURST`] tasks from `phone` into `thread` (each into a new thread when `None`) as
+/// fast as it makes them; then waits until the desktop holds every thread, and the index
+/// listing them, as the phone sent them (the desktop's own changes since, its executor's, do
+/// not count here).
+async fn burst(phone: &Node, into: &'static str, thread: Option<&str>) -> Result<Burst> {
+    let t0 = Instant::now();
+    let mut sent = Vec::with_capacity(BURST);
+    for i in 0..BURST {
+        sent.push(phone.send(&format!("burst {i}"), thread, None)?);
+    }
+    let send_ms = ms(t0.elapsed());
+    let t1 = Instant::now();
+    sent.dedup_by(|a, b| a.thread == b.thread);
+    for s in &sent {
+        if !phone
+            .wait_delivered(&s.target, &s.thread, SETTLE_WAIT)
+            .await
+        {
+            bail!("the desktop did not get the burst into {into}");
+        }
+    }
+    Ok(Burst {
+        into,
+        sends: BURST,
+        send_ms,
+        settle_ms: ms(t1.elapsed()),
     })
 }
 
