@@ -1514,7 +1514,6 @@ impl Node {
         &self.clocks
     }
 
-    /// Stops serving: closes connections and the endpoint.
     /// Waits until the node watches for news: after opening, it first takes in what its
     /// threads hold (from their stored views, or by reading the threads that changed since),
     /// and only changes after that are events.
@@ -1523,6 +1522,7 @@ impl Node {
         let _ = primed.wait_for(|p| *p).await;
     }
 
+    /// Stops serving: closes connections and the endpoint.
     pub async fn shutdown(&self) {
         self.replicator.shutdown();
         let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
