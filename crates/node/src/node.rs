@@ -1718,6 +1718,7 @@ async fn bind_endpoint(
             .relay_mode(relay_mode)
             .portmapper_config(PortmapperConfig::Disabled)
             .hooks(TrustHooks::new(gate))
+            .transport_config(errand_sync::net::transport_config())
             .clear_ip_transports()
             .bind()
             .await
@@ -1753,6 +1754,7 @@ async fn bind_endpoint(
             .relay_mode(relay_mode.clone())
             .portmapper_config(PortmapperConfig::Disabled)
             .hooks(TrustHooks::new(gate.clone()))
+            .transport_config(errand_sync::net::transport_config())
             .clear_ip_transports()
             .bind_addr(addr)
             .map_err(|e| NodeError::Bind(e.to_string()))?;

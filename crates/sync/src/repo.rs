@@ -158,6 +158,13 @@ impl Entry {
     }
 }
 
+/// Whether a local change makes its document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum New {
+    Create,
+    Existing,
+}
+
 /// What [`Repo::tidy`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tidied {
@@ -424,16 +431,8 @@ impl Repo {
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
         let _writing = lock(&self.writes);
-        {
-            let mut docs = self.lock();
-            if self.load_entry(&mut docs, id)?.is_some() {
-                return Err(ChangeError::Exists(id.clone()));
-            }
-            self.quotas.check_new_document(self.held())?;
-            insert(&mut docs, id, Entry::empty(self.actor()));
-        }
-        let out = self.change_and_write(id, message, f);
-        if out.is_err() {
+        let out = self.change_and_write(id, message, New::Create, f);
+        if matches!(out, Err(ref e) if !matches!(e, ChangeError::Exists(_))) {
             self.forget(id);
         }
         out
@@ -451,7 +450,7 @@ impl Repo {
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
         let _writing = lock(&self.writes);
-        self.change_and_write(id, message, f)
+        self.change_and_write(id, message, New::Existing, f)
     }
 
     /// The body of a local change; the caller holds the write lock.
@@ -459,10 +458,20 @@ impl Repo {
         &self,
         id: &DocId,
         message: &str,
+        new: New,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
         let (out, changed) = {
             let mut docs = self.lock();
+            if new == New::Create {
+                if self.load_entry(&mut docs, id)?.is_some() {
+                    return Err(ChangeError::Exists(id.clone()));
+                }
+                self.quotas.check_new_document(self.held())?;
+                // Made and changed under one hold of the lock: an empty entry has nothing
+                // unstored, so anyone making room while the lock was let go could drop it.
+                insert(&mut docs, id, Entry::empty(self.actor()));
+            }
             let entry = self
                 .load_entry(&mut docs, id)?
                 .ok_or_else(|| ChangeError::NoSuchDoc(id.clone()))?;
@@ -673,6 +682,12 @@ impl Repo {
             };
             match pending {
                 Ok(pending) => {
+                    // Signatures wait only for changes automerge holds back for a missing
+                    // dependency; with none held back, the rest were for changes held here
+                    // already (sent twice), and kept they would pin the document in memory.
+                    if entry.doc.get_missing_deps(&[]).is_empty() {
+                        entry.waiting_sigs.clear();
+                    }
                     let heads = entry.doc.get_heads();
                     self.note_heads(id, &heads);
                     // A document the peer only named, and that is not held here: nothing of
@@ -828,6 +843,9 @@ impl Repo {
             let reason = match merged {
                 Ok(Ok(Ok((sigs, touched)))) => {
                     entry.unsaved_sigs.extend(sigs);
+                    if entry.doc.get_missing_deps(&[]).is_empty() {
+                        entry.waiting_sigs.clear();
+                    }
                     let pending = pending_write(entry);
                     self.note_heads(id, &entry.doc.get_heads());
                     break 'merged pending.map(|p| (p, touched));

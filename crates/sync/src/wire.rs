@@ -33,10 +33,16 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
         return Err(FrameError::TooLarge(payload.len()));
     }
     let mut buf = Vec::with_capacity(4 + payload.len());
-    buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    buf.extend_from_slice(payload);
+    put_frame(&mut buf, payload);
     w.write_all(&buf).await?;
     Ok(())
+}
+
+/// Appends `payload` to `out` as a frame. The caller keeps payloads within [`MAX_FRAME`]
+/// (ours are: the encoder's output of a message the session bounded).
+pub fn put_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
 }
 
 /// Reads one frame of at most `max` bytes. `Ok(None)` when the stream ends cleanly between

@@ -229,6 +229,7 @@ impl Home {
         let endpoint = Endpoint::builder(presets::Minimal)
             .relay_mode(RelayMode::Disabled)
             .portmapper_config(PortmapperConfig::Disabled)
+            .transport_config(errand_sync::net::transport_config())
             .clear_ip_transports()
             .bind_addr("127.0.0.1:0")?
             .bind()

@@ -425,6 +425,44 @@ fn memory_holds_a_bounded_number_of_documents_and_dropped_ones_come_back() {
     assert_eq!(keys(&repo, &docs[0]), ["one", "two"]);
 }
 
+/// The sync protocol may bring a change twice (both sides sent at once, or a restarted
+/// peer). The second copy's signatures must not stay behind waiting for a change that is held
+/// already: a document holding them could never be dropped from memory, and enough such
+/// documents would have every newly made one dropped as soon as it was made.
+#[test]
+fn a_change_delivered_twice_leaves_its_document_free_to_drop() {
+    let (_a_dir, a) = repo();
+    let (_b_dir, b) = repo();
+    let doc = DocId::new_thread();
+    create_thread(&a, &doc);
+    put(&a, &doc, "one");
+    let mut first = sync::State::new();
+    let all = a.generate_sync_message(&doc, &mut first).unwrap().unwrap();
+    // The first message only names heads; answer it and get the changes.
+    let mut b_state = sync::State::new();
+    b.receive_sync_message(&doc, &mut b_state, &all).unwrap();
+    let ask = b
+        .generate_sync_message(&doc, &mut b_state)
+        .unwrap()
+        .unwrap();
+    a.receive_sync_message(&doc, &mut first, &ask).unwrap();
+    let changes = a.generate_sync_message(&doc, &mut first).unwrap().unwrap();
+    b.receive_sync_message(&doc, &mut b_state, &changes)
+        .unwrap();
+    assert_eq!(keys(&b, &doc), ["one"]);
+    // The same changes again, as a peer that lost its sync state sends them.
+    b.receive_sync_message(&doc, &mut sync::State::new(), &changes)
+        .unwrap();
+    let later = std::time::Instant::now() + IDLE_AFTER;
+    assert_eq!(
+        b.tidy(later).unwrap().dropped,
+        1,
+        "the document stays pinned"
+    );
+    assert_eq!(b.loaded(), 0);
+    assert_eq!(keys(&b, &doc), ["one"]);
+}
+
 /// Upkeep folds a quiet document's chunks into one snapshot, however few, drops it from
 /// memory, and loses nothing: it reads back, syncs, and takes new changes.
 #[test]
