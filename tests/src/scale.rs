@@ -140,13 +140,14 @@ async fn a_restarted_node_reads_its_threads_from_their_views() {
         .map(|i| desk.node.send(&format!("task {i}"), None, None).unwrap())
         .collect();
     // Two restarts: in the first the node derives the views as it reads the threads (for its
-    // events, and a listing); the second reads them.
+    // events, a listing and a look-up of a task); the second reads them.
     let TestNode { node, home } = desk;
     node.shutdown().await;
     drop(node);
     let desk = node_in(home).await;
     desk.node.primed().await;
     assert_eq!(desk.node.tasks(None).unwrap().len(), 40);
+    assert_eq!(desk.node.task(&sent[5].task).unwrap().id, sent[5].task);
     let TestNode { node, home } = desk;
     node.shutdown().await;
     drop(node);
@@ -158,6 +159,16 @@ async fn a_restarted_node_reads_its_threads_from_their_views() {
     assert_eq!(listed.len(), 40);
     assert!(listed.iter().all(|t| t.status == TaskStatus::Queued));
     assert_eq!(desk.node.repo().loaded(), 1, "listing loads no thread");
+    // Finding a task by its id, or a prefix of it, loads its thread and no other.
+    let wanted = &sent[5];
+    assert_eq!(desk.node.task(&wanted.task[..10]).unwrap().id, wanted.task);
+    assert_eq!(desk.node.task(&wanted.task).unwrap().thread, wanted.thread);
+    assert_eq!(
+        desk.node.repo().loaded(),
+        2,
+        "only the task's thread is loaded"
+    );
+    assert!(desk.node.task("ffffffffffffffffff").is_err());
 
     // One task starts: the listing shows it, and it is the only news.
     let started = &sent[17];

@@ -1016,14 +1016,25 @@ impl Node {
         if needle.is_empty() {
             return Err(NodeError::BadInput("name a task".into()));
         }
-        // Ids first, tasks only for the one found: a look-up per thread for a whole id.
-        let mut matches: Vec<(DocId, String)> = Vec::new();
-        for t in self.all_threads()? {
-            let ids = self
-                .repo
-                .read(&t, |d| thread::task_ids_like(d, needle))?
-                .unwrap_or_default();
-            matches.extend(ids.into_iter().map(|id| (t.clone(), id)));
+        // Ids first, from each thread's stored view (no thread is loaded for them), then the
+        // one task found, from its thread.
+        let threads = self.all_threads()?;
+        let ids = self
+            .repo
+            .read_views(thread::TASK_IDS_VIEW, &threads, |d, _| thread::task_ids(d))?;
+        let mut matches: Vec<(DocId, String)> = threads
+            .into_iter()
+            .zip(ids)
+            .flat_map(|(t, ids)| {
+                ids.unwrap_or_default()
+                    .into_iter()
+                    .filter(|id| id.starts_with(needle))
+                    .map(move |id| (t.clone(), id))
+            })
+            .collect();
+        // A whole id names its task, whatever other ids it begins.
+        if matches.iter().any(|(_, id)| id == needle) {
+            matches.retain(|(_, id)| id == needle);
         }
         match matches.as_slice() {
             [(t, id)] => self

@@ -479,29 +479,33 @@ impl Repo {
             let options = CommitOptions::default()
                 .with_message(message)
                 .with_time(now_millis());
+            let stored = entry.doc.get_heads() == entry.saved_heads;
             let done = entry
                 .doc
                 .transact_with(|_| options, f)
                 .map_err(|failure| failure.error)?;
             let mut touched = Touched::default();
+            let mut made = None;
             if let Some(hash) = done.hash {
                 let sig = authorship::sign(&self.key, &space, id, &hash);
                 entry.unsaved_sigs.push((hash.0, sig));
                 if let Some(change) = entry.doc.get_change_by_hash(&hash) {
                     touched =
                         Checker::new(&entry.doc, id, &mut entry.paths).touched(&change.decode());
+                    made = Some(change).filter(|_| stored);
                 }
             }
             let out = done.result;
-            // Under the write lock everything before this change is stored.
+            // With everything before it stored (as it is under the write lock), this change
+            // is all the next chunk holds.
             let heads = entry.doc.get_heads();
             let changed = heads != entry.saved_heads;
             if changed {
                 self.note_heads(id, &heads);
             }
-            (out, changed.then_some(touched))
+            (out, changed.then_some((touched, made)))
         };
-        let Some(touched) = changed else {
+        let Some((touched, made)) = changed else {
             return Ok(out);
         };
         // Announce first: the replicator pushes the change while it is encoded and written.
@@ -511,7 +515,11 @@ impl Repo {
             touched: Arc::new(touched),
         });
         // Only writers remove documents from memory, and we are the writer.
-        let Some(pending) = self.lock().get_mut(id).and_then(pending_write) else {
+        let Some(pending) = self
+            .lock()
+            .get_mut(id)
+            .and_then(|entry| pending_write(entry, made.as_slice()))
+        else {
             return Ok(out);
         };
         if let Err(e) = self.write(id, pending) {
@@ -676,7 +684,9 @@ impl Repo {
             // Automerge can accept a crafted change and then panic when saving the document
             // it made of it (a dependency it never checked): that too is the peer's doing.
             let pending = match failure {
-                None => catch_unwind(AssertUnwindSafe(|| pending_write(entry)))
+                // A peer's changes are encoded again from the document, not stored as they
+                // came: that is where such a change panics, before anything is stored.
+                None => catch_unwind(AssertUnwindSafe(|| pending_write(entry, &[])))
                     .map_err(|_| ("saving what it brought panicked".to_owned(), false)),
                 Some(reason) => Err(reason),
             };
@@ -846,7 +856,7 @@ impl Repo {
                     if entry.doc.get_missing_deps(&[]).is_empty() {
                         entry.waiting_sigs.clear();
                     }
-                    let pending = pending_write(entry);
+                    let pending = pending_write(entry, &[]);
                     self.note_heads(id, &entry.doc.get_heads());
                     break 'merged pending.map(|p| (p, touched));
                 }
@@ -1013,12 +1023,21 @@ fn make_room(docs: &mut HashMap<DocId, Entry>) {
 /// Incremental chunks hold changes uncompressed, about fifteen times the size of a snapshot;
 /// so a document arriving whole (a fresh device's first sync) or a large batch of changes is
 /// written as a compressed snapshot instead, in the same single transaction.
-fn pending_write(entry: &mut Entry) -> Option<PendingWrite> {
+///
+/// `new` are the changes added since the last write, in the order they were applied, when the
+/// caller has them at hand and trusts them (a local commit's); empty, they are collected from
+/// the document, which walks its operations to rebuild them.
+fn pending_write(entry: &mut Entry, new: &[automerge::Change]) -> Option<PendingWrite> {
     let heads = entry.doc.get_heads();
     if heads == entry.saved_heads {
         return None;
     }
-    let chunk = entry.doc.save_after(&entry.saved_heads);
+    let chunk = if new.is_empty() {
+        entry.doc.save_after(&entry.saved_heads)
+    } else {
+        // What `save_after` would give: the changes' bytes, one after another.
+        new.iter().flat_map(|c| c.raw_bytes()).copied().collect()
+    };
     let (bytes, snapshot) = if entry.saved_heads.is_empty() || chunk.len() > SNAPSHOT_ABOVE_BYTES {
         (entry.doc.save(), true)
     } else {

@@ -366,21 +366,21 @@ pub fn title(doc: &impl ReadDoc) -> Option<String> {
     get_str(doc, &ROOT, "title")
 }
 
-/// The ids of the tasks whose id starts with `needle`: the one task with exactly that id
-/// when there is one (a few map look-ups), else every id with that prefix (reads ids, not
-/// tasks).
-pub fn task_ids_like(doc: &impl ReadDoc, needle: &str) -> Vec<String> {
-    if task_obj(doc, needle).is_ok() {
-        return vec![needle.to_owned()];
-    }
+/// The name under which [`task_ids`] is kept as a stored view (`Repo::read_views`).
+pub const TASK_IDS_VIEW: &str = "thread-task-ids/1";
+
+/// The ids of every task of the thread, in no particular order: what finding a task by its
+/// id, or a prefix of it, reads of each thread.
+pub fn task_ids(doc: &impl ReadDoc) -> Vec<String> {
     let Some(tasks) = get_obj(doc, &ROOT, "tasks") else {
         return Vec::new();
     };
     doc.keys(&tasks)
         .filter_map(|b| get_obj(doc, &tasks, &b))
         .flat_map(|bucket| {
-            doc.keys(&bucket)
-                .filter(|id| id.starts_with(needle))
+            doc.map_range(&bucket, ..)
+                .filter(|item| matches!(item.value, automerge::ValueRef::Object(_)))
+                .map(|item| item.key.to_string())
                 .collect::<Vec<_>>()
         })
         .collect()
