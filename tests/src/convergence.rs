@@ -65,11 +65,17 @@ async fn concurrent_edits_on_both_sides_all_survive() {
         v.sort();
         v
     };
+    // Threads arrive on their own and their listing with the index, in any order: wait for
+    // both.
     until(
-        "both sides hold every task",
+        "both sides hold and list every task",
         &[&desk.node, &phone.node],
         || {
-            let ok = task_ids(&desk.node) == expected && task_ids(&phone.node) == expected;
+            let ok = task_ids(&desk.node) == expected
+                && task_ids(&phone.node) == expected
+                && [&desk.node, &phone.node]
+                    .iter()
+                    .all(|n| n.threads().is_ok_and(|t| t.len() == 2));
             async move { ok }
         },
     )

@@ -58,13 +58,18 @@ pub trait Docs {
         doc: &DocId,
         state: &mut sync::State,
     ) -> Result<Option<Vec<u8>>, DocsError>;
-    /// Applies a peer's sync message, durably.
+    /// Applies a peer's sync message. What it brings need not be durable until
+    /// [`Docs::flush`].
     fn receive(
         &mut self,
         doc: &DocId,
         state: &mut sync::State,
         message: &[u8],
     ) -> Result<(), DocsError>;
+    /// Makes everything received so far durable. The session calls it before it sends
+    /// anything after receiving, so a peer never hears that we hold what a crash could still
+    /// take away.
+    fn flush(&mut self) -> Result<(), DocsError>;
     /// The heads of `doc` here (empty when not held).
     fn heads(&self, doc: &DocId) -> Vec<ChangeHash>;
     /// The digest of everything held here.

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::{CommitOptions, Transaction};
 use automerge::{ActorId, Automerge, AutomergeError, ChangeHash, ReadDoc};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::authorship::{self, Authors, Envelope};
 use crate::ids::{DeviceId, SpaceId, session_actor};
@@ -30,7 +30,7 @@ use crate::replication::{Catalog, Digest, Docs, DocsError, HeadsHash};
 use crate::schema::ownership::Checker;
 use crate::schema::touched::Touched;
 use crate::schema::{DocId, now_millis};
-use crate::store::{ChangeSig, Store, StoreError};
+use crate::store::{ChangeSig, Commit, Store, StoreError};
 use signed::{carried_hashes, chunks};
 
 /// The store's metadata key for the space id (text), which change signatures cover.
@@ -206,6 +206,9 @@ pub struct Repo {
     /// Held from before a document is changed until the change is durable; taken before
     /// `docs`, never while holding it. See the module docs.
     writes: Mutex<()>,
+    /// Whether everything written is durable: false from a lazy write (a peer's changes,
+    /// see [`Repo::flush`]) until the next durable commit. Changed under `writes`.
+    durable: watch::Sender<bool>,
     changes: broadcast::Sender<DocChanged>,
     /// What this device lets anyone, itself included, make it hold.
     quotas: Quotas,
@@ -242,6 +245,7 @@ impl Repo {
             docs: Mutex::new(HashMap::new()),
             catalog: Mutex::new(Catalog::default()),
             writes: Mutex::new(()),
+            durable: watch::Sender::new(true),
             changes,
             quotas: Quotas::DEFAULT,
         };
@@ -332,7 +336,7 @@ impl Repo {
 
     /// The replication core's view of these documents.
     pub fn docs(&self) -> RepoDocs<'_> {
-        RepoDocs(self)
+        RepoDocs(self, Commit::Durable)
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -522,7 +526,7 @@ impl Repo {
         else {
             return Ok(out);
         };
-        if let Err(e) = self.write(id, pending) {
+        if let Err(e) = self.write(id, pending, Commit::Durable) {
             // The change is only in memory now, and may already be with a peer. Forget it here
             // (the document reloads from the store) and write from now on as a new actor, so
             // its actor and sequence number are never used for a different change.
@@ -535,15 +539,24 @@ impl Repo {
 
     /// Writes a pending write of `id` and records it as stored. The caller holds the write
     /// lock; the document lock is not held, so readers (and the replicator) go on meanwhile.
-    fn write(&self, id: &DocId, pending: PendingWrite) -> Result<(), StoreError> {
+    fn write(&self, id: &DocId, pending: PendingWrite, commit: Commit) -> Result<(), StoreError> {
         let heads = encode_heads(&pending.heads);
         if pending.snapshot {
-            self.store
-                .replace_with_snapshot(id.as_str(), &pending.bytes, &heads, &pending.sigs)?;
+            self.store.replace_with_snapshot(
+                id.as_str(),
+                &pending.bytes,
+                &heads,
+                &pending.sigs,
+                commit,
+            )?;
         } else {
             self.store
-                .append_chunk(id.as_str(), &pending.bytes, &heads, &pending.sigs)?;
+                .append_chunk(id.as_str(), &pending.bytes, &heads, &pending.sigs, commit)?;
         }
+        // A durable commit makes every lazy one before it durable too.
+        let durable = commit == Commit::Durable;
+        self.durable
+            .send_if_modified(|d| std::mem::replace(d, durable) != durable);
         if let Some(entry) = self.lock().get_mut(id) {
             // Only the writer (us) adds signatures, so the first ones are those just written.
             let written = pending.sigs.len().min(entry.unsaved_sigs.len());
@@ -611,6 +624,36 @@ impl Repo {
         id: &DocId,
         state: &mut sync::State,
         bytes: &[u8],
+    ) -> Result<bool, ReceiveError> {
+        self.receive(id, state, bytes, Commit::Durable)
+    }
+
+    /// Makes every lazy write durable; nothing to do if none is pending. The replicator
+    /// writes what peers send lazily when several messages are at hand
+    /// ([`RepoDocs::write`]), and flushes before it tells a peer anything, so those messages
+    /// share one fsync and a peer never hears that we hold what a crash could still take away
+    /// (it would send it again).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let _writing = lock(&self.writes);
+        if !*self.durable.borrow() {
+            self.store.flush()?;
+            self.durable.send_replace(true);
+        }
+        Ok(())
+    }
+
+    /// Whether everything written is durable, as it changes (for measurements that must wait
+    /// for durability, not just for a change to be readable).
+    pub fn durability(&self) -> watch::Receiver<bool> {
+        self.durable.subscribe()
+    }
+
+    fn receive(
+        &self,
+        id: &DocId,
+        state: &mut sync::State,
+        bytes: &[u8],
+        commit: Commit,
     ) -> Result<bool, ReceiveError> {
         let (sigs, bytes) = match Envelope::split(bytes) {
             Ok(e) => e,
@@ -724,7 +767,7 @@ impl Repo {
                 }
             }
         };
-        self.write_merged(id, pending)
+        self.write_merged(id, pending, commit)
     }
 
     /// Writes what a merge brought and announces it, with what it wrote. On a failed write
@@ -734,11 +777,12 @@ impl Repo {
         &self,
         id: &DocId,
         pending: Option<(PendingWrite, Touched)>,
+        commit: Commit,
     ) -> Result<bool, ReceiveError> {
         let Some((pending, touched)) = pending else {
             return Ok(false);
         };
-        if let Err(e) = self.write(id, pending) {
+        if let Err(e) = self.write(id, pending, commit) {
             self.forget(id);
             return Err(e.into());
         }
@@ -787,8 +831,15 @@ impl Repo {
     fn snapshot(&self, id: &DocId, entry: &mut Entry) -> Result<(), StoreError> {
         let snapshot = entry.doc.save();
         let heads = entry.doc.get_heads();
-        self.store
-            .replace_with_snapshot(id.as_str(), &snapshot, &encode_heads(&heads), &[])?;
+        self.store.replace_with_snapshot(
+            id.as_str(),
+            &snapshot,
+            &encode_heads(&heads),
+            &[],
+            Commit::Durable,
+        )?;
+        self.durable
+            .send_if_modified(|d| !std::mem::replace(d, true));
         entry.saved_heads = heads;
         entry.chunks = 1;
         Ok(())
@@ -870,7 +921,7 @@ impl Repo {
             self.reindex(id);
             return Err(malformed(id, reason));
         };
-        self.write_merged(id, pending).map(|_| ())
+        self.write_merged(id, pending, Commit::Durable).map(|_| ())
     }
 }
 
@@ -901,7 +952,16 @@ impl Repo {
 /// The replication core's view of a repo: automerge's sync protocol over the loaded
 /// documents, the catalog, and the sync states saved in the store.
 #[derive(Debug)]
-pub struct RepoDocs<'a>(&'a Repo);
+pub struct RepoDocs<'a>(&'a Repo, Commit);
+
+impl RepoDocs<'_> {
+    /// How what peers send is written from now on: lazily when several messages are at hand
+    /// (they then share the fsync of [`Docs::flush`]), durably at once when one is (a lazy
+    /// write and a flush cost more than one durable write).
+    pub fn write(&mut self, commit: Commit) {
+        self.1 = commit;
+    }
+}
 
 impl Docs for RepoDocs<'_> {
     fn generate(
@@ -920,12 +980,16 @@ impl Docs for RepoDocs<'_> {
         state: &mut sync::State,
         message: &[u8],
     ) -> Result<(), DocsError> {
-        match self.0.receive_sync_message(doc, state, message) {
+        match self.0.receive(doc, state, message, self.1) {
             Ok(_) => Ok(()),
             Err(e @ ReceiveError::Malformed { .. }) => Err(DocsError::Malformed(e.to_string())),
             Err(e @ ReceiveError::Early { .. }) => Err(DocsError::Early(e.to_string())),
             Err(e) => Err(DocsError::Local(e.to_string())),
         }
+    }
+
+    fn flush(&mut self) -> Result<(), DocsError> {
+        self.0.flush().map_err(|e| DocsError::Local(e.to_string()))
     }
 
     fn heads(&self, doc: &DocId) -> Vec<ChangeHash> {

@@ -77,6 +77,25 @@ pub enum OpenError {
     },
 }
 
+/// How a write reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// Survives a crash once the write returns (an fsync per write).
+    Durable,
+    /// Survives a crash once a later durable commit returns: many writes then share one
+    /// fsync. For what can be had again if lost (a peer's changes, before we acknowledge them).
+    Lazy,
+}
+
+impl Commit {
+    fn apply(self, tx: &mut redb::WriteTransaction) -> Result<(), StoreError> {
+        if self == Commit::Lazy {
+            tx.set_durability(Durability::None)?;
+        }
+        Ok(())
+    }
+}
+
 /// A read or write of the database failed.
 #[derive(Debug, thiserror::Error)]
 #[error("database error: {0}")]
@@ -254,7 +273,9 @@ impl Store {
         Ok(ids)
     }
 
-    /// Appends a chunk to a document, durably: when this returns, the chunk survives a crash.
+    /// Appends a chunk to a document. With [`Commit::Durable`] the chunk survives a crash
+    /// when this returns; with [`Commit::Lazy`], once a durable commit follows (any, or
+    /// [`Store::flush`]). Readers of this store see it at once either way.
     /// `heads` are the document's heads with the chunk applied.
     /// `sigs` are the signatures of the changes in the chunk.
     pub fn append_chunk(
@@ -263,8 +284,10 @@ impl Store {
         chunk: &[u8],
         heads: &[u8],
         sigs: &[ChangeSig],
+        commit: Commit,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
+        let mut tx = self.db.begin_write()?;
+        commit.apply(&mut tx)?;
         tx.open_table(DOC_HEADS)?.insert(doc, heads)?;
         insert_sigs(&tx, doc, sigs)?;
         {
@@ -280,15 +303,18 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces every chunk of a document with one snapshot, atomically and durably.
+    /// Replaces every chunk of a document with one snapshot, atomically (and durably as
+    /// `commit` says, see [`Store::append_chunk`]).
     pub fn replace_with_snapshot(
         &self,
         doc: &str,
         snapshot: &[u8],
         heads: &[u8],
         sigs: &[ChangeSig],
+        commit: Commit,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
+        let mut tx = self.db.begin_write()?;
+        commit.apply(&mut tx)?;
         tx.open_table(DOC_HEADS)?.insert(doc, heads)?;
         insert_sigs(&tx, doc, sigs)?;
         {
@@ -486,15 +512,25 @@ mod tests {
     fn chunks_append_and_compact_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db.redb")).unwrap();
-        store.append_chunk("a", b"one", b"", &[]).unwrap();
-        store.append_chunk("a", b"two", b"", &[]).unwrap();
-        store.append_chunk("b", b"x", b"", &[]).unwrap();
+        store
+            .append_chunk("a", b"one", b"", &[], Commit::Durable)
+            .unwrap();
+        store
+            .append_chunk("a", b"two", b"", &[], Commit::Durable)
+            .unwrap();
+        store
+            .append_chunk("b", b"x", b"", &[], Commit::Durable)
+            .unwrap();
         assert_eq!(
             store.load_doc("a").unwrap().unwrap(),
             (b"onetwo".to_vec(), 2)
         );
-        store.replace_with_snapshot("a", b"snap", b"", &[]).unwrap();
-        store.append_chunk("a", b"+1", b"", &[]).unwrap();
+        store
+            .replace_with_snapshot("a", b"snap", b"", &[], Commit::Durable)
+            .unwrap();
+        store
+            .append_chunk("a", b"+1", b"", &[], Commit::Durable)
+            .unwrap();
         assert_eq!(
             store.load_doc("a").unwrap().unwrap(),
             (b"snap+1".to_vec(), 2)

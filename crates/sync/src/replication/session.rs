@@ -55,6 +55,9 @@ pub enum Event {
     Shared { doc: DocId, heads: Vec<ChangeHash> },
     /// The peer broke the protocol: drop it, and forget its saved sync states.
     Misbehaved(String),
+    /// Our side cannot go on (what was received could not be made durable): end the
+    /// connection without blaming the peer; the next one starts from what the store holds.
+    Failed(String),
 }
 
 /// An input to the session.
@@ -117,6 +120,9 @@ pub struct Session {
     failed: bool,
     /// Messages refused as early (see [`MAX_EARLY`]).
     early: u32,
+    /// Whether messages were received since the documents were last flushed (see
+    /// [`Docs::flush`]): flushed before anything is sent.
+    unflushed: bool,
     quotas: Quotas,
     /// Documents the peer named that were not held here and that it has not brought yet
     /// (at most [`Quotas::max_unknown_docs`]).
@@ -154,6 +160,7 @@ impl Session {
             events: VecDeque::new(),
             failed: false,
             early: 0,
+            unflushed: false,
             quotas,
             unknown: HashSet::new(),
         }
@@ -290,6 +297,7 @@ impl Session {
         if let Err(reason) = self.admit_unknown(&doc, docs) {
             return self.fail(reason);
         }
+        self.unflushed = true;
         let slot = self.slot(&doc, docs, now);
         let outcome = docs.receive(&doc, &mut slot.state, message);
         match outcome {
@@ -508,6 +516,18 @@ impl Session {
     pub fn poll_transmit(&mut self, now: Instant, docs: &mut dyn Docs) -> Option<Msg> {
         if self.failed {
             return None;
+        }
+        // Whatever we say next may tell the peer what we now hold (heads, a digest): it must
+        // survive a crash first, or the peer would never send it again.
+        if self.unflushed {
+            if let Err(e) = docs.flush() {
+                self.failed = true;
+                self.events.push_back(Event::Failed(format!(
+                    "cannot store what was received: {e}"
+                )));
+                return None;
+            }
+            self.unflushed = false;
         }
         if let Some(m) = self.control.pop_front() {
             return Some(m);

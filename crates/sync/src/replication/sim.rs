@@ -27,12 +27,17 @@ use crate::ids::DeviceId;
 use crate::quota::Quotas;
 use crate::schema::DocId;
 
-/// A peer's documents in memory. Documents are durable (a crash keeps them, as the repo's
-/// durable writes do); sync states are a cache written lazily, and a crash loses those not yet
-/// carried to disk by a later durable write.
+/// A peer's documents in memory, with what a crash would leave of them. Local changes are
+/// durable at once (the repo commits them durably); a peer's changes are written lazily, as
+/// the repo's replicator writes them, and become durable at the next flush or local change;
+/// sync states are a cache written lazily too. A crash loses whatever is not durable.
 #[derive(Default)]
 struct MemDocs {
     docs: BTreeMap<DocId, Automerge>,
+    /// What a crash leaves: each document's heads at its last durable write.
+    durable: BTreeMap<DocId, Vec<ChangeHash>>,
+    /// Documents merged since the last durable write.
+    dirty: Vec<DocId>,
     catalog: Catalog,
     saved: HashMap<(DeviceId, DocId), Vec<u8>>,
     pending: HashMap<(DeviceId, DocId), Vec<u8>>,
@@ -41,8 +46,31 @@ struct MemDocs {
 }
 
 impl MemDocs {
+    /// A durable write: it carries every lazy one before it to disk.
     fn flush(&mut self) {
         self.saved.extend(self.pending.drain());
+        for doc in std::mem::take(&mut self.dirty) {
+            if let Some(d) = self.docs.get(&doc) {
+                self.durable.insert(doc, d.get_heads());
+            }
+        }
+    }
+
+    /// A crash: back to what is durable.
+    fn crash(&mut self) {
+        self.pending.clear();
+        self.dirty.clear();
+        let docs = std::mem::take(&mut self.docs);
+        for (doc, d) in docs {
+            if let Some(heads) = self.durable.get(&doc) {
+                let kept = d.fork_at(heads).expect("durable heads are in the document");
+                self.docs.insert(doc, kept);
+            }
+        }
+        self.catalog = Catalog::default();
+        for (doc, d) in &self.docs {
+            self.catalog.set(doc, &d.get_heads());
+        }
     }
 }
 
@@ -75,9 +103,13 @@ impl Docs for MemDocs {
         if heads != before {
             self.catalog.set(doc, &heads);
             self.merged.push(doc.clone());
-            // A merge is a durable write: it carries pending sync states with it.
-            self.flush();
+            self.dirty.push(doc.clone());
         }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), DocsError> {
+        MemDocs::flush(self);
         Ok(())
     }
 
@@ -226,6 +258,7 @@ impl Sim {
                 if n == 0 || (all_hold && n != peers - 1) {
                     p.docs.catalog.set(&id, &heads);
                     p.docs.docs.insert(id.clone(), d.clone());
+                    p.docs.durable.insert(id.clone(), heads.clone());
                 }
             }
         }
@@ -302,7 +335,7 @@ impl Sim {
             self.peers[p].sessions.remove(&o);
             self.cut(p, o);
         }
-        self.peers[p].docs.pending.clear();
+        self.peers[p].docs.crash();
         self.peers[p].up = false;
     }
 
@@ -316,6 +349,7 @@ impl Sim {
                     }
                 }
                 Event::Misbehaved(reason) => panic!("an honest peer was dropped: {reason}"),
+                Event::Failed(reason) => panic!("a session failed: {reason}"),
                 Event::Synced(_) | Event::Shared { .. } => {}
             }
         }
@@ -346,6 +380,7 @@ impl Sim {
             .map(|c| c.hash())
             .expect("a change");
         peer.docs.catalog.set(&doc, &heads);
+        peer.docs.dirty.push(doc.clone());
         peer.docs.flush();
         self.made.push((doc.clone(), hash));
         let now = self.instant();
@@ -754,6 +789,64 @@ fn misbehaved(session: &mut Session) -> Option<String> {
         Event::Misbehaved(reason) => Some(reason),
         _ => None,
     })
+}
+
+/// A peer's changes are written lazily, and made durable before the session says anything
+/// more: the answer that tells the peer we hold them never goes out while a crash could still
+/// take them away (the peer would then never send them again).
+#[test]
+fn what_a_peer_sent_is_durable_before_the_session_answers() {
+    let mut docs = MemDocs::default();
+    let mut session = greeted(&mut docs, Quotas::DEFAULT);
+    let now = Instant::now();
+    let doc = random_doc(&mut StdRng::seed_from_u64(5));
+    let mut theirs = Automerge::new();
+    let mut tx = theirs.transaction();
+    tx.put(ROOT, "k", 1).expect("put");
+    tx.commit();
+    let mut their_state = sync::State::new();
+    // Their heads, our "send me everything", then their changes.
+    let mut answers = 0;
+    while let Some(message) = theirs.generate_sync_message(&mut their_state) {
+        let input = Input::Message(Msg::Sync {
+            doc: doc.clone(),
+            message: message.encode(),
+        });
+        session.handle(now, input, &mut docs);
+        let merged = docs
+            .docs
+            .get(&doc)
+            .is_some_and(|d| !d.get_heads().is_empty());
+        if merged {
+            assert!(
+                !docs.durable.contains_key(&doc),
+                "merged lazily, not yet durable"
+            );
+        }
+        // Our hello, and digests, may come first.
+        let reply =
+            std::iter::from_fn(|| session.poll_transmit(now, &mut docs)).find_map(|m| match m {
+                Msg::Sync { message, .. } => Some(message),
+                _ => None,
+            });
+        let Some(message) = reply else {
+            break;
+        };
+        answers += 1;
+        if merged {
+            assert_eq!(
+                docs.durable.get(&doc),
+                Some(&theirs.get_heads()),
+                "answered before what it answers about was durable"
+            );
+        }
+        let message = sync::Message::decode(&message).expect("a sync message");
+        theirs
+            .receive_sync_message(&mut their_state, message)
+            .expect("our answer");
+    }
+    assert_eq!(docs.docs[&doc].get_heads(), theirs.get_heads());
+    assert!(answers >= 2, "{answers} answers");
 }
 
 /// A peer that names documents this node does not hold, without ever bringing them, is dropped

@@ -2,8 +2,8 @@
 //! and a phone `Node`, paired over loopback as `errand up` and a phone app run them. The
 //! desktop holds a thread of N finished tasks, synced to the phone; then new tasks are sent
 //! from the phone into that thread one at a time, each timed from just before `Node::send` (a
-//! durable commit on the phone) until the desktop's repo announces the merged change carrying
-//! it (after its own durable commit). Every announcement also reaches the desktop's executor
+//! durable commit on the phone) until the desktop's repo has announced the merged change
+//! carrying it and made it durable. Every announcement also reaches the desktop's executor
 //! and event watcher, as in `errand up`: their work per change is part of what is measured,
 //! since the next task waits for the desktop to settle the previous one (the executor fails
 //! each, having no model, and the phone sees it failed before the next is sent).
@@ -174,6 +174,9 @@ pub async fn node_propagation(tasks: usize, iterations: usize) -> Result<NodePro
         })
         .await
         .context("the task to reach the desktop")??;
+        // Received changes are written lazily and made durable before the desktop answers:
+        // the figure is until they are durable.
+        let arrived = durable(desk.repo()).await?.max(arrived);
         if i >= WARMUP {
             latency.push(ms(arrived - t0));
             sends.push(ms(sent_at - t0));
@@ -290,4 +293,14 @@ pub fn json(props: &[NodePropagation]) -> Json {
         })
     });
     json!({ "threads": rows, "goal": goal })
+}
+
+/// When everything `repo` wrote is durable (now, if it already is).
+pub async fn durable(repo: &errand_sync::Repo) -> Result<Instant> {
+    let mut durability = repo.durability();
+    tokio::time::timeout(WAIT, durability.wait_for(|d| *d))
+        .await
+        .context("the desktop to make what it received durable")?
+        .context("the repo went away")?;
+    Ok(Instant::now())
 }
