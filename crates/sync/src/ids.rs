@@ -123,7 +123,7 @@ pub fn session_actor(device: &DeviceId) -> automerge::ActorId {
 }
 
 /// How many leading bytes of an actor name its device.
-const ACTOR_DEVICE_BYTES: usize = 32;
+pub(crate) const ACTOR_DEVICE_BYTES: usize = 32;
 
 /// The device (hex id) that wrote as `actor`: its first 32 bytes. Documents written before
 /// session actors used the bare device id, which maps to itself.

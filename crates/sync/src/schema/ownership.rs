@@ -41,7 +41,7 @@
 use automerge::legacy::{Key, ObjectId, Op, OpType};
 use automerge::{Automerge, ObjId, Prop, ReadDoc, ScalarValue};
 
-use crate::ids::{DeviceId, Role, actor_device, hex};
+use crate::ids::{ACTOR_DEVICE_BYTES, DeviceId, Role, actor_device, hex};
 use crate::schema::DocId;
 use crate::schema::touched::Touched;
 
@@ -136,7 +136,8 @@ impl ObjKey {
     fn text(&self) -> String {
         match self {
             ObjKey::Root => "_root".to_owned(),
-            ObjKey::Made(counter, actor) => format!("{counter}@{actor}"),
+            // Our own hex: automerge's `Display` for an actor showed in profiles.
+            ObjKey::Made(counter, actor) => format!("{counter}@{}", hex(actor.to_bytes())),
         }
     }
 }
@@ -155,6 +156,24 @@ pub struct Checker<'a> {
     doc: &'a Automerge,
     kind: Kind,
     paths: &'a mut Paths,
+    targets: Targets,
+}
+
+/// The targets of tasks looked up so far, by task object. A task's executor writes several of
+/// its fields, each checked against the target; a checker reads a document that does not
+/// change while it lives, so one lookup per task answers them all.
+#[derive(Debug, Default)]
+struct Targets(std::collections::HashMap<ObjId, Option<String>>);
+
+impl Targets {
+    /// Whether `device` is the target of the task object `task`, as its sender wrote it.
+    fn is(&mut self, doc: &Automerge, task: &ObjId, device: &str) -> bool {
+        self.0
+            .entry(task.clone())
+            .or_insert_with(|| target_of(doc, task))
+            .as_deref()
+            == Some(device)
+    }
 }
 
 impl<'a> Checker<'a> {
@@ -169,7 +188,12 @@ impl<'a> Checker<'a> {
         if paths.0.len() > MAX_PATHS {
             paths.0.clear();
         }
-        Checker { doc, kind, paths }
+        Checker {
+            doc,
+            kind,
+            paths,
+            targets: Targets::default(),
+        }
     }
 
     /// See [`check`]; also records in `touched` what the change wrote.
@@ -180,15 +204,23 @@ impl<'a> Checker<'a> {
         standing: Standing,
         touched: &mut Touched,
     ) -> Result<(), Violation> {
-        let (doc, kind) = (self.doc, self.kind);
-        self.walk(
+        let Checker {
+            doc,
+            kind,
+            paths,
+            targets,
+        } = self;
+        let (doc, kind) = (*doc, *kind);
+        walk(
+            doc,
+            paths,
             change,
-            hex(author.as_bytes()),
+            (hex(author.as_bytes()), author.as_bytes().to_vec()),
             standing,
             |path, op, writer| {
                 touched.record(kind == Kind::Index, keys(path, op));
                 match kind {
-                    Kind::Thread => thread_op(doc, path, op, writer),
+                    Kind::Thread => thread_op(doc, targets, path, op, writer),
                     Kind::Index => index_op(doc, path, op, writer),
                 }
             },
@@ -200,68 +232,77 @@ impl<'a> Checker<'a> {
     pub fn touched(&mut self, change: &automerge::ExpandedChange) -> Touched {
         let mut touched = Touched::default();
         let index = self.kind == Kind::Index;
-        let walked = self.walk(change, String::new(), Standing::Unknown, |path, op, _| {
-            touched.record(index, keys(path, op));
-            Ok(())
-        });
+        let unchecked = (String::new(), Vec::new());
+        let walked = walk(
+            self.doc,
+            self.paths,
+            change,
+            unchecked,
+            Standing::Unknown,
+            |path, op, _| {
+                touched.record(index, keys(path, op));
+                Ok(())
+            },
+        );
         if walked.is_err() {
             // An object it wrote into could not be found: say something changed, not what.
             touched.other = true;
         }
         touched
     }
+}
 
-    /// Calls `visit` with each operation of `change` and the path of the object it writes
-    /// into, finding each path once.
-    fn walk(
-        &mut self,
-        change: &automerge::ExpandedChange,
-        device: String,
-        standing: Standing,
-        mut visit: impl FnMut(&[Seg], &Op, &Writer) -> Verdict,
-    ) -> Result<(), Violation> {
-        let doc = self.doc;
-        let writer = Writer {
-            device,
-            standing,
-            first_change: change.deps.is_empty(),
-            actor: change.actor_id.clone(),
-            start_op: change.start_op.get(),
-        };
-        for (n, op) in change.operations.iter().enumerate() {
-            let obj_key = ObjKey::of(&op.obj);
-            if !self.paths.0.contains_key(&obj_key) {
-                let path = path_of(doc, &obj_key.text()).ok_or_else(|| Violation {
-                    author: writer.device.clone(),
-                    what: "writes into an object the document does not hold".into(),
-                    path: obj_key.text(),
-                })?;
-                self.paths.0.insert(obj_key.clone(), path);
-            }
-            let path = &self.paths.0[&obj_key];
-            visit(path, op, &writer).map_err(|what| Violation {
+/// Calls `visit` with each operation of `change` and the path of the object it writes into,
+/// finding each path once (and remembering it in `paths`).
+fn walk(
+    doc: &Automerge,
+    paths: &mut Paths,
+    change: &automerge::ExpandedChange,
+    (device, key): (String, Vec<u8>),
+    standing: Standing,
+    mut visit: impl FnMut(&[Seg], &Op, &Writer) -> Verdict,
+) -> Result<(), Violation> {
+    let writer = Writer {
+        device,
+        key,
+        standing,
+        first_change: change.deps.is_empty(),
+        actor: change.actor_id.clone(),
+        start_op: change.start_op.get(),
+    };
+    for (n, op) in change.operations.iter().enumerate() {
+        let obj_key = ObjKey::of(&op.obj);
+        if !paths.0.contains_key(&obj_key) {
+            let path = path_of(doc, &obj_key.text()).ok_or_else(|| Violation {
                 author: writer.device.clone(),
-                what,
-                path: describe(path, op),
+                what: "writes into an object the document does not hold".into(),
+                path: obj_key.text(),
             })?;
-            // An object this change makes sits where the change put it: its path is known
-            // without asking the document for its parents (the costly part of a check). Not
-            // past errand's depth: a change nesting objects thousands deep would otherwise
-            // have its paths cost memory in the square of its length.
-            if matches!(op.action, OpType::Make(_)) && path.len() < MAX_DEPTH {
-                let id = ObjKey::Made(writer.start_op + n as u64, writer.actor.clone());
-                if let Ok((obj, _)) = doc.import(&id.text()) {
-                    let mut made: Vec<Seg> = path.clone();
-                    made.push(Seg {
-                        key: op_key(op).unwrap_or("#").to_owned(),
-                        obj,
-                    });
-                    self.paths.0.insert(id, made);
-                }
+            paths.0.insert(obj_key.clone(), path);
+        }
+        let path = &paths.0[&obj_key];
+        visit(path, op, &writer).map_err(|what| Violation {
+            author: writer.device.clone(),
+            what,
+            path: describe(path, op),
+        })?;
+        // An object this change makes sits where the change put it: its path is known
+        // without asking the document for its parents (the costly part of a check). Not
+        // past errand's depth: a change nesting objects thousands deep would otherwise
+        // have its paths cost memory in the square of its length.
+        if matches!(op.action, OpType::Make(_)) && path.len() < MAX_DEPTH {
+            let id = ObjKey::Made(writer.start_op + n as u64, writer.actor.clone());
+            if let Ok((obj, _)) = doc.import(&id.text()) {
+                let mut made: Vec<Seg> = path.clone();
+                made.push(Seg {
+                    key: op_key(op).unwrap_or("#").to_owned(),
+                    obj,
+                });
+                paths.0.insert(id, made);
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// The keys from the root to where `op` writes.
@@ -272,7 +313,10 @@ fn keys<'a>(path: &'a [Seg], op: &'a Op) -> impl Iterator<Item = &'a str> {
 }
 
 struct Writer {
+    /// The author's device id as hex, as keys and targets spell it.
     device: String,
+    /// The same as bytes, as actors carry it: values' authors are compared with it.
+    key: Vec<u8>,
     standing: Standing,
     first_change: bool,
     actor: automerge::ActorId,
@@ -280,6 +324,11 @@ struct Writer {
 }
 
 impl Writer {
+    /// Whether the author made the value or object `id` (its id's actor names the author).
+    fn wrote(&self, id: &ObjId) -> bool {
+        creator_bytes(id) == self.key.as_slice()
+    }
+
     /// Whether `obj` was made by the change being checked.
     fn created_here(&self, obj: &ObjId) -> bool {
         matches!(obj, ObjId::Id(counter, actor, _) if *actor == self.actor && *counter >= self.start_op)
@@ -331,9 +380,26 @@ fn creator(obj: &ObjId) -> String {
     }
 }
 
-/// The devices whose values this operation replaces.
-fn pred_authors(op: &Op) -> impl Iterator<Item = String> + '_ {
-    op.pred.iter().map(|p| actor_device(p.actor()))
+/// The device an object or value id names, as bytes: compared, not shown, so no hex is made
+/// (this runs for every operation a node receives).
+fn creator_bytes(obj: &ObjId) -> &[u8] {
+    match obj {
+        ObjId::Id(_, actor, _) => device_bytes(actor),
+        ObjId::Root => &[],
+    }
+}
+
+/// The device bytes an actor names (see [`actor_device`]).
+fn device_bytes(actor: &automerge::ActorId) -> &[u8] {
+    let bytes = actor.to_bytes();
+    &bytes[..bytes.len().min(ACTOR_DEVICE_BYTES)]
+}
+
+/// Whether this operation replaces a value another device wrote.
+fn replaces_others(op: &Op, w: &Writer) -> bool {
+    op.pred
+        .iter()
+        .any(|p| device_bytes(p.actor()) != w.key.as_slice())
 }
 
 type Verdict = Result<(), String>;
@@ -365,7 +431,7 @@ fn structural(doc: &Automerge, container: &ObjId, op: &Op, w: &Writer) -> Verdic
 /// A new entry under `key` of a map: it replaces nothing but its author's own values, and no
 /// other device's entry stands beside it.
 fn new_entry(doc: &Automerge, container: &ObjId, op: &Op, w: &Writer) -> Verdict {
-    if pred_authors(op).any(|d| d != w.device) {
+    if replaces_others(op, w) {
         return refuse("replaces another device's entry");
     }
     match op_key(op) {
@@ -376,23 +442,18 @@ fn new_entry(doc: &Automerge, container: &ObjId, op: &Op, w: &Writer) -> Verdict
 
 fn alone(doc: &Automerge, container: &ObjId, key: &str, w: &Writer) -> Verdict {
     let values = doc.get_all(container, key).unwrap_or_default();
-    if values.iter().any(|(_, id)| op_device(id) != w.device) {
+    if values.iter().any(|(_, id)| !w.wrote(id)) {
         return refuse("writes an entry another device already holds");
     }
     Ok(())
 }
 
-/// The device of the operation that wrote a value (its id's actor).
-fn op_device(id: &ObjId) -> String {
-    creator(id)
-}
-
 /// The value of `key` in `obj` as written by the device `by` (among concurrent values too).
-fn written_by(doc: &Automerge, obj: &ObjId, key: &str, by: &str) -> Option<String> {
+fn written_by(doc: &Automerge, obj: &ObjId, key: &str, by: &[u8]) -> Option<String> {
     doc.get_all(obj, key)
         .unwrap_or_default()
         .into_iter()
-        .find(|(_, id)| op_device(id) == by)
+        .find(|(_, id)| creator_bytes(id) == by)
         .and_then(|(v, _)| match v {
             automerge::Value::Scalar(s) => match s.as_ref() {
                 ScalarValue::Str(s) => Some(s.to_string()),
@@ -404,7 +465,7 @@ fn written_by(doc: &Automerge, obj: &ObjId, key: &str, by: &str) -> Option<Strin
 
 /// The target desktop of the task object `task`, as its sender wrote it.
 fn target_of(doc: &Automerge, task: &ObjId) -> Option<String> {
-    written_by(doc, task, "target", &creator(task))
+    written_by(doc, task, "target", creator_bytes(task))
 }
 
 /// The target of the task with id `task` in this thread, as its sender wrote it.
@@ -433,7 +494,7 @@ const EXECUTOR_FIELDS: [&str; 7] = [
     "notified",
 ];
 
-fn thread_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
+fn thread_op(doc: &Automerge, targets: &mut Targets, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
     plain(op)?;
     let keys: Vec<&str> = path.iter().map(|s| s.key.as_str()).collect();
     let container = path.last().map_or(automerge::ROOT, |s| s.obj.clone());
@@ -450,13 +511,13 @@ fn thread_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
             new_entry(doc, &container, op, w)
         }
         ["tasks", _, _] => {
-            let sender = creator(&container);
+            let by_sender = w.wrote(&container);
             // Read only where a rule needs it: a new task's own fields (most of what is
             // received) are decided by its sender alone.
-            let is_target = || target_of(doc, &container).as_deref() == Some(w.device.as_str());
+            let mut is_target = || targets.is(doc, &container, &w.device);
             match key {
                 Some(k) if SENDER_FIELDS.contains(&k) => {
-                    if w.device != sender {
+                    if !by_sender {
                         return refuse(format!("writes the sender's {k}"));
                     }
                     Ok(())
@@ -466,7 +527,7 @@ fn thread_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
                         matches!(&op.action, OpType::Put(ScalarValue::Str(s)) if s == "queued");
                     // The sender writes `queued` once, in the change that creates the task.
                     let creating = w.created_here(&container) && op.pred.is_empty();
-                    if (w.device == sender && queued && creating) || is_target() {
+                    if (by_sender && queued && creating) || is_target() {
                         Ok(())
                     } else {
                         refuse("writes the status of a task it does not run")
@@ -482,7 +543,7 @@ fn thread_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
             }
         }
         ["tasks", _, _, field, ..] if EXECUTOR_FIELDS.contains(field) => {
-            if target_of(doc, &path[2].obj).as_deref() != Some(w.device.as_str()) {
+            if !targets.is(doc, &path[2].obj, &w.device) {
                 return refuse(format!("writes the {field} of a task it does not run"));
             }
             Ok(())
@@ -524,30 +585,27 @@ fn thread_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
             if !w.standing.is_desktop() {
                 return refuse("writes a message, which only a desktop does");
             }
-            if pred_authors(op).any(|d| d != w.device) {
+            if replaces_others(op, w) {
                 return refuse("replaces another device's message");
             }
             Ok(())
         }
-        ["messages", _, rest @ ..] => {
-            let author = creator(&path[1].obj);
-            match rest {
-                [] => {
-                    if w.device != author {
-                        return refuse("writes another device's message");
-                    }
-                    Ok(())
+        ["messages", _, rest @ ..] => match rest {
+            [] => {
+                if !w.wrote(&path[1].obj) {
+                    return refuse("writes another device's message");
                 }
-                ["answers"] => own_entry(doc, &container, op, w),
-                ["answers", device, ..] => {
-                    if *device != w.device {
-                        return refuse("writes another device's answer");
-                    }
-                    Ok(())
-                }
-                _ => refuse("writes inside a message where errand writes nothing"),
+                Ok(())
             }
-        }
+            ["answers"] => own_entry(doc, &container, op, w),
+            ["answers", device, ..] => {
+                if *device != w.device {
+                    return refuse("writes another device's answer");
+                }
+                Ok(())
+            }
+            _ => refuse("writes inside a message where errand writes nothing"),
+        },
         _ => refuse("writes where errand writes nothing"),
     }
 }
@@ -579,7 +637,7 @@ fn index_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
             Ok(())
         }
         ["members" | "revoked", _, ..] => {
-            if creator(&path[1].obj) != w.device {
+            if !w.wrote(&path[1].obj) {
                 return refuse("writes inside another device's entry");
             }
             Ok(())
@@ -597,7 +655,7 @@ fn index_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
             new_entry(doc, &container, op, w)
         }
         ["addrs", device, ..] => {
-            if *device != w.device && creator(&path[1].obj) != w.device {
+            if *device != w.device && !w.wrote(&path[1].obj) {
                 return refuse("writes another device's addresses");
             }
             Ok(())
@@ -632,7 +690,7 @@ fn index_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
             new_entry(doc, &container, op, w)
         }
         ["threads", _, ..] => {
-            if creator(&path[1].obj) != w.device {
+            if !w.wrote(&path[1].obj) {
                 return refuse("writes another device's thread entry");
             }
             Ok(())
@@ -644,12 +702,11 @@ fn index_op(doc: &Automerge, path: &[Seg], op: &Op, w: &Writer) -> Verdict {
 /// An operation inside the schedule `schedule` (`rest` is the path below it).
 fn schedule_op(doc: &Automerge, schedule: &ObjId, rest: &[&str], op: &Op, w: &Writer) -> Verdict {
     use crate::schema::index::schedules::{CREATOR_FIELDS, RUN, SHARED_FIELDS};
-    let creator = creator(schedule);
-    let target = written_by(doc, schedule, "target", &creator);
+    let target = written_by(doc, schedule, "target", creator_bytes(schedule));
     let is_target = target.as_deref() == Some(w.device.as_str());
     match (rest, op_key(op)) {
         ([], Some(k)) if CREATOR_FIELDS.contains(&k) => {
-            if w.device != creator {
+            if !w.wrote(schedule) {
                 return refuse(format!("writes the {k} of a schedule it did not make"));
             }
             Ok(())

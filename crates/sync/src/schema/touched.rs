@@ -33,22 +33,16 @@ impl Touched {
     pub(crate) fn record<'a>(&mut self, index: bool, mut keys: impl Iterator<Item = &'a str>) {
         match (index, keys.next()) {
             (false, Some("tasks")) => match keys.nth(1) {
-                Some(task) => {
-                    self.tasks.insert(task.to_owned());
-                }
+                Some(task) => note(&mut self.tasks, task),
                 None => self.other = true,
             },
             (false, Some("approvals")) => match keys.next() {
-                Some(approval) => {
-                    self.approvals.insert(approval.to_owned());
-                }
+                Some(approval) => note(&mut self.approvals, approval),
                 None => self.other = true,
             },
             (false, Some("messages")) => self.messages = true,
             (true, Some("threads")) => match keys.next() {
-                Some(thread) => {
-                    self.threads.insert(thread.to_owned());
-                }
+                Some(thread) => note(&mut self.threads, thread),
                 None => self.other = true,
             },
             _ => self.other = true,
@@ -67,6 +61,14 @@ impl Touched {
         self.messages |= other.messages;
         self.threads.extend(other.threads);
         self.other |= other.other;
+    }
+}
+
+/// Adds `key` to `set`, allocating only when it is new: a change writes several fields of
+/// each task, and this runs for every operation a node receives.
+fn note(set: &mut BTreeSet<String>, key: &str) {
+    if !set.contains(key) {
+        set.insert(key.to_owned());
     }
 }
 
