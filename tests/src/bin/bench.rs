@@ -1709,6 +1709,10 @@ fn group(n: usize) -> String {
     out
 }
 
+/// The same allocator as the `errand` binary, so that memory is measured as a user's node uses it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let runtime = || {

@@ -581,3 +581,74 @@ fn views_are_read_from_the_store_only_while_current() {
     assert_eq!(list(&a), [both, one, None]);
     assert_eq!(derived.replace(0), 0);
 }
+
+/// Views are stored deflated (a listing of a big space keeps every page it reads in redb's
+/// cache, so their size is memory), and one stored by an older build, as plain JSON after the
+/// fingerprint, reads as stale and is derived again.
+#[test]
+fn views_are_stored_deflated_and_older_ones_derived_again() {
+    let (_dir, a) = repo();
+    let doc = DocId::new_thread();
+    create_thread(&a, &doc);
+    a.change(&doc, "tasks", |tx| {
+        for n in 0..20 {
+            thread::add_task(
+                tx,
+                &thread::NewTask {
+                    id: &format!("{n:032x}"),
+                    prompt: "summarise the PDFs in the inbox and file them by sender",
+                    target: &"d".repeat(64),
+                    created: 1_795_000_000_000 + n,
+                },
+            )?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let derived = std::cell::Cell::new(0);
+    let list = |repo: &Repo| {
+        repo.read_views("test-tasks/1", std::slice::from_ref(&doc), |d, id| {
+            derived.set(derived.get() + 1);
+            thread::tasks(d, id.as_str())
+        })
+        .unwrap()
+        .remove(0)
+        .unwrap()
+    };
+    let tasks = list(&a);
+    assert_eq!(tasks.len(), 20);
+    let stored = || {
+        let mut bytes = Vec::new();
+        a.store
+            .each_view("test-tasks/1", &[doc.as_str()], |_, v| {
+                bytes = v.unwrap().to_vec();
+            })
+            .unwrap();
+        bytes
+    };
+    let json = serde_json::to_vec(&tasks).unwrap();
+    let compact = stored();
+    assert!(
+        compact.len() * 4 < json.len(),
+        "a view of {} bytes of JSON is stored in {} bytes",
+        json.len(),
+        compact.len()
+    );
+    // The older format: the fingerprint, then the JSON.
+    let fingerprint = crate::replication::HeadsHash::of(&a.heads(&doc).unwrap());
+    let mut older = fingerprint.0.to_vec();
+    older.extend_from_slice(&json);
+    a.store
+        .set_views("test-tasks/1", &[(doc.as_str(), older)])
+        .unwrap();
+    a.tidy(std::time::Instant::now() + IDLE_AFTER).unwrap();
+    assert_eq!(a.loaded(), 0);
+    derived.set(0);
+    assert_eq!(list(&a), tasks);
+    assert_eq!(derived.get(), 1, "the older view is derived again");
+    assert_eq!(stored(), compact, "and stored in the current format");
+    // Read from the store from then on.
+    a.tidy(std::time::Instant::now() + IDLE_AFTER).unwrap();
+    assert_eq!(list(&a), tasks);
+    assert_eq!(derived.get(), 1);
+}
