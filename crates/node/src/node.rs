@@ -895,7 +895,9 @@ impl Node {
             None => {
                 let id = DocId::new_thread();
                 let title: String = text.chars().take(60).collect();
-                self.repo.create(
+                // The thread and its listing become durable with the task below: one flush
+                // for the three commits of a send into a new thread.
+                self.repo.create_lazily(
                     &id,
                     &format!("thread {} created", short(id.as_str())),
                     |tx| thread::create(tx, id.as_str(), &title),
@@ -907,7 +909,7 @@ impl Node {
                     created_by: me.clone(),
                     archived: false,
                 };
-                self.repo.change(
+                self.repo.change_lazily(
                     &DocId::index(),
                     &format!("thread {} listed", short(id.as_str())),
                     |tx| index::add_thread(tx, &entry),

@@ -435,7 +435,7 @@ impl Repo {
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
         let _writing = lock(&self.writes);
-        let out = self.change_and_write(id, message, New::Create, f);
+        let out = self.change_and_write(id, message, New::Create, Commit::Durable, f);
         if matches!(out, Err(ref e) if !matches!(e, ChangeError::Exists(_))) {
             self.forget(id);
         }
@@ -454,7 +454,36 @@ impl Repo {
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
         let _writing = lock(&self.writes);
-        self.change_and_write(id, message, New::Existing, f)
+        self.change_and_write(id, message, New::Existing, Commit::Durable, f)
+    }
+
+    /// [`Repo::create`], written without a disk flush of its own: the write becomes durable
+    /// with the next durable one (the caller's next [`Repo::change`], say). For changes that
+    /// belong together, such as a new thread, its listing and its first task: they share one
+    /// flush, and a crash before it loses all of them, never a later one without the earlier.
+    pub fn create_lazily<T>(
+        &self,
+        id: &DocId,
+        message: &str,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
+    ) -> Result<T, ChangeError> {
+        let _writing = lock(&self.writes);
+        let out = self.change_and_write(id, message, New::Create, Commit::Lazy, f);
+        if matches!(out, Err(ref e) if !matches!(e, ChangeError::Exists(_))) {
+            self.forget(id);
+        }
+        out
+    }
+
+    /// [`Repo::change`], written without a disk flush of its own (see [`Repo::create_lazily`]).
+    pub fn change_lazily<T>(
+        &self,
+        id: &DocId,
+        message: &str,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
+    ) -> Result<T, ChangeError> {
+        let _writing = lock(&self.writes);
+        self.change_and_write(id, message, New::Existing, Commit::Lazy, f)
     }
 
     /// The body of a local change; the caller holds the write lock.
@@ -463,6 +492,7 @@ impl Repo {
         id: &DocId,
         message: &str,
         new: New,
+        commit: Commit,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
         let (out, changed) = {
@@ -526,7 +556,7 @@ impl Repo {
         else {
             return Ok(out);
         };
-        if let Err(e) = self.write(id, pending, Commit::Durable) {
+        if let Err(e) = self.write(id, pending, commit) {
             // The change is only in memory now, and may already be with a peer. Forget it here
             // (the document reloads from the store) and write from now on as a new actor, so
             // its actor and sequence number are never used for a different change.
@@ -1096,16 +1126,20 @@ fn pending_write(entry: &mut Entry, new: &[automerge::Change]) -> Option<Pending
     if heads == entry.saved_heads {
         return None;
     }
-    let chunk = if new.is_empty() {
-        entry.doc.save_after(&entry.saved_heads)
+    // A document not stored before is written whole, without first rebuilding its changes
+    // only to learn their size (for a document that arrived whole, that costs about as much
+    // as checking who wrote what).
+    let chunk = if entry.saved_heads.is_empty() {
+        None
+    } else if new.is_empty() {
+        Some(entry.doc.save_after(&entry.saved_heads))
     } else {
         // What `save_after` would give: the changes' bytes, one after another.
-        new.iter().flat_map(|c| c.raw_bytes()).copied().collect()
+        Some(new.iter().flat_map(|c| c.raw_bytes()).copied().collect())
     };
-    let (bytes, snapshot) = if entry.saved_heads.is_empty() || chunk.len() > SNAPSHOT_ABOVE_BYTES {
-        (entry.doc.save(), true)
-    } else {
-        (chunk, false)
+    let (bytes, snapshot) = match chunk {
+        Some(chunk) if chunk.len() <= SNAPSHOT_ABOVE_BYTES => (chunk, false),
+        _ => (entry.doc.save(), true),
     };
     Some(PendingWrite {
         bytes,

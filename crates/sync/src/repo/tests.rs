@@ -652,3 +652,59 @@ fn views_are_stored_deflated_and_older_ones_derived_again() {
     assert_eq!(list(&a), tasks);
     assert_eq!(derived.get(), 1);
 }
+
+/// Changes written lazily (a new thread and its listing, say) wait for the next durable write,
+/// then share its flush: until it, the repo says not everything is durable; after it, it does,
+/// and all of them are there after a restart.
+#[test]
+fn lazy_local_changes_become_durable_with_the_next_durable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let key = iroh::SecretKey::generate();
+    let a = open(&path, &key);
+    let doc = DocId::new_thread();
+    let durable = a.durability();
+    a.create_lazily(&doc, "thread created", |tx| {
+        thread::create(tx, doc.as_str(), "t")
+    })
+    .unwrap();
+    assert!(!*durable.borrow(), "a lazy create waits for a flush");
+    a.change_lazily(&doc, "task", |tx| {
+        thread::add_task(
+            tx,
+            &thread::NewTask {
+                id: "one",
+                prompt: "p",
+                target: "t",
+                created: 1,
+            },
+        )
+    })
+    .unwrap();
+    assert!(!*durable.borrow(), "so does a lazy change");
+    a.change(&doc, "task", |tx| {
+        thread::add_task(
+            tx,
+            &thread::NewTask {
+                id: "two",
+                prompt: "p",
+                target: "t",
+                created: 2,
+            },
+        )
+    })
+    .unwrap();
+    assert!(*durable.borrow(), "a durable change makes them durable too");
+    let heads = a.heads(&doc).unwrap();
+    drop(a);
+    let a = open(&path, &key);
+    assert_eq!(a.heads(&doc).unwrap(), heads);
+    let ids: Vec<String> = a
+        .read(&doc, |d| thread::tasks(d, doc.as_str()))
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, ["one", "two"]);
+}
