@@ -434,12 +434,7 @@ impl Repo {
         message: &str,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
-        let _writing = lock(&self.writes);
-        let out = self.change_and_write(id, message, New::Create, Commit::Durable, f);
-        if matches!(out, Err(ref e) if !matches!(e, ChangeError::Exists(_))) {
-            self.forget(id);
-        }
-        out
+        self.create_with(id, message, Commit::Durable, f)
     }
 
     /// Changes a document in one commit carrying `message` and the current time, and returns
@@ -467,8 +462,18 @@ impl Repo {
         message: &str,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
+        self.create_with(id, message, Commit::Lazy, f)
+    }
+
+    fn create_with<T>(
+        &self,
+        id: &DocId,
+        message: &str,
+        commit: Commit,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
+    ) -> Result<T, ChangeError> {
         let _writing = lock(&self.writes);
-        let out = self.change_and_write(id, message, New::Create, Commit::Lazy, f);
+        let out = self.change_and_write(id, message, New::Create, commit, f);
         if matches!(out, Err(ref e) if !matches!(e, ChangeError::Exists(_))) {
             self.forget(id);
         }

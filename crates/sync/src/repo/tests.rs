@@ -669,31 +669,22 @@ fn lazy_local_changes_become_durable_with_the_next_durable_one() {
     })
     .unwrap();
     assert!(!*durable.borrow(), "a lazy create waits for a flush");
-    a.change_lazily(&doc, "task", |tx| {
-        thread::add_task(
-            tx,
-            &thread::NewTask {
-                id: "one",
-                prompt: "p",
-                target: "t",
-                created: 1,
-            },
-        )
-    })
-    .unwrap();
+    let task = |id: &'static str| {
+        move |tx: &mut automerge::transaction::Transaction<'_>| {
+            thread::add_task(
+                tx,
+                &thread::NewTask {
+                    id,
+                    prompt: "p",
+                    target: "t",
+                    created: 1,
+                },
+            )
+        }
+    };
+    a.change_lazily(&doc, "task", task("one")).unwrap();
     assert!(!*durable.borrow(), "so does a lazy change");
-    a.change(&doc, "task", |tx| {
-        thread::add_task(
-            tx,
-            &thread::NewTask {
-                id: "two",
-                prompt: "p",
-                target: "t",
-                created: 2,
-            },
-        )
-    })
-    .unwrap();
+    a.change(&doc, "task", task("two")).unwrap();
     assert!(*durable.borrow(), "a durable change makes them durable too");
     let heads = a.heads(&doc).unwrap();
     drop(a);
