@@ -341,7 +341,7 @@ impl TaskWatcher {
         let read = repo
             .read(d, |doc| {
                 (
-                    thread::task_states(doc, &HashSet::new()),
+                    thread::task_headlines(doc),
                     thread::approvals(doc, d.as_str()),
                 )
             })
@@ -351,7 +351,7 @@ impl TaskWatcher {
             return;
         };
         self.on_approvals(approvals, membership, priming, out);
-        self.on_states(repo, d, states, priming, out);
+        self.on_states(d, states, priming, out);
         self.on_questions(repo, d, membership, priming, out);
     }
 
@@ -366,10 +366,10 @@ impl TaskWatcher {
     ) {
         let read = repo
             .read(d, |doc| {
-                let states: Vec<thread::TaskState> = touched
+                let states: Vec<thread::TaskHeadline> = touched
                     .tasks
                     .iter()
-                    .filter_map(|id| thread::task_state(doc, id))
+                    .filter_map(|id| thread::task_headline(doc, id))
                     .collect();
                 let approvals: Vec<thread::Approval> = touched
                     .approvals
@@ -386,9 +386,9 @@ impl TaskWatcher {
         // A question may be written before or after its task's status says so.
         let newly_asking = states
             .iter()
-            .any(|t| t.status == thread::TaskStatus::NeedsInput);
+            .any(|t| t.state.status == thread::TaskStatus::NeedsInput);
         self.on_approvals(approvals, membership, false, out);
-        self.on_states(repo, d, states, false, out);
+        self.on_states(d, states, false, out);
         if touched.messages || newly_asking {
             self.on_questions(repo, d, membership, false, out);
         }
@@ -420,13 +420,17 @@ impl TaskWatcher {
 
     fn on_states(
         &mut self,
-        repo: &Repo,
         d: &DocId,
-        states: Vec<thread::TaskState>,
+        states: Vec<thread::TaskHeadline>,
         priming: bool,
         out: &mut Vec<NodeEvent>,
     ) {
-        for t in states {
+        for thread::TaskHeadline {
+            state: t,
+            prompt,
+            error,
+        } in states
+        {
             let asking = self.asking.entry(d.clone()).or_default();
             if t.status == thread::TaskStatus::NeedsInput {
                 asking.insert(t.id.clone(), t.target.clone());
@@ -434,12 +438,6 @@ impl TaskWatcher {
                 asking.remove(&t.id);
             }
             if self.seen.insert(t.id.clone(), t.status) != Some(t.status) && !priming {
-                let task = repo
-                    .read(d, |doc| thread::task(doc, d.as_str(), &t.id))
-                    .ok()
-                    .flatten()
-                    .flatten();
-                let (prompt, error) = task.map(|t| (t.prompt, t.error)).unwrap_or_default();
                 out.push(NodeEvent::TaskChanged {
                     task: t.id,
                     thread: d.to_string(),

@@ -578,7 +578,10 @@ pub fn task_state(doc: &impl ReadDoc, id: &str) -> Option<TaskState> {
 }
 
 fn state_of(doc: &impl ReadDoc, id: String, obj: &ObjId) -> TaskState {
-    let fields = Fields::read(doc, obj);
+    state_from(&Fields::read(doc, obj), id, obj)
+}
+
+fn state_from(fields: &Fields, id: String, obj: &ObjId) -> TaskState {
     TaskState {
         status: fields
             .str("status")
@@ -593,6 +596,39 @@ fn state_of(doc: &impl ReadDoc, id: String, obj: &ObjId) -> TaskState {
         },
         id,
     }
+}
+
+/// A task's state with what an event about it shows: what was asked and, once it failed,
+/// why. Read in the one pass over the task's fields that its state costs anyway, where the
+/// whole task ([`task`]) would also read its progress, artifacts and notices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskHeadline {
+    pub state: TaskState,
+    pub prompt: String,
+    pub error: Option<String>,
+}
+
+fn headline_of(doc: &impl ReadDoc, id: String, obj: &ObjId) -> TaskHeadline {
+    let fields = Fields::read(doc, obj);
+    TaskHeadline {
+        prompt: fields.str("prompt").unwrap_or_default(),
+        error: fields.str("error"),
+        state: state_from(&fields, id, obj),
+    }
+}
+
+/// One task's headline, by its id.
+pub fn task_headline(doc: &impl ReadDoc, id: &str) -> Option<TaskHeadline> {
+    let obj = task_obj(doc, id).ok()?;
+    Some(headline_of(doc, id.to_owned(), &obj))
+}
+
+/// Every task's headline, in the thread's order.
+pub fn task_headlines(doc: &impl ReadDoc) -> Vec<TaskHeadline> {
+    task_objects(doc)
+        .into_iter()
+        .map(|(id, obj)| headline_of(doc, id, &obj))
+        .collect()
 }
 
 /// The name under which [`tasks`] is kept as a stored view (`Repo::read_views`). Bump it
@@ -1014,6 +1050,14 @@ mod tests {
         assert_eq!(task.artifacts.len(), 1);
         assert_eq!(task.artifacts[0].size, 42);
         assert_eq!(task.artifacts[0].name, "shot.png");
+        // What an event shows of it reads the same, in the same pass as its state.
+        let headline = task_headline(&phone, id).expect("its headline");
+        assert_eq!(
+            (headline.prompt.as_str(), &headline.error),
+            (task.prompt.as_str(), &task.error)
+        );
+        assert_eq!(Some(headline.state.clone()), task_state(&phone, id));
+        assert_eq!(task_headlines(&phone), [headline]);
     }
 
     #[test]
