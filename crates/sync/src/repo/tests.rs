@@ -1,6 +1,9 @@
 //! The repo's own tests: durability, crashes, signatures and what a forging peer sends.
 
+use automerge::sync::{self, SyncDoc};
+
 use super::*;
+use crate::authorship::Envelope;
 use crate::schema::thread;
 
 /// A sync message on which automerge 0.12 panics inside `receive_sync_message`.
