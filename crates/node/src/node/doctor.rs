@@ -9,7 +9,8 @@ use errand_sync::Role;
 use errand_sync::schema::{DocId, index, now_millis};
 use serde::{Deserialize, Serialize};
 
-use super::{Node, dial_addr};
+use super::Node;
+use super::peers::dial_addr;
 use crate::clock::SKEW_LIMIT_MS;
 use crate::error::NodeError;
 
