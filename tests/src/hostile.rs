@@ -157,7 +157,7 @@ pub fn own_repo(home: &Path) -> Repo {
     Repo::new(store, key, Arc::new(FixedAuthors::anyone(Role::Desktop)))
 }
 
-/// Raw automerge sync message bytes as the payload of an `errand/sync/3` `Sync` message, with
+/// Raw automerge sync message bytes as the payload of an `errand/sync/4` `Sync` message, with
 /// no change signatures: what a peer crafting automerge input sends.
 pub fn envelope(message: &[u8]) -> Vec<u8> {
     Envelope {

@@ -1,4 +1,4 @@
-//! Replication over iroh: the `errand/sync/3` protocol handler and the dialler that keeps a
+//! Replication over iroh: the `errand/sync/4` protocol handler and the dialler that keeps a
 //! connection to every known peer. This is the thin driver of [`crate::replication`]: it moves
 //! bytes between a QUIC stream and a [`Session`], feeds it document changes and timers, and
 //! writes what it asks to be saved. What to send, when, and what counts as in sync is decided
@@ -32,9 +32,10 @@ use crate::store::Commit;
 use crate::wire::{self, MAX_FRAME};
 use in_flight::InFlight;
 
-/// The ALPN of the document sync protocol. Version 2: one stream per connection for every
-/// document (version 1 opened one per document and stalled at QUIC's stream limit).
-pub const SYNC_ALPN: &[u8] = b"errand/sync/3";
+/// The ALPN of the document sync protocol. Version 2 carried every document on one stream
+/// per connection (version 1 opened one per document and stalled at QUIC's stream limit);
+/// version 4 adds `Ping`/`Pong`, with which a session finds a connection gone silent.
+pub const SYNC_ALPN: &[u8] = b"errand/sync/4";
 
 /// The sync stream quiet for this long drops its compression contexts (some 300 KB).
 const IDLE_FORGET: Duration = Duration::from_secs(30);
@@ -72,6 +73,9 @@ pub const CLOSE_PROTOCOL: u32 = 3;
 pub const CLOSE_REVOKED: u32 = 4;
 /// Our side could not store what it received; the peer did nothing wrong.
 pub const CLOSE_LOCAL_FAILURE: u32 = 5;
+/// The peer stopped answering (`replication::session::STALL_AFTER`): a fresh connection
+/// replaces this one.
+pub const CLOSE_SILENT: u32 = 6;
 
 /// Decides which devices may sync with us. Checked on every connection, both directions, before
 /// any document byte is read or written.
@@ -481,6 +485,10 @@ impl Replicator {
         let mut decoder = wire::MessageDecoder::default();
         let mut changes = repo.subscribe();
         let mut last_traffic = Instant::now();
+        // Packets received from the peer when last looked: growth while the session awaits an
+        // answer tells it the link works (QUIC acknowledges what we send even while the
+        // peer's session is busy).
+        let mut rx_seen = conn.stats().udp_rx.datagrams;
 
         'session: loop {
             if !self.apply_events(conn, &mut session) {
@@ -506,6 +514,7 @@ impl Replicator {
             tokio::select! {
                 permit = tx.reserve(), if wants && room => {
                     let Ok(mut permit) = permit else { break };
+                    let was_awaiting = session.awaiting();
                     // Everything the session has to say now goes to the writer together (a
                     // sync message and the digest after it, say), so that it leaves in one
                     // packet rather than one each.
@@ -519,6 +528,10 @@ impl Replicator {
                             Ok(next) if room => permit = next,
                             _ => break,
                         }
+                    }
+                    // Packets from before an answer was awaited say nothing about it.
+                    if !was_awaiting && session.awaiting() {
+                        rx_seen = conn.stats().udp_rx.datagrams;
                     }
                 }
                 // The peer reads again: the writer has taken bytes off the queue.
@@ -574,6 +587,7 @@ impl Replicator {
                             }
                         }
                     }
+                    rx_seen = conn.stats().udp_rx.datagrams;
                     let syncs = msgs.iter().filter(|m| matches!(m, Msg::Sync { .. })).count();
                     docs.write(if syncs > 1 { Commit::Lazy } else { Commit::Durable });
                     for msg in msgs {
@@ -593,7 +607,17 @@ impl Replicator {
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
-                () = sleep_until(timer) => session.handle_timeout(Instant::now(), &docs),
+                () = sleep_until(timer) => {
+                    let rx = conn.stats().udp_rx.datagrams;
+                    // Bytes the writer still holds wait on the peer's flow control, which a
+                    // peer slow to read withholds: that is not silence.
+                    let writing = *queued.borrow() > 0;
+                    if session.awaiting() && (rx != rx_seen || writing) {
+                        session.handle(Instant::now(), Input::Alive, &mut docs);
+                    }
+                    rx_seen = rx;
+                    session.handle_timeout(Instant::now(), &docs);
+                }
                 // An idle stream gives its compression contexts back; the next message starts
                 // fresh ones.
                 () = tokio::time::sleep_until(forget_at.into()), if encoder.holds_context() => {
@@ -646,6 +670,11 @@ impl Replicator {
                 Event::Failed(reason) => {
                     warn!(%peer, "ending the connection: {reason}");
                     conn.close(VarInt::from_u32(CLOSE_LOCAL_FAILURE), b"local failure");
+                    return false;
+                }
+                Event::Silent => {
+                    info!(%peer, "no answer: dialling a fresh connection");
+                    conn.close(VarInt::from_u32(CLOSE_SILENT), b"no answer");
                     return false;
                 }
             }

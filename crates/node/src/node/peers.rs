@@ -179,19 +179,34 @@ impl Node {
                 (d, heads)
             })
             .collect();
+        self.wait_held(&docs, || self.replicator.connected_peers(), timeout)
+            .await;
+    }
+
+    /// Waits until every peer that `peers` names (asked again at each step) is known to hold
+    /// each document in `docs` at least at the heads given with it, or until `timeout` has
+    /// passed: whether they all do.
+    pub(super) async fn wait_held(
+        &self,
+        docs: &[(DocId, Vec<automerge::ChangeHash>)],
+        peers: impl Fn() -> Vec<DeviceId>,
+        timeout: Duration,
+    ) -> bool {
         let mut progress = self.replicator.progress();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let delivered = self.replicator.connected_peers().iter().all(|p| {
+            let held = peers().iter().all(|p| {
                 docs.iter()
                     .all(|(d, heads)| self.replicator.delivered(p, d, heads))
             });
-            if delivered
-                || tokio::time::timeout_at(deadline, progress.changed())
-                    .await
-                    .is_err()
+            if held {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, progress.changed())
+                .await
+                .is_err()
             {
-                return;
+                return false;
             }
         }
     }

@@ -138,22 +138,7 @@ impl Node {
                 (d, heads)
             })
             .collect();
-        let mut progress = self.replicator.progress();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if wanted
-                .iter()
-                .all(|(d, heads)| self.replicator.delivered(&peer, d, heads))
-            {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, progress.changed())
-                .await
-                .is_err()
-            {
-                return false;
-            }
-        }
+        self.wait_held(&wanted, || vec![peer], timeout).await
     }
 
     /// Every task, in every thread or in one. Threads not in memory are read from their stored

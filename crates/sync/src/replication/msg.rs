@@ -1,4 +1,4 @@
-//! The messages of `errand/sync/3`, and their encoding. Pure: bytes in, values out, every
+//! The messages of `errand/sync/4`, and their encoding. Pure: bytes in, values out, every
 //! length checked against what is left before anything is allocated.
 //!
 //! One bidirectional stream per connection carries every document; each message says which
@@ -10,7 +10,7 @@ use crate::schema::DocId;
 use super::digest::{Digest, HeadsHash};
 
 /// The version spoken in [`Msg::Hello`]; a peer speaking another one is refused.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 /// At most this many entries in one [`Msg::Catalog`] page.
 pub const CATALOG_PAGE: usize = 512;
 
@@ -19,6 +19,8 @@ const SYNC: u8 = 2;
 const DIGEST: u8 = 3;
 const CATALOG_REQUEST: u8 = 4;
 const CATALOG: u8 = 5;
+const PING: u8 = 6;
+const PONG: u8 = 7;
 
 const DOC_INDEX: u8 = 0;
 const DOC_THREAD: u8 = 1;
@@ -43,6 +45,11 @@ pub enum Msg {
         entries: Vec<(DocId, HeadsHash)>,
         last: bool,
     },
+    /// "Are you there?": answered at once with [`Msg::Pong`]. Sent only while an answer to
+    /// something else is overdue (see `session::PROBE_AFTER`).
+    Ping,
+    /// The answer to [`Msg::Ping`].
+    Pong,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -86,6 +93,8 @@ impl Msg {
                 out.extend_from_slice(&d.0);
             }
             Msg::CatalogRequest => out.push(CATALOG_REQUEST),
+            Msg::Ping => out.push(PING),
+            Msg::Pong => out.push(PONG),
             Msg::Catalog { entries, last } => {
                 out.push(CATALOG);
                 out.push(u8::from(*last));
@@ -132,6 +141,8 @@ impl Msg {
             }
             DIGEST => Msg::Digest(Digest(r.array()?)),
             CATALOG_REQUEST => Msg::CatalogRequest,
+            PING => Msg::Ping,
+            PONG => Msg::Pong,
             CATALOG => {
                 let last = r.u8()? != 0;
                 let n = usize::from(u16::from_be_bytes(r.array()?));
@@ -223,6 +234,8 @@ mod tests {
             },
             Msg::Digest(Digest([1; 16])),
             Msg::CatalogRequest,
+            Msg::Ping,
+            Msg::Pong,
             Msg::Catalog {
                 entries: vec![
                     (DocId::index(), HeadsHash([2; 16])),

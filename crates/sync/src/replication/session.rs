@@ -40,6 +40,19 @@ pub const MAX_ACTIVE: usize = 100;
 /// until nothing about it has been heard for this long.
 pub const SETTLE_AFTER: Duration = Duration::from_secs(2);
 
+/// A message that the peer answers (a sync message, the opener's hello, a catalog request)
+/// unanswered this long: ask whether the peer is there ([`Msg::Ping`]), and again every as
+/// long while the answer is overdue.
+pub const PROBE_AFTER: Duration = Duration::from_secs(1);
+/// An answer overdue this long with no sign of the peer at all (no message, and the driver
+/// seeing no packet from it, [`Input::Alive`]): the connection has gone silent.
+///
+/// QUIC keeps a connection through a partition shorter than its idle timeout, but the gaps
+/// between its retransmissions double while the link is down, so after the link returns the
+/// next one may be many seconds away. A fresh connection is there within a dial: giving up on
+/// the silent one bounds what a short partition costs to about this plus a dial.
+pub const STALL_AFTER: Duration = Duration::from_millis(2500);
+
 /// Messages whose changes name an author not known yet, per session, before the peer counts
 /// as sending changes by non-members.
 pub const MAX_EARLY: u32 = 64;
@@ -58,6 +71,9 @@ pub enum Event {
     /// Our side cannot go on (what was received could not be made durable): end the
     /// connection without blaming the peer; the next one starts from what the store holds.
     Failed(String),
+    /// An answer has been overdue for [`STALL_AFTER`] with no sign of the peer: end the
+    /// connection without blaming the peer, and dial again.
+    Silent,
 }
 
 /// An input to the session.
@@ -69,6 +85,9 @@ pub enum Input {
     Changed(DocId),
     /// Change notifications were lost: anything may have changed.
     LostTrack,
+    /// The driver saw packets from the peer (acknowledgements of ours, say) though no message:
+    /// the link works, the peer is only slow to answer.
+    Alive,
 }
 
 #[derive(Debug)]
@@ -123,6 +142,13 @@ pub struct Session {
     /// Whether messages were received since the documents were last flushed (see
     /// [`Docs::flush`]): flushed before anything is sent.
     unflushed: bool,
+    /// Since when an answer is awaited: set when a message the peer answers goes out with
+    /// none awaited, cleared by any message from the peer (see [`STALL_AFTER`]).
+    awaiting: Option<Instant>,
+    /// The last sign of the peer (a message, or [`Input::Alive`]) while an answer is awaited.
+    heard: Instant,
+    /// When the last [`Msg::Ping`] was queued, while an answer is awaited.
+    probed: Option<Instant>,
     quotas: Quotas,
     /// Documents the peer named that were not held here and that it has not brought yet
     /// (at most [`Quotas::max_unknown_docs`]).
@@ -161,6 +187,9 @@ impl Session {
             failed: false,
             early: 0,
             unflushed: false,
+            awaiting: None,
+            heard: now,
+            probed: None,
             quotas,
             unknown: HashSet::new(),
         }
@@ -205,7 +234,7 @@ impl Session {
     /// A one-line account of the session's state, for logs and failed simulations.
     pub fn describe(&self) -> String {
         format!(
-            "hello sent {} received {}, queue {}, control {}, catalog out {:?} in {}, peer digest {:?}, sent digest {:?}, asked {:?}",
+            "hello sent {} received {}, queue {}, control {}, catalog out {:?} in {}, peer digest {:?}, sent digest {:?}, asked {:?}, awaiting {}",
             self.hello_sent,
             self.hello_received,
             self.queue.len() + self.backlog.len(),
@@ -215,6 +244,7 @@ impl Session {
             self.peer_digest,
             self.sent_digest,
             self.catalog_asked,
+            self.awaiting.is_some(),
         )
     }
 
@@ -223,9 +253,16 @@ impl Session {
         self.slots.len()
     }
 
-    /// Whether the session failed (the peer misbehaved); the driver drops the connection.
+    /// Whether the session failed (the peer misbehaved, or went silent); the driver drops
+    /// the connection.
     pub fn failed(&self) -> bool {
         self.failed
+    }
+
+    /// Whether an answer from the peer is awaited (the driver then watches for its packets,
+    /// [`Input::Alive`]).
+    pub fn awaiting(&self) -> bool {
+        self.awaiting.is_some()
     }
 
     pub fn handle(&mut self, now: Instant, input: Input, docs: &mut dyn Docs) {
@@ -235,8 +272,12 @@ impl Session {
         match input {
             Input::Message(m) => {
                 self.last_activity = now;
+                self.awaiting = None;
+                self.probed = None;
+                self.heard = now;
                 self.on_message(now, m, docs);
             }
+            Input::Alive => self.heard = now,
             Input::Changed(doc) => {
                 if self.hello_received {
                     self.enqueue(doc);
@@ -289,6 +330,8 @@ impl Session {
                 }
             }
             Msg::Catalog { entries, last } => self.on_catalog(entries, last, docs),
+            Msg::Ping => self.control.push_back(Msg::Pong),
+            Msg::Pong => {}
         }
     }
 
@@ -514,6 +557,25 @@ impl Session {
 
     /// The next message to send, if any. Call it whenever the stream can take a message.
     pub fn poll_transmit(&mut self, now: Instant, docs: &mut dyn Docs) -> Option<Msg> {
+        let msg = self.next_message(now, docs)?;
+        if self.awaiting.is_none() && self.answered(&msg) {
+            self.awaiting = Some(now);
+            self.heard = now;
+        }
+        Some(msg)
+    }
+
+    /// Whether the peer answers `msg` (so that silence after it means something). A sync
+    /// message may go unanswered when the peer has nothing to say; then a ping asks.
+    fn answered(&self, msg: &Msg) -> bool {
+        match msg {
+            Msg::Hello { .. } => self.opener,
+            Msg::Sync { .. } | Msg::CatalogRequest | Msg::Ping => true,
+            Msg::Digest(_) | Msg::Catalog { .. } | Msg::Pong => false,
+        }
+    }
+
+    fn next_message(&mut self, now: Instant, docs: &mut dyn Docs) -> Option<Msg> {
         if self.failed {
             return None;
         }
@@ -596,7 +658,14 @@ impl Session {
         let catalog = self
             .catalog_due(docs)
             .then(|| self.last_activity + CATALOG_AFTER);
-        [save, catalog, self.backlog_opens(now)]
+        let (probe, stall) = match self.awaiting {
+            Some(since) => (
+                Some(self.probed.unwrap_or(since) + PROBE_AFTER),
+                Some(self.heard.max(since) + STALL_AFTER),
+            ),
+            None => (None, None),
+        };
+        [save, catalog, self.backlog_opens(now), probe, stall]
             .into_iter()
             .flatten()
             .min()
@@ -621,6 +690,22 @@ impl Session {
     pub fn handle_timeout(&mut self, now: Instant, docs: &dyn Docs) {
         if self.failed {
             return;
+        }
+        if let Some(since) = self.awaiting {
+            if now >= self.heard.max(since) + STALL_AFTER {
+                self.failed = true;
+                self.queue.clear();
+                self.backlog.clear();
+                self.queued.clear();
+                self.control.clear();
+                self.save_all();
+                self.events.push_back(Event::Silent);
+                return;
+            }
+            if now >= self.probed.unwrap_or(since) + PROBE_AFTER {
+                self.probed = Some(now);
+                self.control.push_back(Msg::Ping);
+            }
         }
         if self.unsaved && now >= self.last_activity + SAVE_AFTER {
             self.save_all();
@@ -648,7 +733,8 @@ impl Session {
         }
     }
 
-    /// The connection ended: save what there is to save (nothing, if the peer misbehaved).
+    /// The connection ended: save what there is to save (nothing, if the peer misbehaved;
+    /// a silent session saved its states when it gave up).
     pub fn close(&mut self) {
         if !self.failed {
             self.save_all();

@@ -8,11 +8,14 @@
 //! What a session sees of the network is a QUIC stream: ordered and reliable while the
 //! connection lives, cut when it dies. So loss, duplication and reordering of packets are
 //! QUIC's to repair; what reaches the core, and what is simulated here, is delay, connections
-//! that die with messages in flight (and are redialled), partitions, and crashes.
+//! that die with messages in flight (and are redialled), partitions that cut the connection,
+//! silent partitions that do not (QUIC holds what was sent until the link returns, and the
+//! sessions must notice the silence), peers busy for seconds (their transport acknowledges
+//! what arrives, the session reads it later), and crashes.
 //!
 //! `ERRAND_SIM_SEEDS=N` sets how many seeds run (default 500); `ERRAND_SIM_SEED=S` replays one.
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use automerge::sync::{self, SyncDoc};
@@ -21,7 +24,7 @@ use automerge::{Automerge, ChangeHash, ROOT, ReadDoc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::session::{Event, Input, MAX_SLOTS, Session};
+use super::session::{Event, Input, MAX_SLOTS, STALL_AFTER, Session};
 use super::{Catalog, Digest, Docs, DocsError, HeadsHash, Msg};
 use crate::ids::DeviceId;
 use crate::quota::Quotas;
@@ -167,6 +170,8 @@ struct Peer {
     up: bool,
     /// Open sessions by peer index, with the connection they belong to.
     sessions: HashMap<usize, (u64, Session)>,
+    /// Until when the peer reads nothing (its transport still acknowledges what arrives).
+    busy_until: Duration,
 }
 
 /// A message on its way; ordered by delivery time, then by sending order.
@@ -178,6 +183,9 @@ struct InFlight {
     from: usize,
     to: usize,
     msg: Vec<u8>,
+    /// Whether the receiving transport has acknowledged it (it arrived, but the peer was
+    /// busy).
+    acked: bool,
 }
 
 impl Ord for InFlight {
@@ -196,6 +204,9 @@ impl PartialOrd for InFlight {
 struct Link {
     conn: Option<u64>,
     partitioned: bool,
+    /// The connection that lived through a silent partition of this link, if any: the only
+    /// kind a session may find silent.
+    silenced: Option<u64>,
     /// The latest delivery time scheduled in each direction: a stream is ordered.
     last: [Duration; 2],
 }
@@ -214,6 +225,11 @@ struct Sim {
     max_slots_seen: usize,
     messages: u64,
     bytes: u64,
+    /// Sessions (peer, other, connection) whose messages the other's transport acknowledged
+    /// since their driver last looked: what [`Input::Alive`] reports.
+    acked: HashSet<(usize, usize, u64)>,
+    /// Connections given up as silent.
+    silences: u64,
 }
 
 fn key(a: usize, b: usize) -> (usize, usize) {
@@ -232,6 +248,7 @@ impl Sim {
                     docs: MemDocs::default(),
                     up: true,
                     sessions: HashMap::new(),
+                    busy_until: Duration::ZERO,
                 }
             })
             .collect();
@@ -293,6 +310,8 @@ impl Sim {
             max_slots_seen: 0,
             messages: 0,
             bytes: 0,
+            acked: HashSet::new(),
+            silences: 0,
         }
     }
 
@@ -321,9 +340,9 @@ impl Sim {
             link.conn = None;
         }
         for (x, y) in [(a, b), (b, a)] {
-            if let Some((_, mut s)) = self.peers[x].sessions.remove(&y) {
+            if let Some((conn, mut s)) = self.peers[x].sessions.remove(&y) {
                 s.close();
-                self.events(x, &mut s);
+                self.events(x, y, conn, &mut s);
             }
         }
     }
@@ -339,8 +358,11 @@ impl Sim {
         self.peers[p].up = false;
     }
 
-    fn events(&mut self, p: usize, s: &mut Session) {
+    /// Acts on the events of `p`'s session with `o` over `conn`, as the driver would. Returns
+    /// whether the session gave the connection up as silent (the driver then closes it).
+    fn events(&mut self, p: usize, o: usize, conn: u64, s: &mut Session) -> bool {
         let peer = s.peer();
+        let mut silent = false;
         while let Some(e) = s.poll_event() {
             match e {
                 Event::SaveStates(states) => {
@@ -350,9 +372,27 @@ impl Sim {
                 }
                 Event::Misbehaved(reason) => panic!("an honest peer was dropped: {reason}"),
                 Event::Failed(reason) => panic!("a session failed: {reason}"),
+                Event::Silent => {
+                    let silenced = self.links.get(&key(p, o)).and_then(|l| l.silenced);
+                    assert_eq!(
+                        silenced,
+                        Some(conn),
+                        "peer {p} gave up on a connection with {o} that was only slow"
+                    );
+                    self.silences += 1;
+                    silent = true;
+                }
                 Event::Synced(_) | Event::Shared { .. } => {}
             }
         }
+        silent
+    }
+
+    /// The link between `a` and `b` goes down without the connection noticing.
+    fn silence(&mut self, a: usize, b: usize) {
+        let link = self.links.entry(key(a, b)).or_default();
+        link.partitioned = true;
+        link.silenced = link.conn;
     }
 
     fn change(&mut self, p: usize) {
@@ -406,9 +446,15 @@ impl Sim {
                     if !s.wants_transmit(now, &peer.docs) {
                         break;
                     }
+                    let was_awaiting = s.awaiting();
                     let Some(msg) = s.poll_transmit(now, &mut peer.docs) else {
                         break;
                     };
+                    // The driver looks at the transport afresh when an answer starts being
+                    // awaited: what came before says nothing about it.
+                    if !was_awaiting && s.awaiting() {
+                        self.acked.remove(&(p, o, conn));
+                    }
                     self.max_slots_seen = self.max_slots_seen.max(s.slots());
                     let bytes = msg.encode();
                     self.messages += 1;
@@ -430,17 +476,38 @@ impl Sim {
                         from: p,
                         to: o,
                         msg: bytes,
+                        acked: false,
                     });
                 }
             }
         }
+        let mut held = Vec::new();
         while self.flight.peek().is_some_and(|m| m.at <= self.now) {
-            let Some(m) = self.flight.pop() else { break };
-            let current = self.links.get(&key(m.from, m.to)).and_then(|l| l.conn);
-            if current != Some(m.conn) {
+            let Some(mut m) = self.flight.pop() else {
+                break;
+            };
+            let Some(link) = self.links.get(&key(m.from, m.to)) else {
+                continue;
+            };
+            if link.conn != Some(m.conn) {
+                continue;
+            }
+            // A silent partition: QUIC keeps it and delivers it once the link is back.
+            if link.partitioned {
+                held.push(m);
+                continue;
+            }
+            if !m.acked {
+                m.acked = true;
+                self.acked.insert((m.from, m.to, m.conn));
+            }
+            if self.peers[m.to].busy_until > self.now {
+                held.push(m);
                 continue;
             }
             let msg = Msg::decode(&m.msg).expect("the core sends valid messages");
+            // What the driver last saw of the transport includes this message.
+            self.acked.remove(&(m.to, m.from, m.conn));
             let peer = &mut self.peers[m.to];
             let Some((_, s)) = peer.sessions.get_mut(&m.from) else {
                 continue;
@@ -458,6 +525,13 @@ impl Sim {
                 }
             }
         }
+        // Held messages keep their order: each stream's delivery times only grow, and the
+        // sequence number breaks ties.
+        for mut m in held {
+            m.at = self.now + Duration::from_millis(1);
+            self.flight.push(m);
+        }
+        let mut silent = Vec::new();
         for p in 0..self.peers.len() {
             let others: Vec<usize> = self.peers[p].sessions.keys().copied().collect();
             for o in others {
@@ -467,11 +541,20 @@ impl Sim {
                 if s.poll_timeout(now, &self.peers[p].docs)
                     .is_some_and(|t| t <= now)
                 {
+                    // The driver asks the transport whether anything came from the peer.
+                    if self.acked.remove(&(p, o, conn)) && s.awaiting() {
+                        s.handle(now, Input::Alive, &mut self.peers[p].docs);
+                    }
                     s.handle_timeout(now, &self.peers[p].docs);
                 }
-                self.events(p, &mut s);
+                if self.events(p, o, conn, &mut s) {
+                    silent.push((p, o));
+                }
                 self.peers[p].sessions.insert(o, (conn, s));
             }
+        }
+        for (p, o) in silent {
+            self.cut(p, o);
         }
     }
 
@@ -525,6 +608,15 @@ impl Sim {
         } else if roll < 0.24 {
             let p = self.rng.random_range(0..n);
             self.peers[p].up = true;
+        } else if roll < 0.25 {
+            let (a, b) = (self.rng.random_range(0..n), self.rng.random_range(0..n));
+            if a != b {
+                self.silence(a, b);
+            }
+        } else if roll < 0.253 {
+            let p = self.rng.random_range(0..n);
+            let busy = Duration::from_millis(self.rng.random_range(0..4000));
+            self.peers[p].busy_until = self.now + busy;
         }
     }
 
@@ -552,6 +644,7 @@ struct Run {
     docs: usize,
     steps: usize,
     messages: u64,
+    silences: u64,
 }
 
 fn run(seed: u64) -> Run {
@@ -643,6 +736,7 @@ fn run(seed: u64) -> Run {
         docs,
         steps: chaos_steps + steps,
         messages: sim.messages,
+        silences: sim.silences,
     }
 }
 
@@ -660,12 +754,14 @@ fn peers_converge_whatever_the_network_does() {
     let started = Instant::now();
     let mut largest = 0;
     let mut messages = 0;
+    let mut silences = 0;
     for seed in 0..seeds {
         let outcome = std::panic::catch_unwind(|| run(seed));
         match outcome {
             Ok(r) => {
                 largest = largest.max(r.docs);
                 messages += r.messages;
+                silences += r.silences;
                 let _ = r.steps;
             }
             Err(e) => {
@@ -675,9 +771,81 @@ fn peers_converge_whatever_the_network_does() {
         }
     }
     eprintln!(
-        "{seeds} seeds, largest space {largest} documents, {messages} messages, {:?}",
+        "{seeds} seeds, largest space {largest} documents, {messages} messages, {silences} connections given up as silent, {:?}",
         started.elapsed()
     );
+}
+
+/// Steps the simulation without faults for `d` of simulated time.
+fn settle_for(sim: &mut Sim, d: Duration) {
+    let end = sim.now + d;
+    while sim.now < end {
+        sim.redial(1.0);
+        sim.step(false);
+        sim.now += Duration::from_millis(5);
+    }
+}
+
+/// A link that goes down without the connection noticing (QUIC keeps a connection through a
+/// partition shorter than its idle timeout): a session with an answer overdue gives the
+/// connection up within [`STALL_AFTER`] and a fresh one carries the change once the link is
+/// back, rather than the old one's retransmissions whenever they next fire.
+#[test]
+fn a_connection_gone_silent_is_given_up_and_replaced_once_the_link_returns() {
+    let mut sim = Sim::new(3, 2, 10);
+    sim.connect(0, 1);
+    // Long enough for any answer still awaited to come (a ping's, if need be).
+    settle_for(&mut sim, STALL_AFTER);
+    assert!(sim.settled(), "the two peers sync first");
+    let first = sim.links[&(0, 1)].conn;
+    sim.silence(0, 1);
+    sim.change(0);
+    let sent = sim.now;
+    while sim.links[&(0, 1)].conn == first {
+        assert!(
+            sim.now < sent + STALL_AFTER + Duration::from_millis(100),
+            "the silent connection is still held {:?} after the change",
+            sim.now - sent
+        );
+        sim.step(false);
+        sim.now += Duration::from_millis(5);
+    }
+    assert!(
+        sim.now - sent >= STALL_AFTER,
+        "gave up after {:?}",
+        sim.now - sent
+    );
+    assert_eq!(sim.silences, 1);
+    // No connection while the link is down; one at once when it is back.
+    settle_for(&mut sim, Duration::from_secs(5));
+    assert_eq!(sim.links[&(0, 1)].conn, None);
+    sim.links.get_mut(&(0, 1)).expect("the link").partitioned = false;
+    let healed = sim.now;
+    while !sim.settled() {
+        assert!(sim.now < healed + Duration::from_millis(200), "not in sync");
+        sim.redial(1.0);
+        sim.step(false);
+        sim.now += Duration::from_millis(5);
+    }
+    assert_ne!(sim.links[&(0, 1)].conn, first);
+}
+
+/// A peer that reads nothing for longer than [`STALL_AFTER`] while its transport still
+/// acknowledges what arrives (busy applying a large batch, say) keeps its connection: the
+/// pings it does not answer yet are acknowledged, which tells the other side the link works.
+#[test]
+fn a_peer_busy_for_seconds_is_not_taken_for_gone() {
+    let mut sim = Sim::new(5, 2, 10);
+    sim.connect(0, 1);
+    settle_for(&mut sim, Duration::from_millis(500));
+    assert!(sim.settled());
+    let first = sim.links[&(0, 1)].conn;
+    sim.peers[1].busy_until = sim.now + STALL_AFTER * 4;
+    sim.change(0);
+    settle_for(&mut sim, STALL_AFTER * 5);
+    assert_eq!(sim.silences, 0);
+    assert_eq!(sim.links[&(0, 1)].conn, first);
+    assert!(sim.settled());
 }
 
 /// A reconnect between two devices that hold the same documents costs one hello each way,
