@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::{Failure, TaskContext};
+use super::task::{Failure, TaskContext};
 use crate::action::{Action, ToolOutput};
 use crate::connectors::ConnectorError;
 use crate::model::ToolSpec;

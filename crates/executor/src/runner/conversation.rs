@@ -8,7 +8,8 @@ use errand_sync::schema::thread::{self, Message, NewAgentMessage, NewQuestion, T
 use errand_sync::schema::{DocId, now_millis};
 use tracing::warn;
 
-use super::{Shared, TaskContext, shared_id, short};
+use super::task::{TaskContext, shared_id};
+use super::{Shared, short};
 use crate::agent::AgentError;
 use crate::conversation::EarlierTurn;
 

@@ -1,0 +1,341 @@
+//! Scenarios on the simulated network, one property each: silence and busy peers, the cost of
+//! a reconnect, a peer that lost its database, durability before an answer, and the quotas on
+//! documents a peer names.
+
+use super::*;
+
+/// Steps the simulation without faults for `d` of simulated time.
+fn settle_for(sim: &mut Sim, d: Duration) {
+    let end = sim.now + d;
+    while sim.now < end {
+        sim.redial(1.0);
+        sim.step(false);
+        sim.now += Duration::from_millis(5);
+    }
+}
+
+/// A link that goes down without the connection noticing (QUIC keeps a connection through a
+/// partition shorter than its idle timeout): a session with an answer overdue gives the
+/// connection up within [`STALL_AFTER`] and a fresh one carries the change once the link is
+/// back, rather than the old one's retransmissions whenever they next fire.
+#[test]
+fn a_connection_gone_silent_is_given_up_and_replaced_once_the_link_returns() {
+    let mut sim = Sim::new(3, 2, 10);
+    sim.connect(0, 1);
+    // Long enough for any answer still awaited to come (a ping's, if need be).
+    settle_for(&mut sim, STALL_AFTER);
+    assert!(sim.settled(), "the two peers sync first");
+    let first = sim.links[&(0, 1)].conn;
+    sim.silence(0, 1);
+    sim.change(0);
+    let sent = sim.now;
+    while sim.links[&(0, 1)].conn == first {
+        assert!(
+            sim.now < sent + STALL_AFTER + Duration::from_millis(100),
+            "the silent connection is still held {:?} after the change",
+            sim.now - sent
+        );
+        sim.step(false);
+        sim.now += Duration::from_millis(5);
+    }
+    assert!(
+        sim.now - sent >= STALL_AFTER,
+        "gave up after {:?}",
+        sim.now - sent
+    );
+    assert_eq!(sim.silences, 1);
+    // No connection while the link is down; one at once when it is back.
+    settle_for(&mut sim, Duration::from_secs(5));
+    assert_eq!(sim.links[&(0, 1)].conn, None);
+    sim.links.get_mut(&(0, 1)).expect("the link").partitioned = false;
+    let healed = sim.now;
+    while !sim.settled() {
+        assert!(sim.now < healed + Duration::from_millis(200), "not in sync");
+        sim.redial(1.0);
+        sim.step(false);
+        sim.now += Duration::from_millis(5);
+    }
+    assert_ne!(sim.links[&(0, 1)].conn, first);
+}
+
+/// A peer that reads nothing for longer than [`STALL_AFTER`] while its transport still
+/// acknowledges what arrives (busy applying a large batch, say) keeps its connection: the
+/// pings it does not answer yet are acknowledged, which tells the other side the link works.
+#[test]
+fn a_peer_busy_for_seconds_is_not_taken_for_gone() {
+    let mut sim = Sim::new(5, 2, 10);
+    sim.connect(0, 1);
+    settle_for(&mut sim, Duration::from_millis(500));
+    assert!(sim.settled());
+    let first = sim.links[&(0, 1)].conn;
+    sim.peers[1].busy_until = sim.now + STALL_AFTER * 4;
+    sim.change(0);
+    settle_for(&mut sim, STALL_AFTER * 5);
+    assert_eq!(sim.silences, 0);
+    assert_eq!(sim.links[&(0, 1)].conn, first);
+    assert!(sim.settled());
+}
+
+/// A reconnect between two devices that hold the same documents costs one hello each way,
+/// whatever the number of documents.
+#[test]
+fn a_reconnect_with_nothing_new_is_two_small_messages() {
+    for docs in [10, 1000] {
+        let mut sim = Sim::new(7, 3, docs);
+        // Peers 0 and 1 hold everything and remember having synced it (`Sim::new` with
+        // `all_hold` depends on the seed: make sure).
+        let ids: Vec<DeviceId> = sim.peers.iter().map(|p| p.id).collect();
+        let snapshot = sim.peers[0].docs.docs.clone();
+        let catalog = sim.peers[0].docs.catalog.clone();
+        for p in 0..2 {
+            sim.peers[p].docs.docs = snapshot.clone();
+            sim.peers[p].docs.catalog = catalog.clone();
+            for (id, d) in &snapshot {
+                let mut state = sync::State::new();
+                state.shared_heads = d.get_heads();
+                sim.peers[p]
+                    .docs
+                    .saved
+                    .insert((ids[1 - p], id.clone()), state.encode());
+            }
+        }
+        sim.peers[2].up = false;
+        sim.connect(0, 1);
+        for _ in 0..50 {
+            sim.step(false);
+            sim.now += Duration::from_millis(5);
+        }
+        assert_eq!(sim.messages, 2, "{docs} documents");
+        assert!(sim.bytes < 64, "{} bytes", sim.bytes);
+        let in_sync = |p: usize| {
+            let peer = &sim.peers[p];
+            peer.sessions.values().all(|(_, s)| s.in_sync(&peer.docs))
+        };
+        assert!(in_sync(0) && in_sync(1));
+        // One change: one document's exchange, not one per document.
+        sim.change(0);
+        let before = sim.messages;
+        for _ in 0..50 {
+            sim.step(false);
+            sim.now += Duration::from_millis(5);
+        }
+        assert!(sim.messages - before <= 6, "{}", sim.messages - before);
+    }
+}
+
+/// A peer that lost its database (its saved states say nothing) is found out by the digests
+/// and brought up to date through the catalog, even though the other side's saved states
+/// claim it holds everything.
+#[test]
+fn a_peer_that_lost_everything_is_caught_up_through_the_catalog() {
+    let mut sim = Sim::new(11, 2, 40);
+    let ids: Vec<DeviceId> = sim.peers.iter().map(|p| p.id).collect();
+    let snapshot = sim.peers[0].docs.docs.clone();
+    for (id, d) in &snapshot {
+        let mut state = sync::State::new();
+        state.shared_heads = d.get_heads();
+        sim.peers[0]
+            .docs
+            .saved
+            .insert((ids[1], id.clone()), state.encode());
+    }
+    sim.peers[1].docs = MemDocs::default();
+    sim.connect(1, 0);
+    let mut steps = 0;
+    while !sim.settled() {
+        steps += 1;
+        assert!(steps < 10_000, "did not settle");
+        sim.step(false);
+        sim.now += Duration::from_millis(5);
+    }
+    assert_eq!(sim.peers[1].docs.held(), 40);
+}
+
+/// A session that has received the peer's hello, over `docs`, with `quotas`.
+fn greeted(docs: &mut MemDocs, quotas: Quotas) -> Session {
+    let now = Instant::now();
+    let peer = iroh::SecretKey::from_bytes(&[7; 32]).public();
+    let mut session = Session::with_quotas(peer, false, now, quotas);
+    let hello = Msg::Hello {
+        version: crate::replication::msg::PROTOCOL_VERSION,
+        digest: Digest::default(),
+        docs: 0,
+    };
+    session.handle(now, Input::Message(hello), docs);
+    session
+}
+
+/// What a peer that holds nothing says about a document: "send me everything".
+fn lookup(doc: DocId) -> Input {
+    let message = Automerge::new()
+        .generate_sync_message(&mut sync::State::new())
+        .expect("an empty document asks")
+        .encode();
+    Input::Message(Msg::Sync { doc, message })
+}
+
+fn random_doc(rng: &mut StdRng) -> DocId {
+    let mut b = [0u8; 16];
+    rng.fill(&mut b);
+    DocId::parse(&crate::ids::hex(&b)).expect("valid id")
+}
+
+fn misbehaved(session: &mut Session) -> Option<String> {
+    std::iter::from_fn(|| session.poll_event()).find_map(|e| match e {
+        Event::Misbehaved(reason) => Some(reason),
+        _ => None,
+    })
+}
+
+/// A peer's changes are written lazily, and made durable before the session says anything
+/// more: the answer that tells the peer we hold them never goes out while a crash could still
+/// take them away (the peer would then never send them again).
+#[test]
+fn what_a_peer_sent_is_durable_before_the_session_answers() {
+    let mut docs = MemDocs::default();
+    let mut session = greeted(&mut docs, Quotas::DEFAULT);
+    let now = Instant::now();
+    let doc = random_doc(&mut StdRng::seed_from_u64(5));
+    let mut theirs = Automerge::new();
+    let mut tx = theirs.transaction();
+    tx.put(ROOT, "k", 1).expect("put");
+    tx.commit();
+    let mut their_state = sync::State::new();
+    // Their heads, our "send me everything", then their changes.
+    let mut answers = 0;
+    while let Some(message) = theirs.generate_sync_message(&mut their_state) {
+        let input = Input::Message(Msg::Sync {
+            doc: doc.clone(),
+            message: message.encode(),
+        });
+        session.handle(now, input, &mut docs);
+        let merged = docs
+            .docs
+            .get(&doc)
+            .is_some_and(|d| !d.get_heads().is_empty());
+        if merged {
+            assert!(
+                !docs.durable.contains_key(&doc),
+                "merged lazily, not yet durable"
+            );
+        }
+        // Our hello, and digests, may come first.
+        let reply =
+            std::iter::from_fn(|| session.poll_transmit(now, &mut docs)).find_map(|m| match m {
+                Msg::Sync { message, .. } => Some(message),
+                _ => None,
+            });
+        let Some(message) = reply else {
+            break;
+        };
+        answers += 1;
+        if merged {
+            assert_eq!(
+                docs.durable.get(&doc),
+                Some(&theirs.get_heads()),
+                "answered before what it answers about was durable"
+            );
+        }
+        let message = sync::Message::decode(&message).expect("a sync message");
+        theirs
+            .receive_sync_message(&mut their_state, message)
+            .expect("our answer");
+    }
+    assert_eq!(docs.docs[&doc].get_heads(), theirs.get_heads());
+    assert!(answers >= 2, "{answers} answers");
+}
+
+/// A peer that names documents this node does not hold, without ever bringing them, is dropped
+/// once it has named `max_unknown_docs` (the default) of them; until then it is answered.
+#[test]
+fn a_peer_naming_more_unknown_documents_than_the_quota_is_dropped() {
+    let max = Quotas::DEFAULT.max_unknown_docs;
+    let mut docs = MemDocs::default();
+    let mut session = greeted(&mut docs, Quotas::DEFAULT);
+    let mut rng = StdRng::seed_from_u64(3);
+    let now = Instant::now();
+    for n in 0..max {
+        session.handle(now, lookup(random_doc(&mut rng)), &mut docs);
+        assert!(!session.failed(), "dropped after {n} documents");
+        // Naming one again costs nothing more.
+        while session.poll_transmit(now, &mut docs).is_some() {}
+    }
+    assert_eq!(misbehaved(&mut session), None);
+    session.handle(now, lookup(random_doc(&mut rng)), &mut docs);
+    assert!(session.failed());
+    let reason = misbehaved(&mut session).expect("a reason");
+    assert!(
+        reason.contains(&format!("more than {max} documents"))
+            && reason.contains("max_unknown_docs"),
+        "{reason}"
+    );
+    assert!(session.slots() <= MAX_SLOTS);
+    assert_eq!(docs.held(), 0, "nothing was created");
+}
+
+/// Past `max_documents`, a peer that names a new document is dropped before the message is
+/// applied, while messages about the documents held go on.
+#[test]
+fn a_full_space_takes_no_new_document_from_a_peer() {
+    let quotas = Quotas {
+        max_documents: 3,
+        ..Quotas::DEFAULT
+    };
+    let mut sim = Sim::new(5, 2, 3);
+    let mut docs = std::mem::take(&mut sim.peers[0].docs);
+    assert_eq!(docs.held(), 3);
+    let held: Vec<DocId> = docs.docs.keys().cloned().collect();
+    let mut session = greeted(&mut docs, quotas);
+    let now = Instant::now();
+    for doc in &held {
+        session.handle(now, lookup(doc.clone()), &mut docs);
+    }
+    assert!(!session.failed(), "{:?}", misbehaved(&mut session));
+    let mut rng = StdRng::seed_from_u64(4);
+    let new = random_doc(&mut rng);
+    let mut theirs = Automerge::new();
+    let mut tx = theirs.transaction();
+    tx.put(ROOT, "created", 1).expect("put");
+    tx.commit();
+    let message = theirs
+        .generate_sync_message(&mut sync::State::new())
+        .expect("a message")
+        .encode();
+    session.handle(
+        now,
+        Input::Message(Msg::Sync {
+            doc: new.clone(),
+            message,
+        }),
+        &mut docs,
+    );
+    let reason = misbehaved(&mut session).expect("dropped");
+    assert!(
+        reason.contains("the most a space may hold (3, max_documents)"),
+        "{reason}"
+    );
+    assert!(
+        !docs.docs.contains_key(&new),
+        "the refused document takes no memory"
+    );
+    assert_eq!(docs.held(), 3);
+}
+
+/// The unknown-document quota does not get in the way of a fresh device taking a space with
+/// more documents than it: an honest peer brings each document it names.
+#[test]
+fn a_fresh_peer_takes_more_documents_than_the_unknown_quota() {
+    let count = Quotas::DEFAULT.max_unknown_docs + 200;
+    let mut sim = Sim::new(12, 2, count);
+    sim.peers[1].docs = MemDocs::default();
+    sim.peers[0].docs.saved.clear();
+    sim.connect(1, 0);
+    let mut steps = 0;
+    while !sim.settled() {
+        steps += 1;
+        assert!(steps < 100_000, "did not settle");
+        sim.step(false);
+        sim.now += Duration::from_millis(5);
+    }
+    assert_eq!(sim.peers[1].docs.held(), count);
+}
