@@ -330,7 +330,13 @@ impl Session {
                 }
             }
             Msg::Catalog { entries, last } => self.on_catalog(entries, last, docs),
-            Msg::Ping => self.control.push_back(Msg::Pong),
+            // One pong answers any number of pings not answered yet: a peer that pings without
+            // reading cannot make the queue grow.
+            Msg::Ping => {
+                if !self.control.contains(&Msg::Pong) {
+                    self.control.push_back(Msg::Pong);
+                }
+            }
             Msg::Pong => {}
         }
     }

@@ -339,3 +339,19 @@ fn a_fresh_peer_takes_more_documents_than_the_unknown_quota() {
     }
     assert_eq!(sim.peers[1].docs.held(), count);
 }
+
+/// A peer that pings without end, and never reads, gets one pong: what waits to be sent to it
+/// does not grow with what it sends.
+#[test]
+fn pings_that_are_not_read_queue_one_pong() {
+    let mut docs = MemDocs::default();
+    let mut session = greeted(&mut docs, Quotas::DEFAULT);
+    let now = Instant::now();
+    while session.poll_transmit(now, &mut docs).is_some() {}
+    for _ in 0..10_000 {
+        session.handle(now, Input::Message(Msg::Ping), &mut docs);
+    }
+    let queued: Vec<Msg> = std::iter::from_fn(|| session.poll_transmit(now, &mut docs)).collect();
+    assert_eq!(queued, vec![Msg::Pong]);
+    assert!(misbehaved(&mut session).is_none());
+}
