@@ -443,12 +443,17 @@ impl Session {
     }
 
     fn fail(&mut self, reason: String) {
+        self.stop();
+        self.events.push_back(Event::Misbehaved(reason));
+    }
+
+    /// Ends the session: nothing more is sent or taken in.
+    fn stop(&mut self) {
         self.failed = true;
         self.queue.clear();
         self.backlog.clear();
         self.queued.clear();
         self.control.clear();
-        self.events.push_back(Event::Misbehaved(reason));
     }
 
     fn enqueue(&mut self, doc: DocId) {
@@ -589,7 +594,7 @@ impl Session {
         // survive a crash first, or the peer would never send it again.
         if self.unflushed {
             if let Err(e) = docs.flush() {
-                self.failed = true;
+                self.stop();
                 self.events.push_back(Event::Failed(format!(
                     "cannot store what was received: {e}"
                 )));
@@ -699,11 +704,7 @@ impl Session {
         }
         if let Some(since) = self.awaiting {
             if now >= self.heard.max(since) + STALL_AFTER {
-                self.failed = true;
-                self.queue.clear();
-                self.backlog.clear();
-                self.queued.clear();
-                self.control.clear();
+                self.stop();
                 self.save_all();
                 self.events.push_back(Event::Silent);
                 return;

@@ -16,6 +16,8 @@
 //! `ERRAND_SIM_SEEDS=N` sets how many seeds run (default 500); `ERRAND_SIM_SEED=S` replays one.
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use automerge::sync::{self, SyncDoc};
@@ -742,6 +744,11 @@ fn run(seed: u64) -> Run {
     }
 }
 
+/// A lock that a panicking seed (caught, and reported) cannot poison for the others.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn peers_converge_whatever_the_network_does() {
     if let Ok(seed) = std::env::var("ERRAND_SIM_SEED") {
@@ -754,26 +761,46 @@ fn peers_converge_whatever_the_network_does() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(500);
     let started = Instant::now();
-    let mut largest = 0;
-    let mut messages = 0;
-    let mut silences = 0;
-    for seed in 0..seeds {
-        let outcome = std::panic::catch_unwind(|| run(seed));
-        match outcome {
-            Ok(r) => {
-                largest = largest.max(r.docs);
-                messages += r.messages;
-                silences += r.silences;
-                let _ = r.steps;
-            }
-            Err(e) => {
-                eprintln!("simulation failed with seed {seed}; replay: ERRAND_SIM_SEED={seed}");
-                std::panic::resume_unwind(e);
-            }
+    // Seeds are independent: one worker per core takes the next seed until none is left, or
+    // one fails (the others then stop at their next seed).
+    let next = AtomicU64::new(0);
+    let failed: Mutex<Option<(u64, Box<dyn std::any::Any + Send>)>> = Mutex::new(None);
+    let totals = Mutex::new((0, 0, 0));
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= seeds || lock(&failed).is_some() {
+                        return;
+                    }
+                    match std::panic::catch_unwind(|| run(seed)) {
+                        Ok(r) => {
+                            let mut t = lock(&totals);
+                            t.0 = t.0.max(r.docs);
+                            t.1 += r.messages;
+                            t.2 += r.silences;
+                            let _ = r.steps;
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "simulation failed with seed {seed}; replay: ERRAND_SIM_SEED={seed}"
+                            );
+                            lock(&failed).get_or_insert((seed, e));
+                            return;
+                        }
+                    }
+                }
+            });
         }
+    });
+    if let Some((_, e)) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        std::panic::resume_unwind(e);
     }
+    let (largest, messages, silences) = *lock(&totals);
     eprintln!(
-        "{seeds} seeds, largest space {largest} documents, {messages} messages, {silences} connections given up as silent, {:?}",
+        "{seeds} seeds on {workers} threads, largest space {largest} documents, {messages} messages, {silences} connections given up as silent, {:?}",
         started.elapsed()
     );
 }
