@@ -8,7 +8,7 @@
 //! sync states in memory (the rest are saved and reloaded on demand); catalog pages of
 //! [`msg::CATALOG_PAGE`] entries generated one at a time as the stream takes them.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use automerge::ChangeHash;
@@ -118,13 +118,16 @@ pub struct Session {
     opener: bool,
     hello_sent: bool,
     hello_received: bool,
-    slots: HashMap<DocId, Slot>,
+    /// Ordered maps and sets throughout, not hashed ones: what a session does may depend on
+    /// the order it walks them in (which slot is evicted among equals), and that order must
+    /// not change from one run to the next, or a simulated seed would not replay.
+    slots: BTreeMap<DocId, Slot>,
     uses: u64,
     /// Documents with work to do that hold a slot (or may take one).
     queue: VecDeque<DocId>,
     /// Documents with work to do that wait for fewer exchanges to be under way.
     backlog: VecDeque<DocId>,
-    queued: HashSet<DocId>,
+    queued: BTreeSet<DocId>,
     control: VecDeque<Msg>,
     /// Sending our catalog: the last id sent, and whether we are done.
     catalog_out: Option<Option<DocId>>,
@@ -152,7 +155,7 @@ pub struct Session {
     quotas: Quotas,
     /// Documents the peer named that were not held here and that it has not brought yet
     /// (at most [`Quotas::max_unknown_docs`]).
-    unknown: HashSet<DocId>,
+    unknown: BTreeSet<DocId>,
 }
 
 impl Session {
@@ -170,11 +173,11 @@ impl Session {
             opener,
             hello_sent: false,
             hello_received: false,
-            slots: HashMap::new(),
+            slots: BTreeMap::new(),
             uses: 0,
             queue: VecDeque::new(),
             backlog: VecDeque::new(),
-            queued: HashSet::new(),
+            queued: BTreeSet::new(),
             control: VecDeque::new(),
             catalog_out: None,
             catalog_in: None,
@@ -191,7 +194,7 @@ impl Session {
             heard: now,
             probed: None,
             quotas,
-            unknown: HashSet::new(),
+            unknown: BTreeSet::new(),
         }
     }
 

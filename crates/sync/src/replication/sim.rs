@@ -15,7 +15,7 @@
 //!
 //! `ERRAND_SIM_SEEDS=N` sets how many seeds run (default 500); `ERRAND_SIM_SEED=S` replays one.
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,153 +27,22 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::session::{Event, Input, MAX_SLOTS, STALL_AFTER, Session};
-use super::{Catalog, Digest, Docs, DocsError, HeadsHash, Msg};
+use super::{Digest, Docs, Msg};
 use crate::ids::DeviceId;
 use crate::quota::Quotas;
 use crate::schema::DocId;
 
+mod mem_docs;
 mod scenarios;
 
-/// A peer's documents in memory, with what a crash would leave of them. Local changes are
-/// durable at once (the repo commits them durably); a peer's changes are written lazily, as
-/// the repo's replicator writes them, and become durable at the next flush or local change;
-/// sync states are a cache written lazily too. A crash loses whatever is not durable.
-#[derive(Default)]
-struct MemDocs {
-    docs: BTreeMap<DocId, Automerge>,
-    /// What a crash leaves: each document's heads at its last durable write.
-    durable: BTreeMap<DocId, Vec<ChangeHash>>,
-    /// Documents merged since the last durable write.
-    dirty: Vec<DocId>,
-    catalog: Catalog,
-    saved: HashMap<(DeviceId, DocId), Vec<u8>>,
-    pending: HashMap<(DeviceId, DocId), Vec<u8>>,
-    /// Documents changed by a merge since the driver last looked (to tell other sessions).
-    merged: Vec<DocId>,
-}
-
-impl MemDocs {
-    /// A durable write: it carries every lazy one before it to disk.
-    fn flush(&mut self) {
-        self.saved.extend(self.pending.drain());
-        for doc in std::mem::take(&mut self.dirty) {
-            if let Some(d) = self.docs.get(&doc) {
-                self.durable.insert(doc, d.get_heads());
-            }
-        }
-    }
-
-    /// A crash: back to what is durable.
-    fn crash(&mut self) {
-        self.pending.clear();
-        self.dirty.clear();
-        let docs = std::mem::take(&mut self.docs);
-        for (doc, d) in docs {
-            if let Some(heads) = self.durable.get(&doc) {
-                let kept = d.fork_at(heads).expect("durable heads are in the document");
-                self.docs.insert(doc, kept);
-            }
-        }
-        self.catalog = Catalog::default();
-        for (doc, d) in &self.docs {
-            self.catalog.set(doc, &d.get_heads());
-        }
-    }
-}
-
-impl Docs for MemDocs {
-    fn generate(
-        &mut self,
-        doc: &DocId,
-        state: &mut sync::State,
-    ) -> Result<Option<Vec<u8>>, DocsError> {
-        let message = match self.docs.get(doc) {
-            Some(d) => d.generate_sync_message(state),
-            None => Automerge::new().generate_sync_message(state),
-        };
-        Ok(message.map(sync::Message::encode))
-    }
-
-    fn receive(
-        &mut self,
-        doc: &DocId,
-        state: &mut sync::State,
-        message: &[u8],
-    ) -> Result<(), DocsError> {
-        let message =
-            sync::Message::decode(message).map_err(|e| DocsError::Malformed(e.to_string()))?;
-        let d = self.docs.entry(doc.clone()).or_default();
-        let before = d.get_heads();
-        d.receive_sync_message(state, message)
-            .map_err(|e| DocsError::Malformed(e.to_string()))?;
-        let heads = d.get_heads();
-        if heads != before {
-            self.catalog.set(doc, &heads);
-            self.merged.push(doc.clone());
-            self.dirty.push(doc.clone());
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), DocsError> {
-        MemDocs::flush(self);
-        Ok(())
-    }
-
-    fn heads(&self, doc: &DocId) -> Vec<ChangeHash> {
-        self.docs
-            .get(doc)
-            .map(Automerge::get_heads)
-            .unwrap_or_default()
-    }
-
-    fn digest(&self) -> Digest {
-        self.catalog.digest()
-    }
-
-    fn fingerprint(&self, doc: &DocId) -> Option<HeadsHash> {
-        self.catalog.get(doc)
-    }
-
-    fn held(&self) -> usize {
-        self.catalog.len()
-    }
-
-    fn catalog_range(
-        &self,
-        after: Option<&DocId>,
-        before: Option<&DocId>,
-        max: usize,
-    ) -> Vec<(DocId, HeadsHash)> {
-        self.catalog.range(after, before, max)
-    }
-
-    fn saved_state(&self, peer: &DeviceId, doc: &DocId) -> Option<sync::State> {
-        let key = (*peer, doc.clone());
-        let bytes = self.pending.get(&key).or_else(|| self.saved.get(&key))?;
-        sync::State::decode(bytes).ok()
-    }
-
-    fn unsynced(&self, peer: &DeviceId) -> Vec<DocId> {
-        self.catalog
-            .iter()
-            .filter(|(doc, hash)| {
-                let shared = self
-                    .saved_state(peer, doc)
-                    .map(|s| HeadsHash::of(&s.shared_heads));
-                shared.as_ref() != Some(*hash)
-            })
-            .map(|(d, _)| d.clone())
-            .collect()
-    }
-}
+use mem_docs::MemDocs;
 
 struct Peer {
     id: DeviceId,
     docs: MemDocs,
     up: bool,
     /// Open sessions by peer index, with the connection they belong to.
-    sessions: HashMap<usize, (u64, Session)>,
+    sessions: BTreeMap<usize, (u64, Session)>,
     /// Until when the peer reads nothing (its transport still acknowledges what arrives).
     busy_until: Duration,
 }
@@ -220,7 +89,7 @@ struct Sim {
     start: Instant,
     now: Duration,
     peers: Vec<Peer>,
-    links: HashMap<(usize, usize), Link>,
+    links: BTreeMap<(usize, usize), Link>,
     flight: BinaryHeap<InFlight>,
     seq: u64,
     next_conn: u64,
@@ -231,7 +100,7 @@ struct Sim {
     bytes: u64,
     /// Sessions (peer, other, connection) whose messages the other's transport acknowledged
     /// since their driver last looked: what [`Input::Alive`] reports.
-    acked: HashSet<(usize, usize, u64)>,
+    acked: BTreeSet<(usize, usize, u64)>,
     /// Connections given up as silent.
     silences: u64,
 }
@@ -251,7 +120,7 @@ impl Sim {
                     id: iroh::SecretKey::from_bytes(&bytes).public(),
                     docs: MemDocs::default(),
                     up: true,
-                    sessions: HashMap::new(),
+                    sessions: BTreeMap::new(),
                     busy_until: Duration::ZERO,
                 }
             })
@@ -306,7 +175,7 @@ impl Sim {
             start: Instant::now(),
             now: Duration::ZERO,
             peers: list,
-            links: HashMap::new(),
+            links: BTreeMap::new(),
             flight: BinaryHeap::new(),
             seq: 0,
             next_conn: 1,
@@ -314,7 +183,7 @@ impl Sim {
             max_slots_seen: 0,
             messages: 0,
             bytes: 0,
-            acked: HashSet::new(),
+            acked: BTreeSet::new(),
             silences: 0,
         }
     }
@@ -643,7 +512,8 @@ fn actor(rng: &mut StdRng) -> automerge::ActorId {
     automerge::ActorId::from(b.to_vec())
 }
 
-/// Outcome of one seed, for reporting.
+/// Outcome of one seed, for reporting (and for checking that a seed replays).
+#[derive(Debug, PartialEq, Eq)]
 struct Run {
     docs: usize,
     steps: usize,
@@ -765,7 +635,7 @@ fn peers_converge_whatever_the_network_does() {
     // one fails (the others then stop at their next seed).
     let next = AtomicU64::new(0);
     let failed: Mutex<Option<(u64, Box<dyn std::any::Any + Send>)>> = Mutex::new(None);
-    let totals = Mutex::new((0, 0, 0));
+    let totals = Mutex::new((0, 0, 0, 0));
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|s| {
         for _ in 0..workers {
@@ -781,7 +651,7 @@ fn peers_converge_whatever_the_network_does() {
                             t.0 = t.0.max(r.docs);
                             t.1 += r.messages;
                             t.2 += r.silences;
-                            let _ = r.steps;
+                            t.3 += r.steps;
                         }
                         Err(e) => {
                             eprintln!(
@@ -795,12 +665,15 @@ fn peers_converge_whatever_the_network_does() {
             });
         }
     });
-    if let Some((_, e)) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    if let Some((seed, e)) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        // Other workers may have printed their own failing seeds meanwhile: this is the one
+        // whose panic follows.
+        eprintln!("the failure below is seed {seed}'s");
         std::panic::resume_unwind(e);
     }
-    let (largest, messages, silences) = *lock(&totals);
+    let (largest, messages, silences, steps) = *lock(&totals);
     eprintln!(
-        "{seeds} seeds on {workers} threads, largest space {largest} documents, {messages} messages, {silences} connections given up as silent, {:?}",
+        "{seeds} seeds on {workers} threads, largest space {largest} documents, {steps} steps, {messages} messages, {silences} connections given up as silent, {:?}",
         started.elapsed()
     );
 }
