@@ -194,10 +194,15 @@ async fn a_phone_back_online_is_told_of_a_request_only_a_viewer_has_decided() {
     })
     .await;
     assert!(told.is_ok(), "the phone was not told of the request");
-    let pending = phone.node.approvals(true).unwrap();
-    assert!(pending.iter().any(|a| a.id == request), "{pending:#?}");
+    // The listing walks the index's threads, and the thread's document can arrive before the
+    // index entry that lists it: the request shows once both are here.
+    let nodes = [desk.node.as_ref(), phone.node.as_ref()];
+    until("the phone lists the request as pending", &nodes, || async {
+        let pending = phone.node.approvals(true).unwrap();
+        pending.iter().any(|a| a.id == request)
+    })
+    .await;
     // And its approval still decides.
     phone.node.decide(&request, true).unwrap();
-    let nodes = [desk.node.as_ref(), phone.node.as_ref()];
     done(&phone.node, &sent.task, &nodes).await;
 }
