@@ -194,15 +194,66 @@ async fn a_phone_back_online_is_told_of_a_request_only_a_viewer_has_decided() {
     })
     .await;
     assert!(told.is_ok(), "the phone was not told of the request");
-    // The listing walks the index's threads, and the thread's document can arrive before the
-    // index entry that lists it: the request shows once both are here.
-    let nodes = [desk.node.as_ref(), phone.node.as_ref()];
-    until("the phone lists the request as pending", &nodes, || async {
-        let pending = phone.node.approvals(true).unwrap();
-        pending.iter().any(|a| a.id == request)
-    })
-    .await;
+    // At once: the listing reads every thread held, whether or not the index entry that
+    // lists it has arrived yet (it can come after the thread's document).
+    let pending = phone.node.approvals(true).unwrap();
+    assert!(pending.iter().any(|a| a.id == request), "{pending:#?}");
     // And its approval still decides.
     phone.node.decide(&request, true).unwrap();
+    let nodes = [desk.node.as_ref(), phone.node.as_ref()];
     done(&phone.node, &sent.task, &nodes).await;
+}
+
+/// A request in a thread whose index entry has not arrived (the thread's document and its
+/// listing travel separately) is listed all the same: a phone told of it can decide it.
+#[tokio::test]
+async fn a_request_in_a_thread_not_listed_yet_is_listed() {
+    let desk = desktop("desk").await;
+    let phone = node().await;
+    pair(&desk, &phone, "phone", Role::Phone).await;
+    // The desktop writes a thread with a task and a request in it, and no index entry: as
+    // the phone sees it while that entry is still on its way.
+    let doc = DocId::new_thread();
+    let repo = desk.node.repo();
+    let me = desk.node.id().to_string();
+    repo.create(&doc, "thread created", |tx| {
+        thread::create(tx, doc.as_str(), "not listed")
+    })
+    .unwrap();
+    let new = thread::NewTask {
+        id: "00aa11bb22cc33dd",
+        prompt: "/sh true",
+        target: &me,
+        created: now_millis(),
+    };
+    repo.change(&doc, "task queued", |tx| thread::add_task(tx, &new))
+        .unwrap();
+    let ask = thread::NewApproval {
+        id: "44ee55ff66aa77bb",
+        task: new.id,
+        action: "run shell command `true`",
+        class: "shell",
+        requested_by: &me,
+        requested_at: now_millis(),
+        expires_at: now_millis() + 600_000,
+    };
+    repo.change(&doc, "approval requested", |tx| {
+        thread::request_approval(tx, &ask)
+    })
+    .unwrap();
+    let nodes = [desk.node.as_ref(), phone.node.as_ref()];
+    until("the phone lists the request", &nodes, || async {
+        let pending = phone.node.approvals(true).unwrap();
+        pending.iter().any(|a| a.id == ask.id)
+    })
+    .await;
+    assert!(
+        phone
+            .node
+            .threads()
+            .unwrap()
+            .iter()
+            .all(|t| t.id != doc.as_str()),
+        "the index lists the thread after all"
+    );
 }

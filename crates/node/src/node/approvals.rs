@@ -12,54 +12,56 @@ impl Node {
     ///
     /// A decision counts only when validly signed by a member whose role may approve, as
     /// the executor judges it: anything else in the document is shown as if absent.
+    ///
+    /// Threads are read from their stored views where those are current, so a listing loads
+    /// only the threads that changed since; and every thread held counts, listed in the index
+    /// yet or not (a request can arrive before the index entry of its thread, and a phone
+    /// told of it must find it).
     pub fn approvals(&self, pending_only: bool) -> Result<Vec<ApprovalInfo>, NodeError> {
         let names = self.names();
         self.require_space()?;
         let membership = self.membership();
         let mut out = Vec::new();
-        for t in self.threads()? {
-            let Some(doc) = DocId::parse(&t.id) else {
+        let threads = self.all_threads()?;
+        let each = self
+            .repo
+            .read_views(thread::APPROVALS_VIEW, &threads, |d, t| {
+                thread::approvals(d, t.as_str())
+            })?;
+        for a in each.into_iter().flatten().flatten() {
+            // Expiry is the asking desktop's to decide, by its clock.
+            let now = a
+                .requested_by
+                .parse::<DeviceId>()
+                .map_or_else(|_| schema::now_millis(), |d| self.clocks.now_at(&d));
+            let first = crate::events::counted_decision(membership.as_ref(), &a).cloned();
+            let first = first.as_ref();
+            let state = crate::events::approval_state(&a, first, now);
+            if pending_only && state != "pending" {
                 continue;
-            };
-            let approvals = self
-                .repo
-                .read(&doc, |d| thread::approvals(d, doc.as_str()))?
-                .unwrap_or_default();
-            for a in approvals {
-                // Expiry is the asking desktop's to decide, by its clock.
-                let now = a
-                    .requested_by
-                    .parse::<DeviceId>()
-                    .map_or_else(|_| schema::now_millis(), |d| self.clocks.now_at(&d));
-                let first = crate::events::counted_decision(membership.as_ref(), &a).cloned();
-                let first = first.as_ref();
-                let state = crate::events::approval_state(&a, first, now);
-                if pending_only && state != "pending" {
-                    continue;
-                }
-                let decided = matches!(state, "approved" | "denied");
-                out.push(ApprovalInfo {
-                    decided_by: first.filter(|_| decided).map(|d| {
-                        names
-                            .get(&d.device)
-                            .cloned()
-                            .unwrap_or_else(|| short(&d.device).to_owned())
-                    }),
-                    state: state.to_owned(),
-                    id: a.id,
-                    thread: a.thread,
-                    task: a.task,
-                    action: a.action,
-                    class: a.class,
-                    requested_by: names
-                        .get(&a.requested_by)
-                        .cloned()
-                        .unwrap_or(a.requested_by),
-                    requested_at: a.requested_at,
-                    expires_at: a.expires_at,
-                    expires_in_ms: a.expires_at.saturating_sub(now),
-                });
             }
+            let decided = matches!(state, "approved" | "denied");
+            out.push(ApprovalInfo {
+                decided_by: first.filter(|_| decided).map(|d| {
+                    names
+                        .get(&d.device)
+                        .cloned()
+                        .unwrap_or_else(|| short(&d.device).to_owned())
+                }),
+                state: state.to_owned(),
+                id: a.id,
+                thread: a.thread,
+                task: a.task,
+                action: a.action,
+                class: a.class,
+                requested_by: names
+                    .get(&a.requested_by)
+                    .cloned()
+                    .unwrap_or(a.requested_by),
+                requested_at: a.requested_at,
+                expires_at: a.expires_at,
+                expires_in_ms: a.expires_at.saturating_sub(now),
+            });
         }
         out.sort_by_key(|a| a.requested_at);
         Ok(out)

@@ -155,8 +155,9 @@ impl Node {
         Ok(interleave(each.into_iter().flatten().collect()))
     }
 
-    /// Listed threads, and any held whose listing has not arrived yet.
-    fn all_threads(&self) -> Result<Vec<DocId>, NodeError> {
+    /// Listed threads, and any held whose listing has not arrived yet (a thread's document
+    /// and the index entry that lists it travel separately, in either order).
+    pub(super) fn all_threads(&self) -> Result<Vec<DocId>, NodeError> {
         let mut ids: Vec<DocId> = self
             .threads()?
             .iter()

@@ -106,6 +106,12 @@ pub fn decide(
     Ok(())
 }
 
+/// The name under which [`approvals`] is kept as a stored view (`Repo::read_views`). Bump it
+/// whenever [`Approval`], its encoding or what [`approvals`] returns changes.
+pub const APPROVALS_VIEW: &str = "thread-approvals/1";
+
+/// Every approval request of the thread, oldest first, with every decision written (which of
+/// them counts is for the reader to judge, by membership and signature).
 pub fn approvals(doc: &impl ReadDoc, thread: &str) -> Vec<Approval> {
     let Some(approvals) = get_obj(doc, &ROOT, "approvals") else {
         return Vec::new();
