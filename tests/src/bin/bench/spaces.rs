@@ -61,6 +61,9 @@ pub struct Space {
     pub cold_start_ms: f64,
     pub list_ms: f64,
     pub list_after_ms: f64,
+    /// Listing every approval request: the first time (each thread's view derived) and again.
+    pub approvals_first_ms: f64,
+    pub approvals_ms: f64,
     pub listed: usize,
     pub rss_mib: f64,
     pub rss_settled_mib: f64,
@@ -179,6 +182,11 @@ pub async fn desktop_process(home: &Path) -> Result<()> {
             ["ticket"] => {
                 let ticket = desk.create_ticket(Duration::from_secs(600), true, Role::Phone)?;
                 format!("ticket {}", ticket.ticket)
+            }
+            ["approvals"] => {
+                let t0 = Instant::now();
+                let n = desk.approvals(false)?.len();
+                format!("approvals {n} {}", ms(t0.elapsed()))
             }
             ["id"] => format!("id {}", desk.id()),
             ["count"] => format!("count {}", desk.tasks(None)?.len()),
@@ -331,6 +339,15 @@ pub async fn space(threads: usize) -> Result<Space> {
         bail!("the desktop listed {listed} tasks");
     }
     let rss_settled_mib: f64 = desk.ask("settled")?.join("").parse()?;
+    // After the memory is measured: the first listing of approvals loads every thread once.
+    let mut approvals = || -> Result<f64> {
+        match desk.ask("approvals")?.as_slice() {
+            [n, took] if n == "0" => Ok(took.parse()?),
+            other => bail!("the desktop's approvals: {other:?}"),
+        }
+    };
+    let approvals_first_ms = approvals()?;
+    let approvals_ms = approvals()?;
     let ticket = desk.ask("ticket")?.join(" ");
     let desk_id: errand_sync::DeviceId = desk.ask("id")?.join("").parse()?;
 
@@ -385,6 +402,8 @@ pub async fn space(threads: usize) -> Result<Space> {
         cold_start_ms,
         list_ms,
         list_after_ms,
+        approvals_first_ms,
+        approvals_ms,
         listed,
         rss_mib,
         rss_settled_mib,
@@ -437,13 +456,15 @@ pub fn table(spaces: &[Space]) {
          (with its executor), a phone node here; one run each"
     );
     println!(
-        "  {:>7}  {:>8}  {:>9}  {:>8}  {:>8}  {:>9}  {:>7}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
+        "  {:>7}  {:>8}  {:>9}  {:>8}  {:>8}  {:>9}  {:>9}  {:>9}  {:>7}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
         "threads",
         "build s",
         "1st list",
         "start",
         "list all",
         "list aft.",
+        "appr. 1st",
+        "approvals",
         "RSS MiB",
         "settled",
         "fresh",
@@ -454,13 +475,15 @@ pub fn table(spaces: &[Space]) {
     );
     for s in spaces {
         println!(
-            "  {:>7}  {:>8.1}  {:>7.1}ms  {:>6.0}ms  {:>6.1}ms  {:>7.1}ms  {:>7.1}  {:>7.1}  {:>7.0}ms  {:>9.1}  {:>7.0}ms  {:>9.1}  {:>7.0}ms",
+            "  {:>7}  {:>8.1}  {:>7.1}ms  {:>6.0}ms  {:>6.1}ms  {:>7.1}ms  {:>7.1}ms  {:>7.1}ms  {:>7.1}  {:>7.1}  {:>7.0}ms  {:>9.1}  {:>7.0}ms  {:>9.1}  {:>7.0}ms",
             group(s.threads),
             s.build_ms / 1e3,
             s.first_list_ms,
             s.cold_start_ms,
             s.list_ms,
             s.list_after_ms,
+            s.approvals_first_ms,
+            s.approvals_ms,
             s.rss_mib,
             s.rss_settled_mib,
             s.fresh_ms,
@@ -488,6 +511,8 @@ pub fn json(spaces: &[Space]) -> Json {
                 "build_ms": s.build_ms,
                 "first_list_ms": s.first_list_ms,
                 "list_after_catch_up_ms": s.list_after_ms,
+                "approvals_first_ms": s.approvals_first_ms,
+                "approvals_ms": s.approvals_ms,
                 "cold_start_ms": s.cold_start_ms,
                 "list_all_ms": s.list_ms,
                 "listed": s.listed,
