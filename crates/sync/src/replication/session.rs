@@ -648,6 +648,17 @@ impl Session {
         }
         loop {
             let doc = match self.queue.pop_front() {
+                // A document that holds a slot but whose exchange is over starts a new one:
+                // on our initiative, so it waits its turn like any other (else a few hundred
+                // such documents at once would take more slots on the peer than it keeps,
+                // each eviction restarting an exchange there; seed 5336 did, forever).
+                Some(doc)
+                    if !self.slots.get(&doc).is_some_and(|s| s.active(now))
+                        && self.active(now) >= MAX_ACTIVE =>
+                {
+                    self.backlog.push_back(doc);
+                    continue;
+                }
                 Some(doc) => doc,
                 None if self.active(now) < MAX_ACTIVE => match self.backlog.pop_front() {
                     Some(doc) => doc,

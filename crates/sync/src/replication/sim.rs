@@ -13,7 +13,8 @@
 //! sessions must notice the silence), peers busy for seconds (their transport acknowledges
 //! what arrives, the session reads it later), and crashes.
 //!
-//! `ERRAND_SIM_SEEDS=N` sets how many seeds run (default 500); `ERRAND_SIM_SEED=S` replays one.
+//! `ERRAND_SIM_SEEDS=N` sets how many seeds run (default 500), `ERRAND_SIM_FIRST=F` the first
+//! (default 0); `ERRAND_SIM_SEED=S` replays one.
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Mutex;
@@ -626,14 +627,20 @@ fn peers_converge_whatever_the_network_does() {
         run(seed);
         return;
     }
-    let seeds: u64 = std::env::var("ERRAND_SIM_SEEDS")
+    let count: u64 = std::env::var("ERRAND_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(500);
+    // Where to start: a long search goes on from where the last one ended.
+    let first: u64 = std::env::var("ERRAND_SIM_FIRST")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let seeds = first.saturating_add(count);
     let started = Instant::now();
     // Seeds are independent: one worker per core takes the next seed until none is left, or
     // one fails (the others then stop at their next seed).
-    let next = AtomicU64::new(0);
+    let next = AtomicU64::new(first);
     let failed: Mutex<Option<(u64, Box<dyn std::any::Any + Send>)>> = Mutex::new(None);
     let totals = Mutex::new((0, 0, 0, 0));
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -673,7 +680,7 @@ fn peers_converge_whatever_the_network_does() {
     }
     let (largest, messages, silences, steps) = *lock(&totals);
     eprintln!(
-        "{seeds} seeds on {workers} threads, largest space {largest} documents, {steps} steps, {messages} messages, {silences} connections given up as silent, {:?}",
+        "{count} seeds from {first} on {workers} threads, largest space {largest} documents, {steps} steps, {messages} messages, {silences} connections given up as silent, {:?}",
         started.elapsed()
     );
 }
