@@ -366,11 +366,8 @@ impl TaskWatcher {
     ) {
         let read = repo
             .read(d, |doc| {
-                let states: Vec<thread::TaskHeadline> = touched
-                    .tasks
-                    .iter()
-                    .filter_map(|id| thread::task_headline(doc, id))
-                    .collect();
+                let states =
+                    thread::task_headlines_of(doc, touched.tasks.iter().map(String::as_str));
                 let approvals: Vec<thread::Approval> = touched
                     .approvals
                     .iter()

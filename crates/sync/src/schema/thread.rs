@@ -625,6 +625,36 @@ pub fn task_headline(doc: &impl ReadDoc, id: &str) -> Option<TaskHeadline> {
     Some(headline_of(doc, id.to_owned(), &obj))
 }
 
+/// The headlines of the tasks `ids` (those the document holds), in the order given.
+///
+/// The event watcher reads what each merge touched through this. A merge that brought a
+/// whole thread (a fresh device's first sync) touches every task in it, and finding each one
+/// by its id costs three seeks (the tasks map, its bucket, the task); here the tasks map and
+/// each bucket are found once, so a task costs one.
+pub fn task_headlines_of<'a>(
+    doc: &impl ReadDoc,
+    ids: impl ExactSizeIterator<Item = &'a str>,
+) -> Vec<TaskHeadline> {
+    let Some(tasks) = get_obj(doc, &ROOT, "tasks") else {
+        return Vec::new();
+    };
+    let wanted = ids.len();
+    let mut buckets: std::collections::HashMap<String, Option<ObjId>> = Default::default();
+    let mut found: Vec<(String, ObjId)> = Vec::with_capacity(wanted);
+    for id in ids {
+        let bucket = buckets
+            .entry(task_bucket(id))
+            .or_insert_with_key(|b| get_obj(doc, &tasks, b));
+        if let Some(obj) = bucket.as_ref().and_then(|b| get_obj(doc, b, id)) {
+            found.push((id.to_owned(), obj));
+        }
+    }
+    found
+        .into_iter()
+        .map(|(id, obj)| headline_of(doc, id, &obj))
+        .collect()
+}
+
 /// Every task's headline, in the thread's order.
 pub fn task_headlines(doc: &impl ReadDoc) -> Vec<TaskHeadline> {
     task_objects(doc)

@@ -196,7 +196,41 @@ fn a_task_reads_whole_as_its_fields_read_one_by_one() {
         (task.prompt.as_str(), &task.error)
     );
     assert_eq!(Some(headline.state.clone()), task_state(&phone, id));
-    assert_eq!(task_headlines(&phone), [headline]);
+    assert_eq!(task_headlines(&phone), std::slice::from_ref(&headline));
+    assert_eq!(
+        task_headlines_of(&phone, [id, "no-such-task"].into_iter()),
+        [headline]
+    );
+}
+
+#[test]
+fn headlines_of_some_tasks_are_those_tasks_in_the_order_asked() {
+    let mut doc = thread_doc();
+    let ids: Vec<String> = (0..40).map(|n| format!("task{n:02}")).collect();
+    let prompts: Vec<String> = ids.iter().map(|id| format!("prompt of {id}")).collect();
+    doc.transact(|tx| {
+        ids.iter()
+            .zip(&prompts)
+            .enumerate()
+            .try_for_each(|(n, (id, prompt))| add_task(tx, &new_task(id, prompt, n as i64)))
+    })
+    .expect("add the tasks");
+    let asked: Vec<&str> = ids.iter().rev().step_by(3).map(String::as_str).collect();
+    let got = task_headlines_of(&doc, asked.iter().copied());
+    let got: Vec<(&str, &str)> = got
+        .iter()
+        .map(|h| (h.state.id.as_str(), h.prompt.as_str()))
+        .collect();
+    let want: Vec<(&str, &str)> = asked
+        .iter()
+        .map(|id| {
+            (
+                *id,
+                prompts[ids.iter().position(|i| i == id).unwrap()].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
 }
 
 #[test]
