@@ -590,11 +590,26 @@ impl Replicator {
                     rx_seen = conn.stats().udp_rx.datagrams;
                     let syncs = msgs.iter().filter(|m| matches!(m, Msg::Sync { .. })).count();
                     docs.write(if syncs > 1 { Commit::Lazy } else { Commit::Durable });
+                    // Whole documents not held here are merged and checked ahead, in
+                    // parallel (`Repo::prepare`); the session still takes them in turn.
+                    if syncs > 1 {
+                        let syncs: Vec<(&DocId, &[u8])> = msgs
+                            .iter()
+                            .filter_map(|m| match m {
+                                Msg::Sync { doc, message } => Some((doc, message.as_slice())),
+                                _ => None,
+                            })
+                            .collect();
+                        docs.prepare(&syncs);
+                    }
                     for msg in msgs {
                         session.handle(Instant::now(), Input::Message(msg), &mut docs);
                         if session.failed() {
                             break;
                         }
+                    }
+                    if syncs > 1 {
+                        docs.forget_prepared();
                     }
                     if ended {
                         break 'session;

@@ -210,6 +210,8 @@ pub struct Repo {
     changes: broadcast::Sender<DocChanged>,
     /// What this device lets anyone, itself included, make it hold.
     quotas: Quotas,
+    /// Merges worked out ahead of their turn ([`Repo::prepare`]).
+    prepared: Mutex<HashMap<DocId, prepare::Prepared>>,
 }
 
 /// A panic while holding one of the repo's locks happens only inside automerge, on a document
@@ -246,6 +248,7 @@ impl Repo {
             durable: watch::Sender::new(true),
             changes,
             quotas: Quotas::DEFAULT,
+            prepared: Mutex::new(HashMap::new()),
         };
         if let Err(e) = repo.load_catalog() {
             tracing::warn!("cannot read what the store holds: {e}");
@@ -775,6 +778,7 @@ fn pending_write(entry: &mut Entry, new: &[automerge::Change]) -> Option<Pending
 }
 
 mod docs;
+mod prepare;
 mod receive;
 mod signed;
 #[cfg(test)]

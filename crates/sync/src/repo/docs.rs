@@ -23,6 +23,17 @@ impl RepoDocs<'_> {
     pub fn write(&mut self, commit: Commit) {
         self.1 = commit;
     }
+
+    /// Works out ahead, in parallel, the merges of the whole documents among `messages` that
+    /// are not held here ([`Repo::prepare`]); the session then takes the messages in turn.
+    pub fn prepare(&self, messages: &[(&DocId, &[u8])]) {
+        self.0.prepare(messages);
+    }
+
+    /// Forgets what [`RepoDocs::prepare`] worked out and the session did not use.
+    pub fn forget_prepared(&self) {
+        self.0.forget_prepared();
+    }
 }
 
 impl Docs for RepoDocs<'_> {

@@ -83,6 +83,7 @@ impl Repo {
         bytes: &[u8],
         commit: Commit,
     ) -> Result<bool, ReceiveError> {
+        let envelope = bytes;
         let (sigs, bytes) = match Envelope::split(bytes) {
             Ok(e) => e,
             Err(e) => {
@@ -108,6 +109,18 @@ impl Repo {
         }
         let names_only = message.changes.is_empty();
         let _writing = lock(&self.writes);
+        if let Some(prepared) = self.take_prepared(id, envelope) {
+            match self.receive_prepared(id, state, &message, prepared) {
+                Some(Ok(pending)) => return self.write_merged(id, pending, commit),
+                Some(Err(reason)) => {
+                    self.forget(id);
+                    *state = sync::State::new();
+                    tracing::warn!(%id, "refused a peer's changes: {reason}");
+                    return Err(malformed(id, reason));
+                }
+                None => {}
+            }
+        }
         let pending = {
             let mut docs = self.lock();
             let entry = self.load_or_empty(&mut docs, id)?;
@@ -143,9 +156,9 @@ impl Repo {
                 match catch_unwind(AssertUnwindSafe(|| {
                     self.verify_new(id, entry, &before, carried)
                 })) {
-                    Ok(Ok((sigs, wrote))) => {
-                        entry.unsaved_sigs.extend(sigs);
-                        touched = wrote;
+                    Ok(Ok(verified)) => {
+                        entry.unsaved_sigs.extend(verified.sigs);
+                        touched = verified.touched;
                         None
                     }
                     Ok(Err(refusal)) => Some((refusal.to_string(), refusal.may_be_early())),
@@ -254,8 +267,9 @@ impl Repo {
                 Ok(self.verify_new(id, entry, &before, Vec::new()))
             }));
             let reason = match merged {
-                Ok(Ok(Ok((sigs, touched)))) => {
-                    entry.unsaved_sigs.extend(sigs);
+                Ok(Ok(Ok(verified))) => {
+                    let touched = verified.touched;
+                    entry.unsaved_sigs.extend(verified.sigs);
                     if entry.doc.get_missing_deps(&[]).is_empty() {
                         entry.waiting_sigs.clear();
                     }

@@ -70,7 +70,8 @@ impl Repo {
 
     /// Checks the changes a merge added to `entry` since `before`: each signed by the device
     /// its actor names, that device a member (or former member) of the space, and writing only
-    /// what it owns. Returns their signatures, to store with them, and what they wrote.
+    /// what it owns. Returns their signatures, to store with them, what they wrote, and the
+    /// standing of each author the verdict rested on.
     ///
     /// `carried` are the changes of the message as received, if at hand: rebuilding a change
     /// from the document costs more than parsing it.
@@ -80,7 +81,7 @@ impl Repo {
         entry: &mut Entry,
         before: &[ChangeHash],
         carried: Vec<automerge::Change>,
-    ) -> Result<(Vec<ChangeSig>, Touched), Refusal> {
+    ) -> Result<Verified, Refusal> {
         let space = self.space().ok_or(Refusal::NoSpace)?;
         let metas: Vec<(ChangeHash, ActorId)> = entry
             .doc
@@ -89,7 +90,7 @@ impl Repo {
             .map(|m| (m.hash, m.actor.into_owned()))
             .collect();
         if metas.is_empty() {
-            return Ok((Vec::new(), Touched::default()));
+            return Ok(Verified::default());
         }
         if id.is_index() {
             // Certificates that arrived in this very merge count for its other changes.
@@ -142,7 +143,11 @@ impl Repo {
         for (hash, _) in &metas {
             entry.waiting_sigs.remove(&authorship::key_of(hash));
         }
-        Ok((sigs, touched))
+        Ok(Verified {
+            sigs,
+            touched,
+            standing,
+        })
     }
 
     /// Keeps the signatures a peer sent until their changes are applied.
@@ -152,6 +157,17 @@ impl Repo {
         }
         entry.waiting_sigs.extend(sigs);
     }
+}
+
+/// What [`Repo::verify_new`] found of the changes it passed.
+#[derive(Debug, Default)]
+pub(super) struct Verified {
+    /// Their signatures, to store with them.
+    pub(super) sigs: Vec<ChangeSig>,
+    /// What they wrote.
+    pub(super) touched: Touched,
+    /// The standing of each of their authors when they were checked.
+    pub(super) standing: HashMap<DeviceId, Standing>,
 }
 
 /// The hashes of the changes a sync message carries: each change chunk's, or every change of
