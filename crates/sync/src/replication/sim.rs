@@ -620,22 +620,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A number from the environment; a value that is not one stops the test with a clear
+/// message rather than running something else than was asked.
+fn env_number(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
+    )
+}
+
 #[test]
 fn peers_converge_whatever_the_network_does() {
-    if let Ok(seed) = std::env::var("ERRAND_SIM_SEED") {
-        let seed: u64 = seed.parse().expect("ERRAND_SIM_SEED is a number");
+    if let Some(seed) = env_number("ERRAND_SIM_SEED") {
         run(seed);
         return;
     }
-    let count: u64 = std::env::var("ERRAND_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(500);
+    let count = env_number("ERRAND_SIM_SEEDS").unwrap_or(500);
     // Where to start: a long search goes on from where the last one ended.
-    let first: u64 = std::env::var("ERRAND_SIM_FIRST")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let first = env_number("ERRAND_SIM_FIRST").unwrap_or(0);
     let seeds = first.saturating_add(count);
     let started = Instant::now();
     // Seeds are independent: one worker per core takes the next seed until none is left, or

@@ -95,6 +95,22 @@ pub async fn open_at(dir: &Path, bind: std::net::SocketAddr) -> Result<Arc<Node>
     Ok(Arc::new(Node::open(config).await?))
 }
 
+/// Stops a node and waits until its home can be opened again in this process, as an app
+/// restarting its node does (the FFI's `close`): the node's last tasks let go of the store a
+/// moment after `shutdown`, and redb closes the file after that.
+async fn close(node: Arc<Node>) -> Result<()> {
+    let store = node.repo().store().closed_signal();
+    node.shutdown().await;
+    drop(node);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while store.strong_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .context("the phone's home was still in use 10 s after it stopped")
+}
+
 /// Resident and peak resident memory of this process, in MiB.
 fn memory() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -364,8 +380,7 @@ pub async fn space(threads: usize) -> Result<Space> {
     if phone.threads()?.len() != threads {
         bail!("the phone lists {} threads", phone.threads()?.len());
     }
-    phone.shutdown().await;
-    drop(phone);
+    close(phone).await?;
 
     // Back with nothing new.
     let t0 = Instant::now();
@@ -373,8 +388,7 @@ pub async fn space(threads: usize) -> Result<Space> {
     in_sync(&phone, "a reconnect").await?;
     let reconnect_ms = ms(t0.elapsed());
     let reconnect_bytes = phone.replicator().traffic(&desk_id).unwrap_or(0);
-    phone.shutdown().await;
-    drop(phone);
+    close(phone).await?;
 
     // Away while the desktop adds work.
     let across = threads.min(CATCH_UP_THREADS);
