@@ -23,7 +23,7 @@ use std::sync::{Mutex, OnceLock};
 use automerge::ReadDoc;
 use automerge::sync::{self, SyncDoc};
 
-use super::signed::{Verified, chunks};
+use super::signed::{Verified, carried_changes, carries_whole_document};
 use super::{Entry, PendingWrite, Repo, insert, lock, pending_write};
 use crate::authorship::{Envelope, Standing};
 use crate::ids::DeviceId;
@@ -108,24 +108,13 @@ impl Repo {
         let (sigs, body) = Envelope::split(bytes).ok()?;
         Limits::DEFAULT.check_sync_message(body).ok()?;
         let message = catch_unwind(|| sync::Message::decode(body)).ok()?.ok()?;
-        let whole = message
-            .changes
-            .iter()
-            .flat_map(chunks)
-            .any(|c| !matches!(c.get(8), Some(1 | 2)));
-        if !whole {
+        if !carries_whole_document(&message) {
             return None;
         }
         let work = catch_unwind(AssertUnwindSafe(|| {
             let mut entry = Entry::empty(self.actor());
             Self::take_sigs(&mut entry, sigs);
-            let carried: Vec<automerge::Change> = message
-                .changes
-                .iter()
-                .flat_map(chunks)
-                .filter(|c| matches!(c.get(8), Some(1 | 2)))
-                .filter_map(|c| automerge::Change::try_from(c).ok())
-                .collect();
+            let carried = carried_changes(&message);
             // What automerge's `receive_sync_message` does with the changes of a message for
             // a document it does not hold: load them as one.
             let joined: Vec<u8> = message.changes.iter().flatten().copied().collect();
@@ -157,10 +146,7 @@ impl Repo {
 
     /// Forgets the merges worked out ahead that were not used (the batch is over).
     pub fn forget_prepared(&self) {
-        let mut prepared = lock(&self.prepared);
-        if !prepared.is_empty() {
-            prepared.clear();
-        }
+        lock(&self.prepared).clear();
     }
 
     /// The merge worked out ahead for this message, if there is one.

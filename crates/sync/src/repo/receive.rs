@@ -8,7 +8,7 @@ use std::sync::Arc;
 use automerge::sync::{self, SyncDoc};
 use automerge::{Automerge, AutomergeError, ChangeHash, ReadDoc};
 
-use super::signed::{carried_hashes, chunks};
+use super::signed::{carried_changes, carried_hashes};
 use super::{
     DocChanged, LoadError, PendingWrite, ReceiveError, Repo, decode_heads, lock, pending_write,
 };
@@ -127,13 +127,7 @@ impl Repo {
             Self::take_sigs(entry, sigs);
             let before = entry.doc.get_heads();
             // The changes as they came, parsed once: what the owner rules are checked on.
-            let carried: Vec<automerge::Change> = message
-                .changes
-                .iter()
-                .flat_map(chunks)
-                .filter(|c| matches!(c.get(8), Some(1 | 2)))
-                .filter_map(|c| automerge::Change::try_from(c).ok())
-                .collect();
+            let carried = carried_changes(&message);
             let applied = catch_unwind(AssertUnwindSafe(|| {
                 entry.doc.receive_sync_message(state, message)
             }));

@@ -177,24 +177,48 @@ pub(super) fn carried_hashes(doc: &Automerge, message: &sync::Message) -> Vec<Ch
     for bytes in message.changes.iter() {
         // One entry may hold several chunks back to back (automerge's v2 messages).
         for chunk in chunks(bytes) {
-            // A chunk is 4 bytes of magic, 4 of checksum, then its type: 1 and 2 are a change
-            // (plain, compressed); anything else here is the whole document.
-            match chunk.get(8) {
-                Some(1 | 2) => match automerge::Change::try_from(chunk) {
-                    Ok(change) => out.push(change.hash()),
-                    Err(e) => tracing::warn!("cannot read a change we are sending: {e}"),
-                },
-                _ => {
-                    return doc
-                        .get_changes_meta(&[])
-                        .into_iter()
-                        .map(|m| m.hash)
-                        .collect();
-                }
+            if !is_change(chunk) {
+                return doc
+                    .get_changes_meta(&[])
+                    .into_iter()
+                    .map(|m| m.hash)
+                    .collect();
+            }
+            match automerge::Change::try_from(chunk) {
+                Ok(change) => out.push(change.hash()),
+                Err(e) => tracing::warn!("cannot read a change we are sending: {e}"),
             }
         }
     }
     out
+}
+
+/// Whether a chunk (4 bytes of magic, 4 of checksum, then its type) is a change, plain or
+/// compressed; any other chunk in a sync message is a whole document.
+fn is_change(chunk: &[u8]) -> bool {
+    matches!(chunk.get(8), Some(1 | 2))
+}
+
+/// The changes a sync message carries as changes, parsed once (a whole document among them is
+/// not: its changes are rebuilt from the document when needed).
+pub(super) fn carried_changes(message: &sync::Message) -> Vec<automerge::Change> {
+    message
+        .changes
+        .iter()
+        .flat_map(chunks)
+        .filter(|c| is_change(c))
+        .filter_map(|c| automerge::Change::try_from(c).ok())
+        .collect()
+}
+
+/// Whether a sync message carries a whole document (a peer sends one to a device that holds
+/// none of it, or when it would send more than a third of it).
+pub(super) fn carries_whole_document(message: &sync::Message) -> bool {
+    message
+        .changes
+        .iter()
+        .flat_map(chunks)
+        .any(|c| !is_change(c))
 }
 
 /// Splits concatenated automerge chunks (magic, checksum, type, LEB128 length, body). These

@@ -723,6 +723,25 @@ fn first_answers(desk: &Repo, fresh: &Repo, docs: &[DocId]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A desktop's repo holding `n` threads of one task each.
+fn desk_with_threads(n: usize) -> (tempfile::TempDir, Repo, Vec<DocId>) {
+    let (dir, desk) = repo();
+    let docs: Vec<DocId> = (0..n).map(|_| DocId::new_thread()).collect();
+    for doc in &docs {
+        create_thread(&desk, doc);
+        put(&desk, doc, "a-task");
+    }
+    (dir, desk, docs)
+}
+
+/// Messages as `Repo::prepare` takes them.
+fn batch<'a>(docs: &'a [DocId], messages: &'a [Vec<u8>]) -> Vec<(&'a DocId, &'a [u8])> {
+    docs.iter()
+        .zip(messages)
+        .map(|(d, m)| (d, m.as_slice()))
+        .collect()
+}
+
 /// The sync state fields that decide what is said next.
 fn said_next(state: &sync::State) -> impl PartialEq + std::fmt::Debug {
     (
@@ -754,12 +773,7 @@ fn merges_worked_out_ahead_end_where_merging_in_turn_does() {
     let answers = first_answers(&desk, &in_turn, &docs);
     assert_eq!(answers, first_answers(&desk, &ahead, &docs));
 
-    let batch: Vec<(&DocId, &[u8])> = docs
-        .iter()
-        .zip(&answers)
-        .map(|(d, a)| (d, a.as_slice()))
-        .collect();
-    ahead.prepare(&batch);
+    ahead.prepare(&batch(&docs, &answers));
     assert_eq!(
         lock(&ahead.prepared).len(),
         docs.len(),
@@ -806,12 +820,7 @@ fn merges_worked_out_ahead_end_where_merging_in_turn_does() {
 /// turn as it would be anyway; the rest of the batch is unaffected.
 #[test]
 fn a_forged_message_in_a_batch_is_refused_in_its_turn() {
-    let (_d, desk) = repo();
-    let docs: Vec<DocId> = (0..3).map(|_| DocId::new_thread()).collect();
-    for doc in &docs {
-        create_thread(&desk, doc);
-        put(&desk, doc, "a-task");
-    }
+    let (_d, desk, docs) = desk_with_threads(3);
     let (_p, phone) = repo();
     let mut answers = first_answers(&desk, &phone, &docs);
     // The middle one loses its signatures.
@@ -821,12 +830,7 @@ fn a_forged_message_in_a_batch_is_refused_in_its_turn() {
         message: message.to_vec(),
     }
     .encode();
-    let batch: Vec<(&DocId, &[u8])> = docs
-        .iter()
-        .zip(&answers)
-        .map(|(d, a)| (d, a.as_slice()))
-        .collect();
-    phone.prepare(&batch);
+    phone.prepare(&batch(&docs, &answers));
     assert!(!lock(&phone.prepared).contains_key(&docs[1]));
     for (n, (doc, answer)) in docs.iter().zip(&answers).enumerate() {
         let mut state = sync::State::new();
@@ -863,12 +867,7 @@ impl Authors for Switchable {
 /// changed before its turn (here the desktop is no longer known), it is checked again then.
 #[test]
 fn a_merge_worked_out_ahead_is_checked_again_when_its_authors_changed() {
-    let (_d, desk) = repo();
-    let docs: Vec<DocId> = (0..2).map(|_| DocId::new_thread()).collect();
-    for doc in &docs {
-        create_thread(&desk, doc);
-        put(&desk, doc, "a-task");
-    }
+    let (_d, desk, docs) = desk_with_threads(2);
     let dir = tempfile::tempdir().unwrap();
     let authors = Arc::new(Switchable(std::sync::Mutex::new(Some(
         crate::Role::Desktop,
@@ -880,12 +879,7 @@ fn a_merge_worked_out_ahead_is_checked_again_when_its_authors_changed() {
     );
     phone.set_space(SPACE).unwrap();
     let answers = first_answers(&desk, &phone, &docs);
-    let batch: Vec<(&DocId, &[u8])> = docs
-        .iter()
-        .zip(&answers)
-        .map(|(d, a)| (d, a.as_slice()))
-        .collect();
-    phone.prepare(&batch);
+    phone.prepare(&batch(&docs, &answers));
     assert_eq!(lock(&phone.prepared).len(), 2);
     *lock(&authors.0) = None;
     for (doc, answer) in docs.iter().zip(&answers) {
