@@ -145,6 +145,37 @@ struct State {
     disagreement: Option<(Option<String>, Option<String>)>,
     /// How many devices the index lacked entries for at the last refresh (logged when it grows).
     missing: usize,
+    /// The last evaluation and what it was evaluated from (see [`Evaluated`]).
+    evaluated: Option<(Evaluated, Membership)>,
+}
+
+/// Everything [`membership::evaluate`] is given, as bytes: equal inputs give an equal
+/// membership, so a refresh whose inputs are those of the last one reuses its result rather
+/// than checking every signature again. The index changes with every new thread, but its
+/// certificates and revocations rarely do, and a phone refreshes on every send.
+#[derive(Debug, PartialEq, Eq)]
+struct Evaluated {
+    space: SpaceId,
+    root: DeviceId,
+    certs: Vec<(Vec<u8>, [u8; 64])>,
+    revocations: Vec<(Vec<u8>, [u8; 64])>,
+}
+
+impl Evaluated {
+    fn of(space: SpaceId, root: DeviceId, certs: &[Certificate], revs: &[Revocation]) -> Self {
+        Evaluated {
+            space,
+            root,
+            certs: certs
+                .iter()
+                .map(|c| (c.signed_bytes(), c.signature.to_bytes()))
+                .collect(),
+            revocations: revs
+                .iter()
+                .map(|r| (r.signed_bytes(), r.signature.to_bytes()))
+                .collect(),
+        }
+    }
 }
 
 /// The set of devices this device will sync with, and the membership it comes from.
@@ -296,7 +327,15 @@ impl MembershipGate {
         state.missing = missing;
         certs.extend(state.certs.values().cloned());
         revs.extend(state.revocations.values().cloned());
-        let m = membership::evaluate(space, root, &certs, &revs);
+        let inputs = Evaluated::of(space, root, &certs, &revs);
+        let m = match &state.evaluated {
+            Some((last, m)) if *last == inputs => m.clone(),
+            _ => {
+                let m = membership::evaluate(space, root, &certs, &revs);
+                state.evaluated = Some((inputs, m.clone()));
+                m
+            }
+        };
 
         for cert in m.chained_certificates() {
             let key = ledger_key(&cert.device, &cert.signature);
@@ -625,6 +664,62 @@ mod tests {
             devices(&gate.refresh_from(&Automerge::new()).unwrap()),
             devices(&honest)
         );
+    }
+
+    /// A refresh reuses the last evaluation only when certificates and revocations are
+    /// exactly as they were: a new thread changes nothing, but a revocation, a new member or a
+    /// certificate's field rewritten by a hostile member is seen by the very next refresh.
+    #[test]
+    fn a_refresh_sees_each_change_to_certificates_and_revocations() {
+        let s = space();
+        let gate = s.pinned_gate();
+        let mut doc = s.index();
+        let honest = gate.refresh_from(&doc).unwrap();
+        write(&mut doc, |tx| {
+            let entry = index::ThreadEntry {
+                id: "t1".into(),
+                title: "a thread".into(),
+                created: 1,
+                created_by: s.phone.public().to_string(),
+                archived: false,
+            };
+            index::add_thread(tx, &entry).unwrap();
+        });
+        assert_eq!(devices(&gate.refresh_from(&doc).unwrap()), devices(&honest));
+
+        // The hostile phone makes itself a desktop in its own entry, keeping the signature.
+        let mut forged = member_entry(&s.cert(&s.desk, &s.hostile, Role::Phone, 4));
+        forged.role = Role::Desktop.as_str().to_owned();
+        write(&mut doc, |tx| index::put_member(tx, &forged).unwrap());
+        let m = gate.refresh_from(&doc).unwrap();
+        assert_eq!(
+            m.get(&s.hostile.public()).map(|m| m.role),
+            Some(Role::Phone),
+            "the forged copy is checked, and does not count"
+        );
+
+        let newcomer = SecretKey::generate();
+        write(&mut doc, |tx| {
+            let cert = s.cert(&s.desk, &newcomer, Role::Phone, 5);
+            index::put_member(tx, &member_entry(&cert)).unwrap();
+        });
+        assert!(
+            gate.refresh_from(&doc)
+                .unwrap()
+                .get(&newcomer.public())
+                .is_some()
+        );
+
+        let rev = Revocation::sign(&s.desk, s.space, s.hostile.public(), 10);
+        write(&mut doc, |tx| {
+            index::put_revocation(tx, &revocation_entry(&rev)).unwrap();
+        });
+        assert!(
+            gate.refresh_from(&doc)
+                .unwrap()
+                .is_revoked(&s.hostile.public())
+        );
+        assert!(!gate.allows(&s.hostile.public()));
     }
 
     #[test]

@@ -297,8 +297,9 @@ impl Replicator {
         self.0
             .repo
             .read(doc, |d| {
+                // The hashes only: rebuilding the changes themselves costs far more.
                 let missing: HashSet<ChangeHash> =
-                    d.get_changes(&shared).iter().map(|c| c.hash()).collect();
+                    d.get_changes_meta(&shared).iter().map(|c| c.hash).collect();
                 heads.iter().all(|h| !missing.contains(h)) && d.get_missing_deps(&shared).is_empty()
             })
             .ok()

@@ -4,8 +4,16 @@
 //!
 //! Architecture invariant: documents are written to the store in the order they were changed.
 //! Every writer (a local change, a merge, an import, a compaction) holds the write lock from
-//! before it touches a document until its write is durable, so a change is never durable
-//! before one made earlier, and when the write lock is free everything in memory is stored.
+//! before it touches a document until its write is committed, and commits reach the disk in
+//! the order they were made (a durable commit makes every earlier one durable), so a change is
+//! never durable before one made earlier, and when the write lock is free everything in memory
+//! is stored.
+//!
+//! A local change is committed without a flush of its own; the caller then waits, with the
+//! write lock let go, for a flush that covers its commit ([`Repo::flush`]). Callers that change
+//! documents at the same time share one flush (group commit): a burst of sends from several
+//! callers costs a few fsyncs, not one each, and a merge from a peer need not wait for a
+//! local change's fsync before it starts.
 //!
 //! A local change is announced (and so pushed to peers) as soon as it is made, while its
 //! durable write is still under way: the network and the disk then work at the same time. The
@@ -15,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::panic::catch_unwind;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use automerge::transaction::{CommitOptions, Transaction};
@@ -201,11 +210,19 @@ pub struct Repo {
     /// What is held, with fingerprints, kept current with every change in memory; known at
     /// start from the store without loading documents. Taken after `docs`, never before.
     catalog: Mutex<Catalog>,
-    /// Held from before a document is changed until the change is durable; taken before
+    /// Held from before a document is changed until the change is committed; taken before
     /// `docs`, never while holding it. See the module docs.
     writes: Mutex<()>,
-    /// Whether everything written is durable: false from a lazy write (a peer's changes,
-    /// see [`Repo::flush`]) until the next durable commit. Changed under `writes`.
+    /// How many commits the repo has made (counted under `writes`, once each has returned).
+    written: AtomicU64,
+    /// Every commit up to this count is durable.
+    flushed: AtomicU64,
+    /// Held while a flush is under way: a caller that waited for it usually finds its own
+    /// commit covered when it gets it, and has nothing left to do.
+    flushing: Mutex<()>,
+    /// How many fsyncs the repo asked for (durable commits and flushes), for measurements.
+    fsyncs: AtomicU64,
+    /// Whether everything written is durable: `flushed` has caught up with `written`.
     durable: watch::Sender<bool>,
     changes: broadcast::Sender<DocChanged>,
     /// What this device lets anyone, itself included, make it hold.
@@ -245,6 +262,10 @@ impl Repo {
             docs: Mutex::new(HashMap::new()),
             catalog: Mutex::new(Catalog::default()),
             writes: Mutex::new(()),
+            written: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+            flushing: Mutex::new(()),
+            fsyncs: AtomicU64::new(0),
             durable: watch::Sender::new(true),
             changes,
             quotas: Quotas::DEFAULT,
@@ -435,7 +456,10 @@ impl Repo {
         message: &str,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
-        self.create_with(id, message, Commit::Durable, f)
+        let before = self.written.load(Ordering::Acquire);
+        let out = self.create_with(id, message, Commit::Lazy, f)?;
+        self.made_durable(before)?;
+        Ok(out)
     }
 
     /// Changes a document in one commit carrying `message` and the current time, and returns
@@ -449,8 +473,65 @@ impl Repo {
         message: &str,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
-        let _writing = lock(&self.writes);
-        self.change_and_write(id, message, New::Existing, Commit::Durable, f)
+        let before = self.written.load(Ordering::Acquire);
+        let out = {
+            let _writing = lock(&self.writes);
+            self.change_and_write(id, message, New::Existing, Commit::Lazy, f)?
+        };
+        self.made_durable(before)?;
+        Ok(out)
+    }
+
+    /// Waits until whatever this caller committed since `before` is durable (see the module
+    /// docs): nothing to do if it committed nothing, or if someone's flush covered it.
+    fn made_durable(&self, before: u64) -> Result<(), StoreError> {
+        let written = self.written.load(Ordering::Acquire);
+        if written == before {
+            return Ok(());
+        }
+        self.flush_to(written)
+    }
+
+    /// Makes every commit up to the `upto`th durable, with one flush for everyone waiting.
+    fn flush_to(&self, upto: u64) -> Result<(), StoreError> {
+        if self.flushed.load(Ordering::Acquire) >= upto {
+            return Ok(());
+        }
+        let _flushing = lock(&self.flushing);
+        if self.flushed.load(Ordering::Acquire) >= upto {
+            return Ok(());
+        }
+        // Every commit counted by now has returned, so the flush's own commit comes after it.
+        let target = self.written.load(Ordering::Acquire);
+        self.store.flush()?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.flushed.fetch_max(target, Ordering::AcqRel);
+        self.note_durability();
+        Ok(())
+    }
+
+    /// Records a commit just made (the caller holds the write lock).
+    fn committed(&self, commit: Commit) {
+        let seq = self.written.fetch_add(1, Ordering::AcqRel) + 1;
+        if commit == Commit::Durable {
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+            self.flushed.fetch_max(seq, Ordering::AcqRel);
+        }
+        self.note_durability();
+    }
+
+    /// Sets whether everything written is durable. The counters are read under the watch's
+    /// lock, so of two updates racing, the later one sees the later counts.
+    fn note_durability(&self) {
+        self.durable.send_if_modified(|d| {
+            let now = self.flushed.load(Ordering::Acquire) >= self.written.load(Ordering::Acquire);
+            std::mem::replace(d, now) != now
+        });
+    }
+
+    /// How many fsyncs this repo has asked for so far (durable commits and flushes).
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
     }
 
     /// [`Repo::create`], written without a disk flush of its own: the write becomes durable
@@ -589,10 +670,7 @@ impl Repo {
             self.store
                 .append_chunk(id.as_str(), &pending.bytes, &heads, &pending.sigs, commit)?;
         }
-        // A durable commit makes every lazy one before it durable too.
-        let durable = commit == Commit::Durable;
-        self.durable
-            .send_if_modified(|d| std::mem::replace(d, durable) != durable);
+        self.committed(commit);
         if let Some(entry) = self.lock().get_mut(id) {
             // Only the writer (us) adds signatures, so the first ones are those just written.
             let written = pending.sigs.len().min(entry.unsaved_sigs.len());
@@ -613,12 +691,7 @@ impl Repo {
     /// share one fsync and a peer never hears that we hold what a crash could still take away
     /// (it would send it again).
     pub fn flush(&self) -> Result<(), StoreError> {
-        let _writing = lock(&self.writes);
-        if !*self.durable.borrow() {
-            self.store.flush()?;
-            self.durable.send_replace(true);
-        }
-        Ok(())
+        self.flush_to(self.written.load(Ordering::Acquire))
     }
 
     /// Whether everything written is durable, as it changes (for measurements that must wait
@@ -671,8 +744,7 @@ impl Repo {
             &[],
             Commit::Durable,
         )?;
-        self.durable
-            .send_if_modified(|d| !std::mem::replace(d, true));
+        self.committed(Commit::Durable);
         entry.saved_heads = heads;
         entry.chunks = 1;
         Ok(())

@@ -8,7 +8,7 @@
 //! sync states in memory (the rest are saved and reloaded on demand); catalog pages of
 //! [`msg::CATALOG_PAGE`] entries generated one at a time as the stream takes them.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use automerge::ChangeHash;
@@ -17,6 +17,9 @@ use automerge::sync;
 use super::digest::{Digest, HeadsHash};
 use super::msg::{self, Msg, PROTOCOL_VERSION};
 use super::{Docs, DocsError};
+use slots::Slots;
+
+mod slots;
 use crate::ids::DeviceId;
 use crate::quota::Quotas;
 use crate::schema::DocId;
@@ -90,22 +93,6 @@ pub enum Input {
     Alive,
 }
 
-#[derive(Debug)]
-struct Slot {
-    state: sync::State,
-    unsaved: bool,
-    used: u64,
-    synced: bool,
-    /// When a message about this document last went either way.
-    touched: Instant,
-}
-
-impl Slot {
-    fn active(&self, now: Instant) -> bool {
-        !self.synced && now < self.touched + SETTLE_AFTER
-    }
-}
-
 /// Where a catalog we are receiving has got to, in id order.
 #[derive(Debug, Default)]
 struct IncomingCatalog {
@@ -118,11 +105,8 @@ pub struct Session {
     opener: bool,
     hello_sent: bool,
     hello_received: bool,
-    /// Ordered maps and sets throughout, not hashed ones: what a session does may depend on
-    /// the order it walks them in (which slot is evicted among equals), and that order must
-    /// not change from one run to the next, or a simulated seed would not replay.
-    slots: BTreeMap<DocId, Slot>,
-    uses: u64,
+    /// Ordered maps and sets throughout, not hashed ones (see [`Slots`]).
+    slots: Slots,
     /// Documents with work to do that hold a slot (or may take one).
     queue: VecDeque<DocId>,
     /// Documents with work to do that wait for fewer exchanges to be under way.
@@ -196,8 +180,7 @@ impl Session {
             opener,
             hello_sent: false,
             hello_received: false,
-            slots: BTreeMap::new(),
-            uses: 0,
+            slots: Slots::default(),
             queue: VecDeque::new(),
             backlog: VecDeque::new(),
             queued: BTreeSet::new(),
@@ -266,7 +249,7 @@ impl Session {
             self.queue.len(),
             self.backlog.len(),
             self.slots.len(),
-            self.slots.values().filter(|s| s.synced).count(),
+            self.slots.synced_count(),
             self.control.len(),
             self.catalog_out,
             self.catalog_in.is_some(),
@@ -298,6 +281,7 @@ impl Session {
         if self.failed {
             return;
         }
+        self.slots.prune(now);
         match input {
             Input::Message(m) => {
                 self.last_activity = now;
@@ -317,7 +301,7 @@ impl Session {
                     for doc in docs.unsynced(&self.peer) {
                         self.enqueue(doc);
                     }
-                    let held: Vec<DocId> = self.slots.keys().cloned().collect();
+                    let held: Vec<DocId> = self.slots.docs().cloned().collect();
                     for doc in held {
                         self.enqueue(doc);
                     }
@@ -396,7 +380,7 @@ impl Session {
                 slot.state = sync::State::new();
                 self.early += 1;
                 let index = DocId::index();
-                let index_synced = self.slots.get(&index).is_some_and(|s| s.synced)
+                let index_synced = self.slots.get(&index).is_some_and(|s| s.synced())
                     && !self.queued.contains(&index);
                 if index_synced || self.early > MAX_EARLY {
                     return self.fail(format!("a change by a non-member in {doc}: {reason}"));
@@ -487,7 +471,7 @@ impl Session {
 
     fn enqueue(&mut self, doc: DocId) {
         if self.queued.insert(doc.clone()) {
-            if self.slots.contains_key(&doc) {
+            if self.slots.contains(&doc) {
                 self.queue.push_back(doc);
             } else {
                 self.backlog.push_back(doc);
@@ -496,7 +480,7 @@ impl Session {
     }
 
     fn active(&self, now: Instant) -> usize {
-        self.slots.values().filter(|s| s.active(now)).count()
+        self.slots.active(now)
     }
 
     /// When the oldest exchange under way stops counting as such, if the backlog waits on it.
@@ -504,56 +488,19 @@ impl Session {
         if self.backlog.is_empty() || self.active(now) < MAX_ACTIVE {
             return None;
         }
-        self.slots
-            .values()
-            .filter(|s| s.active(now))
-            .map(|s| s.touched + SETTLE_AFTER)
-            .min()
+        self.slots.next_settling(now)
     }
 
     /// The slot of `doc`, loading its saved state, and making room if needed.
-    fn slot(&mut self, doc: &DocId, docs: &dyn Docs, now: Instant) -> &mut Slot {
-        self.uses += 1;
-        let used = self.uses;
-        if !self.slots.contains_key(doc) {
-            if self.slots.len() >= MAX_SLOTS {
-                self.evict_one(now);
-            }
-            let state = resumed(docs.saved_state(&self.peer, doc), docs.heads(doc));
-            self.slots.insert(
-                doc.clone(),
-                Slot {
-                    state,
-                    unsaved: false,
-                    used,
-                    synced: false,
-                    touched: now,
-                },
-            );
+    fn slot(&mut self, doc: &DocId, docs: &dyn Docs, now: Instant) -> &mut slots::Slot {
+        let peer = self.peer;
+        let (slot, evicted) = self.slots.take(doc, now, || {
+            resumed(docs.saved_state(&peer, doc), docs.heads(doc))
+        });
+        if let Some(state) = evicted {
+            self.events.push_back(Event::SaveStates(vec![state]));
         }
-        let slot = self.slots.get_mut(doc).expect("inserted above");
-        slot.used = used;
-        slot.touched = now;
         slot
-    }
-
-    /// Makes room: the least recently used slot whose exchange is not under way, or failing
-    /// that (only if the peer has more under way than it should) the least recently used.
-    fn evict_one(&mut self, now: Instant) {
-        let Some(oldest) = self
-            .slots
-            .iter()
-            .min_by_key(|(_, s)| (s.active(now), s.used))
-            .map(|(d, _)| d.clone())
-        else {
-            return;
-        };
-        if let Some(slot) = self.slots.remove(&oldest)
-            && slot.unsaved
-        {
-            self.events
-                .push_back(Event::SaveStates(vec![(oldest, slot.state.encode())]));
-        }
     }
 
     fn note_progress(&mut self, doc: &DocId, docs: &dyn Docs) {
@@ -565,12 +512,12 @@ impl Session {
         let mut theirs = slot.state.their_heads.clone().unwrap_or_default();
         theirs.sort();
         let synced = slot.state.their_heads.is_some() && ours == theirs;
-        let newly = synced && !slot.synced;
-        slot.synced = synced;
+        let newly = synced && !slot.synced();
         self.events.push_back(Event::Shared {
             doc: doc.clone(),
             heads: slot.state.shared_heads.clone(),
         });
+        self.slots.set_synced(doc, synced);
         if newly {
             self.events.push_back(Event::Synced(doc.clone()));
         }
@@ -597,6 +544,7 @@ impl Session {
 
     /// The next message to send, if any. Call it whenever the stream can take a message.
     pub fn poll_transmit(&mut self, now: Instant, docs: &mut dyn Docs) -> Option<Msg> {
+        self.slots.prune(now);
         let msg = self.next_message(now, docs)?;
         if self.awaiting.is_none() && self.answered(&msg) {
             self.awaiting = Some(now);
@@ -652,10 +600,7 @@ impl Session {
                 // on our initiative, so it waits its turn like any other (else a few hundred
                 // such documents at once would take more slots on the peer than it keeps,
                 // each eviction restarting an exchange there; seed 5336 did, forever).
-                Some(doc)
-                    if !self.slots.get(&doc).is_some_and(|s| s.active(now))
-                        && self.active(now) >= MAX_ACTIVE =>
-                {
+                Some(doc) if !self.slots.is_active(&doc, now) && self.active(now) >= MAX_ACTIVE => {
                     self.backlog.push_back(doc);
                     continue;
                 }
@@ -742,6 +687,7 @@ impl Session {
         if self.failed {
             return;
         }
+        self.slots.prune(now);
         if let Some(since) = self.awaiting {
             if now >= self.heard.max(since) + STALL_AFTER {
                 self.stop();
@@ -768,7 +714,7 @@ impl Session {
 
     fn save_all(&mut self) {
         let mut states = Vec::new();
-        for (doc, slot) in &mut self.slots {
+        for (doc, slot) in self.slots.iter_mut() {
             if slot.unsaved {
                 states.push((doc.clone(), slot.state.encode()));
                 slot.unsaved = false;

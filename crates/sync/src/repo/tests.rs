@@ -656,6 +656,53 @@ fn views_are_stored_deflated_and_older_ones_derived_again() {
     assert_eq!(derived.get(), 1);
 }
 
+/// Local changes made at the same time share one flush (group commit), and each caller
+/// hears of success only once its change is durable: eight writers whose commits are all in
+/// while a flush is under way are covered by the next one, one fsync for the eight, and every
+/// change is there after a restart.
+#[test]
+fn changes_made_together_share_one_flush_and_each_is_durable_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let key = iroh::SecretKey::generate();
+    let repo = open(&path, &key);
+    let doc = DocId::new_thread();
+    create_thread(&repo, &doc);
+    let ids: Vec<String> = (0..8).map(|i| format!("task-{i}")).collect();
+    let fsyncs = repo.fsyncs();
+    let durable = repo.durability();
+    std::thread::scope(|scope| {
+        // A flush under way: the writers commit, then wait for it.
+        let flushing = lock(&repo.flushing);
+        let before = repo.written.load(Ordering::Acquire);
+        let writers: Vec<_> = ids
+            .iter()
+            .map(|id| scope.spawn(|| put(&repo, &doc, id)))
+            .collect();
+        while repo.written.load(Ordering::Acquire) < before + 8 {
+            std::thread::yield_now();
+        }
+        assert!(!*durable.borrow(), "committed, not yet durable");
+        assert!(
+            writers.iter().all(|w| !w.is_finished()),
+            "none returned before its flush"
+        );
+        drop(flushing);
+        for w in writers {
+            w.join().unwrap();
+        }
+    });
+    assert_eq!(repo.fsyncs() - fsyncs, 1, "one flush for the eight");
+    assert!(*durable.borrow());
+    let heads = repo.heads(&doc).unwrap();
+    drop(repo);
+    let repo = open(&path, &key);
+    assert_eq!(repo.heads(&doc).unwrap(), heads);
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(keys(&repo, &doc), expected);
+}
+
 /// Changes written lazily (a new thread and its listing, say) wait for the next durable write,
 /// then share its flush: until it, the repo says not everything is durable; after it, it does,
 /// and all of them are there after a restart.
