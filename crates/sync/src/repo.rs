@@ -11,9 +11,9 @@
 //!
 //! A local change is committed without a flush of its own; the caller then waits, with the
 //! write lock let go, for a flush that covers its commit ([`Repo::flush`]). Callers that change
-//! documents at the same time share one flush (group commit): a burst of sends from several
-//! callers costs a few fsyncs, not one each, and a merge from a peer need not wait for a
-//! local change's fsync before it starts.
+//! documents at the same time share one flush (group commit), and a merge from a peer can
+//! apply and check its changes while a local change's fsync is under way (its own commit
+//! still follows the flush: redb has one writer at a time).
 //!
 //! A local change is announced (and so pushed to peers) as soon as it is made, while its
 //! durable write is still under way: the network and the disk then work at the same time. The

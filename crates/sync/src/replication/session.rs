@@ -17,12 +17,12 @@ use automerge::sync;
 use super::digest::{Digest, HeadsHash};
 use super::msg::{self, Msg, PROTOCOL_VERSION};
 use super::{Docs, DocsError};
-use slots::Slots;
-
-mod slots;
 use crate::ids::DeviceId;
 use crate::quota::Quotas;
 use crate::schema::DocId;
+use slots::Slots;
+
+mod slots;
 
 /// Per-document sync states kept in memory per peer; beyond this the least recently used one
 /// is saved and dropped.
