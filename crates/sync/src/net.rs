@@ -14,8 +14,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use automerge::ChangeHash;
 use automerge::sync;
-use automerge::{ChangeHash, ReadDoc};
 use iroh::endpoint::{Connection, RecvStream, SendStream, Side, VarInt};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use iroh::{Endpoint, EndpointAddr};
@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::ids::DeviceId;
 use crate::replication::redial::{self, DIAL_TIMEOUT, Keep, Redial};
 use crate::replication::session::{Event, Input};
-use crate::replication::{Digest, Msg, Session};
+use crate::replication::{Digest, Msg, Session, held};
 use crate::repo::Repo;
 use crate::schema::DocId;
 use crate::store::Commit;
@@ -292,16 +292,9 @@ impl Replicator {
         if heads.iter().all(|h| shared.contains(h)) {
             return true;
         }
-        // The peer may have moved past `heads`: they are delivered if none of them is among the
-        // changes the peer does not have yet.
         self.0
             .repo
-            .read(doc, |d| {
-                // The hashes only: rebuilding the changes themselves costs far more.
-                let missing: HashSet<ChangeHash> =
-                    d.get_changes_meta(&shared).iter().map(|c| c.hash).collect();
-                heads.iter().all(|h| !missing.contains(h)) && d.get_missing_deps(&shared).is_empty()
-            })
+            .read(doc, |d| held::holds(d, &shared, heads))
             .ok()
             .flatten()
             .unwrap_or(false)

@@ -23,6 +23,7 @@ use crate::ids::DeviceId;
 use crate::schema::DocId;
 
 pub mod digest;
+pub mod held;
 pub mod msg;
 pub mod redial;
 pub mod session;
