@@ -425,7 +425,7 @@ impl Node {
             for (stop, _) in &subs {
                 stop.send_replace(true);
             }
-            let store = engine.as_ref().map(|e| e.repo().store().closed_signal());
+            let closed = engine.as_ref().map(|e| e.repo().store().closed());
             if let Some(engine) = engine {
                 engine.shutdown().await;
             }
@@ -438,18 +438,14 @@ impl Node {
             // The node's tasks end shortly after they are aborted; the database stays open
             // until the last of them lets go of it and redb has closed the file. Wait for
             // that, so that the directory can be opened again as soon as this returns.
-            if let Some(store) = store {
-                let released = tokio::time::timeout(CLOSE_RELEASE_WAIT, async {
-                    while store.strong_count() > 0 {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                })
-                .await;
-                if released.is_err() {
-                    eprintln!(
-                        "errand: the database was still in use {CLOSE_RELEASE_WAIT:?} after close"
-                    );
-                }
+            if let Some(closed) = closed
+                && tokio::time::timeout(CLOSE_RELEASE_WAIT, closed.wait())
+                    .await
+                    .is_err()
+            {
+                eprintln!(
+                    "errand: the database was still in use {CLOSE_RELEASE_WAIT:?} after close"
+                );
             }
             Ok(())
         })

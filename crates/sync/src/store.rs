@@ -123,8 +123,21 @@ store_error_from!(
 pub struct Store {
     db: Database,
     /// Dropped after `db` (fields drop in order), so it outlives the closing of the file; see
-    /// [`Store::closed_signal`].
-    open: std::sync::Arc<()>,
+    /// [`Store::closed`]. Nothing is ever sent on it: its receivers learn of the drop.
+    open: tokio::sync::watch::Sender<()>,
+}
+
+/// Resolves once the store it came from has been dropped *and* its database file closed
+/// ([`Store::closed`]).
+#[derive(Debug, Clone)]
+pub struct Closed(tokio::sync::watch::Receiver<()>);
+
+impl Closed {
+    /// Waits until the file is closed (at once if it already is).
+    pub async fn wait(mut self) {
+        // The sender never sends, so `changed` returns only when it is dropped.
+        while self.0.changed().await.is_ok() {}
+    }
 }
 
 impl Store {
@@ -144,7 +157,7 @@ impl Store {
         };
         let store = Store {
             db,
-            open: std::sync::Arc::new(()),
+            open: tokio::sync::watch::Sender::new(()),
         };
         store.create_tables().map_err(|source| OpenError::Prepare {
             path: shown,
@@ -153,11 +166,12 @@ impl Store {
         Ok(store)
     }
 
-    /// A handle that dies once this store has been dropped *and* its database file closed
-    /// (closing can take a moment: redb writes a clean shutdown). Whoever must reopen the same
-    /// file right after dropping the store waits for this, not for the store alone.
-    pub fn closed_signal(&self) -> std::sync::Weak<()> {
-        std::sync::Arc::downgrade(&self.open)
+    /// What resolves once this store has been dropped *and* its database file closed (closing
+    /// can take a moment: redb writes a clean shutdown, and the last holder of the store may be
+    /// a task still winding down). Whoever must reopen the same file right after letting go of
+    /// the store waits for this, not for the store alone.
+    pub fn closed(&self) -> Closed {
+        Closed(self.open.subscribe())
     }
 
     fn create_tables(&self) -> Result<(), StoreError> {
@@ -545,6 +559,28 @@ mod tests {
         let path = dir.path().join("db.redb");
         let _first = Store::open(&path).unwrap();
         assert!(matches!(Store::open(&path), Err(OpenError::Locked(_))));
+    }
+
+    #[tokio::test]
+    async fn closed_resolves_once_the_file_can_be_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let store = Store::open(&path).unwrap();
+        let closed = store.closed();
+        // Held elsewhere (a task winding down, say): not closed yet.
+        let holder = std::thread::spawn(move || {
+            std::thread::park();
+            drop(store);
+        });
+        let waiting = tokio::spawn(closed.clone().wait());
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(matches!(Store::open(&path), Err(OpenError::Locked(_))));
+        holder.thread().unpark();
+        waiting.await.unwrap();
+        Store::open(&path).unwrap();
+        // Waiting after the close returns at once.
+        closed.wait().await;
     }
 
     #[test]

@@ -99,16 +99,12 @@ pub async fn open_at(dir: &Path, bind: std::net::SocketAddr) -> Result<Arc<Node>
 /// restarting its node does (the FFI's `close`): the node's last tasks let go of the store a
 /// moment after `shutdown`, and redb closes the file after that.
 async fn close(node: Arc<Node>) -> Result<()> {
-    let store = node.repo().store().closed_signal();
+    let closed = node.repo().store().closed();
     node.shutdown().await;
     drop(node);
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while store.strong_count() > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .context("the phone's home was still in use 10 s after it stopped")
+    tokio::time::timeout(Duration::from_secs(10), closed.wait())
+        .await
+        .context("the phone's home was still in use 10 s after it stopped")
 }
 
 /// Resident and peak resident memory of this process, in MiB.
