@@ -2,7 +2,9 @@
 //! device, and writes status, progress, approvals and results back.
 //!
 //! - A task is claimed by durably writing `running` before anything runs, and only `queued`
-//!   tasks are claimed, so a task never runs twice. A task found `running` or
+//!   tasks are claimed, so a task never runs twice. A task that cannot start (its command does not
+//!   parse, or it needs a model and none is configured) ends as `failed` in one change with
+//!   no claim: nothing ran, so there is nothing to keep from running twice. A task found `running` or
 //!   `waiting_approval` at start-up was interrupted by a crash or a stop: it ends as `failed`
 //!   with a reason, because half a shell command cannot be safely resumed.
 //! - Tasks of one thread run one at a time, in order; threads run in parallel up to a bound.
@@ -503,6 +505,16 @@ impl Shared {
                 )?;
                 conversation::add_answer(tx, &task.id, reason, TaskStatus::Cancelled, &[])
             });
+            return;
+        }
+        if let Some(reason) = task::cannot_start(self, &task) {
+            warn!(task = %task.id, "{reason}");
+            self.change(doc, &format!("task {} failed", short(&task.id)), |tx| {
+                thread::finish(tx, &task.id, Err(&reason), TaskStatus::Failed, now_millis())?;
+                conversation::add_answer(tx, &task.id, &reason, TaskStatus::Failed, &[])
+            });
+            self.notifier
+                .notify(doc, &task.id, Event::Failed, Some(&reason));
             return;
         }
         // The claim: durable before anything runs.

@@ -301,6 +301,11 @@ pub enum Refusal {
     BadSignature { hash: ChangeHash, device: DeviceId },
     #[error("change {hash} is by {device}, which is not a member of this space")]
     NotAMember { hash: ChangeHash, device: DeviceId },
+    #[error("change {hash} is larger than a node takes: {limit}")]
+    TooLarge {
+        hash: ChangeHash,
+        limit: crate::limits::Refusal,
+    },
     #[error(transparent)]
     Ownership(#[from] crate::schema::ownership::Violation),
     #[error("this device does not know its space yet")]

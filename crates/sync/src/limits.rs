@@ -115,6 +115,8 @@ pub struct Shape {
 }
 
 const HASH_LEN: u64 = 32;
+/// A chunk's header: magic bytes, checksum, type and a LEB128 length.
+pub const CHANGE_HEADER_MAX: u64 = 4 + 4 + 1 + 10;
 const SYNC_V1: u8 = 0x42;
 const SYNC_V2: u8 = 0x43;
 
@@ -193,6 +195,20 @@ impl Limits {
             ops: tally.ops,
             ..Shape::default()
         })
+    }
+
+    /// Checks one change as merged, whatever chunk brought it: a change inside a whole
+    /// document is held to the bounds of one sent alone, or a member could pass a change of
+    /// any size to a device that does not hold its document yet, and from there to everyone.
+    /// `encoded` is the change's encoding with its chunk header (at most
+    /// [`CHANGE_HEADER_MAX`] bytes beyond what [`Limits::check_sync_message`] bounds).
+    pub fn check_change(&self, encoded: u64, ops: u64) -> Result<(), Refusal> {
+        bounded(
+            encoded.saturating_sub(CHANGE_HEADER_MAX),
+            "bytes in one change",
+            self.max_change_bytes,
+        )?;
+        bounded(ops, "operations in one change", self.max_ops_per_change).map(|_| ())
     }
 
     /// Checks a document's size once merged: a peer may reach it in many small messages.

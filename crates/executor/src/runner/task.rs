@@ -52,6 +52,28 @@ impl Failure {
     }
 }
 
+/// Why `task` cannot start here, when that is known before anything runs: its prompt is
+/// refused, its command does not parse, or it needs a model and none is configured. Such a
+/// task ends in one change, with no claim first: with nothing run there is nothing a claim
+/// must keep from running twice.
+pub(super) fn cannot_start(shared: &Shared, task: &Task) -> Option<String> {
+    if let Err(e) = thread::check_prompt(&task.prompt) {
+        return Some(e.to_string());
+    }
+    match command::parse(&task.prompt) {
+        Some(Ok(_)) => None,
+        Some(Err(e)) => Some(e.to_string()),
+        None => shared.config.model.is_none().then(|| no_model(shared)),
+    }
+}
+
+fn no_model(shared: &Shared) -> String {
+    format!(
+        "this task needs an AI model and none is configured: {}",
+        shared.config.model_hint
+    )
+}
+
 /// One task in progress.
 pub(super) struct TaskContext {
     pub(super) shared: Arc<Shared>,
@@ -90,10 +112,7 @@ impl TaskContext {
 
     async fn run_model(&mut self, task: &Task) -> Result<ToolOutput, Failure> {
         let Some(backend) = self.shared.config.model.clone() else {
-            return Err(Failure::new(format!(
-                "this task needs an AI model and none is configured: {}",
-                self.shared.config.model_hint
-            )));
+            return Err(Failure::new(no_model(&self.shared)));
         };
         let extra_tools = self.connector_tools().await?;
         let earlier = self.shared.earlier_turns(&self.doc, task);

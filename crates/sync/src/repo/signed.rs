@@ -9,6 +9,7 @@ use automerge::{ActorId, Automerge, ChangeHash};
 use super::{Entry, MAX_WAITING_SIGS, Repo, SignedDoc};
 use crate::authorship::{self, Refusal, Standing};
 use crate::ids::DeviceId;
+use crate::limits::Limits;
 use crate::repo::LoadError;
 use crate::schema::DocId;
 use crate::schema::touched::Touched;
@@ -68,8 +69,9 @@ impl Repo {
         }))
     }
 
-    /// Checks the changes a merge added to `entry` since `before`: each signed by the device
-    /// its actor names, that device a member (or former member) of the space, and writing only
+    /// Checks the changes a merge added to `entry` since `before`: each within the bounds of
+    /// one change however it came (`Limits::check_change`), signed by the device its actor
+    /// names, that device a member (or former member) of the space, and writing only
     /// what it owns. Returns their signatures, to store with them, what they wrote, and the
     /// standing of each author the verdict rested on.
     ///
@@ -135,6 +137,12 @@ impl Repo {
         let mut owners = crate::schema::ownership::Checker::new(&entry.doc, id, &mut entry.paths);
         let mut touched = Touched::default();
         for change in &changes {
+            Limits::DEFAULT
+                .check_change(change.raw_bytes().len() as u64, change.len() as u64)
+                .map_err(|limit| Refusal::TooLarge {
+                    hash: change.hash(),
+                    limit,
+                })?;
             let device =
                 authorship::author(change.actor_id()).ok_or(Refusal::NoAuthor(change.hash()))?;
             let is = standing.get(&device).copied().unwrap_or(Standing::Unknown);

@@ -367,6 +367,76 @@ fn forged_misplaced_and_unsigned_changes_are_refused() {
     assert_eq!(keys(&b, &doc), ["honest"]);
 }
 
+/// A member writes a change larger than a node takes from a peer. Sent alone it is refused
+/// before automerge sees it; a device that does not hold the document yet is sent the whole
+/// document instead, with the change inside, and must refuse it just the same (else it would
+/// hold it and pass it on, and its honest peers would drop it for what it passed on).
+#[test]
+fn a_change_over_the_limit_is_refused_alone_and_inside_a_whole_document() {
+    let (_h_dir, hostile) = repo();
+    let doc = DocId::new_thread();
+    create_thread(&hostile, &doc);
+    let (_o_dir, holder) = repo();
+    sync_pair(&hostile, &holder, &doc);
+
+    let me = hostile.device.to_string();
+    let prompt = "a".repeat(crate::limits::Limits::DEFAULT.max_change_bytes as usize + 1024);
+    hostile
+        .change(&doc, "a huge prompt", |tx| {
+            thread::add_task(
+                tx,
+                &thread::NewTask {
+                    id: "huge",
+                    prompt: &prompt,
+                    target: &me,
+                    created: 1,
+                },
+            )
+        })
+        .unwrap();
+
+    let (_f_dir, fresh) = repo();
+    for (who, peer) in [("holder", &holder), ("fresh", &fresh)] {
+        let mut state = sync::State::new();
+        let mut theirs = sync::State::new();
+        let mut refused = None;
+        for _ in 0..6 {
+            if let Some(m) = hostile.generate_sync_message(&doc, &mut state).unwrap()
+                && let Err(e) = peer.receive_sync_message(&doc, &mut theirs, &m)
+            {
+                refused = Some(e);
+                break;
+            }
+            match peer.generate_sync_message(&doc, &mut theirs).unwrap() {
+                Some(m) => {
+                    hostile.receive_sync_message(&doc, &mut state, &m).unwrap();
+                }
+                None => break,
+            }
+        }
+        let refused = refused.unwrap_or_else(|| panic!("{who}: the huge change was taken"));
+        assert!(
+            refused.to_string().contains("bytes in one change"),
+            "{who}: {refused}"
+        );
+        let held = peer
+            .read(&doc, |d| thread::tasks(d, doc.as_str()))
+            .unwrap()
+            .unwrap_or_default();
+        assert!(held.iter().all(|t| t.id != "huge"), "{who}: {held:?}");
+    }
+    assert!(
+        !fresh.contains(&doc).unwrap(),
+        "the fresh device keeps nothing"
+    );
+
+    // Handed over whole, as at pairing: refused too.
+    let SignedDoc { bytes, sigs } = hostile.save_signed(&doc).unwrap().unwrap();
+    let err = fresh.import(&doc, &bytes, &sigs).unwrap_err();
+    assert!(err.to_string().contains("bytes in one change"), "{err}");
+    assert!(!fresh.contains(&doc).unwrap());
+}
+
 /// A device the authors do not know: its changes wait (the caller syncs the index first).
 #[test]
 fn a_change_by_an_unknown_device_is_early_and_nothing_is_kept() {

@@ -2,6 +2,7 @@
 //! may not do whatever it asks, and what a desktop without one says.
 
 use super::*;
+use crate::support::short;
 
 /// Writes the model config for a script server into the desktop's home, before `up`.
 pub(crate) fn write_model_config(desk: &Home, server: &ScriptServer, provider: &str) {
@@ -153,12 +154,26 @@ fn an_openai_compatible_model_gets_the_policy_refusal_too() {
 #[test]
 fn without_a_model_a_prompt_fails_with_how_to_configure_one() {
     let (p, _) = setup(None, &[]);
-    let (task, _) = send_task(&p.phone, "tidy up my downloads", &[]);
+    let (task, thread) = send_task(&p.phone, "tidy up my downloads", &[]);
     let failed = wait_final(&p.phone, &task);
     assert_eq!(status(&failed), "failed", "{failed:#}");
     let error = error_text(&failed);
     assert!(
         error.contains("model.toml") && error.contains("[model]") && error.contains("provider"),
         "the error tells how to configure a model: {failed:#}"
+    );
+    // Nothing ran, so nothing was claimed: the desktop wrote one change, the failure with its
+    // answer, and the task never showed as running.
+    assert!(failed["started"].is_null(), "{failed:#}");
+    let history = p.desk.json(&["history", "--doc", &thread[..8]]);
+    let desk_part: Vec<String> = array(&history)
+        .iter()
+        .filter(|e| e["device"] == "desk")
+        .map(|e| str_field(e, "message"))
+        .collect();
+    assert_eq!(
+        desk_part,
+        [format!("task {} failed", short(&task))],
+        "{history:#}"
     );
 }
