@@ -78,6 +78,7 @@ fn change(limits: &Limits, body: &[u8]) -> Result<u64, Refusal> {
     let columns = column_meta(&mut r)?;
     let mut budget = limits.max_change_bytes;
     let ops = rows(
+        limits,
         &mut r,
         &columns,
         &mut budget,
@@ -107,6 +108,7 @@ fn document(limits: &Limits, body: &[u8]) -> Result<u64, Refusal> {
     let op_columns = column_meta(&mut r)?;
     let mut budget = limits.max_document_bytes;
     rows(
+        limits,
         &mut r,
         &change_columns,
         &mut budget,
@@ -114,6 +116,7 @@ fn document(limits: &Limits, body: &[u8]) -> Result<u64, Refusal> {
         limits.max_changes,
     )?;
     rows(
+        limits,
         &mut r,
         &op_columns,
         &mut budget,
@@ -137,6 +140,7 @@ fn column_meta(r: &mut Reader<'_>) -> Result<Vec<(u64, u64)>, Refusal> {
 /// Reads the data of `columns` and returns the rows of the longest, refusing past `max` rows
 /// or past `budget` inflated bytes in all.
 fn rows(
+    limits: &Limits,
     r: &mut Reader<'_>,
     columns: &[(u64, u64)],
     budget: &mut u64,
@@ -154,16 +158,31 @@ fn rows(
         } else {
             data
         };
-        longest = longest.max(column_rows(spec & 0b111, data, what, max)?);
+        longest = longest.max(column_rows(
+            spec & 0b111,
+            data,
+            what,
+            max,
+            limits.max_change_bytes,
+        )?);
     }
     Ok(longest)
 }
 
-/// Rows a column of `kind` (automerge's column types 0-7) claims.
-fn column_rows(kind: u64, data: &[u8], what: &'static str, max: u64) -> Result<u64, Refusal> {
+/// Rows a column of `kind` (automerge's column types 0-7) claims. A value's metadata gives
+/// its length: none may pass `max_value`, the bytes of one change, since a whole document
+/// bounds only its own size, and its changes are known only once it is merged.
+fn column_rows(
+    kind: u64,
+    data: &[u8],
+    what: &'static str,
+    max: u64,
+    max_value: u64,
+) -> Result<u64, Refusal> {
     const BOOLEAN: u64 = 4;
     const DELTA: u64 = 3;
     const STRING: u64 = 5;
+    const VALUE_META: u64 = 6;
     const VALUE: u64 = 7;
     let mut r = Reader::new(data);
     let mut rows = 0u64;
@@ -208,6 +227,10 @@ fn column_rows(kind: u64, data: &[u8], what: &'static str, max: u64) -> Result<u
                         STRING => {
                             let len = r.uleb("column")?;
                             r.take(len, "column")?;
+                        }
+                        VALUE_META => {
+                            // The length sits above the four bits of the value's type.
+                            bounded(r.uleb("column")? >> 4, "bytes in one value", max_value)?;
                         }
                         _ => {
                             r.uleb("column")?;

@@ -267,3 +267,45 @@ fn whole_documents_are_checked_too() {
     assert!(tight.check_document(&doc.save()).is_err());
     assert!(Limits::DEFAULT.check_document(b"not a document").is_err());
 }
+
+/// A whole document bounds only its own size, and which change wrote what is known only once
+/// it is merged: a value longer than one change may be is refused in it before that, however
+/// well its column deflates.
+#[test]
+fn a_whole_document_with_a_value_longer_than_a_change_is_refused() {
+    let mut doc = busy_doc(3);
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "huge", "a".repeat(64 * 1024)).unwrap();
+    tx.commit();
+    let mut state = sync::State::new();
+    let ask = Automerge::new()
+        .generate_sync_message(&mut sync::State::new())
+        .unwrap();
+    doc.receive_sync_message(&mut state, ask).unwrap();
+    let whole = doc.generate_sync_message(&mut state).unwrap().encode();
+    assert!(
+        whole.len() < 16 * 1024,
+        "its column deflates: {}",
+        whole.len()
+    );
+    Limits::DEFAULT.check_sync_message(&whole).unwrap();
+    Limits::DEFAULT.check_document(&doc.save()).unwrap();
+
+    let tight = Limits {
+        max_change_bytes: 64 * 1024 - 1,
+        ..Limits::DEFAULT
+    };
+    for refusal in [
+        tight.check_sync_message(&whole).unwrap_err(),
+        tight.check_document(&doc.save()).unwrap_err(),
+    ] {
+        assert_eq!(
+            refusal,
+            Refusal::TooMany {
+                what: "bytes in one value",
+                count: 64 * 1024,
+                max: 64 * 1024 - 1,
+            }
+        );
+    }
+}

@@ -367,31 +367,39 @@ fn forged_misplaced_and_unsigned_changes_are_refused() {
     assert_eq!(keys(&b, &doc), ["honest"]);
 }
 
-/// A member writes a change larger than a node takes from a peer. Sent alone it is refused
-/// before automerge sees it; a device that does not hold the document yet is sent the whole
-/// document instead, with the change inside, and must refuse it just the same (else it would
-/// hold it and pass it on, and its honest peers would drop it for what it passed on).
+/// A member writes a change larger than a node takes from a peer, of values that each pass
+/// (two prompts of 2.5 MiB). A device that holds the thread gets the change alone and refuses
+/// it before automerge sees it; a fresh device is sent the whole document instead (automerge
+/// sends a document to a peer that holds nothing, or lacks a third of the changes), which
+/// bounds only its own size, and must refuse the change once merged just the same (else it
+/// would hold it and pass it on, and its honest peers would drop it for what it passed on).
 #[test]
 fn a_change_over_the_limit_is_refused_alone_and_inside_a_whole_document() {
     let (_h_dir, hostile) = repo();
     let doc = DocId::new_thread();
     create_thread(&hostile, &doc);
+    for key in ["one", "two", "three"] {
+        put(&hostile, &doc, key);
+    }
     let (_o_dir, holder) = repo();
     sync_pair(&hostile, &holder, &doc);
 
     let me = hostile.device.to_string();
-    let prompt = "a".repeat(crate::limits::Limits::DEFAULT.max_change_bytes as usize + 1024);
+    let half = "a".repeat(crate::limits::Limits::DEFAULT.max_change_bytes as usize * 5 / 8);
     hostile
-        .change(&doc, "a huge prompt", |tx| {
-            thread::add_task(
-                tx,
-                &thread::NewTask {
-                    id: "huge",
-                    prompt: &prompt,
-                    target: &me,
-                    created: 1,
-                },
-            )
+        .change(&doc, "two prompts of 2.5 MiB", |tx| {
+            for id in ["huge1", "huge2"] {
+                thread::add_task(
+                    tx,
+                    &thread::NewTask {
+                        id,
+                        prompt: &half,
+                        target: &me,
+                        created: 1,
+                    },
+                )?;
+            }
+            Ok(())
         })
         .unwrap();
 
@@ -404,7 +412,7 @@ fn a_change_over_the_limit_is_refused_alone_and_inside_a_whole_document() {
             if let Some(m) = hostile.generate_sync_message(&doc, &mut state).unwrap()
                 && let Err(e) = peer.receive_sync_message(&doc, &mut theirs, &m)
             {
-                refused = Some(e);
+                refused = Some(e.to_string());
                 break;
             }
             match peer.generate_sync_message(&doc, &mut theirs).unwrap() {
@@ -415,15 +423,21 @@ fn a_change_over_the_limit_is_refused_alone_and_inside_a_whole_document() {
             }
         }
         let refused = refused.unwrap_or_else(|| panic!("{who}: the huge change was taken"));
-        assert!(
-            refused.to_string().contains("bytes in one change"),
-            "{who}: {refused}"
+        // The change alone is refused on its raw bytes; inside a document, once merged.
+        let (said, merged) = (
+            "bytes in one change",
+            refused.contains("is larger than a node takes"),
         );
+        assert!(refused.contains(said), "{who}: {refused}");
+        assert_eq!(merged, who == "fresh", "{who}: {refused}");
         let held = peer
             .read(&doc, |d| thread::tasks(d, doc.as_str()))
             .unwrap()
             .unwrap_or_default();
-        assert!(held.iter().all(|t| t.id != "huge"), "{who}: {held:?}");
+        assert!(
+            held.iter().all(|t| !t.id.starts_with("huge")),
+            "{who}: {held:?}"
+        );
     }
     assert!(
         !fresh.contains(&doc).unwrap(),
