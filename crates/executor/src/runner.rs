@@ -2,11 +2,12 @@
 //! device, and writes status, progress, approvals and results back.
 //!
 //! - A task is claimed by durably writing `running` before anything runs, and only `queued`
-//!   tasks are claimed, so a task never runs twice. A task that cannot start (its command does not
-//!   parse, or it needs a model and none is configured) ends as `failed` in one change with
-//!   no claim: nothing ran, so there is nothing to keep from running twice. A task found `running` or
-//!   `waiting_approval` at start-up was interrupted by a crash or a stop: it ends as `failed`
-//!   with a reason, because half a shell command cannot be safely resumed.
+//!   tasks are claimed, so a task never runs twice. A task that cannot start (its prompt is
+//!   refused, its command does not parse, or it needs a model and none is configured) ends as
+//!   `failed` in one change with no claim: nothing ran, so there is nothing to keep from
+//!   running twice. A task found `running` or `waiting_approval` at start-up was interrupted
+//!   by a crash or a stop: it ends as `failed` with a reason, because half a shell command
+//!   cannot be safely resumed.
 //! - Tasks of one thread run one at a time, in order; threads run in parallel up to a bound.
 //! - A graceful stop starts nothing new and gives running tasks [`STOP_GRACE`] to finish;
 //!   those still running then are interrupted and recorded as failed, with a reason that says

@@ -162,6 +162,23 @@ fn sync_pair(a: &Repo, b: &Repo, doc: &DocId) {
     panic!("sync did not settle");
 }
 
+/// Syncs `doc` from `from` to `to` with fresh sync states until `to` refuses a message:
+/// its refusal, or `None` if it took everything.
+fn first_refusal(from: &Repo, to: &Repo, doc: &DocId) -> Option<ReceiveError> {
+    let (mut state, mut theirs) = (sync::State::new(), sync::State::new());
+    for _ in 0..6 {
+        if let Some(m) = from.generate_sync_message(doc, &mut state).unwrap()
+            && let Err(e) = to.receive_sync_message(doc, &mut theirs, &m)
+        {
+            return Some(e);
+        }
+        if let Some(m) = to.generate_sync_message(doc, &mut theirs).unwrap() {
+            from.receive_sync_message(doc, &mut state, &m).unwrap();
+        }
+    }
+    None
+}
+
 /// Sends a task with id `key` from this repo's device to itself.
 fn put(repo: &Repo, doc: &DocId, key: &str) {
     let me = repo.device.to_string();
@@ -314,21 +331,7 @@ fn forged_misplaced_and_unsigned_changes_are_refused() {
         entry.doc.set_actor(ActorId::from(actor));
     }
     put(&forger, &doc, "forged");
-    let mut state = sync::State::new();
-    let mut theirs = sync::State::new();
-    let mut refused = None;
-    for _ in 0..6 {
-        if let Some(m) = forger.generate_sync_message(&doc, &mut state).unwrap()
-            && let Err(e) = b.receive_sync_message(&doc, &mut theirs, &m)
-        {
-            refused = Some(e);
-            break;
-        }
-        if let Some(m) = b.generate_sync_message(&doc, &mut theirs).unwrap() {
-            forger.receive_sync_message(&doc, &mut state, &m).unwrap();
-        }
-    }
-    let refused = refused.expect("the forged change was refused");
+    let refused = first_refusal(&forger, &b, &doc).expect("the forged change was refused");
     assert!(
         refused.to_string().contains("is not signed by"),
         "{refused}"
@@ -405,24 +408,9 @@ fn a_change_over_the_limit_is_refused_alone_and_inside_a_whole_document() {
 
     let (_f_dir, fresh) = repo();
     for (who, peer) in [("holder", &holder), ("fresh", &fresh)] {
-        let mut state = sync::State::new();
-        let mut theirs = sync::State::new();
-        let mut refused = None;
-        for _ in 0..6 {
-            if let Some(m) = hostile.generate_sync_message(&doc, &mut state).unwrap()
-                && let Err(e) = peer.receive_sync_message(&doc, &mut theirs, &m)
-            {
-                refused = Some(e.to_string());
-                break;
-            }
-            match peer.generate_sync_message(&doc, &mut theirs).unwrap() {
-                Some(m) => {
-                    hostile.receive_sync_message(&doc, &mut state, &m).unwrap();
-                }
-                None => break,
-            }
-        }
-        let refused = refused.unwrap_or_else(|| panic!("{who}: the huge change was taken"));
+        let refused = first_refusal(&hostile, peer, &doc)
+            .unwrap_or_else(|| panic!("{who}: the huge change was taken"))
+            .to_string();
         // The change alone is refused on its raw bytes; inside a document, once merged.
         let (said, merged) = (
             "bytes in one change",
