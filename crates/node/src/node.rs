@@ -218,13 +218,13 @@ pub struct Node {
     lan: LanSightings,
     clocks: Clocks,
     presence: crate::presence::Presence,
-    /// The membership last evaluated, and the index heads it was evaluated at.
-    membership_cache: Mutex<Option<(Vec<automerge::ChangeHash>, MembershipNow)>>,
+    /// The membership last evaluated, and the index epoch it was evaluated at.
+    membership_cache: Mutex<Option<(u64, MembershipNow)>>,
     /// True once the event watcher has taken in what there was at start.
     primed: tokio::sync::watch::Sender<bool>,
 }
 
-type MembershipNow = Option<errand_pairing::membership::Membership>;
+type MembershipNow = Option<Arc<errand_pairing::membership::Membership>>;
 
 fn now_unix() -> u64 {
     std::time::SystemTime::now()
@@ -345,6 +345,10 @@ impl Node {
     }
 
     pub fn space(&self) -> Option<SpaceId> {
+        // The repo keeps it in memory once made, joined or read at start; every send asks.
+        if let Some(space) = self.repo.space() {
+            return Some(space);
+        }
         let bytes = self.repo.store().meta(META_SPACE).ok()??;
         std::str::from_utf8(&bytes).ok()?.parse().ok()
     }
@@ -370,21 +374,24 @@ impl Node {
 
     /// The verified membership: from the pinned root, over the index and the ledger of what
     /// this device has seen (see [`MembershipGate`]). Evaluating it checks every certificate's
-    /// signature, so it is evaluated again only when the index changed since the last time
-    /// (membership is a function of the index and of the ledger, which only the index feeds).
-    fn membership(&self) -> Option<errand_pairing::membership::Membership> {
-        let heads = self.repo.heads(&DocId::index()).unwrap_or_default();
+    /// signature, so it is evaluated again only when the index changed in more than its thread
+    /// list since the last time ([`errand_sync::Repo::index_epoch`]): membership is a function
+    /// of the index's members and revocations and of the ledger, which only the index feeds.
+    fn membership(&self) -> MembershipNow {
+        let epoch = self.repo.index_epoch();
         let mut cached = self
             .membership_cache
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if let Some((at, membership)) = cached.as_ref()
-            && *at == heads
+            && *at == epoch
         {
             return membership.clone();
         }
-        let membership = self.gate.refresh(&self.repo);
-        *cached = Some((heads, membership.clone()));
+        // Read after the epoch: should the index move meanwhile, this is cached under the
+        // older epoch and evaluated again on the next call.
+        let membership = self.gate.refresh(&self.repo).map(Arc::new);
+        *cached = Some((epoch, membership.clone()));
         membership
     }
 

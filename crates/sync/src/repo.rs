@@ -229,6 +229,8 @@ pub struct Repo {
     quotas: Quotas,
     /// Merges worked out ahead of their turn ([`Repo::prepare`]).
     prepared: Mutex<HashMap<DocId, prepare::Prepared>>,
+    /// See [`Repo::index_epoch`].
+    index_epoch: AtomicU64,
 }
 
 /// A panic while holding one of the repo's locks happens only inside automerge, on a document
@@ -270,6 +272,7 @@ impl Repo {
             changes,
             quotas: Quotas::DEFAULT,
             prepared: Mutex::new(HashMap::new()),
+            index_epoch: AtomicU64::new(0),
         };
         if let Err(e) = repo.load_catalog() {
             tracing::warn!("cannot read what the store holds: {e}");
@@ -336,9 +339,31 @@ impl Repo {
         Ok(())
     }
 
-    /// Records the heads of a document as it is in memory now.
+    /// Records the heads of a document as it is in memory now, after a change of unknown
+    /// content (a load, a revert).
     fn note_heads(&self, id: &DocId, heads: &[ChangeHash]) {
+        self.note_change(id, heads, None);
+    }
+
+    /// Records the heads of a document after a change that wrote `touched` (`None`: unknown,
+    /// which counts as anything). Called once the change is visible to readers, so that a
+    /// reader who sees the epoch move also sees what moved it.
+    fn note_change(&self, id: &DocId, heads: &[ChangeHash], touched: Option<&Touched>) {
         lock(&self.catalog).set(id, heads);
+        if id.is_index() && touched.is_none_or(|t| t.other) {
+            self.index_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// A number that changes whenever the index may have changed other than in its thread
+    /// list: members, revocations, addresses, schedules. What is derived from those parts
+    /// (the membership, which evaluates every certificate) is kept by this number, so that a
+    /// new thread, the index's most frequent change by far, does not make it stale.
+    ///
+    /// Architecture invariant: every change of the index moves it unless what the change
+    /// wrote is known and touches only thread entries.
+    pub fn index_epoch(&self) -> u64 {
+        self.index_epoch.load(Ordering::Acquire)
     }
 
     /// The digest of everything held here.
@@ -605,14 +630,15 @@ impl Repo {
                 .doc
                 .transact_with(|_| options, f)
                 .map_err(|failure| failure.error)?;
-            let mut touched = Touched::default();
+            let mut touched = None;
             let mut made = None;
             if let Some(hash) = done.hash {
                 let sig = authorship::sign(&self.key, &space, id, &hash);
                 entry.unsaved_sigs.push((hash.0, sig));
                 if let Some(change) = entry.doc.get_change_by_hash(&hash) {
-                    touched =
-                        Checker::new(&entry.doc, id, &mut entry.paths).touched(&change.decode());
+                    touched = Some(
+                        Checker::new(&entry.doc, id, &mut entry.paths).touched(&change.decode()),
+                    );
                     made = Some(change).filter(|_| stored);
                 }
             }
@@ -622,7 +648,7 @@ impl Repo {
             let heads = entry.doc.get_heads();
             let changed = heads != entry.saved_heads;
             if changed {
-                self.note_heads(id, &heads);
+                self.note_change(id, &heads, touched.as_ref());
             }
             (out, changed.then_some((touched, made)))
         };
@@ -633,7 +659,11 @@ impl Repo {
         let _ = self.changes.send(DocChanged {
             doc: id.clone(),
             local: true,
-            touched: Arc::new(touched),
+            // Not known (automerge did not give the change back): anything, to be safe.
+            touched: Arc::new(touched.unwrap_or(Touched {
+                other: true,
+                ..Touched::default()
+            })),
         });
         // Only writers remove documents from memory, and we are the writer.
         let Some(pending) = self

@@ -34,7 +34,7 @@ impl Node {
                 .requested_by
                 .parse::<DeviceId>()
                 .map_or_else(|_| schema::now_millis(), |d| self.clocks.now_at(&d));
-            let first = crate::events::counted_decision(membership.as_ref(), &a).cloned();
+            let first = crate::events::counted_decision(membership.as_deref(), &a).cloned();
             let first = first.as_ref();
             let state = crate::events::approval_state(&a, first, now);
             if pending_only && state != "pending" {

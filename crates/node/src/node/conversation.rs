@@ -93,7 +93,7 @@ impl Node {
                     continue;
                 }
                 let expires_at = q.expires_at.unwrap_or(0);
-                let answer = crate::events::counted_answer(membership.as_ref(), doc.as_str(), &q);
+                let answer = crate::events::counted_answer(membership.as_deref(), doc.as_str(), &q);
                 let state = question_state(answer, expires_at, now);
                 if pending_only && state != "pending" {
                     continue;
@@ -217,7 +217,7 @@ impl Node {
             .map(|t| (t.id.as_str(), t.target.as_str()))
             .collect();
         for a in &approvals {
-            let decision = crate::events::counted_decision(membership.as_ref(), a);
+            let decision = crate::events::counted_decision(membership.as_deref(), a);
             let state = match decision {
                 Some(d) if d.approve => "approved",
                 Some(_) => "denied",
@@ -267,7 +267,7 @@ impl Node {
             }
             let by = self.name_of(&names, &m.author);
             if m.kind == thread::KIND_QUESTION {
-                let answer = crate::events::counted_answer(membership.as_ref(), doc.as_str(), m);
+                let answer = crate::events::counted_answer(membership.as_deref(), doc.as_str(), m);
                 during
                     .entry(m.task.as_str())
                     .or_default()

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use errand_pairing::Ticket;
-use errand_pairing::membership::Certificate;
+use errand_pairing::membership::{Certificate, Member};
 use errand_pairing::protocol::{self as pairing, PairingEvent, PairingHost};
 use errand_pairing::trust;
 use errand_sync::schema::{self, DocId, index};
@@ -261,27 +261,50 @@ impl Node {
             .collect();
         match matches.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => Err(NodeError::NotFound(format!(
-                "no device {needle:?} in this space as this device knows it \
-                 (`errand sync` fetches what the others know)"
-            ))),
-            _ => Err(NodeError::Ambiguous(format!(
-                "{needle:?} names more than one device"
-            ))),
+            [] => Err(no_device(needle)),
+            _ => Err(ambiguous_device(needle)),
         }
     }
 
     /// The device that runs tasks by default: the space's first desktop (its creator), else
     /// any desktop.
-    pub(super) fn default_target(&self) -> Result<DeviceInfo, NodeError> {
-        let devices = self.devices()?;
-        let root = self.membership().map(|m| m.root());
-        devices
-            .iter()
-            .find(|d| Some(d.id.clone()) == root.map(|r| r.to_string()) && d.role == Role::Desktop)
-            .or_else(|| devices.iter().find(|d| d.role == Role::Desktop))
-            .cloned()
+    pub(super) fn default_target(&self) -> Result<Target, NodeError> {
+        self.require_space()?;
+        let membership = self.membership().ok_or(NodeError::NoSpace)?;
+        let root = membership.root();
+        let desktop = |m: &&Member| m.role == Role::Desktop;
+        membership
+            .get(&root)
+            .filter(desktop)
+            .or_else(|| membership.members().find(desktop))
+            .map(|m| self.target(m))
             .ok_or_else(|| NodeError::NotFound("no desktop in this space to run tasks".into()))
+    }
+
+    /// A device to send work to, by id prefix or name, as [`Node::resolve_device`] finds it;
+    /// from the membership alone, as every send asks for one.
+    pub(super) fn resolve_target(&self, needle: &str) -> Result<Target, NodeError> {
+        self.require_space()?;
+        let membership = self.membership().ok_or(NodeError::NoSpace)?;
+        let matches: Vec<&Member> = membership
+            .members()
+            .filter(|m| m.device.to_string().starts_with(needle) || m.name == needle)
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(self.target(one)),
+            [] => Err(no_device(needle)),
+            _ => Err(ambiguous_device(needle)),
+        }
+    }
+
+    fn target(&self, m: &Member) -> Target {
+        Target {
+            id: m.device.to_string(),
+            device: m.device,
+            name: m.name.clone(),
+            role: m.role,
+            this_device: m.device == self.id(),
+        }
     }
 
     /// Revokes a device: signs a revocation into the index, so that this device refuses it at
@@ -353,4 +376,24 @@ impl Node {
         self.membership()
             .and_then(|m| m.get(&self.id()).map(|m| m.role))
     }
+}
+
+/// A member to send work to.
+pub(super) struct Target {
+    pub(super) id: String,
+    pub(super) device: DeviceId,
+    pub(super) name: String,
+    pub(super) role: Role,
+    pub(super) this_device: bool,
+}
+
+fn no_device(needle: &str) -> NodeError {
+    NodeError::NotFound(format!(
+        "no device {needle:?} in this space as this device knows it \
+         (`errand sync` fetches what the others know)"
+    ))
+}
+
+fn ambiguous_device(needle: &str) -> NodeError {
+    NodeError::Ambiguous(format!("{needle:?} names more than one device"))
 }

@@ -120,7 +120,7 @@ impl Node {
             None => MissedRule::RunOnce,
         };
         let target = match &spec.to {
-            Some(t) => self.resolve_device(t)?,
+            Some(t) => self.resolve_target(t)?,
             None => self.default_target()?,
         };
         if target.role != Role::Desktop {

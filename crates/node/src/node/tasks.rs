@@ -54,7 +54,7 @@ impl Node {
         }
         thread::check_prompt(text).map_err(|e| NodeError::BadInput(e.to_string()))?;
         let target = match to {
-            Some(t) => self.resolve_device(t)?,
+            Some(t) => self.resolve_target(t)?,
             None => self.default_target()?,
         };
         if target.role != Role::Desktop {
@@ -103,10 +103,7 @@ impl Node {
             &format!("task {} queued", short(&task_id)),
             |tx| thread::add_task(tx, &new),
         )?;
-        let target_id: DeviceId = target
-            .id
-            .parse()
-            .map_err(|_| NodeError::NotFound(target.id.clone()))?;
+        let target_id = target.device;
         let delivered = target.this_device
             || [thread_id.clone(), DocId::index()].iter().all(|d| {
                 self.repo

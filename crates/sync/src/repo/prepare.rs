@@ -207,8 +207,8 @@ impl Repo {
         // The actor this device writes as may have been replaced since.
         entry.doc.set_actor(self.actor());
         let heads = entry.doc.get_heads();
-        self.note_heads(id, &heads);
         insert(&mut docs, id, entry);
+        self.note_change(id, &heads, Some(&touched));
         Some(Ok(pending.map(|p| (p, touched))))
     }
 }

@@ -177,7 +177,7 @@ impl Repo {
                         entry.waiting_sigs.clear();
                     }
                     let heads = entry.doc.get_heads();
-                    self.note_heads(id, &heads);
+                    self.note_change(id, &heads, Some(&touched));
                     // A document the peer only named, and that is not held here: nothing of
                     // it is kept in memory (a peer naming ids at random grows nothing).
                     if heads.is_empty() && names_only && entry.waiting_sigs.is_empty() {
@@ -268,7 +268,7 @@ impl Repo {
                         entry.waiting_sigs.clear();
                     }
                     let pending = pending_write(entry, &[]);
-                    self.note_heads(id, &entry.doc.get_heads());
+                    self.note_change(id, &entry.doc.get_heads(), Some(&touched));
                     break 'merged pending.map(|p| (p, touched));
                 }
                 Ok(Ok(Err(refusal))) => refusal.to_string(),

@@ -94,9 +94,21 @@ impl Repo {
         if metas.is_empty() {
             return Ok(Verified::default());
         }
+        let mut carried: HashMap<ChangeHash, automerge::Change> =
+            carried.into_iter().map(|c| (c.hash(), c)).collect();
+        let mut changes = None;
         if id.is_index() {
-            // Certificates that arrived in this very merge count for its other changes.
-            self.authors.index_changed(&entry.doc);
+            // Certificates that arrived in this very merge count for its other changes; and
+            // revocations do too. A merge that only lists threads (the index's most frequent
+            // change) can bring neither, and evaluating the membership checks every
+            // certificate, so it is done only for a merge that writes more.
+            let all = changes_of(entry, before, &metas, &mut carried);
+            let mut paths =
+                crate::schema::ownership::Checker::new(&entry.doc, id, &mut entry.paths);
+            if all.iter().any(|c| paths.touched(&c.decode()).other) {
+                self.authors.index_changed(&entry.doc);
+            }
+            changes = Some(all);
         }
         let mut standing: HashMap<DeviceId, Standing> = HashMap::new();
         let mut signed = Vec::with_capacity(metas.len());
@@ -123,16 +135,9 @@ impl Repo {
         }
         authorship::verify_all(&space, id, &signed)?;
         let sigs: Vec<ChangeSig> = signed.iter().map(|(h, _, s)| (h.0, *s)).collect();
-        let mut carried: HashMap<ChangeHash, automerge::Change> =
-            carried.into_iter().map(|c| (c.hash(), c)).collect();
-        let changes: Vec<automerge::Change> = if metas.iter().all(|(h, _)| carried.contains_key(h))
-        {
-            metas
-                .iter()
-                .filter_map(|(h, _)| carried.remove(h))
-                .collect()
-        } else {
-            entry.doc.get_changes(before)
+        let changes = match changes {
+            Some(changes) => changes,
+            None => changes_of(entry, before, &metas, &mut carried),
         };
         let mut owners = crate::schema::ownership::Checker::new(&entry.doc, id, &mut entry.paths);
         let mut touched = Touched::default();
@@ -164,6 +169,24 @@ impl Repo {
             entry.waiting_sigs.clear();
         }
         entry.waiting_sigs.extend(sigs);
+    }
+}
+
+/// The changes a merge added to `entry` since `before` (`metas`): those the message carried as
+/// they came, else rebuilt from the document (which costs more than parsing them).
+fn changes_of(
+    entry: &Entry,
+    before: &[ChangeHash],
+    metas: &[(ChangeHash, ActorId)],
+    carried: &mut HashMap<ChangeHash, automerge::Change>,
+) -> Vec<automerge::Change> {
+    if metas.iter().all(|(h, _)| carried.contains_key(h)) {
+        metas
+            .iter()
+            .filter_map(|(h, _)| carried.remove(h))
+            .collect()
+    } else {
+        entry.doc.get_changes(before)
     }
 }
 

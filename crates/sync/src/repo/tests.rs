@@ -1011,3 +1011,93 @@ fn a_merge_worked_out_ahead_is_checked_again_when_its_authors_changed() {
         assert!(!phone.holds(doc));
     }
 }
+
+/// Every device a desktop, counting how often it was asked to look at the index again.
+#[derive(Debug, Default)]
+struct CountingAuthors(std::sync::atomic::AtomicUsize);
+
+impl Authors for CountingAuthors {
+    fn standing(&self, _device: &DeviceId) -> authorship::Standing {
+        authorship::Standing::Member(crate::Role::Desktop)
+    }
+
+    fn index_changed(&self, _index: &Automerge) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the membership is kept by: the index epoch moves with every change of the index but a
+/// thread listing, made here or received, and a device that receives a listing does not look
+/// at the index's members again; any other change moves it on both sides.
+#[test]
+fn the_index_epoch_moves_for_every_index_change_but_a_thread_listing() {
+    use crate::schema::index;
+    let (_d, desk) = repo();
+    let dir = tempfile::tempdir().unwrap();
+    let authors = Arc::new(CountingAuthors::default());
+    let phone = Repo::new(
+        Arc::new(Store::open(&dir.path().join("db.redb")).unwrap()),
+        iroh::SecretKey::generate(),
+        authors.clone(),
+    );
+    phone.set_space(SPACE).unwrap();
+    let id = DocId::index();
+    let desk_device = desk.device.to_string();
+    desk.create(&id, "index created", |tx| {
+        index::create(tx, &SPACE.to_string(), &desk_device)
+    })
+    .unwrap();
+    sync_pair(&desk, &phone, &id);
+    let epochs = |what: &str| {
+        (
+            what.to_owned(),
+            desk.index_epoch(),
+            phone.index_epoch(),
+            authors.0.load(Ordering::Relaxed),
+        )
+    };
+    let before = epochs("a thread listed");
+    desk.change(&id, "thread listed", |tx| {
+        index::add_thread(
+            tx,
+            &index::ThreadEntry {
+                id: DocId::new_thread().to_string(),
+                title: "t".into(),
+                created: 1,
+                created_by: desk_device.clone(),
+                archived: false,
+            },
+        )
+    })
+    .unwrap();
+    sync_pair(&desk, &phone, &id);
+    assert_eq!(phone.read(&id, index::threads).unwrap().unwrap().len(), 1);
+    assert_eq!(epochs("a thread listed"), before);
+
+    desk.change(&id, "addresses", |tx| {
+        index::set_addrs(
+            tx,
+            &index::AddrEntry {
+                device: desk_device.clone(),
+                addrs: vec!["127.0.0.1:1".into()],
+                relay: None,
+            },
+        )
+        .map(|_| ())
+    })
+    .unwrap();
+    sync_pair(&desk, &phone, &id);
+    let after = epochs("addresses written");
+    assert!(
+        after.1 > before.1,
+        "the desk's epoch: {before:?} then {after:?}"
+    );
+    assert!(
+        after.2 > before.2,
+        "the phone's epoch: {before:?} then {after:?}"
+    );
+    assert!(
+        after.3 > before.3,
+        "the phone's authors: {before:?} then {after:?}"
+    );
+}
