@@ -64,6 +64,45 @@ async fn three_hundred_tasks_in_three_hundred_new_threads_all_arrive() {
         .await
         .unwrap();
     assert!(report.iter().all(|p| p.synced), "{report:?}");
+
+    // Each task is found by its id, or a beginning no other id shares, on the desktop that
+    // received it as on the phone that made it; and again once a store whose listing was
+    // dropped (as one from before the listing) has listed them all from its threads.
+    let found = |n: &TestNode| {
+        sent.iter().all(|id| {
+            n.node.task(id).is_ok_and(|t| &t.id == id)
+                && n.node
+                    .task(&shortest_unique(id, &sent))
+                    .is_ok_and(|t| &t.id == id)
+        })
+    };
+    assert!(found(&desk) && found(&phone));
+    desk.node.repo().store().forget_task_index().unwrap();
+    assert!(found(&desk));
+    assert!(desk.node.repo().store().tasks_indexed().unwrap());
+    // 600 ids of 16 hex digits: some digit begins more than one of them.
+    let shared = ('0'..='9')
+        .chain('a'..='f')
+        .map(String::from)
+        .find(|d| sent.iter().filter(|id| id.starts_with(d.as_str())).count() > 1)
+        .unwrap();
+    assert!(matches!(
+        desk.node.task(&shared),
+        Err(errand_node::NodeError::Ambiguous(_))
+    ));
+    assert!(matches!(
+        desk.node.task("not-an-id"),
+        Err(errand_node::NodeError::NotFound(_))
+    ));
+}
+
+/// The shortest beginning of `id` that no other id of `all` begins with.
+fn shortest_unique(id: &str, all: &BTreeSet<String>) -> String {
+    (1..=id.len())
+        .map(|n| &id[..n])
+        .find(|p| all.iter().filter(|o| o.starts_with(p)).count() == 1)
+        .unwrap_or(id)
+        .to_owned()
 }
 
 /// A phone paired with a desktop that already has 2,000 threads receives all of them (and

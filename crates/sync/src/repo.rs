@@ -21,7 +21,7 @@
 //! peer with a change this device lost; each session writes as its own actor
 //! ([`crate::ids::session_actor`]), so that change simply comes back at the next sync.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -655,15 +655,22 @@ impl Repo {
         let Some((touched, made)) = changed else {
             return Ok(out);
         };
+        // Not known (automerge did not give the change back): anything, to be safe, and the
+        // tasks it wrote are listed by reading every thread again.
+        if touched.is_none()
+            && let Err(e) = self.store.forget_task_index()
+        {
+            tracing::warn!("cannot mark the listing of tasks as incomplete: {e}");
+        }
+        let touched = Arc::new(touched.unwrap_or(Touched {
+            other: true,
+            ..Touched::default()
+        }));
         // Announce first: the replicator pushes the change while it is encoded and written.
         let _ = self.changes.send(DocChanged {
             doc: id.clone(),
             local: true,
-            // Not known (automerge did not give the change back): anything, to be safe.
-            touched: Arc::new(touched.unwrap_or(Touched {
-                other: true,
-                ..Touched::default()
-            })),
+            touched: touched.clone(),
         });
         // Only writers remove documents from memory, and we are the writer.
         let Some(pending) = self
@@ -673,7 +680,7 @@ impl Repo {
         else {
             return Ok(out);
         };
-        if let Err(e) = self.write(id, pending, commit) {
+        if let Err(e) = self.write(id, pending, commit, &touched.tasks) {
             // The change is only in memory now, and may already be with a peer. Forget it here
             // (the document reloads from the store) and write from now on as a new actor, so
             // its actor and sequence number are never used for a different change.
@@ -684,21 +691,36 @@ impl Repo {
         Ok(out)
     }
 
-    /// Writes a pending write of `id` and records it as stored. The caller holds the write
-    /// lock; the document lock is not held, so readers (and the replicator) go on meanwhile.
-    fn write(&self, id: &DocId, pending: PendingWrite, commit: Commit) -> Result<(), StoreError> {
+    /// Writes a pending write of `id` and records it as stored; `tasks` are those its changes
+    /// wrote. The caller holds the write lock; the document lock is not held, so readers (and
+    /// the replicator) go on meanwhile.
+    fn write(
+        &self,
+        id: &DocId,
+        pending: PendingWrite,
+        commit: Commit,
+        tasks: &BTreeSet<String>,
+    ) -> Result<(), StoreError> {
         let heads = encode_heads(&pending.heads);
+        let tasks: Vec<&str> = tasks.iter().map(String::as_str).collect();
         if pending.snapshot {
             self.store.replace_with_snapshot(
                 id.as_str(),
                 &pending.bytes,
                 &heads,
                 &pending.sigs,
+                &tasks,
                 commit,
             )?;
         } else {
-            self.store
-                .append_chunk(id.as_str(), &pending.bytes, &heads, &pending.sigs, commit)?;
+            self.store.append_chunk(
+                id.as_str(),
+                &pending.bytes,
+                &heads,
+                &pending.sigs,
+                &tasks,
+                commit,
+            )?;
         }
         self.committed(commit);
         if let Some(entry) = self.lock().get_mut(id) {
@@ -771,6 +793,7 @@ impl Repo {
             id.as_str(),
             &snapshot,
             &encode_heads(&heads),
+            &[],
             &[],
             Commit::Durable,
         )?;

@@ -10,7 +10,9 @@
 
 use std::path::Path;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 /// Small named values: the space id, the device name, the listening port.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -34,6 +36,15 @@ const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 /// fingerprint (see `crate::repo::views`). A cache: losing it loses nothing.
 const VIEWS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("views");
 
+/// `(task id, thread id)` of every task a stored thread holds: written in the same
+/// transaction as the chunk that brings the task, so that a task is found by its id, or by the
+/// beginning of it, without reading every thread of the space. Keyed by both, as a member could
+/// write the same task id into two threads.
+const TASK_THREADS: TableDefinition<(&str, &str), ()> = TableDefinition::new("task_threads");
+/// The `META` key saying `TASK_THREADS` lists every task stored (a store from before the table
+/// lists only the tasks written since, until it is filled in once: [`Store::index_tasks`]).
+const META_TASKS_INDEXED: &str = "task_threads_complete";
+
 /// A change's hash and its author's signature.
 pub type ChangeSig = ([u8; 32], [u8; 64]);
 
@@ -48,6 +59,21 @@ fn insert_sigs(
     let mut table = tx.open_table(CHANGE_SIGS)?;
     for (hash, sig) in sigs {
         table.insert((doc, hash.as_slice()), sig.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Lists `tasks` as in `doc`; only those not listed yet are written, so that rewriting a task's
+/// fields (most writes) leaves the table untouched.
+fn insert_tasks(tx: &redb::WriteTransaction, doc: &str, tasks: &[&str]) -> Result<(), StoreError> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let mut table = tx.open_table(TASK_THREADS)?;
+    for task in tasks {
+        if table.get((*task, doc))?.is_none() {
+            table.insert((*task, doc), ())?;
+        }
     }
     Ok(())
 }
@@ -184,8 +210,69 @@ impl Store {
         tx.open_table(BLOBS)?;
         tx.open_table(CHANGE_SIGS)?;
         tx.open_table(VIEWS)?;
+        let fresh = tx.open_table(DOC_CHUNKS)?.is_empty()?;
+        tx.open_table(TASK_THREADS)?;
+        if fresh {
+            // Nothing stored yet: every task will be listed as it is written.
+            tx.open_table(META)?
+                .insert(META_TASKS_INDEXED, [1u8].as_slice())?;
+        }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Whether every stored task is listed by [`Store::tasks_like`]: always, but in a store
+    /// made before tasks were listed, until [`Store::index_tasks`] filled it in.
+    pub fn tasks_indexed(&self) -> Result<bool, StoreError> {
+        Ok(self.meta(META_TASKS_INDEXED)?.is_some())
+    }
+
+    /// Lists the tasks of a store made before tasks were listed (`(task, thread)` pairs, from
+    /// reading every thread once) and records that the listing is complete. Tasks written
+    /// meanwhile list themselves.
+    pub fn index_tasks(&self, tasks: &[(&str, &str)]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(TASK_THREADS)?;
+            for key in tasks {
+                table.insert(*key, ())?;
+            }
+        }
+        tx.open_table(META)?
+            .insert(META_TASKS_INDEXED, [1u8].as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Drops the listing of tasks, as when it may lack some (a change was written whose tasks
+    /// are not known): the next lookup lists them all again ([`Store::index_tasks`]).
+    pub fn forget_task_index(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(META)?.remove(META_TASKS_INDEXED)?;
+        tx.open_table(TASK_THREADS)?.retain(|_, ()| false)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The `(task, thread)` pairs whose task id begins with `prefix`, in order of task id, at
+    /// most `limit` of them: what finding a task by its id costs, whatever the space holds.
+    pub fn tasks_like(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(TASK_THREADS)?;
+        let mut out = Vec::new();
+        for entry in table.range((prefix, "")..)? {
+            let (key, _) = entry?;
+            let (task, doc) = key.value();
+            if !task.starts_with(prefix) || out.len() == limit {
+                break;
+            }
+            out.push((task.to_owned(), doc.to_owned()));
+        }
+        Ok(out)
     }
 
     /// Hands the stored view of `kind` of each of `docs` to `each` (with its place in `docs`;
@@ -291,19 +378,22 @@ impl Store {
     /// when this returns; with [`Commit::Lazy`], once a durable commit follows (any, or
     /// [`Store::flush`]). Readers of this store see it at once either way.
     /// `heads` are the document's heads with the chunk applied.
-    /// `sigs` are the signatures of the changes in the chunk.
+    /// `sigs` are the signatures of the changes in the chunk; `tasks` the ids of the tasks
+    /// its changes wrote (those new to the document are listed, see [`Store::tasks_like`]).
     pub fn append_chunk(
         &self,
         doc: &str,
         chunk: &[u8],
         heads: &[u8],
         sigs: &[ChangeSig],
+        tasks: &[&str],
         commit: Commit,
     ) -> Result<(), StoreError> {
         let mut tx = self.db.begin_write()?;
         commit.apply(&mut tx)?;
         tx.open_table(DOC_HEADS)?.insert(doc, heads)?;
         insert_sigs(&tx, doc, sigs)?;
+        insert_tasks(&tx, doc, tasks)?;
         {
             let mut table = tx.open_table(DOC_CHUNKS)?;
             let next = table
@@ -325,12 +415,14 @@ impl Store {
         snapshot: &[u8],
         heads: &[u8],
         sigs: &[ChangeSig],
+        tasks: &[&str],
         commit: Commit,
     ) -> Result<(), StoreError> {
         let mut tx = self.db.begin_write()?;
         commit.apply(&mut tx)?;
         tx.open_table(DOC_HEADS)?.insert(doc, heads)?;
         insert_sigs(&tx, doc, sigs)?;
+        insert_tasks(&tx, doc, tasks)?;
         {
             let mut table = tx.open_table(DOC_CHUNKS)?;
             let last = table
@@ -527,23 +619,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db.redb")).unwrap();
         store
-            .append_chunk("a", b"one", b"", &[], Commit::Durable)
+            .append_chunk("a", b"one", b"", &[], &[], Commit::Durable)
             .unwrap();
         store
-            .append_chunk("a", b"two", b"", &[], Commit::Durable)
+            .append_chunk("a", b"two", b"", &[], &[], Commit::Durable)
             .unwrap();
         store
-            .append_chunk("b", b"x", b"", &[], Commit::Durable)
+            .append_chunk("b", b"x", b"", &[], &[], Commit::Durable)
             .unwrap();
         assert_eq!(
             store.load_doc("a").unwrap().unwrap(),
             (b"onetwo".to_vec(), 2)
         );
         store
-            .replace_with_snapshot("a", b"snap", b"", &[], Commit::Durable)
+            .replace_with_snapshot("a", b"snap", b"", &[], &[], Commit::Durable)
             .unwrap();
         store
-            .append_chunk("a", b"+1", b"", &[], Commit::Durable)
+            .append_chunk("a", b"+1", b"", &[], &[], Commit::Durable)
             .unwrap();
         assert_eq!(
             store.load_doc("a").unwrap().unwrap(),
@@ -551,6 +643,55 @@ mod tests {
         );
         assert_eq!(store.doc_ids().unwrap(), vec!["a", "b"]);
         assert!(store.load_doc("c").unwrap().is_none());
+    }
+
+    /// Tasks are listed with the chunk that brings them, each once per thread, and found by
+    /// the beginning of their ids; a store that held documents before tasks were listed says
+    /// so until it is filled in.
+    #[test]
+    fn tasks_are_listed_as_they_are_written_and_found_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let store = Store::open(&path).unwrap();
+        assert!(
+            store.tasks_indexed().unwrap(),
+            "a new store lists every task"
+        );
+        store
+            .append_chunk("t1", b"1", b"", &[], &["ab12", "ab34"], Commit::Durable)
+            .unwrap();
+        store
+            .append_chunk("t1", b"2", b"", &[], &["ab12"], Commit::Lazy)
+            .unwrap();
+        store
+            .replace_with_snapshot("t2", b"s", b"", &[], &["ab12", "cd56"], Commit::Durable)
+            .unwrap();
+        let pair = |t: &str, d: &str| (t.to_owned(), d.to_owned());
+        assert_eq!(
+            store.tasks_like("ab", 10).unwrap(),
+            [pair("ab12", "t1"), pair("ab12", "t2"), pair("ab34", "t1")]
+        );
+        assert_eq!(store.tasks_like("ab", 2).unwrap().len(), 2);
+        assert_eq!(store.tasks_like("cd56", 10).unwrap(), [pair("cd56", "t2")]);
+        assert!(store.tasks_like("ab5", 10).unwrap().is_empty());
+        assert!(store.tasks_like("e", 10).unwrap().is_empty());
+
+        store.forget_task_index().unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert!(
+            !store.tasks_indexed().unwrap(),
+            "a store with documents and no complete listing must be filled in"
+        );
+        assert!(store.tasks_like("", 10).unwrap().is_empty());
+        store
+            .index_tasks(&[("ab12", "t1"), ("ef78", "t3")])
+            .unwrap();
+        assert!(store.tasks_indexed().unwrap());
+        assert_eq!(
+            store.tasks_like("", 10).unwrap(),
+            [pair("ab12", "t1"), pair("ef78", "t3")]
+        );
     }
 
     #[test]

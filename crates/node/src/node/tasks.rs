@@ -9,6 +9,10 @@ use errand_sync::{DeviceId, Role};
 use super::{HistoryLine, Node, Sent, short};
 use crate::error::NodeError;
 
+/// How many tasks whose ids begin with a needle are looked at: with an exact id first, enough
+/// for a member that wrote one id into several threads.
+const MATCHES_LOOKED_AT: usize = 16;
+
 impl Node {
     pub fn threads(&self) -> Result<Vec<index::ThreadEntry>, NodeError> {
         self.require_space()?;
@@ -169,43 +173,57 @@ impl Node {
         Ok(ids)
     }
 
-    /// Finds a task by id prefix.
+    /// Finds a task by id prefix: from the store's list of which thread holds each task, so
+    /// it costs the same in a space of ten threads or ten thousand; then the one task found,
+    /// from its thread.
     pub fn task(&self, needle: &str) -> Result<thread::Task, NodeError> {
         let needle = needle.trim();
         if needle.is_empty() {
             return Err(NodeError::BadInput("name a task".into()));
         }
-        // Ids first, from each thread's stored view (no thread is loaded for them), then the
-        // one task found, from its thread.
-        let threads = self.all_threads()?;
-        let ids = self
-            .repo
-            .read_views(thread::TASK_IDS_VIEW, &threads, |d, _| thread::task_ids(d))?;
-        let mut matches: Vec<(DocId, String)> = threads
-            .into_iter()
-            .zip(ids)
-            .flat_map(|(t, ids)| {
-                ids.unwrap_or_default()
-                    .into_iter()
-                    .filter(|id| id.starts_with(needle))
-                    .map(move |id| (t.clone(), id))
-            })
-            .collect();
-        // A whole id names its task, whatever other ids it begins.
-        if matches.iter().any(|(_, id)| id == needle) {
-            matches.retain(|(_, id)| id == needle);
+        let store = self.repo.store();
+        if !store.tasks_indexed()? {
+            self.index_tasks()?;
+        }
+        // A whole id sorts before the ids it begins, and names its task whatever they are;
+        // past two others, the needle is ambiguous however many more there are.
+        let mut matches = store.tasks_like(needle, MATCHES_LOOKED_AT)?;
+        if matches.iter().any(|(id, _)| id == needle) {
+            matches.retain(|(id, _)| id == needle);
         }
         match matches.as_slice() {
-            [(t, id)] => self
-                .repo
-                .read(t, |d| thread::task(d, t.as_str(), id))?
-                .flatten()
-                .ok_or_else(|| NodeError::NotFound(format!("no task {needle:?}"))),
+            [(id, t)] => {
+                let t = DocId::parse(t).ok_or_else(|| NodeError::NotFound(t.clone()))?;
+                self.repo
+                    .read(&t, |d| thread::task(d, t.as_str(), id))?
+                    .flatten()
+                    .ok_or_else(|| NodeError::NotFound(format!("no task {needle:?}")))
+            }
             [] => Err(NodeError::NotFound(format!("no task {needle:?}"))),
             _ => Err(NodeError::Ambiguous(format!(
                 "{needle:?} names more than one task"
             ))),
         }
+    }
+
+    /// Lists every task of a store from before tasks were listed as they were written: once,
+    /// from each thread's stored view (no thread is loaded for it), or the thread itself.
+    fn index_tasks(&self) -> Result<(), NodeError> {
+        let threads = self.all_threads()?;
+        let ids = self
+            .repo
+            .read_views(thread::TASK_IDS_VIEW, &threads, |d, _| thread::task_ids(d))?;
+        let pairs: Vec<(&str, &str)> = threads
+            .iter()
+            .zip(&ids)
+            .flat_map(|(t, ids)| {
+                ids.iter()
+                    .flatten()
+                    .map(move |id| (id.as_str(), t.as_str()))
+            })
+            .collect();
+        self.repo.store().index_tasks(&pairs)?;
+        Ok(())
     }
 
     /// Asks the executor to stop a task.

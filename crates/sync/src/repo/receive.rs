@@ -217,7 +217,7 @@ impl Repo {
         let Some((pending, touched)) = pending else {
             return Ok(false);
         };
-        if let Err(e) = self.write(id, pending, commit) {
+        if let Err(e) = self.write(id, pending, commit, &touched.tasks) {
             self.forget(id);
             return Err(e.into());
         }
