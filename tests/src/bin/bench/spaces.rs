@@ -53,6 +53,9 @@ pub const DESKTOP_FLAG: &str = "--space-desktop";
 /// process of its own, so that the home is free for the desktop process once it has ended.
 pub const BUILD_FLAG: &str = "--space-build";
 
+/// Look-ups of a task by its id and by a prefix of it, each, in (g).
+const FIND_READS: usize = 10;
+
 #[derive(Debug)]
 pub struct Space {
     pub threads: usize,
@@ -64,6 +67,8 @@ pub struct Space {
     /// Listing every approval request: the first time (each thread's view derived) and again.
     pub approvals_first_ms: f64,
     pub approvals_ms: f64,
+    /// Finding one task by its id or a prefix of it (`Node::task`): the median.
+    pub find_ms: f64,
     pub listed: usize,
     pub rss_mib: f64,
     pub rss_settled_mib: f64,
@@ -199,6 +204,26 @@ pub async fn desktop_process(home: &Path) -> Result<()> {
                 let t0 = Instant::now();
                 let n = desk.approvals(false)?.len();
                 format!("approvals {n} {}", ms(t0.elapsed()))
+            }
+            ["find"] => {
+                // A task of the last thread listed, by its whole id and by its first 8 digits.
+                let last = desk.threads()?.last().context("a thread")?.id.clone();
+                let id = desk
+                    .tasks(Some(&last))?
+                    .first()
+                    .context("a task")?
+                    .id
+                    .clone();
+                let mut took = Vec::new();
+                for needle in std::iter::repeat_n([id.as_str(), &id[..8]], FIND_READS).flatten() {
+                    let t0 = Instant::now();
+                    let found = desk.task(needle)?;
+                    took.push(ms(t0.elapsed()));
+                    if found.id != id {
+                        bail!("looking up {needle} found {}", found.id);
+                    }
+                }
+                format!("found {}", super::stats(took).median)
             }
             ["id"] => format!("id {}", desk.id()),
             ["count"] => format!("count {}", desk.tasks(None)?.len()),
@@ -360,6 +385,10 @@ pub async fn space(threads: usize) -> Result<Space> {
     };
     let approvals_first_ms = approvals()?;
     let approvals_ms = approvals()?;
+    let find_ms: f64 = match desk.ask("find")?.as_slice() {
+        [took] => took.parse()?,
+        other => bail!("the desktop's look-ups: {other:?}"),
+    };
     let ticket = desk.ask("ticket")?.join(" ");
     let desk_id: errand_sync::DeviceId = desk.ask("id")?.join("").parse()?;
 
@@ -414,6 +443,7 @@ pub async fn space(threads: usize) -> Result<Space> {
         list_after_ms,
         approvals_first_ms,
         approvals_ms,
+        find_ms,
         listed,
         rss_mib,
         rss_settled_mib,
@@ -466,7 +496,7 @@ pub fn table(spaces: &[Space]) {
          (with its executor), a phone node here; one run each"
     );
     println!(
-        "  {:>7}  {:>8}  {:>9}  {:>8}  {:>8}  {:>9}  {:>9}  {:>9}  {:>7}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
+        "  {:>7}  {:>8}  {:>9}  {:>8}  {:>8}  {:>9}  {:>9}  {:>9}  {:>9}  {:>7}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
         "threads",
         "build s",
         "1st list",
@@ -475,6 +505,7 @@ pub fn table(spaces: &[Space]) {
         "list aft.",
         "appr. 1st",
         "approvals",
+        "find task",
         "RSS MiB",
         "settled",
         "fresh",
@@ -485,7 +516,7 @@ pub fn table(spaces: &[Space]) {
     );
     for s in spaces {
         println!(
-            "  {:>7}  {:>8.1}  {:>7.1}ms  {:>6.0}ms  {:>6.1}ms  {:>7.1}ms  {:>7.1}ms  {:>7.1}ms  {:>7.1}  {:>7.1}  {:>7.0}ms  {:>9.1}  {:>7.0}ms  {:>9.1}  {:>7.0}ms",
+            "  {:>7}  {:>8.1}  {:>7.1}ms  {:>6.0}ms  {:>6.1}ms  {:>7.1}ms  {:>7.1}ms  {:>7.1}ms  {:>7.2}ms  {:>7.1}  {:>7.1}  {:>7.0}ms  {:>9.1}  {:>7.0}ms  {:>9.1}  {:>7.0}ms",
             group(s.threads),
             s.build_ms / 1e3,
             s.first_list_ms,
@@ -494,6 +525,7 @@ pub fn table(spaces: &[Space]) {
             s.list_after_ms,
             s.approvals_first_ms,
             s.approvals_ms,
+            s.find_ms,
             s.rss_mib,
             s.rss_settled_mib,
             s.fresh_ms,
@@ -523,6 +555,7 @@ pub fn json(spaces: &[Space]) -> Json {
                 "list_after_catch_up_ms": s.list_after_ms,
                 "approvals_first_ms": s.approvals_first_ms,
                 "approvals_ms": s.approvals_ms,
+                "find_task_ms": s.find_ms,
                 "cold_start_ms": s.cold_start_ms,
                 "list_all_ms": s.list_ms,
                 "listed": s.listed,
