@@ -5,7 +5,9 @@
 //!   them, into one thread and into 1,000 new threads: sends per second, and how long after
 //!   the last send the desktop holds them all (the phone's `wait_delivered`, which reads the
 //!   desktop's acknowledgements, for each thread and the index; then the desktop counts
-//!   them). The desktop's executor starts running the tasks meanwhile, as it would;
+//!   them). The desktop's executor starts running the tasks meanwhile, as it would. And the
+//!   CPU time each process used per send over the burst, which bounds what the machine's cores
+//!   allow: two processes on two cores at 2 ms of CPU per send between them make 1,000/s;
 //! - a partition: the link goes down for `--partition-secs` (default 120) and the phone sends
 //!   a task meanwhile; measured from the moment the link is back until the desktop holds it,
 //!   which includes noticing the link, redialling and syncing.
@@ -39,11 +41,21 @@ pub struct Burst {
     pub sends: usize,
     pub send_ms: f64,
     pub settle_ms: f64,
+    /// CPU time per send, in milliseconds, of this process (the phone) and of the desktop's,
+    /// from the first send until the desktop held them all.
+    pub cpu_per_send: Option<(f64, f64)>,
 }
 
 impl Burst {
     fn per_second(&self) -> f64 {
         self.sends as f64 / (self.send_ms / 1e3)
+    }
+
+    /// The most sends per second the machine's cores allow at this CPU cost per send.
+    fn cpu_bound(&self) -> Option<f64> {
+        let (phone, desk) = self.cpu_per_send?;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        Some(cores * 1e3 / (phone + desk))
     }
 }
 
@@ -204,8 +216,8 @@ pub async fn links(partition_secs: u64) -> Result<Links> {
     let first = phone.send("the thread of the burst", None, None)?;
     spaces::in_sync(&phone, "before the burst").await?;
     let bursts = vec![
-        burst(&phone, "one thread", Some(&first.thread)).await?,
-        burst(&phone, "new threads", None).await?,
+        burst(&phone, &desk, "one thread", Some(&first.thread)).await?,
+        burst(&phone, &desk, "new threads", None).await?,
     ];
     let held = count(&mut desk)?;
     if held != before + 1 + 2 * BURST {
@@ -246,7 +258,14 @@ pub async fn links(partition_secs: u64) -> Result<Links> {
 /// fast as it makes them; then waits until the desktop holds every thread, and the index
 /// listing them, as the phone sent them (the desktop's own changes since, its executor's, do
 /// not count here).
-async fn burst(phone: &Node, into: &'static str, thread: Option<&str>) -> Result<Burst> {
+async fn burst(
+    phone: &Node,
+    desk: &Desktop,
+    into: &'static str,
+    thread: Option<&str>,
+) -> Result<Burst> {
+    let cpu = || Some((spaces::cpu_ms("/proc/self/stat")?, desk.cpu_ms()?));
+    let cpu_before = cpu();
     let t0 = Instant::now();
     let mut sent = Vec::with_capacity(BURST);
     for i in 0..BURST {
@@ -263,11 +282,17 @@ async fn burst(phone: &Node, into: &'static str, thread: Option<&str>) -> Result
             bail!("the desktop did not get the burst into {into}");
         }
     }
+    let settle_ms = ms(t1.elapsed());
+    let per_send = |before: f64, after: f64| (after - before) / BURST as f64;
+    let cpu_per_send = cpu_before
+        .zip(cpu())
+        .map(|((p0, d0), (p1, d1))| (per_send(p0, p1), per_send(d0, d1)));
     Ok(Burst {
         into,
         sends: BURST,
         send_ms,
-        settle_ms: ms(t1.elapsed()),
+        settle_ms,
+        cpu_per_send,
     })
 }
 
@@ -301,6 +326,13 @@ pub fn table(links: &Links) {
                 "NOT met"
             }
         );
+        if let (Some((phone, desk)), Some(bound)) = (b.cpu_per_send, b.cpu_bound()) {
+            println!(
+                "  CPU per send into {}: phone {phone:.2} ms, desktop {desk:.2} ms: on this \
+                 machine's cores, at most {bound:.0} sends/s at that cost",
+                b.into
+            );
+        }
         println!(
             "  goal: the desktop holds all within 1,000 ms of the last send ({}): {:.0} ms: {}",
             b.into,
@@ -337,6 +369,10 @@ pub fn json(links: &Links) -> Json {
             "send_ms": b.send_ms,
             "sends_per_second": b.per_second(),
             "all_held_after_ms": b.settle_ms,
+            "cpu_ms_per_send": b.cpu_per_send.map(|(phone, desk)| json!({
+                "phone": phone,
+                "desktop": desk,
+            })),
         })).collect::<Vec<_>>(),
         "partition": links.partition.map(|(secs, heal_ms)| json!({
             "seconds": secs,

@@ -125,6 +125,18 @@ fn memory() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// The CPU time (user and system, every thread) a process has used, in milliseconds, from its
+/// `/proc/PID/stat`: fields 14 and 15, in clock ticks of USER_HZ (100 on Linux).
+pub fn cpu_ms(stat: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(stat).ok()?;
+    // The command name, in parentheses, may hold spaces: count fields after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: f64 = fields.next()?.parse().ok()?;
+    let system: f64 = fields.next()?.parse().ok()?;
+    Some((user + system) * 10.0)
+}
+
 /// Builds a space of `threads` threads of [`TASKS_PER_THREAD`] finished tasks in `home`, as
 /// the desktop: each thread in one commit, the index listing them in batches. Then lists every
 /// task once and prints how long that took (`first-list MS`), and runs its executor.
@@ -285,6 +297,11 @@ impl Desktop {
         };
         let ready = desk.line()?;
         Ok((desk, ready))
+    }
+
+    /// The CPU time the desktop process has used so far, in milliseconds.
+    pub fn cpu_ms(&self) -> Option<f64> {
+        cpu_ms(&format!("/proc/{}/stat", self.child.id()))
     }
 
     fn line(&mut self) -> Result<String> {
