@@ -177,6 +177,7 @@ impl Node {
     /// it costs the same in a space of ten threads or ten thousand; then the one task found,
     /// from its thread.
     pub fn task(&self, needle: &str) -> Result<thread::Task, NodeError> {
+        self.require_space()?;
         let needle = needle.trim();
         if needle.is_empty() {
             return Err(NodeError::BadInput("name a task".into()));
