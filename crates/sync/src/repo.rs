@@ -37,7 +37,7 @@ use crate::replication::{Catalog, Digest, HeadsHash};
 use crate::schema::ownership::Checker;
 use crate::schema::touched::Touched;
 use crate::schema::{DocId, now_millis};
-use crate::store::{ChangeSig, Commit, Store, StoreError};
+use crate::store::{ChangeSig, Commit, DocWrite, Store, StoreError};
 pub use docs::RepoDocs;
 
 /// The store's metadata key for the space id (text), which change signatures cover.
@@ -703,25 +703,15 @@ impl Repo {
     ) -> Result<(), StoreError> {
         let heads = encode_heads(&pending.heads);
         let tasks: Vec<&str> = tasks.iter().map(String::as_str).collect();
-        if pending.snapshot {
-            self.store.replace_with_snapshot(
-                id.as_str(),
-                &pending.bytes,
-                &heads,
-                &pending.sigs,
-                &tasks,
-                commit,
-            )?;
-        } else {
-            self.store.append_chunk(
-                id.as_str(),
-                &pending.bytes,
-                &heads,
-                &pending.sigs,
-                &tasks,
-                commit,
-            )?;
-        }
+        let write = DocWrite {
+            doc: id.as_str(),
+            bytes: &pending.bytes,
+            replaces: pending.snapshot,
+            heads: &heads,
+            sigs: &pending.sigs,
+            tasks: &tasks,
+        };
+        self.store.write_docs(&[write], commit)?;
         self.committed(commit);
         if let Some(entry) = self.lock().get_mut(id) {
             // Only the writer (us) adds signatures, so the first ones are those just written.
@@ -789,14 +779,13 @@ impl Repo {
     fn snapshot(&self, id: &DocId, entry: &mut Entry) -> Result<(), StoreError> {
         let snapshot = entry.doc.save();
         let heads = entry.doc.get_heads();
-        self.store.replace_with_snapshot(
-            id.as_str(),
-            &snapshot,
-            &encode_heads(&heads),
-            &[],
-            &[],
-            Commit::Durable,
-        )?;
+        let encoded = encode_heads(&heads);
+        let write = DocWrite {
+            replaces: true,
+            heads: &encoded,
+            ..DocWrite::chunk(id.as_str(), &snapshot)
+        };
+        self.store.write_docs(&[write], Commit::Durable)?;
         self.committed(Commit::Durable);
         entry.saved_heads = heads;
         entry.chunks = 1;

@@ -78,6 +78,57 @@ fn insert_tasks(tx: &redb::WriteTransaction, doc: &str, tasks: &[&str]) -> Resul
     Ok(())
 }
 
+/// One write of a document (see [`Store::write_docs`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DocWrite<'a> {
+    pub doc: &'a str,
+    /// Changes to append, or the whole document when `replaces`.
+    pub bytes: &'a [u8],
+    /// Whether `bytes` replaces every chunk stored before (a snapshot).
+    pub replaces: bool,
+    /// The document's heads with `bytes` applied.
+    pub heads: &'a [u8],
+    /// The signatures of the changes `bytes` adds.
+    pub sigs: &'a [ChangeSig],
+    /// The ids of the tasks its changes wrote (those new to the document are listed, see
+    /// [`Store::tasks_like`]).
+    pub tasks: &'a [&'a str],
+}
+
+impl<'a> DocWrite<'a> {
+    /// Changes to append, with nothing else to record (for tests and tools).
+    pub fn chunk(doc: &'a str, bytes: &'a [u8]) -> Self {
+        DocWrite {
+            doc,
+            bytes,
+            replaces: false,
+            heads: &[],
+            sigs: &[],
+            tasks: &[],
+        }
+    }
+}
+
+fn write_doc(tx: &redb::WriteTransaction, write: &DocWrite<'_>) -> Result<(), StoreError> {
+    let doc = write.doc;
+    tx.open_table(DOC_HEADS)?.insert(doc, write.heads)?;
+    insert_sigs(tx, doc, write.sigs)?;
+    insert_tasks(tx, doc, write.tasks)?;
+    let mut table = tx.open_table(DOC_CHUNKS)?;
+    let last = table
+        .range((doc, 0)..=(doc, u64::MAX))?
+        .next_back()
+        .transpose()?
+        .map(|(key, _)| key.value().1);
+    if write.replaces {
+        table.retain_in((doc, 0)..=(doc, u64::MAX), |_, _| false)?;
+    }
+    // Sequence numbers only grow, so chunks never reorder across a compaction.
+    let next = last.map_or(0, |last| last + 1);
+    table.insert((doc, next), write.bytes)?;
+    Ok(())
+}
+
 /// The content address of a blob: lower-case hex SHA-256.
 pub fn blob_hash(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -374,65 +425,14 @@ impl Store {
         Ok(ids)
     }
 
-    /// Appends a chunk to a document. With [`Commit::Durable`] the chunk survives a crash
-    /// when this returns; with [`Commit::Lazy`], once a durable commit follows (any, or
-    /// [`Store::flush`]). Readers of this store see it at once either way.
-    /// `heads` are the document's heads with the chunk applied.
-    /// `sigs` are the signatures of the changes in the chunk; `tasks` the ids of the tasks
-    /// its changes wrote (those new to the document are listed, see [`Store::tasks_like`]).
-    pub fn append_chunk(
-        &self,
-        doc: &str,
-        chunk: &[u8],
-        heads: &[u8],
-        sigs: &[ChangeSig],
-        tasks: &[&str],
-        commit: Commit,
-    ) -> Result<(), StoreError> {
+    /// Stores writes of documents in one transaction. With [`Commit::Durable`] they survive
+    /// a crash when this returns; with [`Commit::Lazy`], once a durable commit follows (any,
+    /// or [`Store::flush`]). Readers of this store see them at once either way.
+    pub fn write_docs(&self, writes: &[DocWrite<'_>], commit: Commit) -> Result<(), StoreError> {
         let mut tx = self.db.begin_write()?;
         commit.apply(&mut tx)?;
-        tx.open_table(DOC_HEADS)?.insert(doc, heads)?;
-        insert_sigs(&tx, doc, sigs)?;
-        insert_tasks(&tx, doc, tasks)?;
-        {
-            let mut table = tx.open_table(DOC_CHUNKS)?;
-            let next = table
-                .range((doc, 0)..=(doc, u64::MAX))?
-                .next_back()
-                .transpose()?
-                .map_or(0, |(key, _)| key.value().1 + 1);
-            table.insert((doc, next), chunk)?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Replaces every chunk of a document with one snapshot, atomically (and durably as
-    /// `commit` says, see [`Store::append_chunk`]).
-    pub fn replace_with_snapshot(
-        &self,
-        doc: &str,
-        snapshot: &[u8],
-        heads: &[u8],
-        sigs: &[ChangeSig],
-        tasks: &[&str],
-        commit: Commit,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.db.begin_write()?;
-        commit.apply(&mut tx)?;
-        tx.open_table(DOC_HEADS)?.insert(doc, heads)?;
-        insert_sigs(&tx, doc, sigs)?;
-        insert_tasks(&tx, doc, tasks)?;
-        {
-            let mut table = tx.open_table(DOC_CHUNKS)?;
-            let last = table
-                .range((doc, 0)..=(doc, u64::MAX))?
-                .next_back()
-                .transpose()?
-                .map_or(0, |(key, _)| key.value().1);
-            table.retain_in((doc, 0)..=(doc, u64::MAX), |_, _| false)?;
-            // Keep sequence numbers increasing so chunks never reorder across a compaction.
-            table.insert((doc, last + 1), snapshot)?;
+        for write in writes {
+            write_doc(&tx, write)?;
         }
         tx.commit()?;
         Ok(())
@@ -614,29 +614,36 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn append(store: &Store, doc: &str, bytes: &[u8], tasks: &[&str], commit: Commit) {
+        let write = DocWrite {
+            tasks,
+            ..DocWrite::chunk(doc, bytes)
+        };
+        store.write_docs(&[write], commit).unwrap();
+    }
+
+    fn replace(store: &Store, doc: &str, bytes: &[u8], tasks: &[&str]) {
+        let write = DocWrite {
+            tasks,
+            replaces: true,
+            ..DocWrite::chunk(doc, bytes)
+        };
+        store.write_docs(&[write], Commit::Durable).unwrap();
+    }
+
     #[test]
     fn chunks_append_and_compact_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db.redb")).unwrap();
-        store
-            .append_chunk("a", b"one", b"", &[], &[], Commit::Durable)
-            .unwrap();
-        store
-            .append_chunk("a", b"two", b"", &[], &[], Commit::Durable)
-            .unwrap();
-        store
-            .append_chunk("b", b"x", b"", &[], &[], Commit::Durable)
-            .unwrap();
+        append(&store, "a", b"one", &[], Commit::Durable);
+        append(&store, "a", b"two", &[], Commit::Durable);
+        append(&store, "b", b"x", &[], Commit::Durable);
         assert_eq!(
             store.load_doc("a").unwrap().unwrap(),
             (b"onetwo".to_vec(), 2)
         );
-        store
-            .replace_with_snapshot("a", b"snap", b"", &[], &[], Commit::Durable)
-            .unwrap();
-        store
-            .append_chunk("a", b"+1", b"", &[], &[], Commit::Durable)
-            .unwrap();
+        replace(&store, "a", b"snap", &[]);
+        append(&store, "a", b"+1", &[], Commit::Durable);
         assert_eq!(
             store.load_doc("a").unwrap().unwrap(),
             (b"snap+1".to_vec(), 2)
@@ -657,15 +664,9 @@ mod tests {
             store.tasks_indexed().unwrap(),
             "a new store lists every task"
         );
-        store
-            .append_chunk("t1", b"1", b"", &[], &["ab12", "ab34"], Commit::Durable)
-            .unwrap();
-        store
-            .append_chunk("t1", b"2", b"", &[], &["ab12"], Commit::Lazy)
-            .unwrap();
-        store
-            .replace_with_snapshot("t2", b"s", b"", &[], &["ab12", "cd56"], Commit::Durable)
-            .unwrap();
+        append(&store, "t1", b"1", &["ab12", "ab34"], Commit::Durable);
+        append(&store, "t1", b"2", &["ab12"], Commit::Lazy);
+        replace(&store, "t2", b"s", &["ab12", "cd56"]);
         let pair = |t: &str, d: &str| (t.to_owned(), d.to_owned());
         assert_eq!(
             store.tasks_like("ab", 10).unwrap(),
