@@ -35,8 +35,13 @@ fn start_executor(desk: &TestNode) -> ExecutorHandle {
 
 /// Starts the desktop's executor with shell commands ruled `shell` (allow, ask, deny).
 pub(crate) fn start_executor_with(desk: &TestNode, shell: &str) -> ExecutorHandle {
+    start_executor_with_policy(desk, &format!("[actions]\nshell = \"{shell}\"\n"))
+}
+
+/// Starts the desktop's executor under the policy `policy` (a policy file's text).
+pub(crate) fn start_executor_with_policy(desk: &TestNode, policy: &str) -> ExecutorHandle {
     let home = desk.home.path();
-    let policy = Policy::parse(&format!("[actions]\nshell = \"{shell}\"\n"), home, home).unwrap();
+    let policy = Policy::parse(policy, home, home).unwrap();
     policy.ensure_workspace().unwrap();
     let config = ExecutorConfig {
         device: desk.node.id(),

@@ -1,8 +1,12 @@
 //! What a node acknowledged is there after a restart, and compaction loses nothing.
 
+use std::sync::{Arc, Mutex};
+
 use errand_sync::schema::DocId;
 
-use crate::support::{TestNode, desktop, node_in, task_ids};
+use crate::approvals::start_executor_with_policy;
+use crate::ntfy::Ntfy;
+use crate::support::{TestNode, WAIT, desktop, node_in, task_ids};
 
 #[tokio::test]
 async fn acknowledged_changes_survive_a_restart() {
@@ -79,4 +83,38 @@ async fn compaction_keeps_every_change_and_the_history() {
     drop(node);
     let desk = node_in(home).await;
     assert_eq!(desk.node.tasks(Some(&first.thread)).unwrap().len(), 82);
+}
+
+/// The executor settles a task that cannot start (here: it needs a model, and none is
+/// configured) without a disk flush of its own, so that a burst of them shares flushes. No one
+/// may hear of such an outcome while a crash could still take it back: the notifier makes it
+/// durable before it posts. Alone (no peer whose replicator would flush), the desktop's
+/// writes are all durable at the moment the failure reaches the push service.
+#[tokio::test]
+async fn a_failure_is_durable_before_it_is_posted() {
+    let desk = desktop("desk").await;
+    let repo = desk.node.repo().clone();
+    let durable_at_post = Arc::new(Mutex::new(Vec::new()));
+    let seen = durable_at_post.clone();
+    let ntfy = Ntfy::start_observing(false, move |p| {
+        let durable = *repo.durability().borrow();
+        seen.lock().unwrap().push((p.message.clone(), durable));
+    });
+    desk.node
+        .notify_add(&ntfy.url("desk"), &["failed".to_owned()], false)
+        .unwrap();
+    let _executor = start_executor_with_policy(&desk, "allow_private_network = true\n");
+    let sent = desk.node.send("summarise my week", None, None).unwrap();
+    let short = sent.task[..8].to_owned();
+    let posted = tokio::task::spawn_blocking(move || {
+        ntfy.wait_for(WAIT, |m| m.message.contains(&short)).message
+    })
+    .await
+    .unwrap();
+    assert!(posted.ends_with("failed"), "{posted}");
+    assert_eq!(
+        *durable_at_post.lock().unwrap(),
+        [(posted, true)],
+        "the failure was posted while it could still be lost"
+    );
 }

@@ -29,6 +29,12 @@ impl Ntfy {
     /// Starts a server on 127.0.0.1 that accepts (`refuse == false`) or answers every publish
     /// with HTTP 500.
     pub fn start(refuse: bool) -> Ntfy {
+        Self::start_observing(refuse, |_| {})
+    }
+
+    /// [`Ntfy::start`], calling `observe` on each publish as it arrives, before it is
+    /// answered: to look at the sender's state at the moment it posts.
+    pub fn start_observing(refuse: bool, observe: impl Fn(&Published) + Send + 'static) -> Ntfy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the ntfy stand-in");
         let addr = listener.local_addr().expect("its address");
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -39,6 +45,7 @@ impl Ntfy {
                 let Ok(mut stream) = stream else { continue };
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
                 if let Some(p) = read_publish(&mut stream) {
+                    observe(&p);
                     *a.lock().unwrap_or_else(|e| e.into_inner()) += 1;
                     if refuse {
                         let _ = stream.write_all(

@@ -155,6 +155,13 @@ impl Notifier {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             while pending.try_join_next().is_some() {}
             pending.spawn(async move {
+                // What the notification tells of may have been written lazily (an outcome
+                // decided before anything ran): a phone must not hear of what a crash here
+                // could still take back.
+                if let Err(e) = this.repo.flush() {
+                    warn!(%task, "not notifying: cannot make the task's state durable: {e}");
+                    return;
+                }
                 let (delivered, outcome) =
                     post(&entry.url, this.allow_private, event.as_str(), &task, &text).await;
                 let notice = Notice {

@@ -308,6 +308,24 @@ impl Shared {
         }
     }
 
+    /// Records an outcome decided before anything ran (refused, cancelled, cannot start)
+    /// without a disk flush of its own. A crash that takes it away leaves the task queued,
+    /// to be decided again from the same document; and nobody hears of it before a flush
+    /// makes it durable: the replicator flushes before it tells a peer anything, and the
+    /// notifier before it posts. In a burst, those flushes cover many outcomes at once.
+    fn settle(
+        &self,
+        doc: &DocId,
+        message: &str,
+        f: impl FnOnce(
+            &mut automerge::transaction::Transaction<'_>,
+        ) -> Result<(), automerge::AutomergeError>,
+    ) {
+        if let Err(e) = self.repo.change_lazily(doc, message, f) {
+            warn!(%doc, "cannot record {message:?}: {e}");
+        }
+    }
+
     async fn run(self: Arc<Self>) {
         let mut changes = self.repo.subscribe();
         // Commands a crashed run left behind go first: their tasks are settled as failed next,
@@ -488,7 +506,7 @@ impl Shared {
                 short(&task.created_by)
             );
             warn!(task = %task.id, "{reason}");
-            self.change(doc, &format!("task {} refused", short(&task.id)), |tx| {
+            self.settle(doc, &format!("task {} refused", short(&task.id)), |tx| {
                 thread::finish(tx, &task.id, Err(&reason), TaskStatus::Failed, now_millis())?;
                 conversation::add_answer(tx, &task.id, &reason, TaskStatus::Failed, &[])
             });
@@ -496,7 +514,7 @@ impl Shared {
         }
         if task.cancel_requested {
             let reason = "cancelled before it started";
-            self.change(doc, &format!("task {} cancelled", short(&task.id)), |tx| {
+            self.settle(doc, &format!("task {} cancelled", short(&task.id)), |tx| {
                 thread::finish(
                     tx,
                     &task.id,
@@ -510,7 +528,7 @@ impl Shared {
         }
         if let Some(reason) = task::cannot_start(self, &task) {
             warn!(task = %task.id, "{reason}");
-            self.change(doc, &format!("task {} failed", short(&task.id)), |tx| {
+            self.settle(doc, &format!("task {} failed", short(&task.id)), |tx| {
                 thread::finish(tx, &task.id, Err(&reason), TaskStatus::Failed, now_millis())?;
                 conversation::add_answer(tx, &task.id, &reason, TaskStatus::Failed, &[])
             });

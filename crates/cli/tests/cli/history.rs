@@ -113,38 +113,59 @@ fn thread_history_shows_who_queued_the_task() {
     let task = str_field(&sent, "task");
     let prefix = &thread[..6];
 
+    let again = send(
+        &p.phone,
+        &["and this", "--thread", prefix, "--timeout", "5"],
+    );
+    assert_eq!(again["delivered"], true, "{again:#}");
+    let second = str_field(&again, "task");
+
     let history = p.desk.json(&["history", "--doc", prefix]);
-    // The phone's two commits come first; the desktop may add its own (when it runs the task).
+    // The phone's two commits (a new thread comes with its first task, in one change), with
+    // the desktop's own between or after them (when it runs the tasks).
     let phone_part: Vec<(String, String)> = array(&history)
         .iter()
-        .take(2)
+        .filter(|e| e["device"] != "desk")
         .map(|e| (str_field(e, "message"), str_field(e, "device")))
         .collect();
     assert_eq!(
         phone_part,
         [
             (
-                format!("thread {} created", short(&thread)),
+                format!(
+                    "thread {} created, task {} queued",
+                    short(&thread),
+                    short(&task)
+                ),
                 "phone".to_owned()
             ),
-            (format!("task {} queued", short(&task)), "phone".to_owned()),
+            (
+                format!("task {} queued", short(&second)),
+                "phone".to_owned()
+            ),
         ],
         "{history:#}"
     );
-    for e in array(&history).iter().skip(2) {
-        assert_eq!(str_field(e, "device"), "desk", "{e:#}");
-    }
+    assert_eq!(
+        history[0]["device"], "phone",
+        "the thread's first change is the phone's: {history:#}"
+    );
 
     let created = str_field(&history[0], "hash");
-    let queued = str_field(&history[1], "hash");
+    let queued = str_field(entry(&history, &phone_part[1].0), "hash");
     let before = p.desk.run(&["at", &created, "--doc", prefix]).json();
     assert_eq!(before["thread"], thread.as_str());
-    assert!(keys(&tasks_in(&before)).is_empty(), "{before:#}");
-    let after = p.desk.run(&["at", &queued, "--doc", prefix]).json();
-    let tasks = tasks_in(&after);
-    assert_eq!(keys(&tasks), [task.as_str()]);
+    let tasks = tasks_in(&before);
+    assert_eq!(keys(&tasks), [task.as_str()], "{before:#}");
     assert_eq!(tasks[&task]["prompt"], "remember this");
     assert_eq!(tasks[&task]["status"], "queued");
+    let after = p.desk.run(&["at", &queued, "--doc", prefix]).json();
+    let tasks = tasks_in(&after);
+    let mut both = vec![task.clone(), second.clone()];
+    both.sort();
+    assert_eq!(keys(&tasks), both, "{after:#}");
+    assert_eq!(tasks[&second]["prompt"], "and this");
+    assert_eq!(tasks[&second]["status"], "queued");
 
     // A change of another document is not in this one.
     let index = p.desk.json(&["history", "--limit", "1"]);

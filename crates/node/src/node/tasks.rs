@@ -68,33 +68,6 @@ impl Node {
             )));
         }
         let me = self.id().to_string();
-        let thread_id = match thread {
-            Some(t) => self.resolve_thread(t)?,
-            None => {
-                let id = DocId::new_thread();
-                let title: String = text.chars().take(60).collect();
-                // The thread and its listing become durable with the task below: one flush
-                // for the three commits of a send into a new thread.
-                self.repo.create_lazily(
-                    &id,
-                    &format!("thread {} created", short(id.as_str())),
-                    |tx| thread::create(tx, id.as_str(), &title),
-                )?;
-                let entry = index::ThreadEntry {
-                    id: id.to_string(),
-                    title,
-                    created: schema::now_millis(),
-                    created_by: me.clone(),
-                    archived: false,
-                };
-                self.repo.change_lazily(
-                    &DocId::index(),
-                    &format!("thread {} listed", short(id.as_str())),
-                    |tx| index::add_thread(tx, &entry),
-                )?;
-                id
-            }
-        };
         let task_id = errand_sync::ids::hex(&rand::random::<[u8; 8]>());
         let new = thread::NewTask {
             id: &task_id,
@@ -102,11 +75,48 @@ impl Node {
             target: &target.id,
             created: schema::now_millis(),
         };
-        self.repo.change(
-            &thread_id,
-            &format!("task {} queued", short(&task_id)),
-            |tx| thread::add_task(tx, &new),
-        )?;
+        let thread_id = match thread {
+            Some(t) => {
+                let thread_id = self.resolve_thread(t)?;
+                self.repo.change(
+                    &thread_id,
+                    &format!("task {} queued", short(&task_id)),
+                    |tx| thread::add_task(tx, &new),
+                )?;
+                thread_id
+            }
+            None => {
+                // A new thread and its first task are one change (one signature, one write,
+                // one thing for the desktop to check), made durable with the thread's listing.
+                let id = DocId::new_thread();
+                let title: String = text.chars().take(60).collect();
+                self.repo.create_lazily(
+                    &id,
+                    &format!(
+                        "thread {} created, task {} queued",
+                        short(id.as_str()),
+                        short(&task_id)
+                    ),
+                    |tx| {
+                        thread::create(tx, id.as_str(), &title)?;
+                        thread::add_task(tx, &new)
+                    },
+                )?;
+                let entry = index::ThreadEntry {
+                    id: id.to_string(),
+                    title,
+                    created: new.created,
+                    created_by: me,
+                    archived: false,
+                };
+                self.repo.change(
+                    &DocId::index(),
+                    &format!("thread {} listed", short(id.as_str())),
+                    |tx| index::add_thread(tx, &entry),
+                )?;
+                id
+            }
+        };
         let target_id = target.device;
         let delivered = target.this_device
             || [thread_id.clone(), DocId::index()].iter().all(|d| {

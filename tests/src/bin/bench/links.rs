@@ -15,7 +15,9 @@
 //! The link is a veth pair into a network namespace that only the desktop process lives in
 //! (`ip netns`, so root and iproute2); the partition takes the phone's end down (as a laptop's
 //! Wi-Fi dropping: its routes go, and the other end loses its carrier). Without a namespace
-//! the bursts run over loopback and the partition is skipped, saying so.
+//! the bursts run over loopback and the partition is skipped, saying so; `ERRAND_BENCH_LOOPBACK=1`
+//! asks for that (a profiler such as `perf` cannot unwind the stacks of a process that
+//! `ip netns exec` put in a mount namespace of its own).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
@@ -28,6 +30,8 @@ use serde_json::{Value as Json, json};
 use super::spaces::{self, Desktop};
 use super::{group, ms};
 
+/// Set, the desktop runs on loopback, with no namespace and no partition.
+const LOOPBACK_ENV: &str = "ERRAND_BENCH_LOOPBACK";
 /// Sends of each burst.
 pub const BURST: usize = 1_000;
 /// The partition by default, in seconds.
@@ -95,6 +99,9 @@ fn ip(args: &[&str]) -> Result<()> {
 
 impl Netns {
     fn create() -> Result<Netns> {
+        if std::env::var_os(LOOPBACK_ENV).is_some() {
+            bail!("{LOOPBACK_ENV} is set");
+        }
         let tag = std::process::id() % 10_000;
         let octet = u8::try_from(tag % 250 + 1).expect("under 251");
         let ns = Netns {
