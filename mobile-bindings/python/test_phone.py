@@ -283,13 +283,17 @@ class PhoneTest(unittest.IsolatedAsyncioTestCase):
         self.assertTrue(any(d == "pocket" and "approved by pocket" in m for d, m in messages), messages)
         times = [h.time_ms for h in history]
         self.assertTrue(all(t > 0 for t in times))
-        # The thread as it was at its first commit: no task yet (tasks live in buckets).
-        def task_ids(doc):
-            return [t for bucket in doc.get("tasks", {}).values() for t in bucket]
-        first = await phone.document_at([history[0].hash], sent.thread_id)
-        self.assertEqual(task_ids(json.loads(first)), [])
-        now = json.loads(await phone.document_at([history[-1].hash], sent.thread_id))
-        self.assertIn(task, task_ids(now))
+        # The thread as it was at its first commit: a new thread comes with its first task,
+        # still queued then (tasks live in buckets); at its last commit the task had run.
+        def tasks_of(doc):
+            return {t: v for bucket in doc.get("tasks", {}).values() for t, v in bucket.items()}
+        self.assertEqual(history[0].device, "pocket")
+        first = tasks_of(json.loads(await phone.document_at([history[0].hash], sent.thread_id)))
+        self.assertEqual(list(first), [task])
+        self.assertEqual(first[task]["status"], "queued")
+        now = tasks_of(json.loads(await phone.document_at([history[-1].hash], sent.thread_id)))
+        self.assertIn(task, now)
+        self.assertNotEqual(now[task]["status"], "queued")
         index = await phone.history(limit=2)
         self.assertEqual(len(index), 2)
 
