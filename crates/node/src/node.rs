@@ -440,9 +440,10 @@ impl Node {
                     Err(broadcast::error::RecvError::Lagged(_)) => None,
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                // Who belongs: only index changes beyond its thread list can change that (a
-                // new thread is the index's most frequent change, and evaluating the
-                // membership checks every certificate's signature).
+                // Who belongs and where they are: only index changes beyond its thread list
+                // can change either (a new thread is the index's most frequent change, and
+                // evaluating the membership checks every certificate's signature). Sightings
+                // on the LAN refresh the peers on their own.
                 if changed
                     .as_ref()
                     .is_none_or(|c| c.doc.is_index() && c.touched.other)
@@ -466,9 +467,6 @@ impl Node {
                             );
                         }
                     }
-                }
-                // Where they are: cheap, and every index change may be worth a dial.
-                if changed.as_ref().is_none_or(|c| c.doc.is_index()) {
                     refresh_peers(&repo, &replicator, &gate, me, &lan);
                 }
                 for ev in watcher.changed(&repo, changed.as_ref(), membership.as_ref()) {
