@@ -742,9 +742,24 @@ impl Repo {
         self.durable.subscribe()
     }
 
-    /// Current heads of a document (empty when it does not exist here).
+    /// Current heads of a document (empty when it does not exist here). A document out of
+    /// memory is not loaded for this: everything of it is stored (it could not have been
+    /// dropped otherwise), and the store keeps its heads with every write. Asking after many
+    /// threads (`Node::wait_delivered` after a burst, the replicator's catalogue) then costs a
+    /// read each, not a load of each.
     pub fn heads(&self, id: &DocId) -> Result<Vec<ChangeHash>, LoadError> {
-        Ok(self.read(id, Automerge::get_heads)?.unwrap_or_default())
+        let mut docs = self.lock();
+        if let Some(entry) = docs.get(id) {
+            return Ok(entry.doc.get_heads());
+        }
+        // Under the lock: nobody can load it and change it meanwhile.
+        if let Some(stored) = self.store.heads_of(id.as_str())? {
+            return Ok(decode_heads(&stored));
+        }
+        Ok(self
+            .load_entry(&mut docs, id)?
+            .map(|e| e.doc.get_heads())
+            .unwrap_or_default())
     }
 
     /// Upkeep, run every so often: folds the chunks of every loaded document that has more than

@@ -486,11 +486,21 @@ fn a_change_by_an_unknown_device_is_early_and_nothing_is_kept() {
 fn memory_holds_a_bounded_number_of_documents_and_dropped_ones_come_back() {
     let (_dir, repo) = repo();
     let docs: Vec<DocId> = (0..MAX_LOADED + 60).map(|_| DocId::new_thread()).collect();
+    let mut heads = Vec::new();
     for doc in &docs {
         create_thread(&repo, doc);
         put(&repo, doc, "one");
+        heads.push(repo.heads(doc).unwrap());
         assert!(repo.loaded() <= MAX_LOADED, "{} loaded", repo.loaded());
     }
+    // The heads of every document, those dropped included, without loading any: each as it
+    // was last written.
+    let loaded = repo.loaded();
+    for (doc, heads) in docs.iter().zip(&heads) {
+        assert_eq!(&repo.heads(doc).unwrap(), heads);
+    }
+    assert_eq!(repo.loaded(), loaded, "asking for heads loaded documents");
+    assert!(repo.heads(&DocId::new_thread()).unwrap().is_empty());
     for doc in &docs {
         assert_eq!(keys(&repo, doc), ["one"]);
         assert!(repo.loaded() <= MAX_LOADED, "{} loaded", repo.loaded());
