@@ -3,10 +3,11 @@
 use std::sync::{Arc, Mutex};
 
 use errand_sync::schema::DocId;
+use errand_sync::schema::thread::TaskStatus;
 
 use crate::approvals::start_executor_with_policy;
 use crate::ntfy::Ntfy;
-use crate::support::{TestNode, WAIT, desktop, node_in, task_ids};
+use crate::support::{TestNode, WAIT, desktop, node_in, task_ids, until};
 
 #[tokio::test]
 async fn acknowledged_changes_survive_a_restart() {
@@ -89,7 +90,9 @@ async fn compaction_keeps_every_change_and_the_history() {
 /// configured) without a disk flush of its own, so that a burst of them shares flushes. No one
 /// may hear of such an outcome while a crash could still take it back: the notifier makes it
 /// durable before it posts. Alone (no peer whose replicator would flush), the desktop's
-/// writes are all durable at the moment the failure reaches the push service.
+/// writes are all durable at the moment the failure reaches the push service. And the
+/// notifier, which keeps the registered endpoints between events, sees one registered after
+/// a failure it had nowhere to send.
 #[tokio::test]
 async fn a_failure_is_durable_before_it_is_posted() {
     let desk = desktop("desk").await;
@@ -100,10 +103,21 @@ async fn a_failure_is_durable_before_it_is_posted() {
         let durable = *repo.durability().borrow();
         seen.lock().unwrap().push((p.message.clone(), durable));
     });
+    let _executor = start_executor_with_policy(&desk, "allow_private_network = true\n");
+
+    let unheard = desk.node.send("plan my week", None, None).unwrap();
+    until("the first task failed", &[&desk.node], || {
+        let failed = desk
+            .node
+            .task(&unheard.task)
+            .is_ok_and(|t| t.status == TaskStatus::Failed);
+        async move { failed }
+    })
+    .await;
     desk.node
         .notify_add(&ntfy.url("desk"), &["failed".to_owned()], false)
         .unwrap();
-    let _executor = start_executor_with_policy(&desk, "allow_private_network = true\n");
+
     let sent = desk.node.send("summarise my week", None, None).unwrap();
     let short = sent.task[..8].to_owned();
     let posted = tokio::task::spawn_blocking(move || {

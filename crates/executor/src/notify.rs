@@ -76,6 +76,9 @@ pub fn message(event: Event, task: &str, content: Option<&str>) -> String {
     text
 }
 
+/// The endpoints registered in the index, and the index epoch they were read at.
+type Registered = (u64, Vec<index::NotifyEntry>);
+
 /// Sends notifications for the tasks this desktop runs.
 #[derive(Debug, Clone)]
 pub struct Notifier {
@@ -84,6 +87,10 @@ pub struct Notifier {
     allow_private: bool,
     /// Deliveries under way, so that a stopping desktop can let them finish.
     pending: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    /// Every registered endpoint, kept by the index epoch it was read at: a burst of failed
+    /// tasks would otherwise read them from the index once each, and a new thread (the
+    /// index's usual change) does not move the epoch.
+    registered: Arc<std::sync::Mutex<Option<Registered>>>,
 }
 
 impl Notifier {
@@ -93,6 +100,7 @@ impl Notifier {
             authority,
             allow_private,
             pending: Arc::default(),
+            registered: Arc::default(),
         }
     }
 
@@ -109,12 +117,25 @@ impl Notifier {
 
     /// The endpoints registered for `event` by current members.
     fn endpoints(&self, event: Event) -> Vec<index::NotifyEntry> {
-        self.repo
-            .read(&DocId::index(), index::notify_entries)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-            .into_iter()
+        // Read before the index, so that a change landing meanwhile reads it again next time.
+        let epoch = self.repo.index_epoch();
+        let mut registered = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        let all = match &*registered {
+            Some((at, all)) if *at == epoch => all.clone(),
+            _ => match self.repo.read(&DocId::index(), index::notify_entries) {
+                Ok(all) => {
+                    let all = all.unwrap_or_default();
+                    *registered = Some((epoch, all.clone()));
+                    all
+                }
+                Err(e) => {
+                    warn!("cannot read where to notify: {e}");
+                    Vec::new()
+                }
+            },
+        };
+        drop(registered);
+        all.into_iter()
             .filter(|entry| {
                 entry
                     .device
