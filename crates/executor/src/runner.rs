@@ -102,6 +102,19 @@ pub struct ExecutorConfig {
     pub connectors: Arc<Connectors>,
 }
 
+/// Whether a change the executor records is durable when recording returns.
+#[derive(Clone, Copy, Debug)]
+enum Flush {
+    /// It is: a claim, a result, anything that follows from something having run.
+    Own,
+    /// It becomes durable with the next flush, whoever asks for it. For an outcome decided
+    /// before anything ran (refused, cancelled, cannot start): a crash that takes it away
+    /// leaves the task queued, to be decided again from the same document, and nobody hears
+    /// of it before a flush (a session flushes before it sends a peer anything, the notifier
+    /// before it posts). In a burst, those flushes cover many outcomes at once.
+    Next,
+}
+
 /// A running executor; dropping it stops starting new tasks.
 #[derive(Debug)]
 pub struct ExecutorHandle {
@@ -295,33 +308,22 @@ impl Shared {
             .flatten()
     }
 
-    fn change(
+    /// Records a change of the executor's, logging (not returning) a failure: the task's
+    /// state is then as before, and what the executor does next does not depend on it.
+    fn record(
         &self,
         doc: &DocId,
+        flush: Flush,
         message: &str,
         f: impl FnOnce(
             &mut automerge::transaction::Transaction<'_>,
         ) -> Result<(), automerge::AutomergeError>,
     ) {
-        if let Err(e) = self.repo.change(doc, message, f) {
-            warn!(%doc, "cannot record {message:?}: {e}");
-        }
-    }
-
-    /// Records an outcome decided before anything ran (refused, cancelled, cannot start)
-    /// without a disk flush of its own. A crash that takes it away leaves the task queued,
-    /// to be decided again from the same document; and nobody hears of it before a flush
-    /// makes it durable: the replicator flushes before it tells a peer anything, and the
-    /// notifier before it posts. In a burst, those flushes cover many outcomes at once.
-    fn settle(
-        &self,
-        doc: &DocId,
-        message: &str,
-        f: impl FnOnce(
-            &mut automerge::transaction::Transaction<'_>,
-        ) -> Result<(), automerge::AutomergeError>,
-    ) {
-        if let Err(e) = self.repo.change_lazily(doc, message, f) {
+        let recorded = match flush {
+            Flush::Own => self.repo.change(doc, message, f),
+            Flush::Next => self.repo.change_lazily(doc, message, f),
+        };
+        if let Err(e) = recorded {
             warn!(%doc, "cannot record {message:?}: {e}");
         }
     }
@@ -433,8 +435,9 @@ impl Shared {
                 )
             {
                 let reason = "interrupted: the desktop stopped while this task was running; it was not run again (send it again to retry)";
-                self.change(
+                self.record(
                     doc,
+                    Flush::Own,
                     &format!("task {} interrupted", short(&task.id)),
                     |tx| {
                         thread::add_progress(tx, &task.id, reason, now_millis())?;
@@ -506,32 +509,47 @@ impl Shared {
                 short(&task.created_by)
             );
             warn!(task = %task.id, "{reason}");
-            self.settle(doc, &format!("task {} refused", short(&task.id)), |tx| {
-                thread::finish(tx, &task.id, Err(&reason), TaskStatus::Failed, now_millis())?;
-                conversation::add_answer(tx, &task.id, &reason, TaskStatus::Failed, &[])
-            });
+            self.record(
+                doc,
+                Flush::Next,
+                &format!("task {} refused", short(&task.id)),
+                |tx| {
+                    thread::finish(tx, &task.id, Err(&reason), TaskStatus::Failed, now_millis())?;
+                    conversation::add_answer(tx, &task.id, &reason, TaskStatus::Failed, &[])
+                },
+            );
             return;
         }
         if task.cancel_requested {
             let reason = "cancelled before it started";
-            self.settle(doc, &format!("task {} cancelled", short(&task.id)), |tx| {
-                thread::finish(
-                    tx,
-                    &task.id,
-                    Err(reason),
-                    TaskStatus::Cancelled,
-                    now_millis(),
-                )?;
-                conversation::add_answer(tx, &task.id, reason, TaskStatus::Cancelled, &[])
-            });
+            self.record(
+                doc,
+                Flush::Next,
+                &format!("task {} cancelled", short(&task.id)),
+                |tx| {
+                    thread::finish(
+                        tx,
+                        &task.id,
+                        Err(reason),
+                        TaskStatus::Cancelled,
+                        now_millis(),
+                    )?;
+                    conversation::add_answer(tx, &task.id, reason, TaskStatus::Cancelled, &[])
+                },
+            );
             return;
         }
         if let Some(reason) = task::cannot_start(self, &task) {
             warn!(task = %task.id, "{reason}");
-            self.settle(doc, &format!("task {} failed", short(&task.id)), |tx| {
-                thread::finish(tx, &task.id, Err(&reason), TaskStatus::Failed, now_millis())?;
-                conversation::add_answer(tx, &task.id, &reason, TaskStatus::Failed, &[])
-            });
+            self.record(
+                doc,
+                Flush::Next,
+                &format!("task {} failed", short(&task.id)),
+                |tx| {
+                    thread::finish(tx, &task.id, Err(&reason), TaskStatus::Failed, now_millis())?;
+                    conversation::add_answer(tx, &task.id, &reason, TaskStatus::Failed, &[])
+                },
+            );
             self.notifier
                 .notify(doc, &task.id, Event::Failed, Some(&reason));
             return;
@@ -571,13 +589,18 @@ impl Shared {
                 let (text, overflow) = split_result(&whole, &self.repo.quotas());
                 let overflow_artifact =
                     overflow.and_then(|bytes| self.store_blob("result.txt", "text/plain", &bytes));
-                self.change(doc, &format!("task {} done", short(&id)), |tx| {
-                    for a in artifacts.iter().chain(overflow_artifact.iter()) {
-                        thread::add_artifact(tx, &id, a)?;
-                    }
-                    thread::finish(tx, &id, Ok(&text), TaskStatus::Done, now_millis())?;
-                    conversation::add_answer(tx, &id, &text, TaskStatus::Done, &steps)
-                });
+                self.record(
+                    doc,
+                    Flush::Own,
+                    &format!("task {} done", short(&id)),
+                    |tx| {
+                        for a in artifacts.iter().chain(overflow_artifact.iter()) {
+                            thread::add_artifact(tx, &id, a)?;
+                        }
+                        thread::finish(tx, &id, Ok(&text), TaskStatus::Done, now_millis())?;
+                        conversation::add_answer(tx, &id, &text, TaskStatus::Done, &steps)
+                    },
+                );
                 self.notifier.notify(doc, &id, Event::Done, Some(&text));
             }
             Err(mut failure) => {
@@ -595,17 +618,22 @@ impl Shared {
                     .output
                     .as_deref()
                     .map(|text| split_result(text, &quotas));
-                self.change(doc, &format!("task {} {verb}", short(&id)), |tx| {
-                    if stopped {
-                        thread::add_progress(tx, &id, "the desktop was stopped", now_millis())?;
-                    }
-                    // What it printed before it was stopped is kept (the start of it, if long).
-                    if let Some((text, _)) = &output {
-                        thread::finish(tx, &id, Ok(text.as_str()), status, now_millis())?;
-                    }
-                    thread::finish(tx, &id, Err(&failure.message), status, now_millis())?;
-                    conversation::add_answer(tx, &id, &failure.message, status, &steps)
-                });
+                self.record(
+                    doc,
+                    Flush::Own,
+                    &format!("task {} {verb}", short(&id)),
+                    |tx| {
+                        if stopped {
+                            thread::add_progress(tx, &id, "the desktop was stopped", now_millis())?;
+                        }
+                        // What it printed before it was stopped is kept (the start of it, if long).
+                        if let Some((text, _)) = &output {
+                            thread::finish(tx, &id, Ok(text.as_str()), status, now_millis())?;
+                        }
+                        thread::finish(tx, &id, Err(&failure.message), status, now_millis())?;
+                        conversation::add_answer(tx, &id, &failure.message, status, &steps)
+                    },
+                );
                 if status == TaskStatus::Failed {
                     self.notifier
                         .notify(doc, &id, Event::Failed, Some(&failure.message));

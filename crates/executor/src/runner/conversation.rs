@@ -9,7 +9,7 @@ use errand_sync::schema::{DocId, now_millis};
 use tracing::warn;
 
 use super::task::{TaskContext, shared_id};
-use super::{Shared, short};
+use super::{Flush, Shared, short};
 use crate::agent::AgentError;
 use crate::conversation::EarlierTurn;
 
@@ -97,8 +97,9 @@ impl TaskContext {
         let expires = now + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
         let task = self.task.clone();
         let mut changes = shared.repo.subscribe();
-        shared.change(
+        shared.record(
             &self.doc,
+            Flush::Own,
             &format!("question {} asked for task {}", short(&id), short(&task)),
             |tx| {
                 thread::ask_question(
@@ -145,8 +146,9 @@ impl TaskContext {
         } else {
             "expired"
         };
-        shared.change(
+        shared.record(
             &self.doc,
+            Flush::Own,
             &format!("question {} {verb}", short(&id)),
             |tx| {
                 thread::add_progress(tx, &task, &crate::model::truncate(&line, 500), now_millis())?;

@@ -12,7 +12,7 @@ use errand_sync::schema::{DocId, now_millis};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{Issued, Shared, short};
+use super::{Flush, Issued, Shared, short};
 use crate::action::{Action, ToolOutput};
 use crate::agent::{self, AgentError, ToolRunner};
 use crate::command;
@@ -87,10 +87,12 @@ pub(super) struct TaskContext {
 impl TaskContext {
     pub(super) fn progress(&self, text: &str) {
         let id = self.task.clone();
-        self.shared
-            .change(&self.doc, &format!("task {} progress", short(&id)), |tx| {
-                thread::add_progress(tx, &id, text, now_millis())
-            });
+        self.shared.record(
+            &self.doc,
+            Flush::Own,
+            &format!("task {} progress", short(&id)),
+            |tx| thread::add_progress(tx, &id, text, now_millis()),
+        );
     }
 
     pub(super) async fn execute(&mut self, task: &Task) -> Result<ToolOutput, Failure> {
@@ -134,9 +136,12 @@ impl TaskContext {
         let task = self.task.clone();
         let mut report = move |line: String| {
             let id = task.clone();
-            shared.change(&doc, &format!("task {} progress", short(&id)), |tx| {
-                thread::add_progress(tx, &id, &line, now_millis())
-            });
+            shared.record(
+                &doc,
+                Flush::Own,
+                &format!("task {} progress", short(&id)),
+                |tx| thread::add_progress(tx, &id, &line, now_millis()),
+            );
         };
         let mut runner = ModelTools {
             ctx: self,
@@ -256,8 +261,9 @@ impl TaskContext {
         let me = shared.me();
         let task = self.task.clone();
         let mut changes = shared.repo.subscribe();
-        shared.change(
+        shared.record(
             &self.doc,
+            Flush::Own,
             &format!(
                 "approval {} requested for task {}",
                 short(&id),
@@ -320,8 +326,9 @@ impl TaskContext {
                 ))),
             ),
         };
-        shared.change(
+        shared.record(
             &self.doc,
+            Flush::Own,
             &format!("approval {} {}", short(&id), text),
             |tx| {
                 // Expiry is decided here, by this desktop's clock: every device then shows the
