@@ -16,6 +16,8 @@ mod convergence;
 #[cfg(test)]
 mod durability;
 #[cfg(test)]
+mod executor;
+#[cfg(test)]
 mod hostile_member;
 #[cfg(test)]
 mod malformed;

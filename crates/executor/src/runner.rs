@@ -5,7 +5,8 @@
 //!   tasks are claimed, so a task never runs twice. A task that cannot start (its prompt is
 //!   refused, its command does not parse, or it needs a model and none is configured) ends as
 //!   `failed` in one change with no claim: nothing ran, so there is nothing to keep from
-//!   running twice. A task found `running` or `waiting_approval` at start-up was interrupted
+//!   running twice. Such tasks that wait next to each other in a thread end in the same change
+//!   (up to [`unrun::UNRUN_AT_ONCE`]), so a queue of them costs one change, not one per task. A task found `running` or `waiting_approval` at start-up was interrupted
 //!   by a crash or a stop: it ends as `failed` with a reason, because half a shell command
 //!   cannot be safely resumed.
 //! - Tasks of one thread run one at a time, in order; threads run in parallel up to a bound.
@@ -46,6 +47,7 @@ use crate::tools::shell::ProcessLedger;
 mod connector;
 mod results;
 mod task;
+mod unrun;
 
 use results::{blob_refusal, split_result};
 use task::TaskContext;
@@ -500,58 +502,10 @@ impl Shared {
         if task.status != TaskStatus::Queued {
             return;
         }
-        // The sender is the device that signed the task's creation; only a current phone or
-        // desktop may have this computer act.
-        let sender = task.created_by.parse::<DeviceId>().ok();
-        if !sender.is_some_and(|d| self.authority.may_send(&d)) {
-            let reason = format!(
-                "refused: sent by {}, which is not a phone or desktop of this space",
-                short(&task.created_by)
-            );
-            warn!(task = %task.id, "{reason}");
-            self.record(
-                doc,
-                Flush::Next,
-                &format!("task {} refused", short(&task.id)),
-                |tx| {
-                    thread::finish(tx, &task.id, Err(&reason), TaskStatus::Failed, now_millis())?;
-                    conversation::add_answer(tx, &task.id, &reason, TaskStatus::Failed, &[])
-                },
-            );
-            return;
-        }
-        if task.cancel_requested {
-            let reason = "cancelled before it started";
-            self.record(
-                doc,
-                Flush::Next,
-                &format!("task {} cancelled", short(&task.id)),
-                |tx| {
-                    thread::finish(
-                        tx,
-                        &task.id,
-                        Err(reason),
-                        TaskStatus::Cancelled,
-                        now_millis(),
-                    )?;
-                    conversation::add_answer(tx, &task.id, reason, TaskStatus::Cancelled, &[])
-                },
-            );
-            return;
-        }
-        if let Some(reason) = task::cannot_start(self, &task) {
-            warn!(task = %task.id, "{reason}");
-            self.record(
-                doc,
-                Flush::Next,
-                &format!("task {} failed", short(&task.id)),
-                |tx| {
-                    thread::finish(tx, &task.id, Err(&reason), TaskStatus::Failed, now_millis())?;
-                    conversation::add_answer(tx, &task.id, &reason, TaskStatus::Failed, &[])
-                },
-            );
-            self.notifier
-                .notify(doc, &task.id, Event::Failed, Some(&reason));
+        if let Some(end) = self.ends_unrun(&task) {
+            let mut ended = vec![(task, end)];
+            self.gather_unrun(doc, &mut ended);
+            self.settle_unrun(doc, &ended);
             return;
         }
         // The claim: durable before anything runs.

@@ -59,6 +59,24 @@ impl Queue {
         Some(order.id().to_owned())
     }
 
+    /// The first waiting task of a thread, left in the queue.
+    pub(super) fn first(&self, doc: &DocId) -> Option<String> {
+        let order = self.threads.get(doc)?.first()?;
+        Some(order.id().to_owned())
+    }
+
+    /// Takes the first waiting task of a thread if it is `id`; whether it was.
+    pub(super) fn take_first(&mut self, doc: &DocId, id: &str) -> bool {
+        let Some(waiting) = self.threads.get_mut(doc) else {
+            return false;
+        };
+        if waiting.first().is_none_or(|o| o.id() != id) {
+            return false;
+        }
+        waiting.pop_first();
+        true
+    }
+
     /// How many tasks wait, in every thread.
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -111,7 +129,10 @@ mod tests {
         assert!(!q.knows(&doc));
         q.scanned(&doc, "me", &states);
         assert!(q.knows(&doc) && q.len() == 3);
-        assert_eq!(q.next(&doc).as_deref(), Some("0c"));
+        // The first can be looked at and taken only as the first.
+        assert_eq!(q.first(&doc).as_deref(), Some("0c"));
+        assert!(!q.take_first(&doc, "0b"));
+        assert!(q.take_first(&doc, "0c"));
         assert_eq!(q.next(&doc).as_deref(), Some("0b"));
         assert_eq!(q.next(&doc).as_deref(), Some("0d"));
         assert_eq!(q.next(&doc), None);

@@ -300,12 +300,22 @@ pub fn set_status(
     at: i64,
 ) -> Result<(), AutomergeError> {
     let obj = task_obj(tx, task)?;
-    tx.put(&obj, "status", status.as_str())?;
-    if status == TaskStatus::Running && get_i64(tx, &obj, "started").is_none() {
-        tx.put(&obj, "started", at)?;
+    set_status_of(tx, &obj, status, at)
+}
+
+/// [`set_status`] on the task's object, already found (a look-up is three map reads).
+fn set_status_of(
+    tx: &mut impl Transactable,
+    obj: &ObjId,
+    status: TaskStatus,
+    at: i64,
+) -> Result<(), AutomergeError> {
+    tx.put(obj, "status", status.as_str())?;
+    if status == TaskStatus::Running && get_i64(tx, obj, "started").is_none() {
+        tx.put(obj, "started", at)?;
     }
     if status.is_final() {
-        tx.put(&obj, "finished", at)?;
+        tx.put(obj, "finished", at)?;
     }
     Ok(())
 }
@@ -338,7 +348,7 @@ pub fn finish(
         Ok(result) => tx.put(&obj, "result", result)?,
         Err(error) => tx.put(&obj, "error", error)?,
     }
-    set_status(tx, task, status, at)
+    set_status_of(tx, &obj, status, at)
 }
 
 pub fn add_artifact(
