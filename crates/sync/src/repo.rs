@@ -21,22 +21,20 @@
 //! peer with a change this device lost; each session writes as its own actor
 //! ([`crate::ids::session_actor`]), so that change simply comes back at the next sync.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use automerge::transaction::{CommitOptions, Transaction};
-use automerge::{ActorId, Automerge, AutomergeError, ChangeHash, ReadDoc};
+use automerge::{ActorId, Automerge, AutomergeError, ChangeHash};
 use tokio::sync::{broadcast, watch};
 
-use crate::authorship::{self, Authors};
+use crate::authorship::Authors;
 use crate::ids::{DeviceId, SpaceId, session_actor};
 use crate::quota::{Quotas, TooManyDocuments};
 use crate::replication::{Catalog, Digest, HeadsHash};
-use crate::schema::ownership::Checker;
+use crate::schema::DocId;
 use crate::schema::touched::Touched;
-use crate::schema::{DocId, now_millis};
 use crate::store::{ChangeSig, Commit, DocWrite, Store, StoreError};
 pub use docs::RepoDocs;
 
@@ -474,274 +472,6 @@ impl Repo {
         Ok(self.load_entry(&mut docs, id)?.map(|e| f(&e.doc)))
     }
 
-    /// Creates a document with its first change. Fails if it exists.
-    pub fn create<T>(
-        &self,
-        id: &DocId,
-        message: &str,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
-    ) -> Result<T, ChangeError> {
-        let before = self.written.load(Ordering::Acquire);
-        let out = self.create_with(id, message, Commit::Lazy, f)?;
-        self.made_durable(before)?;
-        Ok(out)
-    }
-
-    /// Changes a document in one commit carrying `message` and the current time, and returns
-    /// once that commit is durable. Peers may receive the change before that (module docs).
-    ///
-    /// On an error nothing is stored here; but a peer that already received the change keeps
-    /// it, and it comes back with the next sync.
-    pub fn change<T>(
-        &self,
-        id: &DocId,
-        message: &str,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
-    ) -> Result<T, ChangeError> {
-        let before = self.written.load(Ordering::Acquire);
-        let out = {
-            let _writing = lock(&self.writes);
-            self.change_and_write(id, message, New::Existing, Commit::Lazy, f)?
-        };
-        self.made_durable(before)?;
-        Ok(out)
-    }
-
-    /// Waits until whatever this caller committed since `before` is durable (see the module
-    /// docs): nothing to do if it committed nothing, or if someone's flush covered it.
-    fn made_durable(&self, before: u64) -> Result<(), StoreError> {
-        let written = self.written.load(Ordering::Acquire);
-        if written == before {
-            return Ok(());
-        }
-        self.flush_to(written)
-    }
-
-    /// Makes every commit up to the `upto`th durable, with one flush for everyone waiting.
-    fn flush_to(&self, upto: u64) -> Result<(), StoreError> {
-        if self.flushed.load(Ordering::Acquire) >= upto {
-            return Ok(());
-        }
-        let _flushing = lock(&self.flushing);
-        if self.flushed.load(Ordering::Acquire) >= upto {
-            return Ok(());
-        }
-        // Every commit counted by now has returned, so the flush's own commit comes after it.
-        let target = self.written.load(Ordering::Acquire);
-        self.store.flush()?;
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.flushed.fetch_max(target, Ordering::AcqRel);
-        self.note_durability();
-        Ok(())
-    }
-
-    /// Records a commit just made (the caller holds the write lock).
-    fn committed(&self, commit: Commit) {
-        let seq = self.written.fetch_add(1, Ordering::AcqRel) + 1;
-        if commit == Commit::Durable {
-            self.fsyncs.fetch_add(1, Ordering::Relaxed);
-            self.flushed.fetch_max(seq, Ordering::AcqRel);
-        }
-        self.note_durability();
-    }
-
-    /// Sets whether everything written is durable. The counters are read under the watch's
-    /// lock, so of two updates racing, the later one sees the later counts.
-    fn note_durability(&self) {
-        self.durable.send_if_modified(|d| {
-            let now = self.flushed.load(Ordering::Acquire) >= self.written.load(Ordering::Acquire);
-            std::mem::replace(d, now) != now
-        });
-    }
-
-    /// How many fsyncs this repo has asked for so far (durable commits and flushes).
-    pub fn fsyncs(&self) -> u64 {
-        self.fsyncs.load(Ordering::Relaxed)
-    }
-
-    /// [`Repo::create`], written without a disk flush of its own: the write becomes durable
-    /// with the next durable one (the caller's next [`Repo::change`], say). For changes that
-    /// belong together, such as a new thread, its listing and its first task: they share one
-    /// flush, and a crash before it loses all of them, never a later one without the earlier.
-    pub fn create_lazily<T>(
-        &self,
-        id: &DocId,
-        message: &str,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
-    ) -> Result<T, ChangeError> {
-        self.create_with(id, message, Commit::Lazy, f)
-    }
-
-    fn create_with<T>(
-        &self,
-        id: &DocId,
-        message: &str,
-        commit: Commit,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
-    ) -> Result<T, ChangeError> {
-        let _writing = lock(&self.writes);
-        let out = self.change_and_write(id, message, New::Create, commit, f);
-        if matches!(out, Err(ref e) if !matches!(e, ChangeError::Exists(_))) {
-            self.forget(id);
-        }
-        out
-    }
-
-    /// [`Repo::change`], written without a disk flush of its own (see [`Repo::create_lazily`]).
-    pub fn change_lazily<T>(
-        &self,
-        id: &DocId,
-        message: &str,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
-    ) -> Result<T, ChangeError> {
-        let _writing = lock(&self.writes);
-        self.change_and_write(id, message, New::Existing, Commit::Lazy, f)
-    }
-
-    /// The body of a local change; the caller holds the write lock.
-    fn change_and_write<T>(
-        &self,
-        id: &DocId,
-        message: &str,
-        new: New,
-        commit: Commit,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
-    ) -> Result<T, ChangeError> {
-        let (out, changed) = {
-            let mut docs = self.lock();
-            if new == New::Create {
-                if self.load_entry(&mut docs, id)?.is_some() {
-                    return Err(ChangeError::Exists(id.clone()));
-                }
-                self.quotas.check_new_document(self.held())?;
-                // Made and changed under one hold of the lock: an empty entry has nothing
-                // unstored, so anyone making room while the lock was let go could drop it.
-                insert(&mut docs, id, Entry::empty(self.actor()));
-            }
-            let entry = self
-                .load_entry(&mut docs, id)?
-                .ok_or_else(|| ChangeError::NoSuchDoc(id.clone()))?;
-            let space = self.space().ok_or(ChangeError::NoSpace)?;
-            let options = CommitOptions::default()
-                .with_message(message)
-                .with_time(now_millis());
-            let stored = entry.doc.get_heads() == entry.saved_heads;
-            let done = entry
-                .doc
-                .transact_with(|_| options, f)
-                .map_err(|failure| failure.error)?;
-            let mut touched = None;
-            let mut made = None;
-            if let Some(hash) = done.hash {
-                let sig = authorship::sign(&self.key, &space, id, &hash);
-                entry.unsaved_sigs.push((hash.0, sig));
-                if let Some(change) = entry.doc.get_change_by_hash(&hash) {
-                    touched = Some(
-                        Checker::new(&entry.doc, id, &mut entry.paths).touched(&change.decode()),
-                    );
-                    made = Some(change).filter(|_| stored);
-                }
-            }
-            let out = done.result;
-            // With everything before it stored (as it is under the write lock), this change
-            // is all the next chunk holds.
-            let heads = entry.doc.get_heads();
-            let changed = heads != entry.saved_heads;
-            if changed {
-                self.note_change(id, &heads, touched.as_ref());
-            }
-            (out, changed.then_some((touched, made)))
-        };
-        let Some((touched, made)) = changed else {
-            return Ok(out);
-        };
-        // Not known (automerge did not give the change back): anything, to be safe, and the
-        // tasks it wrote are listed by reading every thread again.
-        if touched.is_none()
-            && let Err(e) = self.store.forget_task_index()
-        {
-            tracing::warn!("cannot mark the listing of tasks as incomplete: {e}");
-        }
-        let touched = Arc::new(touched.unwrap_or(Touched {
-            other: true,
-            ..Touched::default()
-        }));
-        // Announce first: the replicator pushes the change while it is encoded and written.
-        let _ = self.changes.send(DocChanged {
-            doc: id.clone(),
-            local: true,
-            touched: touched.clone(),
-        });
-        // Only writers remove documents from memory, and we are the writer.
-        let Some(pending) = self
-            .lock()
-            .get_mut(id)
-            .and_then(|entry| pending_write(entry, made.as_slice()))
-        else {
-            return Ok(out);
-        };
-        if let Err(e) = self.write(id, pending, commit, &touched.tasks) {
-            // The change is only in memory now, and may already be with a peer. Forget it here
-            // (the document reloads from the store) and write from now on as a new actor, so
-            // its actor and sequence number are never used for a different change.
-            self.forget(id);
-            *lock(&self.actor) = session_actor(&self.device);
-            return Err(e.into());
-        }
-        Ok(out)
-    }
-
-    /// Writes a pending write of `id` and records it as stored; `tasks` are those its changes
-    /// wrote. The caller holds the write lock; the document lock is not held, so readers (and
-    /// the replicator) go on meanwhile.
-    fn write(
-        &self,
-        id: &DocId,
-        pending: PendingWrite,
-        commit: Commit,
-        tasks: &BTreeSet<String>,
-    ) -> Result<(), StoreError> {
-        let heads = encode_heads(&pending.heads);
-        let tasks: Vec<&str> = tasks.iter().map(String::as_str).collect();
-        let write = DocWrite {
-            doc: id.as_str(),
-            bytes: &pending.bytes,
-            replaces: pending.snapshot,
-            heads: &heads,
-            sigs: &pending.sigs,
-            tasks: &tasks,
-        };
-        self.store.write_docs(&[write], commit)?;
-        self.committed(commit);
-        if let Some(entry) = self.lock().get_mut(id) {
-            // Only the writer (us) adds signatures, so the first ones are those just written.
-            let written = pending.sigs.len().min(entry.unsaved_sigs.len());
-            entry.unsaved_sigs.drain(..written);
-            entry.saved_heads = pending.heads;
-            entry.chunks = if pending.snapshot {
-                1
-            } else {
-                entry.chunks + 1
-            };
-        }
-        Ok(())
-    }
-
-    /// Makes every lazy write durable; nothing to do if none is pending. The replicator
-    /// writes what peers send lazily when several messages are at hand
-    /// ([`RepoDocs::write`]), and flushes before it tells a peer anything, so those messages
-    /// share one fsync and a peer never hears that we hold what a crash could still take away
-    /// (it would send it again).
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.flush_to(self.written.load(Ordering::Acquire))
-    }
-
-    /// Whether everything written is durable, as it changes (for measurements that must wait
-    /// for durability, not just for a change to be readable).
-    pub fn durability(&self) -> watch::Receiver<bool> {
-        self.durable.subscribe()
-    }
-
     /// Current heads of a document (empty when it does not exist here). A document out of
     /// memory is not loaded for this: everything of it is stored (it could not have been
     /// dropped otherwise), and the store keeps its heads with every write. Asking after many
@@ -907,6 +637,8 @@ fn pending_write(entry: &mut Entry, new: &[automerge::Change]) -> Option<Pending
 }
 
 mod docs;
+mod durability;
+mod local;
 mod prepare;
 mod receive;
 mod signed;

@@ -3,7 +3,7 @@
 use automerge::sync::{self, SyncDoc};
 
 use super::*;
-use crate::authorship::Envelope;
+use crate::authorship::{self, Envelope};
 use crate::schema::thread;
 
 /// A sync message on which automerge 0.12 panics inside `receive_sync_message`.
