@@ -2,7 +2,8 @@
 
 use errand_sync::schema::thread::TaskStatus;
 
-use crate::approvals::start_executor_with;
+use crate::approvals::{start_executor_with, start_executor_with_policy};
+use crate::ntfy::Ntfy;
 use crate::support::{desktop, until};
 
 /// Tasks a desktop cannot start (here: they need a model, and none is configured) that wait in
@@ -124,4 +125,61 @@ async fn one_change_ends_at_most_sixty_four_tasks() {
         .map(|line| line.entry.message.split(" (").next().unwrap().to_owned())
         .collect();
     assert_eq!(counts, ["64 tasks failed", "6 tasks failed"]);
+}
+
+/// Tasks that fail together are told of together: one message names them (a phone is not
+/// woken once per task, and a push service's rate limit is not spent on a burst), and each
+/// task records that it was notified.
+#[tokio::test]
+async fn tasks_that_fail_together_make_one_notification() {
+    let desk = desktop("desk").await;
+    let ntfy = Ntfy::start(false);
+    desk.node
+        .notify_add(&ntfy.url("desk"), &["failed".to_owned()], true)
+        .unwrap();
+    let first = desk.node.send("plan my week", None, None).unwrap();
+    let thread = first.thread.clone();
+    let mut tasks = vec![first.task.clone()];
+    for text in ["book a table", "sort the photos"] {
+        tasks.push(
+            desk.node
+                .send(text, Some(thread.as_str()), None)
+                .unwrap()
+                .task,
+        );
+    }
+
+    let policy = "allow_private_network = true\n";
+    let _executor = start_executor_with_policy(&desk, policy);
+    until(
+        "every task recorded its notification",
+        &[&desk.node],
+        || {
+            let recorded = tasks
+                .iter()
+                .all(|t| !desk.node.task(t).unwrap().notifications.is_empty());
+            async move { recorded }
+        },
+    )
+    .await;
+
+    let published: Vec<String> = ntfy.received().into_iter().map(|p| p.message).collect();
+    let short = |id: &str| id[..8].to_owned();
+    assert_eq!(
+        published,
+        [format!(
+            "3 tasks failed ({}, {}, {}): this task needs an AI model and none is configured: direct commands only",
+            short(&tasks[0]),
+            short(&tasks[1]),
+            short(&tasks[2])
+        )]
+    );
+    for task in &tasks {
+        let notices = desk.node.task(task).unwrap().notifications;
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(
+            notices[0].delivered && notices[0].event == "failed",
+            "{notices:?}"
+        );
+    }
 }

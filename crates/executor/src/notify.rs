@@ -28,6 +28,8 @@ pub const RETRY_AFTER: [Duration; 2] = [Duration::from_secs(1), Duration::from_s
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of a task's text a `--content` message carries.
 const MAX_CONTENT: usize = 200;
+/// The most task ids a message about several tasks names.
+const MAX_NAMED: usize = 4;
 
 /// What happened to a task that someone may want to hear about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,12 +64,41 @@ impl Event {
             Event::Missed => "catches up on missed scheduled runs",
         }
     }
+
+    /// [`Event::says`] of several tasks.
+    fn say(self) -> &'static str {
+        match self {
+            Event::Done => "are done",
+            Event::Failed => "failed",
+            Event::Approval => "wait for your approval",
+            Event::Question => "have questions for you",
+            Event::Missed => "catch up on missed scheduled runs",
+        }
+    }
 }
 
 /// The message for one event, as POSTed.
 pub fn message(event: Event, task: &str, content: Option<&str>) -> String {
-    let short = task.get(..8).unwrap_or(task);
-    let mut text = format!("task {short} {}", event.says());
+    message_of(event, &[task], content)
+}
+
+/// The message for an event that several tasks reached together: "3 tasks failed (1a2b3c4d,
+/// 5e6f7a8b, 9c0d1e2f)", naming the first few.
+fn message_of(event: Event, tasks: &[&str], content: Option<&str>) -> String {
+    let short = |t: &&str| t.get(..8).unwrap_or(t).to_owned();
+    let mut text = match tasks {
+        [task] => format!("task {} {}", short(task), event.says()),
+        _ => {
+            let shown: Vec<String> = tasks.iter().take(MAX_NAMED).map(short).collect();
+            let more = if tasks.len() > MAX_NAMED { ", …" } else { "" };
+            format!(
+                "{} tasks {} ({}{more})",
+                tasks.len(),
+                event.say(),
+                shown.join(", ")
+            )
+        }
+    };
     if let Some(content) = content.filter(|c| !c.trim().is_empty()) {
         let cut: String = content.trim().chars().take(MAX_CONTENT).collect();
         text.push_str(": ");
@@ -169,10 +200,24 @@ impl Notifier {
     /// Tells every endpoint registered for `event` by a current member, in the background.
     /// `content` is what a `--content` endpoint may see (the prompt, a result, a question).
     pub fn notify(&self, doc: &DocId, task: &str, event: Event, content: Option<&str>) {
+        self.notify_tasks(doc, &[task.to_owned()], event, content);
+    }
+
+    /// [`Notifier::notify`] for tasks of one thread that reached `event` together (a queue of
+    /// tasks that could not start): one message names them all and one change records its
+    /// delivery on each, so that a burst does not wake a phone once per task, nor run into
+    /// the push service's rate limit (an ntfy server by default takes 60 requests from a
+    /// client at once, then one every 5 seconds). `content`, when given, must hold for all of them.
+    pub fn notify_tasks(&self, doc: &DocId, tasks: &[String], event: Event, content: Option<&str>) {
+        if tasks.is_empty() {
+            return;
+        }
+        let ids: Vec<&str> = tasks.iter().map(String::as_str).collect();
         for entry in self.endpoints(event) {
-            let text = message(event, task, content.filter(|_| entry.content));
+            let text = message_of(event, &ids, content.filter(|_| entry.content));
             let this = self.clone();
-            let (doc, task) = (doc.clone(), task.to_owned());
+            let (doc, tasks) = (doc.clone(), tasks.to_vec());
+            let task = tasks.join(",");
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             while pending.try_join_next().is_some() {}
             pending.spawn(async move {
@@ -195,7 +240,10 @@ impl Notifier {
                 if let Err(e) =
                     this.repo
                         .change(&doc, &format!("notification {}", event.as_str()), |tx| {
-                            thread::add_notice(tx, &task, &notice)
+                            for task in &tasks {
+                                thread::add_notice(tx, task, &notice)?;
+                            }
+                            Ok(())
                         })
                 {
                     warn!(%task, "cannot record a notification: {e}");
@@ -206,8 +254,9 @@ impl Notifier {
 }
 
 /// POSTs `text` to `url` as ntfy's publish API takes it (the message as the body, `Title` and
-/// `Tags` headers), retrying after [`RETRY_AFTER`]; returns whether it was taken and how it
-/// went (`HTTP 200`, or why not). Private addresses only with `allow_private`.
+/// `Tags` headers; `X-Errand-Task` carries `task`, the task's id or several, comma-separated),
+/// retrying after [`RETRY_AFTER`]; returns whether it was taken and how it went (`HTTP 200`,
+/// or why not). Private addresses only with `allow_private`.
 pub async fn post(
     url: &str,
     allow_private: bool,
@@ -291,6 +340,21 @@ mod tests {
         assert_eq!(
             message(Event::Approval, "0123456789abcdef", Some("rm -rf ~/tmp")),
             "task 01234567 waits for your approval: rm -rf ~/tmp"
+        );
+        let five = [
+            "0123456789",
+            "1123456789",
+            "2123456789",
+            "3123456789",
+            "4123456789",
+        ];
+        assert_eq!(
+            message_of(Event::Failed, &five[..2], Some("no model")),
+            "2 tasks failed (01234567, 11234567): no model"
+        );
+        assert_eq!(
+            message_of(Event::Done, &five, None),
+            "5 tasks are done (01234567, 11234567, 21234567, 31234567, …)"
         );
         let long = "x".repeat(1000);
         assert_eq!(

@@ -122,11 +122,21 @@ impl Shared {
             }
             Ok(())
         });
-        // A refusal is not news to the user, and a cancel was theirs.
-        for (task, end) in ended.iter().filter(|(_, e)| e.why == Why::CannotStart) {
-            self.notifier
-                .notify(doc, &task.id, Event::Failed, Some(&end.reason));
-        }
+        // A refusal is not news to the user, and a cancel was theirs. Those that failed are
+        // told of in one message, with their reason when they share it.
+        let failed: Vec<&(Task, Unrun)> = ended
+            .iter()
+            .filter(|(_, e)| e.why == Why::CannotStart)
+            .collect();
+        let Some((_, first)) = failed.first() else {
+            return;
+        };
+        let shared = failed
+            .iter()
+            .all(|(_, e)| e.reason == first.reason)
+            .then_some(first.reason.as_str());
+        let ids: Vec<String> = failed.iter().map(|(t, _)| t.id.clone()).collect();
+        self.notifier.notify_tasks(doc, &ids, Event::Failed, shared);
     }
 }
 
