@@ -1,5 +1,6 @@
 //! How the executor works through what waits for it.
 
+use errand_node::Node;
 use errand_sync::schema::thread::TaskStatus;
 
 use crate::approvals::{start_executor_with, start_executor_with_policy};
@@ -34,16 +35,7 @@ async fn tasks_that_cannot_start_end_together_in_the_threads_order() {
     let sent = desk.node.history(Some(&thread), None).unwrap().len();
 
     let _executor = start_executor_with(&desk, "allow");
-    until("every task ended", &[&desk.node], || {
-        let ended = desk
-            .node
-            .tasks(Some(&thread))
-            .unwrap()
-            .iter()
-            .all(|t| t.status.is_final());
-        async move { ended }
-    })
-    .await;
+    all_ended(&desk.node, &thread).await;
 
     let short = |id: &str| id[..8].to_owned();
     let executor_commits: Vec<String> = desk.node.history(Some(&thread), None).unwrap()[sent..]
@@ -109,22 +101,15 @@ async fn one_change_ends_at_most_sixty_four_tasks() {
     let sent = desk.node.history(Some(&thread), None).unwrap().len();
 
     let _executor = start_executor_with(&desk, "allow");
-    until("every task ended", &[&desk.node], || {
-        let ended = desk
-            .node
-            .tasks(Some(&thread))
-            .unwrap()
-            .iter()
-            .all(|t| t.status == TaskStatus::Failed);
-        async move { ended }
-    })
-    .await;
+    all_ended(&desk.node, &thread).await;
 
     let counts: Vec<String> = desk.node.history(Some(&thread), None).unwrap()[sent..]
         .iter()
         .map(|line| line.entry.message.split(" (").next().unwrap().to_owned())
         .collect();
     assert_eq!(counts, ["64 tasks failed", "6 tasks failed"]);
+    let tasks = desk.node.tasks(Some(&thread)).unwrap();
+    assert!(tasks.iter().all(|t| t.status == TaskStatus::Failed));
 }
 
 /// Tasks that fail together are told of together: one message names them (a phone is not
@@ -182,4 +167,17 @@ async fn tasks_that_fail_together_make_one_notification() {
             "{notices:?}"
         );
     }
+}
+
+/// Waits until every task of `thread` has ended.
+async fn all_ended(node: &Node, thread: &str) {
+    until("every task ended", &[node], || {
+        let ended = node
+            .tasks(Some(thread))
+            .unwrap()
+            .iter()
+            .all(|t| t.status.is_final());
+        async move { ended }
+    })
+    .await;
 }
