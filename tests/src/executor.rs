@@ -1,11 +1,12 @@
 //! How the executor works through what waits for it.
 
 use errand_node::Node;
+use errand_sync::Role;
 use errand_sync::schema::thread::TaskStatus;
 
 use crate::approvals::{start_executor_with, start_executor_with_policy};
 use crate::ntfy::Ntfy;
-use crate::support::{desktop, until};
+use crate::support::{desktop, node, pair, until};
 
 /// Tasks a desktop cannot start (here: they need a model, and none is configured) that wait in
 /// a row end in one change: a desktop that comes back to a queue of them answers them all at
@@ -110,6 +111,51 @@ async fn one_change_ends_at_most_sixty_four_tasks() {
     assert_eq!(counts, ["64 tasks failed", "6 tasks failed"]);
     let tasks = desk.node.tasks(Some(&thread)).unwrap();
     assert!(tasks.iter().all(|t| t.status == TaskStatus::Failed));
+}
+
+/// A command that does not parse is quoted back in its reason, which is written twice (the
+/// task's error and its answer): tasks whose reasons are long end in changes kept far below
+/// what a peer takes of one change, so the phone that sent them still takes every answer.
+#[tokio::test]
+async fn long_reasons_spread_over_changes_the_phone_takes() {
+    let desk = desktop("desk").await;
+    let phone = node().await;
+    pair(&desk, &phone, "phone", Role::Phone).await;
+    // Each reason quotes about 95 KB; twelve would be one change of some 2.3 MB.
+    let long = format!("/fetch {}", "x".repeat(95_000));
+    let first = phone.node.send(&long, None, None).unwrap();
+    let thread = first.thread.clone();
+    let mut tasks = vec![first.task];
+    for _ in 1..12 {
+        tasks.push(phone.node.send(&long, Some(&thread), None).unwrap().task);
+    }
+    until(
+        "the desktop holds every task",
+        &[&desk.node, &phone.node],
+        || {
+            let held = desk.node.tasks(Some(&thread)).is_ok_and(|t| t.len() == 12);
+            async move { held }
+        },
+    )
+    .await;
+    let sent = desk.node.history(Some(&thread), None).unwrap().len();
+
+    let _executor = start_executor_with(&desk, "allow");
+    all_ended(&phone.node, &thread).await;
+
+    let counts: Vec<String> = desk.node.history(Some(&thread), None).unwrap()[sent..]
+        .iter()
+        .map(|line| line.entry.message.split(" (").next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        counts,
+        ["5 tasks failed", "5 tasks failed", "2 tasks failed"]
+    );
+    for task in &tasks {
+        let seen = phone.node.task(task).unwrap();
+        assert_eq!(seen.status, TaskStatus::Failed);
+        assert!(seen.error.unwrap().contains("/fetch needs an http"));
+    }
 }
 
 /// Tasks that fail together are told of together: one message names them (a phone is not

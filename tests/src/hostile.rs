@@ -11,6 +11,7 @@ use automerge::{ObjType, ROOT, ReadDoc};
 use errand_pairing::membership::{Certificate, Revocation};
 use errand_pairing::trust;
 use errand_sync::authorship::{Envelope, FixedAuthors};
+use errand_sync::limits::Limits;
 use errand_sync::replication::{Digest, Msg, msg::PROTOCOL_VERSION};
 use errand_sync::schema::{index, thread};
 use errand_sync::{DeviceId, DocId, Repo, Role, SYNC_ALPN, SpaceId, Store, wire};
@@ -154,8 +155,16 @@ pub fn own_repo(home: &Path) -> Repo {
     let key = errand_pairing::identity::load_or_create(&home.join("device.key"))
         .expect("read the home's key");
     let store = Arc::new(Store::open(&home.join("errand.redb")).expect("open the home's store"));
-    Repo::new(store, key, Arc::new(FixedAuthors::anyone(Role::Desktop)))
+    Repo::new(store, key, Arc::new(FixedAuthors::anyone(Role::Desktop))).with_own_limits(NO_LIMITS)
 }
+
+/// Bounds a hostile member's own repo holds its changes to: none that peers apply to one
+/// change, so that it can make the changes they must refuse.
+pub const NO_LIMITS: Limits = Limits {
+    max_change_bytes: u64::MAX,
+    max_ops_per_change: u64::MAX,
+    ..Limits::DEFAULT
+};
 
 /// Raw automerge sync message bytes as the payload of an `errand/sync/4` `Sync` message, with
 /// no change signatures: what a peer crafting automerge input sends.

@@ -31,6 +31,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::authorship::Authors;
 use crate::ids::{DeviceId, SpaceId, session_actor};
+use crate::limits::Limits;
 use crate::quota::{Quotas, TooManyDocuments};
 use crate::replication::{Catalog, Digest, HeadsHash};
 use crate::schema::DocId;
@@ -91,6 +92,10 @@ pub enum ChangeError {
     NoSpace,
     #[error(transparent)]
     Quota(#[from] TooManyDocuments),
+    /// The change is beyond what any peer takes of one change ([`crate::limits::Limits`]):
+    /// it is not kept.
+    #[error("the change is too large to sync ({0}); nothing was changed")]
+    TooLarge(crate::limits::Refusal),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +230,10 @@ pub struct Repo {
     changes: broadcast::Sender<DocChanged>,
     /// What this device lets anyone, itself included, make it hold.
     quotas: Quotas,
+    /// The bounds a change made here must keep: those every peer holds it to
+    /// ([`Limits::DEFAULT`]), or it would be refused, and this device dropped, by all of them.
+    /// A test's hostile member lifts them ([`Repo::with_own_limits`]).
+    own_limits: Limits,
     /// Merges worked out ahead of their turn ([`Repo::prepare`]).
     prepared: Mutex<HashMap<DocId, prepare::Prepared>>,
     /// See [`Repo::index_epoch`].
@@ -269,6 +278,7 @@ impl Repo {
             durable: watch::Sender::new(true),
             changes,
             quotas: Quotas::DEFAULT,
+            own_limits: Limits::DEFAULT,
             prepared: Mutex::new(HashMap::new()),
             index_epoch: AtomicU64::new(0),
         };
@@ -311,6 +321,13 @@ impl Repo {
     /// This repo with other quotas than [`Quotas::DEFAULT`] (tests set small ones).
     pub fn with_quotas(mut self, quotas: Quotas) -> Repo {
         self.quotas = quotas;
+        self
+    }
+
+    /// This repo making changes within `limits` rather than [`Limits::DEFAULT`], which its
+    /// peers hold it to: for tests, whose hostile member makes changes no peer takes.
+    pub fn with_own_limits(mut self, limits: Limits) -> Repo {
+        self.own_limits = limits;
         self
     }
 

@@ -19,6 +19,12 @@ use crate::notify::Event;
 /// The most such tasks one change ends: a bound on what one change of the executor's holds
 /// (each adds about ten operations and its reason, twice).
 pub(super) const UNRUN_AT_ONCE: usize = 64;
+/// The most bytes of reasons one such change holds (its first task is taken whatever its
+/// reason's length, at most a prompt's, `MAX_PROMPT_BYTES`). Each reason is
+/// written twice (the task's error and its answer), and one can be as long as a prompt (a
+/// command that does not parse is quoted back): this keeps the change far below what peers
+/// take of one change (`Limits::max_change_bytes`, 4 MiB), whatever the tasks say.
+pub(super) const UNRUN_REASON_BYTES: usize = 512 * 1024;
 
 /// Why a task ends without running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,9 +90,10 @@ impl Shared {
     }
 
     /// Adds to `ended` the tasks that wait next in the thread's order and also end before
-    /// running, up to [`UNRUN_AT_ONCE`]; stops at the first that is to run (it runs next, in
-    /// its turn).
+    /// running, up to [`UNRUN_AT_ONCE`] and [`UNRUN_REASON_BYTES`]; stops at the first that is
+    /// to run (it runs next, in its turn).
     pub(super) fn gather_unrun(&self, doc: &DocId, ended: &mut Vec<(Task, Unrun)>) {
+        let mut reasons: usize = ended.iter().map(|(_, e)| e.reason.len()).sum();
         while ended.len() < UNRUN_AT_ONCE {
             let Some(id) = lock(&self.queue).first(doc) else {
                 return;
@@ -100,6 +107,10 @@ impl Shared {
             let Some(end) = self.ends_unrun(&task) else {
                 return;
             };
+            reasons += end.reason.len();
+            if reasons > UNRUN_REASON_BYTES {
+                return;
+            }
             // Still first: a change read meanwhile may have taken it out of the queue.
             if !lock(&self.queue).take_first(doc, &id) {
                 return;

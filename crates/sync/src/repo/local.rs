@@ -127,6 +127,20 @@ impl Repo {
             let mut touched = None;
             let mut made = None;
             if let Some(hash) = done.hash {
+                let refused = entry.doc.get_change_by_hash(&hash).and_then(|c| {
+                    self.own_limits
+                        .check_change(c.raw_bytes().len() as u64, c.len() as u64)
+                        .err()
+                });
+                if let Some(refusal) = refused {
+                    // Every peer would refuse it (and drop this device for sending it): it
+                    // never leaves here. Nobody has seen it, since the document lock is still
+                    // held, and everything before it is stored: the document reloads from the
+                    // store, and its actor and sequence number are never used again.
+                    docs.remove(id);
+                    *lock(&self.actor) = session_actor(&self.device);
+                    return Err(ChangeError::TooLarge(refusal));
+                }
                 let sig = authorship::sign(&self.key, &space, id, &hash);
                 entry.unsaved_sigs.push((hash.0, sig));
                 if let Some(change) = entry.doc.get_change_by_hash(&hash) {

@@ -215,6 +215,54 @@ fn create_thread(repo: &Repo, doc: &DocId) {
     .unwrap();
 }
 
+/// A change this device makes beyond what its peers take of one change is refused here,
+/// before anyone sees it (they would refuse it and drop this device for sending it): the
+/// document stays as it was, in memory and stored, nothing is announced, and the next change
+/// is made under a new actor, since the refused one used up a sequence number.
+#[test]
+fn an_own_change_beyond_what_peers_take_is_refused_and_leaves_nothing() {
+    let (_dir, repo) = repo();
+    let doc = DocId::new_thread();
+    create_thread(&repo, &doc);
+    put(&repo, &doc, "before");
+    let heads = repo.heads(&doc).unwrap();
+    let stored = repo.store().heads_of(doc.as_str()).unwrap();
+    let actor = repo.actor();
+    let mut changes = repo.subscribe();
+
+    let big = "a".repeat(Limits::DEFAULT.max_change_bytes as usize + 1);
+    let err = repo
+        .change(&doc, "too big", |tx| {
+            automerge::transaction::Transactable::put(tx, automerge::ROOT, "big", big.as_str())
+        })
+        .unwrap_err();
+    assert!(matches!(err, ChangeError::TooLarge(_)), "{err}");
+    assert!(err.to_string().contains("bytes in one change"), "{err}");
+    assert_eq!(repo.heads(&doc).unwrap(), heads);
+    assert_eq!(repo.store().heads_of(doc.as_str()).unwrap(), stored);
+    assert!(
+        changes.try_recv().is_err(),
+        "the refused change was announced"
+    );
+    let has_big = repo
+        .read(&doc, |d| {
+            automerge::ReadDoc::get(d, automerge::ROOT, "big")
+                .unwrap()
+                .is_some()
+        })
+        .unwrap();
+    assert_eq!(has_big, Some(false));
+    assert_ne!(repo.actor(), actor);
+
+    put(&repo, &doc, "after");
+    let tasks = repo
+        .read(&doc, |d| thread::tasks(d, doc.as_str()))
+        .unwrap()
+        .unwrap();
+    let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["before", "after"]);
+}
+
 /// A peer may receive a local change before it is durable here. If this device then
 /// crashes and comes back without it, its next change must not clash with the one the peer
 /// holds (same actor and sequence number), or the document would stop syncing for good.
@@ -379,6 +427,12 @@ fn forged_misplaced_and_unsigned_changes_are_refused() {
 #[test]
 fn a_change_over_the_limit_is_refused_alone_and_inside_a_whole_document() {
     let (_h_dir, hostile) = repo();
+    // The hostile member's own code does not keep its changes within the bounds.
+    let hostile = hostile.with_own_limits(crate::limits::Limits {
+        max_change_bytes: u64::MAX,
+        max_ops_per_change: u64::MAX,
+        ..crate::limits::Limits::DEFAULT
+    });
     let doc = DocId::new_thread();
     create_thread(&hostile, &doc);
     for key in ["one", "two", "three"] {
