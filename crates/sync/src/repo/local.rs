@@ -127,7 +127,8 @@ impl Repo {
             let mut touched = None;
             let mut made = None;
             if let Some(hash) = done.hash {
-                let refused = entry.doc.get_change_by_hash(&hash).and_then(|c| {
+                let change = entry.doc.get_change_by_hash(&hash);
+                let refused = change.as_ref().and_then(|c| {
                     self.own_limits
                         .check_change(c.raw_bytes().len() as u64, c.len() as u64)
                         .err()
@@ -143,7 +144,7 @@ impl Repo {
                 }
                 let sig = authorship::sign(&self.key, &space, id, &hash);
                 entry.unsaved_sigs.push((hash.0, sig));
-                if let Some(change) = entry.doc.get_change_by_hash(&hash) {
+                if let Some(change) = change {
                     touched = Some(
                         Checker::new(&entry.doc, id, &mut entry.paths).touched(&change.decode()),
                     );
