@@ -88,39 +88,60 @@ impl RawMember {
 
     /// Connects to device `peer` at one of `addrs` (socket addresses as `errand devices`
     /// lists them), says hello as an honest peer starts, writes `frames` (until the peer stops
-    /// taking them), and returns the application code the peer closed the connection with,
-    /// or `None` if it did not close it within `wait`. The receiving half stays open
-    /// meanwhile, so the peer can answer while it still talks to us.
+    /// taking them), and returns the application code the peer closed the connection with.
+    /// The receiving half stays open meanwhile, so the peer can answer while it still talks
+    /// to us. Everything, connecting included, happens within `wait`; a connection that
+    /// cannot be made is tried again, [`CONNECT_TRIES`] times in all (a loaded machine can
+    /// fail a handshake), and an error says what happened instead of a close.
     pub async fn send(
         &self,
         peer: &str,
         addrs: &[String],
         frames: &[Vec<u8>],
         wait: Duration,
-    ) -> Option<u64> {
+    ) -> Result<u64, String> {
         let id: EndpointId = peer.parse().expect("a device id");
         let mut addr = EndpointAddr::new(id);
         for a in addrs {
             addr = addr.with_ip_addr(a.parse().expect("a socket address"));
         }
-        let conn = self.endpoint.connect(addr, SYNC_ALPN).await.ok()?;
-        let (mut send, _recv) = conn.open_bi().await.ok()?;
-        let hello = Msg::Hello {
-            version: PROTOCOL_VERSION,
-            digest: Digest::default(),
-            docs: 0,
-        };
-        if wire::write_frame(&mut send, &frame(&hello)).await.is_ok() {
-            for f in frames {
-                if wire::write_frame(&mut send, f).await.is_err() {
-                    break;
+        let attempt = async {
+            let mut failures = Vec::new();
+            let mut opened = None;
+            while opened.is_none() && failures.len() < CONNECT_TRIES {
+                match self.endpoint.connect(addr.clone(), SYNC_ALPN).await {
+                    Ok(conn) => match conn.open_bi().await {
+                        Ok(streams) => opened = Some((conn, streams)),
+                        Err(e) => failures.push(format!("opening a stream: {e}")),
+                    },
+                    Err(e) => failures.push(format!("connecting: {e}")),
                 }
             }
-        }
-        match tokio::time::timeout(wait, conn.closed()).await {
-            Ok(ConnectionError::ApplicationClosed(close)) => Some(close.error_code.into_inner()),
-            _ => None,
-        }
+            // The receiving half stays open until the end: dropped, it would stop the peer's
+            // sending, and the peer would end the session for that instead.
+            let Some((conn, (mut send, _recv))) = opened else {
+                return Err(format!("no connection: {failures:?}"));
+            };
+            let hello = Msg::Hello {
+                version: PROTOCOL_VERSION,
+                digest: Digest::default(),
+                docs: 0,
+            };
+            if wire::write_frame(&mut send, &frame(&hello)).await.is_ok() {
+                for f in frames {
+                    if wire::write_frame(&mut send, f).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            match conn.closed().await {
+                ConnectionError::ApplicationClosed(close) => Ok(close.error_code.into_inner()),
+                other => Err(format!("closed with {other} (after {failures:?})")),
+            }
+        };
+        tokio::time::timeout(wait, attempt)
+            .await
+            .unwrap_or_else(|_| Err(format!("no close within {wait:?}")))
     }
 
     /// Closes the endpoint.
@@ -165,6 +186,9 @@ pub const NO_LIMITS: Limits = Limits {
     max_ops_per_change: u64::MAX,
     ..Limits::DEFAULT
 };
+
+/// Connections [`RawMember::send`] tries before it gives up.
+const CONNECT_TRIES: usize = 3;
 
 /// Raw automerge sync message bytes as the payload of an `errand/sync/4` `Sync` message, with
 /// no change signatures: what a peer crafting automerge input sends.

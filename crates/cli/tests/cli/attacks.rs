@@ -107,7 +107,7 @@ fn a_hostile_member_neither_crashes_freezes_nor_bloats_a_live_desktop() {
             runtime.block_on(raw.send(&p.desk_id, &desk_addrs, &frames, Duration::from_secs(20)));
         assert_eq!(
             closed,
-            Some(CLOSE_PROTOCOL as u64),
+            Ok(CLOSE_PROTOCOL as u64),
             "{what}: the desktop drops it"
         );
         let line = daemon.expect_line(&format!("the drop after {what}"), |l| {
