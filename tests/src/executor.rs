@@ -196,15 +196,9 @@ async fn tasks_that_fail_together_make_one_notification() {
 
     let published: Vec<String> = ntfy.received().into_iter().map(|p| p.message).collect();
     let short = |id: &str| id[..8].to_owned();
-    assert_eq!(
-        published,
-        [format!(
-            "3 tasks failed ({}, {}, {}): this task needs an AI model and none is configured: direct commands only",
-            short(&tasks[0]),
-            short(&tasks[1]),
-            short(&tasks[2])
-        )]
-    );
+    let reason = "this task needs an AI model and none is configured: direct commands only";
+    let names = [short(&tasks[0]), short(&tasks[1]), short(&tasks[2])].join(", ");
+    assert_eq!(published, [format!("3 tasks failed ({names}): {reason}")]);
     for task in &tasks {
         let notices = desk.node.task(task).unwrap().notifications;
         assert_eq!(notices.len(), 1, "{notices:?}");

@@ -207,7 +207,8 @@ impl Notifier {
     /// tasks that could not start): one message names them all and one change records its
     /// delivery on each, so that a burst does not wake a phone once per task, nor run into
     /// the push service's rate limit (an ntfy server by default takes 60 requests from a
-    /// client at once, then one every 5 seconds). `content`, when given, must hold for all of them.
+    /// client at once, then one every 5 seconds). `content`, when given, must hold for all
+    /// of them.
     pub fn notify_tasks(&self, doc: &DocId, tasks: &[String], event: Event, content: Option<&str>) {
         if tasks.is_empty() {
             return;

@@ -6,9 +6,10 @@
 //!   refused, its command does not parse, or it needs a model and none is configured) ends as
 //!   `failed` in one change with no claim: nothing ran, so there is nothing to keep from
 //!   running twice. Such tasks that wait next to each other in a thread end in the same change
-//!   (up to [`unrun::UNRUN_AT_ONCE`]), so a queue of them costs one change, not one per task. A task found `running` or `waiting_approval` at start-up was interrupted
-//!   by a crash or a stop: it ends as `failed` with a reason, because half a shell command
-//!   cannot be safely resumed.
+//!   (up to [`unrun::UNRUN_AT_ONCE`]), so a queue of them costs one change, not one per task.
+//!   A task found `running` or `waiting_approval` at start-up was interrupted by a crash or a
+//!   stop: it ends as `failed` with a reason, because half a shell command cannot be safely
+//!   resumed.
 //! - Tasks of one thread run one at a time, in order; threads run in parallel up to a bound.
 //! - A graceful stop starts nothing new and gives running tasks [`STOP_GRACE`] to finish;
 //!   those still running then are interrupted and recorded as failed, with a reason that says

@@ -11,7 +11,7 @@ use errand_sync::DeviceId;
 use errand_sync::schema::DocId;
 use errand_sync::schema::now_millis;
 use errand_sync::schema::thread::{self, Task, TaskStatus};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{Flush, Shared, conversation, lock, short, task};
 use crate::notify::Event;
@@ -123,7 +123,11 @@ impl Shared {
     /// leaves them queued, to be decided again from the same document.
     pub(super) fn settle_unrun(&self, doc: &DocId, ended: &[(Task, Unrun)]) {
         for (task, end) in ended {
-            warn!(task = %task.id, "{}", end.reason);
+            match end.why {
+                // The user's own doing.
+                Why::Cancelled => info!(task = %task.id, "{}", end.reason),
+                Why::Refused | Why::CannotStart => warn!(task = %task.id, "{}", end.reason),
+            }
         }
         self.record(doc, Flush::Next, &message(ended), |tx| {
             for (task, end) in ended {
