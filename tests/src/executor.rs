@@ -104,10 +104,7 @@ async fn one_change_ends_at_most_sixty_four_tasks() {
     let _executor = start_executor_with(&desk, "allow");
     all_ended(&desk.node, &thread).await;
 
-    let counts: Vec<String> = desk.node.history(Some(&thread), None).unwrap()[sent..]
-        .iter()
-        .map(|line| line.entry.message.split(" (").next().unwrap().to_owned())
-        .collect();
+    let counts = commit_counts(&desk.node, &thread, sent);
     assert_eq!(counts, ["64 tasks failed", "6 tasks failed"]);
     let tasks = desk.node.tasks(Some(&thread)).unwrap();
     assert!(tasks.iter().all(|t| t.status == TaskStatus::Failed));
@@ -143,10 +140,7 @@ async fn long_reasons_spread_over_changes_the_phone_takes() {
     let _executor = start_executor_with(&desk, "allow");
     all_ended(&phone.node, &thread).await;
 
-    let counts: Vec<String> = desk.node.history(Some(&thread), None).unwrap()[sent..]
-        .iter()
-        .map(|line| line.entry.message.split(" (").next().unwrap().to_owned())
-        .collect();
+    let counts = commit_counts(&desk.node, &thread, sent);
     assert_eq!(
         counts,
         ["5 tasks failed", "5 tasks failed", "2 tasks failed"]
@@ -220,4 +214,13 @@ async fn all_ended(node: &Node, thread: &str) {
         async move { ended }
     })
     .await;
+}
+
+/// The messages of the commits to `thread` after its first `sent`, without the task ids in
+/// parentheses ("64 tasks failed").
+fn commit_counts(node: &Node, thread: &str, sent: usize) -> Vec<String> {
+    node.history(Some(thread), None).unwrap()[sent..]
+        .iter()
+        .map(|line| line.entry.message.split(" (").next().unwrap().to_owned())
+        .collect()
 }

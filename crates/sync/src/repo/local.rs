@@ -27,10 +27,7 @@ impl Repo {
         message: &str,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
-        let before = self.written.load(Ordering::Acquire);
-        let out = self.create_with(id, message, Commit::Lazy, f)?;
-        self.made_durable(before)?;
-        Ok(out)
+        self.durably(|| self.create_with(id, message, Commit::Lazy, f))
     }
 
     /// Changes a document in one commit carrying `message` and the current time, and returns
@@ -44,11 +41,17 @@ impl Repo {
         message: &str,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
-        let before = self.written.load(Ordering::Acquire);
-        let out = {
+        self.durably(|| {
             let _writing = lock(&self.writes);
-            self.change_and_write(id, message, New::Existing, Commit::Lazy, f)?
-        };
+            self.change_and_write(id, message, New::Existing, Commit::Lazy, f)
+        })
+    }
+
+    /// Runs `write` (which commits lazily, with the write lock let go when it returns) and
+    /// waits until what it committed is durable, sharing a flush with anyone waiting too.
+    fn durably<T>(&self, write: impl FnOnce() -> Result<T, ChangeError>) -> Result<T, ChangeError> {
+        let before = self.written.load(Ordering::Acquire);
+        let out = write()?;
         self.made_durable(before)?;
         Ok(out)
     }
