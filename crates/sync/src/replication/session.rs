@@ -8,7 +8,7 @@
 //! sync states in memory (the rest are saved and reloaded on demand); catalog pages of
 //! [`msg::CATALOG_PAGE`] entries generated one at a time as the stream takes them.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use automerge::ChangeHash;
@@ -56,6 +56,14 @@ pub const PROBE_AFTER: Duration = Duration::from_secs(1);
 /// the silent one bounds what a short partition costs to about this plus a dial.
 pub const STALL_AFTER: Duration = Duration::from_millis(2500);
 
+/// A document whose last message to the peer carried changes is not sent again until the
+/// peer answers it, or for at most this long. Changes made meanwhile (a burst of sends into
+/// one thread, an executor's progress) then travel together in the next message: the peer
+/// verifies, merges, stores and acknowledges them once, where it did each in turn before.
+/// A change made when nothing is unanswered goes at once, so a lone send waits for nothing.
+/// An honest peer answers a message that brings it changes as soon as it has merged them;
+/// the bound covers one that does not.
+pub const HOLD_AT_MOST: Duration = Duration::from_millis(20);
 /// Messages whose changes name an author not known yet, per session, before the peer counts
 /// as sending changes by non-members.
 pub const MAX_EARLY: u32 = 64;
@@ -140,6 +148,9 @@ pub struct Session {
     /// Documents the peer named that were not held here and that it has not brought yet
     /// (at most [`Quotas::max_unknown_docs`]).
     unknown: BTreeSet<DocId>,
+    /// Documents with something to send, held back until the peer answers the changes we
+    /// last sent, or until the time given (see [`HOLD_AT_MOST`]). At most one entry per slot.
+    held: BTreeMap<DocId, Instant>,
 }
 
 /// A sync state as loaded from the store, ready to go on from.
@@ -201,6 +212,7 @@ impl Session {
             probed: None,
             quotas,
             unknown: BTreeSet::new(),
+            held: BTreeMap::new(),
         }
     }
 
@@ -231,6 +243,7 @@ impl Session {
         self.hello_received
             && self.queue.is_empty()
             && self.backlog.is_empty()
+            && self.held.is_empty()
             && self.catalog_in.is_none()
             && self.peer_digest == Some(docs.digest())
     }
@@ -360,7 +373,10 @@ impl Session {
             return self.fail(reason);
         }
         self.unflushed = true;
+        // The peer answered: what was held for this document goes with our reply.
+        self.held.remove(&doc);
         let slot = self.slot(&doc, docs, now);
+        slot.unanswered = None;
         let outcome = docs.receive(&doc, &mut slot.state, message);
         match outcome {
             Ok(()) => {}
@@ -466,6 +482,7 @@ impl Session {
         self.queue.clear();
         self.backlog.clear();
         self.queued.clear();
+        self.held.clear();
         self.control.clear();
     }
 
@@ -537,8 +554,12 @@ impl Session {
         self.catalog_out.is_some()
             || !self.queue.is_empty()
             || (!self.backlog.is_empty() && self.active(now) < MAX_ACTIVE)
+            // As `next_message` decides whether to announce the digest: a `true` it would
+            // answer with nothing makes the driver ask again and again.
             || (self.hello_received
                 && self.catalog_in.is_none()
+                && self.backlog.is_empty()
+                && self.held.is_empty()
                 && self.sent_digest != Some(docs.digest()))
     }
 
@@ -612,10 +633,20 @@ impl Session {
                 None => break,
             };
             self.queued.remove(&doc);
+            if let Some(since) = self.slots.get(&doc).and_then(|s| s.unanswered)
+                && now < since + HOLD_AT_MOST
+            {
+                self.held.insert(doc, since + HOLD_AT_MOST);
+                continue;
+            }
             let peer = self.peer;
             let slot = self.slot(&doc, docs, now);
+            let sent_before = slot.state.sent_hashes.len();
             match docs.generate(&doc, &mut slot.state) {
                 Ok(Some(message)) => {
+                    if slot.state.sent_hashes.len() > sent_before {
+                        slot.unanswered = Some(now);
+                    }
                     slot.unsaved = true;
                     self.unsaved = true;
                     self.last_activity = now;
@@ -631,7 +662,11 @@ impl Session {
                 Err(e) => tracing::warn!(%peer, %doc, "cannot generate sync message: {e}"),
             }
         }
-        if self.hello_received && self.catalog_in.is_none() && self.backlog.is_empty() {
+        if self.hello_received
+            && self.catalog_in.is_none()
+            && self.backlog.is_empty()
+            && self.held.is_empty()
+        {
             let digest = docs.digest();
             if self.sent_digest != Some(digest) {
                 self.sent_digest = Some(digest);
@@ -661,7 +696,8 @@ impl Session {
             ),
             None => (None, None),
         };
-        [save, catalog, self.backlog_opens(now), probe, stall]
+        let held = self.held.values().min().copied();
+        [save, catalog, self.backlog_opens(now), probe, stall, held]
             .into_iter()
             .flatten()
             .min()
@@ -677,6 +713,7 @@ impl Session {
         theirs != ours
             && self.queue.is_empty()
             && self.backlog.is_empty()
+            && self.held.is_empty()
             && self.control.is_empty()
             && self.catalog_in.is_none()
             && self.catalog_out.is_none()
@@ -688,6 +725,19 @@ impl Session {
             return;
         }
         self.slots.prune(now);
+        let released: Vec<DocId> = self
+            .held
+            .iter()
+            .filter(|&(_, until)| now >= *until)
+            .map(|(doc, _)| doc.clone())
+            .collect();
+        for doc in released {
+            self.held.remove(&doc);
+            if let Some(slot) = self.slots.get_mut(&doc) {
+                slot.unanswered = None;
+            }
+            self.enqueue(doc);
+        }
         if let Some(since) = self.awaiting {
             if now >= self.heard.max(since) + STALL_AFTER {
                 self.stop();

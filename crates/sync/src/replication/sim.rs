@@ -27,7 +27,7 @@ use automerge::{Automerge, ChangeHash, ROOT, ReadDoc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::session::{Event, Input, MAX_SLOTS, STALL_AFTER, Session};
+use super::session::{Event, HOLD_AT_MOST, Input, MAX_SLOTS, STALL_AFTER, Session};
 use super::{Digest, Docs, Msg};
 use crate::ids::DeviceId;
 use crate::quota::Quotas;

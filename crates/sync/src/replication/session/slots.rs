@@ -29,6 +29,9 @@ pub(super) struct Slot {
     synced: bool,
     /// When a message about this document last went either way.
     touched: Instant,
+    /// Since when a message of ours that carried changes waits for the peer's answer (see
+    /// [`super::HOLD_AT_MOST`]).
+    pub(super) unanswered: Option<Instant>,
 }
 
 impl Slot {
@@ -161,6 +164,7 @@ impl Slots {
                     used,
                     synced: false,
                     touched: now,
+                    unanswered: None,
                 },
             );
             self.under_way.insert((now, doc.clone()));

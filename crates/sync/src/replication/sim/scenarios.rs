@@ -378,3 +378,101 @@ fn a_seed_replays_exactly() {
         assert_eq!(run(seed), run(seed), "seed {seed} ran two ways");
     }
 }
+
+/// Changes made while the last ones sent are unanswered travel together: a burst of sends
+/// into one document costs the peer one merge, one store and one answer per round trip, not
+/// one per change. A change made when nothing is unanswered goes at once, and a peer that
+/// does not answer holds nothing back for longer than [`HOLD_AT_MOST`].
+#[test]
+fn changes_made_while_the_last_are_unanswered_go_together() {
+    let mut docs = MemDocs::default();
+    let mut session = greeted(&mut docs, Quotas::DEFAULT);
+    let now = Instant::now();
+    let doc = random_doc(&mut StdRng::seed_from_u64(11));
+    let mut theirs = Automerge::new();
+    let mut their_state = sync::State::new();
+    let mut value = 0i64;
+    let mut put = |docs: &mut MemDocs, session: &mut Session| {
+        value += 1;
+        let d = docs.docs.entry(doc.clone()).or_default();
+        let mut tx = d.transaction();
+        tx.put(ROOT, "k", value).expect("put");
+        tx.commit();
+        let heads = d.get_heads();
+        docs.catalog.set(&doc, &heads);
+        session.handle(now, Input::Changed(doc.clone()), docs);
+    };
+    let sent = |session: &mut Session, docs: &mut MemDocs, now: Instant| -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| session.poll_transmit(now, docs))
+            .filter_map(|m| match m {
+                Msg::Sync { message, .. } => Some(message),
+                _ => None,
+            })
+            .collect()
+    };
+    // Delivers our messages; returns how many changes they brought the peer.
+    let deliver = |theirs: &mut Automerge, state: &mut sync::State, messages: Vec<Vec<u8>>| {
+        let before = theirs.get_changes(&[]).len();
+        for m in messages {
+            let m = sync::Message::decode(&m).expect("a sync message");
+            theirs.receive_sync_message(state, m).expect("applies");
+        }
+        theirs.get_changes(&[]).len() - before
+    };
+    // First the two sides learn what each holds.
+    put(&mut docs, &mut session);
+    loop {
+        let ours = sent(&mut session, &mut docs, now);
+        let quiet = ours.is_empty();
+        deliver(&mut theirs, &mut their_state, ours);
+        let answer = theirs.generate_sync_message(&mut their_state);
+        if quiet && answer.is_none() {
+            break;
+        }
+        if let Some(a) = answer {
+            let input = Input::Message(Msg::Sync {
+                doc: doc.clone(),
+                message: a.encode(),
+            });
+            session.handle(now, input, &mut docs);
+        }
+    }
+    assert_eq!(theirs.get_heads(), docs.docs[&doc].get_heads());
+
+    // A change with nothing unanswered goes at once.
+    put(&mut docs, &mut session);
+    let first = sent(&mut session, &mut docs, now);
+    assert_eq!(first.len(), 1, "the change goes at once");
+    // Four more while it is unanswered: held.
+    for _ in 0..4 {
+        put(&mut docs, &mut session);
+    }
+    assert!(sent(&mut session, &mut docs, now).is_empty(), "held");
+    assert!(!session.in_sync(&docs), "held changes are not in sync");
+    assert_eq!(deliver(&mut theirs, &mut their_state, first), 1);
+    // The peer's answer releases them, in one message.
+    let answer = theirs
+        .generate_sync_message(&mut their_state)
+        .expect("the peer answers new changes");
+    let input = Input::Message(Msg::Sync {
+        doc: doc.clone(),
+        message: answer.encode(),
+    });
+    session.handle(now, input, &mut docs);
+    let together = sent(&mut session, &mut docs, now);
+    assert_eq!(together.len(), 1, "one message for the four");
+    assert_eq!(deliver(&mut theirs, &mut their_state, together), 4);
+
+    // Unanswered, a change waits at most HOLD_AT_MOST.
+    put(&mut docs, &mut session);
+    assert!(sent(&mut session, &mut docs, now).is_empty(), "held");
+    let until = session
+        .poll_timeout(now, &docs)
+        .expect("a timer for the held");
+    assert!(until <= now + HOLD_AT_MOST, "held until {:?}", until - now);
+    session.handle_timeout(until, &docs);
+    let late = sent(&mut session, &mut docs, until);
+    assert_eq!(late.len(), 1, "sent once the hold is over");
+    assert_eq!(deliver(&mut theirs, &mut their_state, late), 1);
+    assert_eq!(theirs.get_heads(), docs.docs[&doc].get_heads());
+}
