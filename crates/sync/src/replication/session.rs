@@ -176,6 +176,17 @@ fn resumed(saved: Option<sync::State>, mut ours: Vec<ChangeHash>) -> sync::State
     state
 }
 
+/// The state of a document the peer is presumed not to hold (see
+/// [`crate::replication::just_created`]): as if it had said "I have nothing, send everything",
+/// so the first message carries the changes. Whatever the peer then says replaces this.
+fn presumed_lacking() -> sync::State {
+    let mut state = sync::State::new();
+    state.their_heads = Some(Vec::new());
+    state.their_need = Some(Vec::new());
+    state.their_have = Some(vec![sync::Have::default()]);
+    state
+}
+
 impl Session {
     /// A session with `peer`. The side that dialled (`opener`) speaks first; the other says
     /// nothing until the opener's `Hello` arrives, so a fresh device never receives a document
@@ -511,9 +522,12 @@ impl Session {
     /// The slot of `doc`, loading its saved state, and making room if needed.
     fn slot(&mut self, doc: &DocId, docs: &dyn Docs, now: Instant) -> &mut slots::Slot {
         let peer = self.peer;
-        let (slot, evicted) = self.slots.take(doc, now, || {
-            resumed(docs.saved_state(&peer, doc), docs.heads(doc))
-        });
+        let (slot, evicted) = self
+            .slots
+            .take(doc, now, || match docs.saved_state(&peer, doc) {
+                None if docs.just_created(doc) => presumed_lacking(),
+                saved => resumed(saved, docs.heads(doc)),
+            });
         if let Some(state) = evicted {
             self.events.push_back(Event::SaveStates(vec![state]));
         }

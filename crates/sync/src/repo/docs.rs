@@ -69,6 +69,14 @@ impl Docs for RepoDocs<'_> {
         self.0.heads(doc).unwrap_or_default()
     }
 
+    fn just_created(&self, doc: &DocId) -> bool {
+        // Only a document in memory: one dropped from memory went quiet long ago.
+        self.0
+            .lock()
+            .get(doc)
+            .is_some_and(|e| crate::replication::just_created(&e.doc))
+    }
+
     fn digest(&self) -> Digest {
         self.0.digest()
     }

@@ -28,12 +28,14 @@ use errand_node::Node;
 use serde_json::{Value as Json, json};
 
 use super::spaces::{self, Desktop};
-use super::{group, ms};
+use super::{Stats, group, ms, stats};
 
 /// Set, the desktop runs on loopback, with no namespace and no partition.
 const LOOPBACK_ENV: &str = "ERRAND_BENCH_LOOPBACK";
 /// Sends of each burst.
 pub const BURST: usize = 1_000;
+/// Lone sends into new threads, each delivered before the next.
+const LONE: usize = 50;
 /// The partition by default, in seconds.
 pub const PARTITION_SECS: u64 = 120;
 /// How long the desktop may take to hold everything before the run counts as failed.
@@ -68,6 +70,9 @@ pub struct Links {
     /// What the link was.
     pub over: String,
     pub bursts: Vec<Burst>,
+    /// A lone send into a new thread, from just before `Node::send` until the phone hears
+    /// that the desktop holds the thread and its listing (`wait_delivered`): milliseconds.
+    pub lone: Stats,
     /// The partition's length in seconds, and the time from healing to delivery.
     pub partition: Option<(u64, f64)>,
     /// Why there was no partition.
@@ -219,6 +224,22 @@ pub async fn links(partition_secs: u64) -> Result<Links> {
         .await?;
     spaces::in_sync(&phone, "a fresh phone").await?;
 
+    // One at a time into new threads: what the first task of a conversation waits for.
+    let mut lone = Vec::with_capacity(LONE);
+    for i in 0..LONE {
+        let t0 = Instant::now();
+        let sent = phone.send(&format!("alone {i}"), None, None)?;
+        if !phone
+            .wait_delivered(&sent.target, &sent.thread, SETTLE_WAIT)
+            .await
+        {
+            bail!("the desktop did not get a lone send into a new thread");
+        }
+        lone.push(ms(t0.elapsed()));
+    }
+    let lone = stats(lone);
+    spaces::in_sync(&phone, "after the lone sends").await?;
+
     // Into one thread, then each into a thread of its own.
     let first = phone.send("the thread of the burst", None, None)?;
     spaces::in_sync(&phone, "before the burst").await?;
@@ -227,10 +248,10 @@ pub async fn links(partition_secs: u64) -> Result<Links> {
         burst(&phone, &desk, "new threads", None).await?,
     ];
     let held = count(&mut desk)?;
-    if held != before + 1 + 2 * BURST {
+    if held != before + LONE + 1 + 2 * BURST {
         bail!(
             "after the bursts the desktop holds {held} tasks, not {}",
-            before + 1 + 2 * BURST
+            before + LONE + 1 + 2 * BURST
         );
     }
 
@@ -256,6 +277,7 @@ pub async fn links(partition_secs: u64) -> Result<Links> {
     Ok(Links {
         over,
         bursts,
+        lone,
         partition,
         no_partition,
     })
@@ -312,6 +334,12 @@ pub fn table(links: &Links) {
     println!(
         "  {:>12}  {:>6}  {:>9}  {:>9}  {:>14}",
         "burst into", "sends", "sending", "sends/s", "all held after"
+    );
+    let lone = &links.lone;
+    println!(
+        "  a lone send into a new thread, until the phone hears the desktop holds it: median \
+         {:.2} ms, p99 {:.2} ms ({} sends, each delivered before the next)",
+        lone.median, lone.p99, lone.n
     );
     for b in &links.bursts {
         println!(
@@ -370,6 +398,11 @@ pub fn table(links: &Links) {
 pub fn json(links: &Links) -> Json {
     json!({
         "over": links.over,
+        "lone_new_thread_ms": {
+            "n": links.lone.n,
+            "median": links.lone.median,
+            "p99": links.lone.p99,
+        },
         "bursts": links.bursts.iter().map(|b| json!({
             "into": b.into,
             "sends": b.sends,

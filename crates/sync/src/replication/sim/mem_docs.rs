@@ -102,6 +102,10 @@ impl Docs for MemDocs {
             .unwrap_or_default()
     }
 
+    fn just_created(&self, doc: &DocId) -> bool {
+        self.docs.get(doc).is_some_and(super::super::just_created)
+    }
+
     fn digest(&self) -> Digest {
         self.catalog.digest()
     }

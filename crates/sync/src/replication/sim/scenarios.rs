@@ -476,3 +476,51 @@ fn changes_made_while_the_last_are_unanswered_go_together() {
     assert_eq!(deliver(&mut theirs, &mut their_state, late), 1);
     assert_eq!(theirs.get_heads(), docs.docs[&doc].get_heads());
 }
+
+/// A document just made here (one small change) goes whole in the session's first message
+/// about it: the peer holds it after one message and answers once, where asking first cost a
+/// round trip and two messages more per new thread.
+#[test]
+fn a_document_just_made_goes_whole_in_the_first_message() {
+    let mut docs = MemDocs::default();
+    let mut session = greeted(&mut docs, Quotas::DEFAULT);
+    let now = Instant::now();
+    let doc = random_doc(&mut StdRng::seed_from_u64(13));
+    let d = docs.docs.entry(doc.clone()).or_default();
+    let mut tx = d.transaction();
+    tx.put(ROOT, "title", "a new thread").expect("put");
+    tx.commit();
+    let heads = d.get_heads();
+    docs.catalog.set(&doc, &heads);
+    session.handle(now, Input::Changed(doc.clone()), &mut docs);
+    let first = std::iter::from_fn(|| session.poll_transmit(now, &mut docs))
+        .find_map(|m| match m {
+            Msg::Sync { message, .. } => Some(message),
+            _ => None,
+        })
+        .expect("a message about the new document");
+    let mut theirs = Automerge::new();
+    let mut their_state = sync::State::new();
+    let message = sync::Message::decode(&first).expect("a sync message");
+    theirs
+        .receive_sync_message(&mut their_state, message)
+        .expect("applies");
+    assert_eq!(
+        theirs.get_heads(),
+        heads,
+        "the peer holds it after one message"
+    );
+    // Its answer tells us so: nothing more to send.
+    let answer = theirs
+        .generate_sync_message(&mut their_state)
+        .expect("the peer answers");
+    let input = Input::Message(Msg::Sync {
+        doc: doc.clone(),
+        message: answer.encode(),
+    });
+    session.handle(now, input, &mut docs);
+    let more = std::iter::from_fn(|| session.poll_transmit(now, &mut docs))
+        .filter(|m| matches!(m, Msg::Sync { .. }))
+        .count();
+    assert_eq!(more, 0, "nothing more about it");
+}
