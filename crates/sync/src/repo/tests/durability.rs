@@ -1,0 +1,156 @@
+//! Durability: crashes that lose a change a peer holds, reloads with history, and local
+//! changes that share one flush.
+
+use super::*;
+
+/// A peer may receive a local change before it is durable here. If this device then
+/// crashes and comes back without it, its next change must not clash with the one the peer
+/// holds (same actor and sequence number), or the document would stop syncing for good.
+#[test]
+fn a_change_a_crash_lost_here_but_a_peer_holds_comes_back_and_sync_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("desk.redb");
+    let before_crash = dir.path().join("before-crash.redb");
+    let desk = iroh::SecretKey::generate();
+    let (_peer_dir, peer) = self::repo();
+    let doc = DocId::new_thread();
+    {
+        let repo = open(&path, &desk);
+        create_thread(&repo, &doc);
+        put(&repo, &doc, "created");
+        sync_pair(&repo, &peer, &doc);
+    }
+    std::fs::copy(&path, &before_crash).unwrap();
+    {
+        let repo = open(&path, &desk);
+        put(&repo, &doc, "sent before the crash");
+        sync_pair(&repo, &peer, &doc);
+    }
+    // The crash: the file as it was before that change was durable.
+    std::fs::rename(&before_crash, &path).unwrap();
+    let repo = open(&path, &desk);
+    assert_eq!(keys(&repo, &doc), ["created"]);
+    put(&repo, &doc, "after the restart");
+    sync_pair(&repo, &peer, &doc);
+    let expected = ["after the restart", "created", "sent before the crash"];
+    assert_eq!(keys(&repo, &doc), expected);
+    assert_eq!(keys(&peer, &doc), expected);
+    let history = repo.read(&doc, crate::schema::history).unwrap().unwrap();
+    assert!(
+        history
+            .iter()
+            .all(|h| h.device_id == desk.public().to_string())
+    );
+}
+
+#[test]
+fn changes_are_durable_and_reload_with_their_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = iroh::SecretKey::generate();
+    let doc = DocId::new_thread();
+    {
+        let repo = open(&dir.path().join("db.redb"), &key);
+        create_thread(&repo, &doc);
+        put(&repo, &doc, "a");
+    }
+    let repo = open(&dir.path().join("db.redb"), &key);
+    let history = repo.read(&doc, crate::schema::history).unwrap().unwrap();
+    let messages: Vec<&str> = history.iter().map(|h| h.message.as_str()).collect();
+    assert_eq!(messages, ["thread created", "sent a"]);
+    assert_eq!(history[0].device_id, key.public().to_string());
+    assert!(history.iter().all(|h| h.time > 0));
+}
+
+/// Local changes made at the same time share one flush (group commit), and each caller
+/// hears of success only once its change is durable: eight writers whose commits are all in
+/// while a flush is under way are covered by the next one, one fsync for the eight, and every
+/// change is there after a restart.
+#[test]
+fn changes_made_together_share_one_flush_and_each_is_durable_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let key = iroh::SecretKey::generate();
+    let repo = open(&path, &key);
+    let doc = DocId::new_thread();
+    create_thread(&repo, &doc);
+    let ids: Vec<String> = (0..8).map(|i| format!("task-{i}")).collect();
+    let fsyncs = repo.fsyncs();
+    let durable = repo.durability();
+    std::thread::scope(|scope| {
+        // A flush under way: the writers commit, then wait for it.
+        let flushing = lock(&repo.flushing);
+        let before = repo.written.load(Ordering::Acquire);
+        let writers: Vec<_> = ids
+            .iter()
+            .map(|id| scope.spawn(|| put(&repo, &doc, id)))
+            .collect();
+        while repo.written.load(Ordering::Acquire) < before + 8 {
+            std::thread::yield_now();
+        }
+        assert!(!*durable.borrow(), "committed, not yet durable");
+        assert!(
+            writers.iter().all(|w| !w.is_finished()),
+            "none returned before its flush"
+        );
+        drop(flushing);
+        for w in writers {
+            w.join().unwrap();
+        }
+    });
+    assert_eq!(repo.fsyncs() - fsyncs, 1, "one flush for the eight");
+    assert!(*durable.borrow());
+    let heads = repo.heads(&doc).unwrap();
+    drop(repo);
+    let repo = open(&path, &key);
+    assert_eq!(repo.heads(&doc).unwrap(), heads);
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(keys(&repo, &doc), expected);
+}
+
+/// Changes written lazily (a new thread and its listing, say) wait for the next durable write,
+/// then share its flush: until it, the repo says not everything is durable; after it, it does,
+/// and all of them are there after a restart.
+#[test]
+fn lazy_local_changes_become_durable_with_the_next_durable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let key = iroh::SecretKey::generate();
+    let a = open(&path, &key);
+    let doc = DocId::new_thread();
+    let durable = a.durability();
+    a.create_lazily(&doc, "thread created", |tx| {
+        thread::create(tx, doc.as_str(), "t")
+    })
+    .unwrap();
+    assert!(!*durable.borrow(), "a lazy create waits for a flush");
+    let task = |id: &'static str| {
+        move |tx: &mut automerge::transaction::Transaction<'_>| {
+            thread::add_task(
+                tx,
+                &thread::NewTask {
+                    id,
+                    prompt: "p",
+                    target: "t",
+                    created: 1,
+                },
+            )
+        }
+    };
+    a.change_lazily(&doc, "task", task("one")).unwrap();
+    assert!(!*durable.borrow(), "so does a lazy change");
+    a.change(&doc, "task", task("two")).unwrap();
+    assert!(*durable.borrow(), "a durable change makes them durable too");
+    let heads = a.heads(&doc).unwrap();
+    drop(a);
+    let a = open(&path, &key);
+    assert_eq!(a.heads(&doc).unwrap(), heads);
+    let ids: Vec<String> = a
+        .read(&doc, |d| thread::tasks(d, doc.as_str()))
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, ["one", "two"]);
+}
