@@ -17,11 +17,17 @@ async fn concurrent_edits_on_both_sides_all_survive() {
     let phone = node().await;
     pair(&desk, &phone, "phone", Role::Phone).await;
     let first = phone.node.send("shared thread", None, None).unwrap();
+    // The thread and its listing in the index travel separately, in either order; the desk
+    // sends into the thread by its listing.
     until(
-        "the desktop has the thread",
+        "the desktop holds and lists the thread",
         &[&desk.node, &phone.node],
         || {
-            let ok = task_ids(&desk.node).contains(&first.task);
+            let ok = task_ids(&desk.node).contains(&first.task)
+                && desk
+                    .node
+                    .threads()
+                    .is_ok_and(|t| t.iter().any(|t| t.id == first.thread));
             async move { ok }
         },
     )
