@@ -174,6 +174,24 @@ fn lookup(doc: DocId) -> Input {
     Input::Message(Msg::Sync { doc, message })
 }
 
+/// The peer's automerge sync message about `doc`, as the session receives it.
+fn from_peer(doc: &DocId, message: sync::Message) -> Input {
+    Input::Message(Msg::Sync {
+        doc: doc.clone(),
+        message: message.encode(),
+    })
+}
+
+/// The sync messages the session has to send now.
+fn syncs_sent(session: &mut Session, docs: &mut MemDocs, now: Instant) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| session.poll_transmit(now, docs))
+        .filter_map(|m| match m {
+            Msg::Sync { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect()
+}
+
 fn random_doc(rng: &mut StdRng) -> DocId {
     let mut b = [0u8; 16];
     rng.fill(&mut b);
@@ -402,14 +420,6 @@ fn changes_made_while_the_last_are_unanswered_go_together() {
         docs.catalog.set(&doc, &heads);
         session.handle(now, Input::Changed(doc.clone()), docs);
     };
-    let sent = |session: &mut Session, docs: &mut MemDocs, now: Instant| -> Vec<Vec<u8>> {
-        std::iter::from_fn(|| session.poll_transmit(now, docs))
-            .filter_map(|m| match m {
-                Msg::Sync { message, .. } => Some(message),
-                _ => None,
-            })
-            .collect()
-    };
     // Delivers our messages; returns how many changes they brought the peer.
     let deliver = |theirs: &mut Automerge, state: &mut sync::State, messages: Vec<Vec<u8>>| {
         let before = theirs.get_changes(&[]).len();
@@ -422,7 +432,7 @@ fn changes_made_while_the_last_are_unanswered_go_together() {
     // First the two sides learn what each holds.
     put(&mut docs, &mut session);
     loop {
-        let ours = sent(&mut session, &mut docs, now);
+        let ours = syncs_sent(&mut session, &mut docs, now);
         let quiet = ours.is_empty();
         deliver(&mut theirs, &mut their_state, ours);
         let answer = theirs.generate_sync_message(&mut their_state);
@@ -430,48 +440,40 @@ fn changes_made_while_the_last_are_unanswered_go_together() {
             break;
         }
         if let Some(a) = answer {
-            let input = Input::Message(Msg::Sync {
-                doc: doc.clone(),
-                message: a.encode(),
-            });
-            session.handle(now, input, &mut docs);
+            session.handle(now, from_peer(&doc, a), &mut docs);
         }
     }
     assert_eq!(theirs.get_heads(), docs.docs[&doc].get_heads());
 
     // A change with nothing unanswered goes at once.
     put(&mut docs, &mut session);
-    let first = sent(&mut session, &mut docs, now);
+    let first = syncs_sent(&mut session, &mut docs, now);
     assert_eq!(first.len(), 1, "the change goes at once");
     // Four more while it is unanswered: held.
     for _ in 0..4 {
         put(&mut docs, &mut session);
     }
-    assert!(sent(&mut session, &mut docs, now).is_empty(), "held");
+    assert!(syncs_sent(&mut session, &mut docs, now).is_empty(), "held");
     assert!(!session.in_sync(&docs), "held changes are not in sync");
     assert_eq!(deliver(&mut theirs, &mut their_state, first), 1);
     // The peer's answer releases them, in one message.
     let answer = theirs
         .generate_sync_message(&mut their_state)
         .expect("the peer answers new changes");
-    let input = Input::Message(Msg::Sync {
-        doc: doc.clone(),
-        message: answer.encode(),
-    });
-    session.handle(now, input, &mut docs);
-    let together = sent(&mut session, &mut docs, now);
+    session.handle(now, from_peer(&doc, answer), &mut docs);
+    let together = syncs_sent(&mut session, &mut docs, now);
     assert_eq!(together.len(), 1, "one message for the four");
     assert_eq!(deliver(&mut theirs, &mut their_state, together), 4);
 
     // Unanswered, a change waits at most HOLD_AT_MOST.
     put(&mut docs, &mut session);
-    assert!(sent(&mut session, &mut docs, now).is_empty(), "held");
+    assert!(syncs_sent(&mut session, &mut docs, now).is_empty(), "held");
     let until = session
         .poll_timeout(now, &docs)
         .expect("a timer for the held");
     assert!(until <= now + HOLD_AT_MOST, "held until {:?}", until - now);
     session.handle_timeout(until, &docs);
-    let late = sent(&mut session, &mut docs, until);
+    let late = syncs_sent(&mut session, &mut docs, until);
     assert_eq!(late.len(), 1, "sent once the hold is over");
     assert_eq!(deliver(&mut theirs, &mut their_state, late), 1);
     assert_eq!(theirs.get_heads(), docs.docs[&doc].get_heads());
@@ -493,12 +495,9 @@ fn a_document_just_made_goes_whole_in_the_first_message() {
     let heads = d.get_heads();
     docs.catalog.set(&doc, &heads);
     session.handle(now, Input::Changed(doc.clone()), &mut docs);
-    let first = std::iter::from_fn(|| session.poll_transmit(now, &mut docs))
-        .find_map(|m| match m {
-            Msg::Sync { message, .. } => Some(message),
-            _ => None,
-        })
-        .expect("a message about the new document");
+    let mut first = syncs_sent(&mut session, &mut docs, now);
+    assert_eq!(first.len(), 1, "one message about the new document");
+    let first = first.remove(0);
     let mut theirs = Automerge::new();
     let mut their_state = sync::State::new();
     let message = sync::Message::decode(&first).expect("a sync message");
@@ -514,13 +513,9 @@ fn a_document_just_made_goes_whole_in_the_first_message() {
     let answer = theirs
         .generate_sync_message(&mut their_state)
         .expect("the peer answers");
-    let input = Input::Message(Msg::Sync {
-        doc: doc.clone(),
-        message: answer.encode(),
-    });
-    session.handle(now, input, &mut docs);
-    let more = std::iter::from_fn(|| session.poll_transmit(now, &mut docs))
-        .filter(|m| matches!(m, Msg::Sync { .. }))
-        .count();
-    assert_eq!(more, 0, "nothing more about it");
+    session.handle(now, from_peer(&doc, answer), &mut docs);
+    assert!(
+        syncs_sent(&mut session, &mut docs, now).is_empty(),
+        "nothing more about it"
+    );
 }
