@@ -148,3 +148,58 @@ async fn a_finished_session_leaves_its_sync_states_saved() {
     )
     .await;
 }
+
+/// A thread and its listing in the index travel separately, in either order: a thread held
+/// before its listing arrives is shown by `tasks`, and can be named by an id prefix to read
+/// it or send into it, as a listed one can.
+#[tokio::test]
+async fn a_thread_held_before_its_listing_can_be_named() {
+    use errand_sync::schema::{DocId, thread};
+    let desk = desktop("desk").await;
+    let listed = desk.node.send("listed", None, None).unwrap();
+    // What a thread that arrived ahead of its listing is here: held, not listed.
+    let unlisted = DocId::new_thread();
+    desk.node
+        .repo()
+        .create(&unlisted, "thread created", |tx| {
+            thread::create(tx, unlisted.as_str(), "ahead of its listing")?;
+            thread::add_task(
+                tx,
+                &thread::NewTask {
+                    id: "0123456789abcdef",
+                    prompt: "first",
+                    target: &desk.node.id().to_string(),
+                    created: 1,
+                },
+            )
+        })
+        .unwrap();
+    assert!(
+        desk.node
+            .threads()
+            .unwrap()
+            .iter()
+            .all(|t| t.id != unlisted.as_str())
+    );
+    assert!(task_ids(&desk.node).contains(&"0123456789abcdef".to_owned()));
+
+    let prefix = &unlisted.as_str()[..8];
+    let sent = desk.node.send("second", Some(prefix), None).unwrap();
+    assert_eq!(sent.thread, unlisted.as_str());
+    let prompts: Vec<String> = desk
+        .node
+        .tasks(Some(prefix))
+        .unwrap()
+        .into_iter()
+        .map(|t| t.prompt)
+        .collect();
+    assert_eq!(prompts, ["first", "second"]);
+    // A listed thread is still found by its listing.
+    assert_eq!(
+        desk.node
+            .resolve_thread(&listed.thread[..8])
+            .unwrap()
+            .as_str(),
+        listed.thread
+    );
+}

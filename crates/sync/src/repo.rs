@@ -479,6 +479,16 @@ impl Repo {
         Ok(lock(&self.catalog).ids().cloned().collect())
     }
 
+    /// The ids held here that begin with `prefix`, at most `max` of them.
+    pub fn doc_ids_like(&self, prefix: &str, max: usize) -> Vec<DocId> {
+        lock(&self.catalog)
+            .ids()
+            .filter(|id| id.as_str().starts_with(prefix))
+            .take(max)
+            .cloned()
+            .collect()
+    }
+
     /// Reads a document. `None` when it does not exist here.
     pub fn read<T>(
         &self,

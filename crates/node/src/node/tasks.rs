@@ -22,13 +22,29 @@ impl Node {
             .unwrap_or_default())
     }
 
-    /// Finds a thread by id prefix. Reads the listed ids, not the threads' entries.
+    /// Finds a thread by id prefix. Reads the listed ids, not the threads' entries; only
+    /// when none is listed, the threads held here whose listing has not arrived yet (a thread
+    /// and its listing travel separately, in either order, so one can be shown by `tasks` a
+    /// moment before it is listed).
     pub fn resolve_thread(&self, needle: &str) -> Result<DocId, NodeError> {
         self.require_space()?;
-        let matches = self
+        let needle = needle.trim();
+        if needle.is_empty() {
+            return Err(NodeError::BadInput("name a thread".into()));
+        }
+        let mut matches = self
             .repo
             .read(&DocId::index(), |d| index::thread_ids_like(d, needle))?
             .unwrap_or_default();
+        if matches.is_empty() {
+            matches = self
+                .repo
+                .doc_ids_like(needle, 2)
+                .into_iter()
+                .filter(|id| !id.is_index())
+                .map(|id| id.to_string())
+                .collect();
+        }
         match matches.as_slice() {
             [one] => DocId::parse(one).ok_or_else(|| NodeError::NotFound(one.clone())),
             [] => Err(NodeError::NotFound(format!("no thread {needle:?}"))),
@@ -86,11 +102,18 @@ impl Node {
                 thread_id
             }
             None => {
-                // A new thread and its first task are one change (one signature, one write,
-                // one thing for the desktop to check), made durable with the thread's listing.
+                // A new thread and its first task are one change (one signature, one thing for
+                // the desktop to check), written with the thread's listing in one durable write.
                 let id = DocId::new_thread();
                 let title: String = text.chars().take(60).collect();
-                self.repo.create_lazily(
+                let entry = index::ThreadEntry {
+                    id: id.to_string(),
+                    title: title.clone(),
+                    created: new.created,
+                    created_by: me,
+                    archived: false,
+                };
+                self.repo.create_and_change(
                     &id,
                     &format!(
                         "thread {} created, task {} queued",
@@ -101,17 +124,10 @@ impl Node {
                         thread::create(tx, id.as_str(), &title)?;
                         thread::add_task(tx, &new)
                     },
-                )?;
-                let entry = index::ThreadEntry {
-                    id: id.to_string(),
-                    title,
-                    created: new.created,
-                    created_by: me,
-                    archived: false,
-                };
-                self.repo.change(
-                    &DocId::index(),
-                    &format!("thread {} listed", short(id.as_str())),
+                    (
+                        &DocId::index(),
+                        &format!("thread {} listed", short(id.as_str())),
+                    ),
                     |tx| index::add_thread(tx, &entry),
                 )?;
                 id

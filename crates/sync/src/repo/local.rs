@@ -56,19 +56,6 @@ impl Repo {
         Ok(out)
     }
 
-    /// [`Repo::create`], written without a disk flush of its own: the write becomes durable
-    /// with the next durable one (the caller's next [`Repo::change`], say). For changes that
-    /// belong together, such as a new thread, its listing and its first task: they share one
-    /// flush, and a crash before it loses all of them, never a later one without the earlier.
-    pub fn create_lazily<T>(
-        &self,
-        id: &DocId,
-        message: &str,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
-    ) -> Result<T, ChangeError> {
-        self.create_with(id, message, Commit::Lazy, f)
-    }
-
     pub(super) fn create_with<T>(
         &self,
         id: &DocId,
@@ -84,7 +71,8 @@ impl Repo {
         out
     }
 
-    /// [`Repo::change`], written without a disk flush of its own (see [`Repo::create_lazily`]).
+    /// [`Repo::change`], written without a disk flush of its own: durable with the next durable
+    /// write (any, or [`Repo::flush`]).
     pub fn change_lazily<T>(
         &self,
         id: &DocId,
@@ -104,6 +92,63 @@ impl Repo {
         commit: Commit,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
+        let (out, staged) = self.change_in_memory(id, message, new, f)?;
+        if let Some(staged) = staged {
+            self.write_staged(vec![staged], commit)?;
+        }
+        Ok(out)
+    }
+
+    /// Creates `id` with its first change (`f`) and makes a second change (`g`) to another
+    /// document, `then`; both are written in one transaction and return once durable. For a
+    /// new thread and its listing in the index: one write, not two, and a crash keeps both or
+    /// neither. If `g` fails, the new document is kept, alone, and `g`'s error returned.
+    pub fn create_and_change<T>(
+        &self,
+        id: &DocId,
+        message: &str,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
+        then: (&DocId, &str),
+        g: impl FnOnce(&mut Transaction<'_>) -> Result<(), AutomergeError>,
+    ) -> Result<T, ChangeError> {
+        let before = self.written.load(Ordering::Acquire);
+        let made = {
+            let _writing = lock(&self.writes);
+            let (out, first) = match self.change_in_memory(id, message, New::Create, f) {
+                Ok(made) => made,
+                Err(e) => {
+                    if !matches!(e, ChangeError::Exists(_)) {
+                        self.forget(id);
+                    }
+                    return Err(e);
+                }
+            };
+            match self.change_in_memory(then.0, then.1, New::Existing, g) {
+                Ok(((), second)) => {
+                    self.write_staged(first.into_iter().chain(second).collect(), Commit::Lazy)?;
+                    Ok(out)
+                }
+                Err(e) => {
+                    self.write_staged(first.into_iter().collect(), Commit::Lazy)?;
+                    Err(e)
+                }
+            }
+        };
+        // Durable either way: the new document is kept even when the second change failed.
+        self.made_durable(before)?;
+        made
+    }
+
+    /// Makes a local change in memory, signs it and announces it; returns what is left to
+    /// write (nothing if it changed nothing). The caller holds the write lock, and writes what
+    /// this returns before it lets go (documents are written in the order they changed).
+    fn change_in_memory<T>(
+        &self,
+        id: &DocId,
+        message: &str,
+        new: New,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
+    ) -> Result<(T, Option<Staged>), ChangeError> {
         let (out, changed) = {
             let mut docs = self.lock();
             if new == New::Create {
@@ -165,7 +210,7 @@ impl Repo {
             (out, changed.then_some((touched, made)))
         };
         let Some((touched, made)) = changed else {
-            return Ok(out);
+            return Ok((out, None));
         };
         // Not known (automerge did not give the change back): anything, to be safe, and the
         // tasks it wrote are listed by reading every thread again.
@@ -185,22 +230,37 @@ impl Repo {
             touched: touched.clone(),
         });
         // Only writers remove documents from memory, and we are the writer.
-        let Some(pending) = self
+        let pending = self
             .lock()
             .get_mut(id)
-            .and_then(|entry| pending_write(entry, made.as_slice()))
-        else {
-            return Ok(out);
-        };
-        if let Err(e) = self.write(id, pending, commit, &touched.tasks) {
-            // The change is only in memory now, and may already be with a peer. Forget it here
-            // (the document reloads from the store) and write from now on as a new actor, so
-            // its actor and sequence number are never used for a different change.
-            self.forget(id);
+            .and_then(|entry| pending_write(entry, made.as_slice()));
+        Ok((
+            out,
+            pending.map(|pending| Staged {
+                id: id.clone(),
+                pending,
+                touched,
+            }),
+        ))
+    }
+
+    /// Writes local changes made in memory, in one transaction. On a failed write each
+    /// change is only in memory, and may already be with a peer: the documents are forgotten
+    /// here (they reload from the store) and this device writes as a new actor from now on,
+    /// so their actor and sequence numbers are never used for different changes.
+    fn write_staged(&self, staged: Vec<Staged>, commit: Commit) -> Result<(), ChangeError> {
+        let writes: Vec<_> = staged
+            .into_iter()
+            .map(|s| (s.id, s.pending, s.touched.tasks.clone()))
+            .collect();
+        if let Err(e) = self.write_all(&writes, commit) {
+            for (id, _, _) in &writes {
+                self.forget(id);
+            }
             *lock(&self.actor) = session_actor(&self.device);
             return Err(e.into());
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Writes a pending write of `id` and records it as stored; `tasks` are those its changes
@@ -213,29 +273,58 @@ impl Repo {
         commit: Commit,
         tasks: &BTreeSet<String>,
     ) -> Result<(), StoreError> {
-        let heads = encode_heads(&pending.heads);
-        let tasks: Vec<&str> = tasks.iter().map(String::as_str).collect();
-        let write = DocWrite {
-            doc: id.as_str(),
-            bytes: &pending.bytes,
-            replaces: pending.snapshot,
-            heads: &heads,
-            sigs: &pending.sigs,
-            tasks: &tasks,
-        };
-        self.store.write_docs(&[write], commit)?;
+        self.write_all(&[(id.clone(), pending, tasks.clone())], commit)
+    }
+
+    /// [`Repo::write`] of several documents, in one transaction.
+    fn write_all(
+        &self,
+        writes: &[(DocId, PendingWrite, BTreeSet<String>)],
+        commit: Commit,
+    ) -> Result<(), StoreError> {
+        let heads: Vec<Vec<u8>> = writes
+            .iter()
+            .map(|(_, pending, _)| encode_heads(&pending.heads))
+            .collect();
+        let tasks: Vec<Vec<&str>> = writes
+            .iter()
+            .map(|(_, _, tasks)| tasks.iter().map(String::as_str).collect())
+            .collect();
+        let docs: Vec<DocWrite<'_>> = writes
+            .iter()
+            .zip(heads.iter().zip(&tasks))
+            .map(|((id, pending, _), (heads, tasks))| DocWrite {
+                doc: id.as_str(),
+                bytes: &pending.bytes,
+                replaces: pending.snapshot,
+                heads,
+                sigs: &pending.sigs,
+                tasks,
+            })
+            .collect();
+        self.store.write_docs(&docs, commit)?;
         self.committed(commit);
-        if let Some(entry) = self.lock().get_mut(id) {
-            // Only the writer (us) adds signatures, so the first ones are those just written.
-            let written = pending.sigs.len().min(entry.unsaved_sigs.len());
-            entry.unsaved_sigs.drain(..written);
-            entry.saved_heads = pending.heads;
-            entry.chunks = if pending.snapshot {
-                1
-            } else {
-                entry.chunks + 1
-            };
+        let mut held = self.lock();
+        for (id, pending, _) in writes {
+            if let Some(entry) = held.get_mut(id) {
+                // Only the writer (us) adds signatures, so the first ones are those just written.
+                let written = pending.sigs.len().min(entry.unsaved_sigs.len());
+                entry.unsaved_sigs.drain(..written);
+                entry.saved_heads = pending.heads.clone();
+                entry.chunks = if pending.snapshot {
+                    1
+                } else {
+                    entry.chunks + 1
+                };
+            }
         }
         Ok(())
     }
+}
+
+/// A local change made in memory and announced, waiting to be written.
+struct Staged {
+    id: DocId,
+    pending: PendingWrite,
+    touched: Arc<Touched>,
 }

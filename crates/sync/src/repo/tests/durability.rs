@@ -108,9 +108,9 @@ fn changes_made_together_share_one_flush_and_each_is_durable_when_it_returns() {
     assert_eq!(keys(&repo, &doc), expected);
 }
 
-/// Changes written lazily (a new thread and its listing, say) wait for the next durable write,
-/// then share its flush: until it, the repo says not everything is durable; after it, it does,
-/// and all of them are there after a restart.
+/// Changes written lazily (the executor's, say) wait for the next durable write, then share
+/// its flush: until it, the repo says not everything is durable; after it, it does, and all of
+/// them are there after a restart.
 #[test]
 fn lazy_local_changes_become_durable_with_the_next_durable_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,11 +119,8 @@ fn lazy_local_changes_become_durable_with_the_next_durable_one() {
     let a = open(&path, &key);
     let doc = DocId::new_thread();
     let durable = a.durability();
-    a.create_lazily(&doc, "thread created", |tx| {
-        thread::create(tx, doc.as_str(), "t")
-    })
-    .unwrap();
-    assert!(!*durable.borrow(), "a lazy create waits for a flush");
+    create_thread(&a, &doc);
+    assert!(*durable.borrow());
     let task = |id: &'static str| {
         move |tx: &mut automerge::transaction::Transaction<'_>| {
             thread::add_task(
@@ -138,7 +135,7 @@ fn lazy_local_changes_become_durable_with_the_next_durable_one() {
         }
     };
     a.change_lazily(&doc, "task", task("one")).unwrap();
-    assert!(!*durable.borrow(), "so does a lazy change");
+    assert!(!*durable.borrow(), "a lazy change waits for a flush");
     a.change(&doc, "task", task("two")).unwrap();
     assert!(*durable.borrow(), "a durable change makes them durable too");
     let heads = a.heads(&doc).unwrap();
@@ -153,4 +150,77 @@ fn lazy_local_changes_become_durable_with_the_next_durable_one() {
         .map(|t| t.id)
         .collect();
     assert_eq!(ids, ["one", "two"]);
+}
+
+/// A new document and a change to another (a new thread and its listing in the index) are
+/// one write: one transaction, one flush, and after a restart both are there. If the second
+/// change cannot be made (here its document does not exist), the new document is kept alone,
+/// durable, and the error says why.
+#[test]
+fn a_document_made_with_a_change_to_another_is_one_durable_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let key = iroh::SecretKey::generate();
+    let a = open(&path, &key);
+    let index = DocId::index();
+    a.create(&index, "index", |tx| {
+        crate::schema::index::create(tx, &SPACE.to_string(), "root")
+    })
+    .unwrap();
+    let listed = |doc: &DocId| crate::schema::index::ThreadEntry {
+        id: doc.to_string(),
+        title: "t".into(),
+        created: 1,
+        created_by: "d".into(),
+        archived: false,
+    };
+    let (written, fsyncs) = (a.written.load(Ordering::Acquire), a.fsyncs());
+    let doc = DocId::new_thread();
+    let entry = listed(&doc);
+    a.create_and_change(
+        &doc,
+        "thread created",
+        |tx| thread::create(tx, doc.as_str(), "t"),
+        (&index, "thread listed"),
+        |tx| crate::schema::index::add_thread(tx, &entry),
+    )
+    .unwrap();
+    assert_eq!(a.written.load(Ordering::Acquire) - written, 1, "one write");
+    assert_eq!(a.fsyncs() - fsyncs, 1, "one flush");
+    assert!(*a.durability().borrow());
+    let heads = (a.heads(&doc).unwrap(), a.heads(&index).unwrap());
+
+    let alone = DocId::new_thread();
+    let nowhere = DocId::new_thread();
+    let refused = a.create_and_change(
+        &alone,
+        "thread created",
+        |tx| thread::create(tx, alone.as_str(), "t"),
+        (&nowhere, "listed"),
+        |tx| crate::schema::index::add_thread(tx, &listed(&alone)),
+    );
+    assert!(
+        matches!(refused, Err(ChangeError::NoSuchDoc(ref d)) if *d == nowhere),
+        "{refused:?}"
+    );
+    assert!(*a.durability().borrow());
+    drop(a);
+
+    let a = open(&path, &key);
+    assert_eq!((a.heads(&doc).unwrap(), a.heads(&index).unwrap()), heads);
+    let threads: Vec<String> = a
+        .read(&index, crate::schema::index::threads)
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(threads, [doc.to_string()]);
+    let title = a
+        .read(&alone, |d| {
+            crate::schema::get_str(d, &automerge::ROOT, "title")
+        })
+        .unwrap()
+        .flatten();
+    assert_eq!(title.as_deref(), Some("t"), "the new document is kept");
 }
