@@ -56,6 +56,8 @@ pub const MAX_LOADED: usize = 256;
 /// [`Repo::tidy`] drops documents unused for this long from memory (after folding their chunks
 /// into one snapshot, however few they are).
 pub const IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+/// [`Repo::fold`] writes snapshots in transactions of about this many bytes.
+const FOLD_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// A whole document with the signatures of its changes ([`Repo::save_signed`]).
 #[derive(Clone, Debug)]
@@ -522,46 +524,98 @@ impl Repo {
     /// Upkeep, run every so often: folds the chunks of every loaded document that has more than
     /// [`COMPACT_AFTER_CHUNKS`] into a snapshot, and drops from memory the documents unused for
     /// [`IDLE_AFTER`], folding their chunks first if there are several (so a small thread is
-    /// compacted too, once it goes quiet).
+    /// compacted too, once it goes quiet). The snapshots are written together
+    /// ([`Repo::fold`]), and readers go on meanwhile.
     pub fn tidy(&self, now: std::time::Instant) -> Result<Tidied, StoreError> {
         let _writing = lock(&self.writes);
+        let idle = |entry: &Entry| now.saturating_duration_since(entry.used) >= IDLE_AFTER;
+        let (fold, quiet): (Vec<DocId>, Vec<DocId>) = {
+            let docs = self.lock();
+            let mut fold = Vec::new();
+            let mut quiet = Vec::new();
+            for (id, entry) in docs.iter() {
+                let drop_it = idle(entry) && entry.droppable(id);
+                if entry.chunks > COMPACT_AFTER_CHUNKS || (drop_it && entry.chunks > 1) {
+                    fold.push(id.clone());
+                }
+                if drop_it {
+                    quiet.push(id.clone());
+                }
+            }
+            (fold, quiet)
+        };
+        let compacted = self.fold(&fold)?;
         let mut docs = self.lock();
-        let mut done = Tidied::default();
-        let mut idle = Vec::new();
-        for (id, entry) in docs.iter_mut() {
-            let is_idle = now.saturating_duration_since(entry.used) >= IDLE_AFTER;
-            let drop_it = is_idle && entry.droppable(id);
-            if entry.chunks > COMPACT_AFTER_CHUNKS || (drop_it && entry.chunks > 1) {
-                self.snapshot(id, entry)?;
-                done.compacted += 1;
-            }
-            if drop_it {
-                idle.push(id.clone());
+        let mut dropped = 0;
+        for id in quiet {
+            // Looked at again: a reader may have used it while the snapshots were written.
+            if docs.get(&id).is_some_and(|e| idle(e) && e.droppable(&id)) {
+                docs.remove(&id);
+                dropped += 1;
             }
         }
-        for id in idle {
-            docs.remove(&id);
-            done.dropped += 1;
-        }
-        Ok(done)
+        Ok(Tidied { compacted, dropped })
     }
 
-    /// Replaces a loaded document's stored chunks by one snapshot. The caller holds the write
-    /// lock, so everything in memory is stored, signatures included.
-    fn snapshot(&self, id: &DocId, entry: &mut Entry) -> Result<(), StoreError> {
-        let snapshot = entry.doc.save();
-        let heads = entry.doc.get_heads();
-        let encoded = encode_heads(&heads);
-        let write = DocWrite {
-            replaces: true,
-            heads: &encoded,
-            ..DocWrite::chunk(id.as_str(), &snapshot)
-        };
-        self.store.write_docs(&[write], Commit::Durable)?;
+    /// Replaces the stored chunks of each of `ids` that is loaded by one snapshot. The
+    /// snapshots are written a few MiB per transaction, durably: a thousand small threads going
+    /// quiet at once cost one fsync and a few database pages each, not an fsync each. The
+    /// document lock is taken for one document's snapshot at a time and let go for the writes,
+    /// so readers are not held up behind the disk; the caller holds the write lock, so nothing
+    /// changes a document meanwhile (every change is made under it), and everything in memory
+    /// is stored, signatures included. Returns how many were folded.
+    fn fold(&self, ids: &[DocId]) -> Result<usize, StoreError> {
+        let mut batch: Vec<(DocId, Vec<u8>, Vec<ChangeHash>)> = Vec::new();
+        let mut bytes = 0;
+        let mut folded = 0;
+        for id in ids {
+            let snapshot = self
+                .lock()
+                .get(id)
+                .map(|e| (e.doc.save(), e.doc.get_heads()));
+            let Some((snapshot, heads)) = snapshot else {
+                continue;
+            };
+            bytes += snapshot.len();
+            batch.push((id.clone(), snapshot, heads));
+            if bytes >= FOLD_BATCH_BYTES {
+                folded += self.write_snapshots(std::mem::take(&mut batch))?;
+                bytes = 0;
+            }
+        }
+        folded += self.write_snapshots(batch)?;
+        Ok(folded)
+    }
+
+    fn write_snapshots(
+        &self,
+        batch: Vec<(DocId, Vec<u8>, Vec<ChangeHash>)>,
+    ) -> Result<usize, StoreError> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let heads: Vec<Vec<u8>> = batch.iter().map(|(_, _, h)| encode_heads(h)).collect();
+        let writes: Vec<DocWrite<'_>> = batch
+            .iter()
+            .zip(&heads)
+            .map(|((id, snapshot, _), heads)| DocWrite {
+                replaces: true,
+                heads,
+                ..DocWrite::chunk(id.as_str(), snapshot)
+            })
+            .collect();
+        self.store.write_docs(&writes, Commit::Durable)?;
         self.committed(Commit::Durable);
-        entry.saved_heads = heads;
-        entry.chunks = 1;
-        Ok(())
+        let mut docs = self.lock();
+        for (id, _, heads) in batch.iter() {
+            // A document dropped and loaded again meanwhile counted its chunks from the
+            // store as it was then: one more fold some day, nothing lost.
+            if let Some(entry) = docs.get_mut(id) {
+                entry.saved_heads = heads.clone();
+                entry.chunks = 1;
+            }
+        }
+        Ok(batch.len())
     }
 
     /// How many documents are in memory.
@@ -573,15 +627,13 @@ impl Repo {
     /// snapshot. Returns how many documents were compacted.
     pub fn compact(&self, threshold: usize) -> Result<usize, StoreError> {
         let _writing = lock(&self.writes);
-        let mut docs = self.lock();
-        let mut compacted = 0;
-        for (id, entry) in docs.iter_mut() {
-            if entry.chunks > threshold {
-                self.snapshot(id, entry)?;
-                compacted += 1;
-            }
-        }
-        Ok(compacted)
+        let ids: Vec<DocId> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.chunks > threshold)
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.fold(&ids)
     }
 
     /// A whole document as bytes (`Automerge::save`), e.g. to hand the index to a new member.

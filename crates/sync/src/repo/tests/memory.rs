@@ -186,3 +186,30 @@ fn idle_documents_are_compacted_and_dropped_and_lose_nothing() {
     sync_pair(&a, &b, &doc);
     assert_eq!(keys(&b, &doc), ["one", "three", "two"]);
 }
+
+/// Many quiet documents are folded together: a thousand small threads going quiet at once
+/// cost one durable write, not one each, and every one reads back whole from its snapshot.
+#[test]
+fn quiet_documents_are_folded_in_one_write() {
+    let (_dir, a) = repo();
+    let docs: Vec<DocId> = (0..40).map(|_| DocId::new_thread()).collect();
+    for doc in &docs {
+        create_thread(&a, doc);
+        put(&a, doc, "one");
+    }
+    let fsyncs = a.fsyncs();
+    let later = std::time::Instant::now() + IDLE_AFTER;
+    assert_eq!(
+        a.tidy(later).unwrap(),
+        Tidied {
+            compacted: 40,
+            dropped: 40
+        }
+    );
+    assert_eq!(a.fsyncs() - fsyncs, 1, "one write for the forty");
+    assert_eq!(a.loaded(), 0);
+    for doc in &docs {
+        assert_eq!(a.store.load_doc(doc.as_str()).unwrap().unwrap().1, 1);
+        assert_eq!(keys(&a, doc), ["one"]);
+    }
+}
