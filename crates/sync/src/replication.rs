@@ -35,9 +35,11 @@ pub use msg::Msg;
 pub use redial::Redial;
 pub use session::{Event, Session};
 
-/// Operations of a change above which a document of one change is no longer presumed to be
-/// new to the peer (see [`just_created`]).
+/// Operations and bytes of a change above which a document of one change is no longer
+/// presumed to be new to the peer (see [`just_created`]): what crosses twice when the
+/// presumption is wrong stays small.
 const FRESH_AT_MOST_OPS: u64 = 256;
+const FRESH_AT_MOST_BYTES: usize = 64 * 1024;
 
 /// Whether `doc` holds exactly one small change, with no dependencies: a document just made
 /// (a new thread and its first task). A session with no saved state for it presumes the peer
@@ -46,9 +48,13 @@ const FRESH_AT_MOST_OPS: u64 = 256;
 /// the peer hold it after all, one small change crossed twice.
 pub fn just_created(doc: &automerge::Automerge) -> bool {
     match doc.get_heads().as_slice() {
-        [head] => doc
-            .get_change_meta_by_hash(head)
-            .is_some_and(|m| m.deps.is_empty() && m.max_op <= FRESH_AT_MOST_OPS),
+        // The metadata first: only a document that passes has its one change looked at.
+        [head] => {
+            doc.get_change_meta_by_hash(head)
+                .is_some_and(|m| m.deps.is_empty() && m.max_op <= FRESH_AT_MOST_OPS)
+                && automerge::ReadDoc::get_change_by_hash(doc, head)
+                    .is_some_and(|c| c.raw_bytes().len() <= FRESH_AT_MOST_BYTES)
+        }
         _ => false,
     }
 }

@@ -519,3 +519,26 @@ fn a_document_just_made_goes_whole_in_the_first_message() {
         "nothing more about it"
     );
 }
+
+/// Only a small document of one change is presumed new to a peer: one that depends on
+/// nothing but carries a large value goes the protocol's way (heads first), so a wrong
+/// presumption never sends much twice; so does one of two changes.
+#[test]
+fn only_a_small_new_document_is_presumed_new_to_the_peer() {
+    let made = |value: &str, changes: usize| {
+        let mut d = Automerge::new();
+        for i in 0..changes {
+            let mut tx = d.transaction();
+            tx.put(ROOT, format!("k{i}"), value).expect("put");
+            tx.commit();
+        }
+        d
+    };
+    assert!(crate::replication::just_created(&made("a new thread", 1)));
+    assert!(!crate::replication::just_created(&made("a new thread", 2)));
+    assert!(!crate::replication::just_created(&made(
+        &"x".repeat(100 * 1024),
+        1
+    )));
+    assert!(!crate::replication::just_created(&Automerge::new()));
+}
