@@ -91,9 +91,11 @@ pub trait Docs {
         state: &mut sync::State,
         message: &[u8],
     ) -> Result<(), DocsError>;
-    /// Makes everything received so far durable. The session calls it before it sends
-    /// anything after receiving, so a peer never hears that we hold what a crash could still
-    /// take away.
+    /// Makes durable everything received so far, and every change made here that was
+    /// written lazily (a change whose maker waits for its own flush need not be). The session
+    /// calls it before it sends anything after receiving or after a document changed, so a
+    /// peer never hears that we hold what a crash could still take away, nor of an outcome a
+    /// crash could take back.
     fn flush(&mut self) -> Result<(), DocsError>;
     /// The heads of `doc` here (empty when not held).
     fn heads(&self, doc: &DocId) -> Vec<ChangeHash>;

@@ -222,6 +222,11 @@ pub struct Repo {
     written: AtomicU64,
     /// Every commit up to this count is durable.
     flushed: AtomicU64,
+    /// The last commit no peer may hear of before it is durable: a peer's changes (we would
+    /// tell the peer we hold them) and local changes written lazily (the executor's outcomes).
+    /// A local change whose caller waits for its own flush ([`Repo::change`]) is not counted:
+    /// it is pushed while its write is under way.
+    owed_to_peers: AtomicU64,
     /// Held while a flush is under way: a caller that waited for it usually finds its own
     /// commit covered when it gets it, and has nothing left to do.
     flushing: Mutex<()>,
@@ -275,6 +280,7 @@ impl Repo {
             writes: Mutex::new(()),
             written: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
+            owed_to_peers: AtomicU64::new(0),
             flushing: Mutex::new(()),
             fsyncs: AtomicU64::new(0),
             durable: watch::Sender::new(true),

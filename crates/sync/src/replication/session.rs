@@ -134,8 +134,8 @@ pub struct Session {
     failed: bool,
     /// Messages refused as early (see [`MAX_EARLY`]).
     early: u32,
-    /// Whether messages were received since the documents were last flushed (see
-    /// [`Docs::flush`]): flushed before anything is sent.
+    /// Whether messages were received, or documents changed, since the documents were last
+    /// flushed (see [`Docs::flush`]): flushed before anything is sent.
     unflushed: bool,
     /// Since when an answer is awaited: set when a message the peer answers goes out with
     /// none awaited, cleared by any message from the peer (see [`STALL_AFTER`]).
@@ -316,6 +316,9 @@ impl Session {
             }
             Input::Alive => self.heard = now,
             Input::Changed(doc) => {
+                // Written lazily, perhaps (an executor's outcome, a change from another peer):
+                // made durable before we say anything more (see `Docs::flush`).
+                self.unflushed = true;
                 if self.hello_received {
                     self.enqueue(doc);
                 }

@@ -62,7 +62,9 @@ impl Docs for RepoDocs<'_> {
     }
 
     fn flush(&mut self) -> Result<(), DocsError> {
-        self.0.flush().map_err(|e| DocsError::Local(e.to_string()))
+        self.0
+            .flush_for_peers()
+            .map_err(|e| DocsError::Local(e.to_string()))
     }
 
     fn heads(&self, doc: &DocId) -> Vec<ChangeHash> {

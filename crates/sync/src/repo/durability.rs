@@ -61,13 +61,27 @@ impl Repo {
         self.fsyncs.load(Ordering::Relaxed)
     }
 
-    /// Makes every lazy write durable; nothing to do if none is pending. The replicator
-    /// writes what peers send lazily when several messages are at hand
-    /// ([`RepoDocs::write`]), and flushes before it tells a peer anything, so those messages
-    /// share one fsync and a peer never hears that we hold what a crash could still take away
-    /// (it would send it again).
+    /// Makes every lazy write durable; nothing to do if none is pending.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.flush_to(self.written.load(Ordering::Acquire))
+    }
+
+    /// Records that the commit just made (the caller holds the write lock) must be durable
+    /// before a peer hears anything more ([`Repo::flush_for_peers`]).
+    pub(super) fn owe_to_peers(&self) {
+        self.owed_to_peers
+            .fetch_max(self.written.load(Ordering::Acquire), Ordering::AcqRel);
+    }
+
+    /// Makes durable what no peer may hear of before it is: what peers sent, written lazily
+    /// when several messages are at hand ([`RepoDocs::write`]), and local changes written
+    /// lazily ([`Repo::change_lazily`]). The replicator calls it before every message, so
+    /// those messages share one fsync and a peer never hears that we hold what a crash could
+    /// still take away (it would send it again), nor an outcome a crash could take back.
+    /// It does not wait for a local change whose caller is flushing it anyway
+    /// ([`Repo::change`]): that one is pushed while its write is under way.
+    pub fn flush_for_peers(&self) -> Result<(), StoreError> {
+        self.flush_to(self.owed_to_peers.load(Ordering::Acquire))
     }
 
     /// Whether everything written is durable, as it changes (for measurements that must wait

@@ -80,7 +80,9 @@ impl Repo {
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ChangeError> {
         let _writing = lock(&self.writes);
-        self.change_and_write(id, message, New::Existing, Commit::Lazy, f)
+        let out = self.change_and_write(id, message, New::Existing, Commit::Lazy, f)?;
+        self.owe_to_peers();
+        Ok(out)
     }
 
     /// The body of a local change; the caller holds the write lock.

@@ -221,6 +221,7 @@ impl Repo {
             self.forget(id);
             return Err(e.into());
         }
+        self.owe_to_peers();
         let _ = self.changes.send(DocChanged {
             doc: id.clone(),
             local: false,

@@ -30,6 +30,11 @@ pub(super) struct MemDocs {
 impl MemDocs {
     /// A durable write: it carries every lazy one before it to disk.
     pub(super) fn flush(&mut self) {
+        // As the repo does: nothing to write, no commit, and the sync states written lazily
+        // stay as lazy as they were.
+        if self.dirty.is_empty() {
+            return;
+        }
         self.saved.append(&mut self.pending);
         for doc in std::mem::take(&mut self.dirty) {
             if let Some(d) = self.docs.get(&doc) {

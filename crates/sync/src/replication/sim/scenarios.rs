@@ -542,3 +542,32 @@ fn only_a_small_new_document_is_presumed_new_to_the_peer() {
     )));
     assert!(!crate::replication::just_created(&Automerge::new()));
 }
+
+/// A change written lazily (an executor's outcome, a change merged from another peer) is made
+/// durable before the session tells the peer of it, even when nothing was received since the
+/// last flush.
+#[test]
+fn a_change_written_lazily_is_durable_before_the_peer_hears_of_it() {
+    let mut docs = MemDocs::default();
+    let mut session = greeted(&mut docs, Quotas::DEFAULT);
+    let now = Instant::now();
+    // Whatever the greeting asked to be flushed is.
+    let _ = syncs_sent(&mut session, &mut docs, now);
+    let doc = random_doc(&mut StdRng::seed_from_u64(17));
+    let d = docs.docs.entry(doc.clone()).or_default();
+    let mut tx = d.transaction();
+    tx.put(ROOT, "status", "failed").expect("put");
+    tx.commit();
+    let heads = d.get_heads();
+    docs.catalog.set(&doc, &heads);
+    // Written, not yet durable.
+    docs.dirty.push(doc.clone());
+    session.handle(now, Input::Changed(doc.clone()), &mut docs);
+    let sent = syncs_sent(&mut session, &mut docs, now);
+    assert_eq!(sent.len(), 1, "the change goes");
+    assert_eq!(
+        docs.durable.get(&doc),
+        Some(&heads),
+        "and was durable before it went"
+    );
+}

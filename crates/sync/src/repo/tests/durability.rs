@@ -224,3 +224,62 @@ fn a_document_made_with_a_change_to_another_is_one_durable_write() {
         .flatten();
     assert_eq!(title.as_deref(), Some("t"), "the new document is kept");
 }
+
+/// Before the replicator says anything to a peer it makes durable what no peer may hear of
+/// before it is: a peer's changes written lazily (we would tell the peer we hold them) and
+/// local changes written lazily (an executor's outcome a crash could take back). A local
+/// change whose maker is flushing it anyway is not waited for: it is pushed while its write
+/// is under way.
+#[test]
+fn before_a_message_what_a_peer_may_not_hear_of_yet_is_made_durable_and_only_that() {
+    use crate::replication::Docs;
+    let (_a_dir, a) = repo();
+    let (_b_dir, b) = repo();
+    let doc = DocId::new_thread();
+    create_thread(&a, &doc);
+    let me = a.device.to_string();
+    let task = |key: &'static str| {
+        let target = me.clone();
+        move |tx: &mut automerge::transaction::Transaction<'_>| {
+            thread::add_task(
+                tx,
+                &thread::NewTask {
+                    id: key,
+                    prompt: "p",
+                    target: &target,
+                    created: 1,
+                },
+            )
+        }
+    };
+    // A change as `Repo::change` makes it, written and not yet flushed by its maker.
+    {
+        let _writing = lock(&a.writes);
+        a.change_and_write(&doc, "sent", New::Existing, Commit::Lazy, task("one"))
+            .unwrap();
+    }
+    let fsyncs = a.fsyncs();
+    RepoDocs(&a, Commit::Lazy).flush().unwrap();
+    assert_eq!(a.fsyncs(), fsyncs, "its maker's flush is not waited for");
+    assert!(!*a.durability().borrow());
+    a.change_lazily(&doc, "settled", task("two")).unwrap();
+    RepoDocs(&a, Commit::Lazy).flush().unwrap();
+    assert_eq!(a.fsyncs(), fsyncs + 1, "a lazy local change is flushed");
+    assert!(*a.durability().borrow());
+
+    // A peer's changes, written lazily as several messages at hand are.
+    let (mut a_state, mut b_state) = (sync::State::new(), sync::State::new());
+    let mut b_docs = RepoDocs(&b, Commit::Lazy);
+    for _ in 0..4 {
+        if let Some(m) = a.generate_sync_message(&doc, &mut a_state).unwrap() {
+            b_docs.receive(&doc, &mut b_state, &m).unwrap();
+        }
+        if let Some(m) = b.generate_sync_message(&doc, &mut b_state).unwrap() {
+            a.receive_sync_message(&doc, &mut a_state, &m).unwrap();
+        }
+    }
+    assert_eq!(keys(&b, &doc), ["one", "two"]);
+    assert!(!*b.durability().borrow(), "received lazily");
+    b_docs.flush().unwrap();
+    assert!(*b.durability().borrow(), "a peer's changes are flushed");
+}
