@@ -192,6 +192,18 @@ fn syncs_sent(session: &mut Session, docs: &mut MemDocs, now: Instant) -> Vec<Ve
         .collect()
 }
 
+/// A document made here with one change putting `key`, and its heads (in the catalog too).
+fn made_here(docs: &mut MemDocs, seed: u64, key: &str, value: &str) -> (DocId, Vec<ChangeHash>) {
+    let doc = random_doc(&mut StdRng::seed_from_u64(seed));
+    let d = docs.docs.entry(doc.clone()).or_default();
+    let mut tx = d.transaction();
+    tx.put(ROOT, key, value).expect("put");
+    tx.commit();
+    let heads = d.get_heads();
+    docs.catalog.set(&doc, &heads);
+    (doc, heads)
+}
+
 fn random_doc(rng: &mut StdRng) -> DocId {
     let mut b = [0u8; 16];
     rng.fill(&mut b);
@@ -487,13 +499,7 @@ fn a_document_just_made_goes_whole_in_the_first_message() {
     let mut docs = MemDocs::default();
     let mut session = greeted(&mut docs, Quotas::DEFAULT);
     let now = Instant::now();
-    let doc = random_doc(&mut StdRng::seed_from_u64(13));
-    let d = docs.docs.entry(doc.clone()).or_default();
-    let mut tx = d.transaction();
-    tx.put(ROOT, "title", "a new thread").expect("put");
-    tx.commit();
-    let heads = d.get_heads();
-    docs.catalog.set(&doc, &heads);
+    let (doc, heads) = made_here(&mut docs, 13, "title", "a new thread");
     session.handle(now, Input::Changed(doc.clone()), &mut docs);
     let mut first = syncs_sent(&mut session, &mut docs, now);
     assert_eq!(first.len(), 1, "one message about the new document");
@@ -553,13 +559,7 @@ fn a_change_written_lazily_is_durable_before_the_peer_hears_of_it() {
     let now = Instant::now();
     // Whatever the greeting asked to be flushed is.
     let _ = syncs_sent(&mut session, &mut docs, now);
-    let doc = random_doc(&mut StdRng::seed_from_u64(17));
-    let d = docs.docs.entry(doc.clone()).or_default();
-    let mut tx = d.transaction();
-    tx.put(ROOT, "status", "failed").expect("put");
-    tx.commit();
-    let heads = d.get_heads();
-    docs.catalog.set(&doc, &heads);
+    let (doc, heads) = made_here(&mut docs, 17, "status", "failed");
     // Written, not yet durable.
     docs.dirty.push(doc.clone());
     session.handle(now, Input::Changed(doc.clone()), &mut docs);
