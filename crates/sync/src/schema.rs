@@ -4,6 +4,12 @@
 //! so the schema is tested deterministically. Reads are forgiving (a missing or mistyped field
 //! reads as absent, because a peer on another version may have written it); writes always
 //! produce the full shape.
+//!
+//! A new object written with its fields (a thread, a task, a message, a thread's listing) is
+//! written as one batch (`Transactable::batch_create_object`, `init_root_from_hydrate`):
+//! automerge 0.12 places each operation made one by one in its columns on its own, re-encoding
+//! them each time, and a batch places them together. A send into a new thread cost the phone
+//! about a sixth less CPU that way.
 
 pub mod index;
 pub mod ownership;

@@ -120,10 +120,7 @@ impl Node {
                         short(id.as_str()),
                         short(&task_id)
                     ),
-                    |tx| {
-                        thread::create(tx, id.as_str(), &title)?;
-                        thread::add_task(tx, &new)
-                    },
+                    |tx| thread::create_with_task(tx, id.as_str(), &title, &new),
                     (
                         &DocId::index(),
                         &format!("thread {} listed", short(id.as_str())),

@@ -11,8 +11,10 @@
 //!   notify:   { <device>: { <id>: { url, events, content, removed } } } }   that device's only
 //! ```
 
+use std::collections::HashMap;
+
 use automerge::transaction::Transactable;
-use automerge::{AutomergeError, ObjId, ObjType, ROOT, ReadDoc};
+use automerge::{AutomergeError, ObjId, ObjType, ROOT, ReadDoc, hydrate};
 use serde::{Deserialize, Serialize};
 
 use super::{SCHEMA_VERSION, get_bool, get_i64, get_obj, get_str};
@@ -183,11 +185,15 @@ pub fn addrs(doc: &impl ReadDoc) -> Vec<AddrEntry> {
 
 pub fn add_thread(tx: &mut impl Transactable, t: &ThreadEntry) -> Result<(), AutomergeError> {
     let threads = section(tx, "threads")?;
-    let obj = tx.put_object(&threads, t.id.as_str(), ObjType::Map)?;
-    tx.put(&obj, "title", t.title.as_str())?;
-    tx.put(&obj, "created", t.created)?;
-    tx.put(&obj, "created_by", t.created_by.as_str())?;
-    tx.put(&obj, "archived", t.archived)?;
+    // One batch (see the module docs of `schema`).
+    let entry: hydrate::Value = HashMap::from([
+        ("title", hydrate::Value::scalar(t.title.as_str())),
+        ("created", hydrate::Value::scalar(t.created)),
+        ("created_by", hydrate::Value::scalar(t.created_by.as_str())),
+        ("archived", hydrate::Value::scalar(t.archived)),
+    ])
+    .into();
+    tx.batch_create_object(&threads, t.id.as_str(), &entry, false)?;
     Ok(())
 }
 

@@ -18,8 +18,10 @@
 //! entry (the executor building a model's context, a phone listing questions) check that its
 //! author is the task's target.
 
+use std::collections::HashMap;
+
 use automerge::transaction::Transactable;
-use automerge::{AutomergeError, ObjId, ObjType, ROOT, ReadDoc};
+use automerge::{AutomergeError, ObjId, ObjType, ROOT, ReadDoc, hydrate};
 use serde::{Deserialize, Serialize};
 
 use super::{TaskStatus, creator, section};
@@ -105,35 +107,50 @@ fn append(tx: &mut impl Transactable) -> Result<ObjId, AutomergeError> {
     tx.insert_object(&messages, len, ObjType::Map)
 }
 
+/// Appends a message with its fields, in one batch (see the module docs of `schema`).
+fn append_with(
+    tx: &mut impl Transactable,
+    fields: HashMap<&str, hydrate::Value>,
+) -> Result<(), AutomergeError> {
+    let messages = section(tx, "messages")?;
+    let len = tx.length(&messages);
+    tx.batch_create_object(&messages, len, &fields.into(), true)?;
+    Ok(())
+}
+
 /// Appends a task's answer. Executor only.
 pub fn add_agent_message(
     tx: &mut impl Transactable,
     m: &NewAgentMessage<'_>,
 ) -> Result<(), AutomergeError> {
-    let obj = append(tx)?;
-    tx.put(&obj, "id", m.id)?;
-    tx.put(&obj, "kind", KIND_AGENT)?;
-    tx.put(&obj, "task", m.task)?;
-    tx.put(&obj, "text", m.text)?;
-    tx.put(&obj, "at", m.at)?;
-    tx.put(&obj, "status", m.status.as_str())?;
+    let mut fields = HashMap::from([
+        ("id", hydrate::Value::scalar(m.id)),
+        ("kind", hydrate::Value::scalar(KIND_AGENT)),
+        ("task", hydrate::Value::scalar(m.task)),
+        ("text", hydrate::Value::scalar(m.text)),
+        ("at", hydrate::Value::scalar(m.at)),
+        ("status", hydrate::Value::scalar(m.status.as_str())),
+    ]);
     if !m.steps.is_empty() {
-        tx.put(&obj, "steps", m.steps.join("\n"))?;
+        fields.insert("steps", hydrate::Value::scalar(m.steps.join("\n")));
     }
-    Ok(())
+    append_with(tx, fields)
 }
 
 /// Appends a question, with the (empty) map its answers go into. Executor only.
 pub fn ask_question(tx: &mut impl Transactable, q: &NewQuestion<'_>) -> Result<(), AutomergeError> {
-    let obj = append(tx)?;
-    tx.put(&obj, "id", q.id)?;
-    tx.put(&obj, "kind", KIND_QUESTION)?;
-    tx.put(&obj, "task", q.task)?;
-    tx.put(&obj, "text", q.text)?;
-    tx.put(&obj, "at", q.at)?;
-    tx.put(&obj, "expires_at", q.expires_at)?;
-    tx.put_object(&obj, "answers", ObjType::Map)?;
-    Ok(())
+    append_with(
+        tx,
+        HashMap::from([
+            ("id", hydrate::Value::scalar(q.id)),
+            ("kind", hydrate::Value::scalar(KIND_QUESTION)),
+            ("task", hydrate::Value::scalar(q.task)),
+            ("text", hydrate::Value::scalar(q.text)),
+            ("at", hydrate::Value::scalar(q.at)),
+            ("expires_at", hydrate::Value::scalar(q.expires_at)),
+            ("answers", hydrate::Value::map()),
+        ]),
+    )
 }
 
 /// Records missed slots of a schedule in the thread; `task` is the catch-up run, if any (empty
