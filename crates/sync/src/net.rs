@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use automerge::ChangeHash;
 use automerge::sync;
-use iroh::endpoint::{Connection, Side, VarInt};
+use iroh::endpoint::{Connection, ConnectionError, Side, VarInt};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use iroh::{Endpoint, EndpointAddr};
 use tokio::sync::{Notify, broadcast, watch};
@@ -137,6 +137,9 @@ struct Inner {
     /// Peers dropped for a protocol violation since they last connected: their sessions must
     /// not save sync states (they were cleared so that the next session starts over).
     distrusted: Mutex<HashSet<DeviceId>>,
+    /// Connections closed here because a newer one to the same peer was kept (by
+    /// `Connection::stable_id`), until their sessions end.
+    superseded: Mutex<HashSet<usize>>,
     progress: watch::Sender<u64>,
     events: broadcast::Sender<NetEvent>,
     shutdown: watch::Sender<bool>,
@@ -164,6 +167,7 @@ impl Replicator {
             dialers: Mutex::default(),
             views: Mutex::default(),
             distrusted: Mutex::default(),
+            superseded: Mutex::default(),
             progress: watch::channel(0).0,
             events: broadcast::channel(1024).0,
             shutdown: watch::channel(false).0,
@@ -249,6 +253,17 @@ impl Replicator {
             let s = c.stats();
             s.udp_tx.bytes + s.udp_rx.bytes
         })
+    }
+
+    /// Whether `conn` lost to a duplicate, closed by either side (forgotten once asked).
+    fn lost_to_duplicate(&self, conn: &Connection) -> bool {
+        let here = lock(&self.0.superseded).remove(&conn.stable_id());
+        let there = matches!(
+            conn.close_reason(),
+            Some(ConnectionError::ApplicationClosed(ref c))
+                if c.error_code == VarInt::from_u32(CLOSE_DUPLICATE)
+        );
+        here || there
     }
 
     /// Whether `conn` is the connection kept for its peer.
@@ -404,6 +419,7 @@ impl Replicator {
                 conn.close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
                 return false;
             }
+            lock(&self.0.superseded).insert(old.stable_id());
             old.close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
         }
         conns.insert(peer, (conn.clone(), Instant::now()));

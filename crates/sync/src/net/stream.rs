@@ -199,7 +199,12 @@ impl Replicator {
                 _ = conn.closed() => break,
             }
         }
-        session.close();
+        // A session whose connection lost to a duplicate saves nothing at its end: the kept
+        // session speaks for this peer now, and what this one knew may be older than what
+        // that one has saved (it would overwrite it).
+        if !self.lost_to_duplicate(conn) {
+            session.close();
+        }
         self.apply_events(conn, &mut session);
         drop(tx);
         let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
