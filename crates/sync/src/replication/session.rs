@@ -179,6 +179,13 @@ fn resumed(saved: Option<sync::State>, mut ours: Vec<ChangeHash>) -> sync::State
 /// The state of a document the peer is presumed not to hold (see
 /// [`crate::replication::just_created`]): as if it had said "I have nothing, send everything",
 /// so the first message carries the changes. Whatever the peer then says replaces this.
+fn same_heads(a: &[ChangeHash], b: &[ChangeHash]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort();
+    b.sort();
+    a == b
+}
+
 fn presumed_lacking() -> sync::State {
     let mut state = sync::State::new();
     state.their_heads = Some(Vec::new());
@@ -650,10 +657,17 @@ impl Session {
                 None => break,
             };
             self.queued.remove(&doc);
-            if let Some(since) = self.slots.get(&doc).and_then(|s| s.unanswered)
+            if let Some(slot) = self.slots.get(&doc)
+                && let Some(since) = slot.unanswered
                 && now < since + HOLD_AT_MOST
             {
-                self.held.insert(doc, since + HOLD_AT_MOST);
+                // Held only when there is something new to hold: asked again right after our
+                // message, with nothing made since, there is nothing to say until the peer
+                // answers (which brings the document back), and holding it would keep back
+                // the digest that goes out with the message.
+                if !same_heads(&docs.heads(&doc), &slot.state.last_sent_heads) {
+                    self.held.insert(doc, since + HOLD_AT_MOST);
+                }
                 continue;
             }
             let peer = self.peer;

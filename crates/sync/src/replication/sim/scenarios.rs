@@ -571,3 +571,20 @@ fn a_change_written_lazily_is_durable_before_the_peer_hears_of_it() {
         "and was durable before it went"
     );
 }
+
+/// A change goes out with the digest that announces it, in one burst of messages: waiting for
+/// the peer's answer about the document (the hold) keeps back only what is made meanwhile.
+#[test]
+fn a_change_goes_out_with_the_digest_that_announces_it() {
+    let mut docs = MemDocs::default();
+    let mut session = greeted(&mut docs, Quotas::DEFAULT);
+    let now = Instant::now();
+    let _ = std::iter::from_fn(|| session.poll_transmit(now, &mut docs)).count();
+    let (doc, _) = made_here(&mut docs, 19, "title", "a new thread");
+    session.handle(now, Input::Changed(doc.clone()), &mut docs);
+    let sent: Vec<Msg> = std::iter::from_fn(|| session.poll_transmit(now, &mut docs)).collect();
+    assert!(
+        matches!(sent.as_slice(), [Msg::Sync { .. }, Msg::Digest(d)] if *d == docs.digest()),
+        "{sent:?}"
+    );
+}
