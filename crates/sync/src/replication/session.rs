@@ -179,19 +179,20 @@ fn resumed(saved: Option<sync::State>, mut ours: Vec<ChangeHash>) -> sync::State
 /// The state of a document the peer is presumed not to hold (see
 /// [`crate::replication::just_created`]): as if it had said "I have nothing, send everything",
 /// so the first message carries the changes. Whatever the peer then says replaces this.
-fn same_heads(a: &[ChangeHash], b: &[ChangeHash]) -> bool {
-    let (mut a, mut b) = (a.to_vec(), b.to_vec());
-    a.sort();
-    b.sort();
-    a == b
-}
-
 fn presumed_lacking() -> sync::State {
     let mut state = sync::State::new();
     state.their_heads = Some(Vec::new());
     state.their_need = Some(Vec::new());
     state.their_have = Some(vec![sync::Have::default()]);
     state
+}
+
+/// Whether two sets of heads are the same, in whatever order.
+fn same_heads(a: &[ChangeHash], b: &[ChangeHash]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort();
+    b.sort();
+    a == b
 }
 
 impl Session {
