@@ -21,8 +21,10 @@ use crate::ids::DeviceId;
 use crate::quota::Quotas;
 use crate::schema::DocId;
 use slots::Slots;
+use states::{presumed_lacking, resumed, same_heads};
 
 mod slots;
+mod states;
 
 /// Per-document sync states kept in memory per peer; beyond this the least recently used one
 /// is saved and dropped.
@@ -151,48 +153,6 @@ pub struct Session {
     /// Documents with something to send, held back until the peer answers the changes we
     /// last sent, or until the time given (see [`HOLD_AT_MOST`]). At most one entry per slot.
     held: BTreeMap<DocId, Instant>,
-}
-
-/// A sync state as loaded from the store, ready to go on from.
-///
-/// Automerge saves only the heads both sides hold, and a decoded state has "never answered"
-/// set, so the first message it is given always gets an answer, even one saying nothing new.
-/// A state saved at exactly the heads held here describes a document the peer already holds
-/// in full: it starts as having told the peer so. Without this, two sessions with more
-/// documents under way than [`MAX_SLOTS`] can keep evicting and reloading each other's
-/// documents, each reload answering a message that needed no answer, forever (seed 1999 of
-/// the simulation did, with 300 documents).
-fn resumed(saved: Option<sync::State>, mut ours: Vec<ChangeHash>) -> sync::State {
-    let Some(mut state) = saved else {
-        return sync::State::new();
-    };
-    ours.sort();
-    let mut shared = state.shared_heads.clone();
-    shared.sort();
-    if !ours.is_empty() && shared == ours {
-        state.last_sent_heads = ours;
-        state.have_responded = true;
-    }
-    state
-}
-
-/// The state of a document the peer is presumed not to hold (see
-/// [`crate::replication::just_created`]): as if it had said "I have nothing, send everything",
-/// so the first message carries the changes. Whatever the peer then says replaces this.
-fn presumed_lacking() -> sync::State {
-    let mut state = sync::State::new();
-    state.their_heads = Some(Vec::new());
-    state.their_need = Some(Vec::new());
-    state.their_have = Some(vec![sync::Have::default()]);
-    state
-}
-
-/// Whether two sets of heads are the same, in whatever order.
-fn same_heads(a: &[ChangeHash], b: &[ChangeHash]) -> bool {
-    let (mut a, mut b) = (a.to_vec(), b.to_vec());
-    a.sort();
-    b.sort();
-    a == b
 }
 
 impl Session {
