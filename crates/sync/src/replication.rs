@@ -47,13 +47,26 @@ const FRESH_AT_MOST_BYTES: usize = 64 * 1024;
 /// first exchange heads and ask: one round trip and two messages fewer per new thread. Should
 /// the peer hold it after all, one small change crossed twice.
 pub fn just_created(doc: &automerge::Automerge) -> bool {
+    just_created_sized(doc, None)
+}
+
+/// [`just_created`], given the size of a change of the document when the caller knows it (a
+/// document made here learnt it then): automerge rebuilds a change from the document's
+/// columns to give its bytes, which costs about as much as applying it.
+pub fn just_created_sized(
+    doc: &automerge::Automerge,
+    known: Option<(automerge::ChangeHash, usize)>,
+) -> bool {
     match doc.get_heads().as_slice() {
         // The metadata first: only a document that passes has its one change looked at.
         [head] => {
             doc.get_change_meta_by_hash(head)
                 .is_some_and(|m| m.deps.is_empty() && m.max_op <= FRESH_AT_MOST_OPS)
-                && automerge::ReadDoc::get_change_by_hash(doc, head)
-                    .is_some_and(|c| c.raw_bytes().len() <= FRESH_AT_MOST_BYTES)
+                && match known {
+                    Some((hash, len)) if hash == *head => len <= FRESH_AT_MOST_BYTES,
+                    _ => automerge::ReadDoc::get_change_by_hash(doc, head)
+                        .is_some_and(|c| c.raw_bytes().len() <= FRESH_AT_MOST_BYTES),
+                }
         }
         _ => false,
     }

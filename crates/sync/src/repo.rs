@@ -140,6 +140,9 @@ struct Entry {
     used: std::time::Instant,
     /// The views this process stored of it, each with the heads it was derived at.
     views: Vec<(String, HeadsHash)>,
+    /// The hash and size of the first change, when this device made the document: spares
+    /// rebuilding that change to learn whether it is small ([`crate::replication::just_created`]).
+    first_change: Option<(ChangeHash, usize)>,
 }
 
 impl Entry {
@@ -157,6 +160,7 @@ impl Entry {
             paths: Default::default(),
             used: std::time::Instant::now(),
             views: Vec::new(),
+            first_change: None,
         }
     }
 

@@ -76,7 +76,7 @@ impl Docs for RepoDocs<'_> {
         self.0
             .lock()
             .get(doc)
-            .is_some_and(|e| crate::replication::just_created(&e.doc))
+            .is_some_and(|e| crate::replication::just_created_sized(&e.doc, e.first_change))
     }
 
     fn digest(&self) -> Digest {

@@ -194,6 +194,9 @@ impl Repo {
                 }
                 let sig = authorship::sign(&self.key, &space, id, &hash);
                 entry.unsaved_sigs.push((hash.0, sig));
+                if new == New::Create {
+                    entry.first_change = change.as_ref().map(|c| (hash, c.raw_bytes().len()));
+                }
                 if let Some(change) = change {
                     touched = Some(
                         Checker::new(&entry.doc, id, &mut entry.paths).touched(&change.decode()),

@@ -547,6 +547,14 @@ fn only_a_small_new_document_is_presumed_new_to_the_peer() {
         1
     )));
     assert!(!crate::replication::just_created(&Automerge::new()));
+    // A size the caller knows stands for that change, and for no other.
+    let small = made("a new thread", 1);
+    let head = small.get_heads()[0];
+    let sized = crate::replication::just_created_sized;
+    assert!(!sized(&small, Some((head, 100 * 1024))));
+    assert!(sized(&small, Some((head, 300))));
+    let other = made("another thread", 1).get_heads()[0];
+    assert!(sized(&small, Some((other, 100 * 1024))));
 }
 
 /// A change written lazily (an executor's outcome, a change merged from another peer) is made

@@ -213,3 +213,37 @@ fn quiet_documents_are_folded_in_one_write() {
         assert_eq!(keys(&a, doc), ["one"]);
     }
 }
+
+/// A document made here is presumed new to a peer by the size its first change had when it
+/// was made, without rebuilding the change; a large one is not, and neither is one changed
+/// since.
+#[test]
+fn a_document_made_here_is_presumed_new_by_the_size_it_was_made_with() {
+    use crate::replication::Docs;
+    use automerge::transaction::Transactable;
+    let (_dir, repo) = repo();
+    let small = DocId::new_thread();
+    repo.create(&small, "made", |tx| {
+        tx.put(automerge::ROOT, "title", "a new thread")?;
+        Ok(())
+    })
+    .unwrap();
+    let large = DocId::new_thread();
+    repo.create(&large, "made", |tx| {
+        tx.put(automerge::ROOT, "title", "x".repeat(100 * 1024))?;
+        Ok(())
+    })
+    .unwrap();
+    let made_with = |id: &DocId| repo.lock().get(id).and_then(|e| e.first_change);
+    assert!(made_with(&small).is_some_and(|(_, len)| len < 1024));
+    assert!(made_with(&large).is_some_and(|(_, len)| len > 100 * 1024));
+    let docs = repo.docs();
+    assert!(docs.just_created(&small));
+    assert!(!docs.just_created(&large));
+    repo.change(&small, "again", |tx| {
+        tx.put(automerge::ROOT, "title", "renamed")?;
+        Ok(())
+    })
+    .unwrap();
+    assert!(!repo.docs().just_created(&small));
+}
