@@ -29,6 +29,10 @@ mod states;
 /// Per-document sync states kept in memory per peer; beyond this the least recently used one
 /// is saved and dropped.
 pub const MAX_SLOTS: usize = 256;
+/// The sync states of evicted slots kept unsaved at most, in memory (with the session's, saved
+/// together once this many wait or the session goes quiet): in a burst of new documents
+/// nearly every document evicts one slot, and saving each alone was a database commit apiece.
+pub const SAVE_EVICTED_AT: usize = 64;
 /// Sync states are saved once the session has been quiet this long (or when it ends): each
 /// save dirties database pages that the next durable commit must write, on the path whose
 /// latency matters.
@@ -131,7 +135,11 @@ pub struct Session {
     /// The (ours, theirs) digests when we last asked for a catalog: ask once per mismatch.
     catalog_asked: Option<(Digest, Digest)>,
     last_activity: Instant,
+    /// Whether a slot's state, or an evicted one, is unsaved.
     unsaved: bool,
+    /// States of evicted slots not saved yet (at most [`SAVE_EVICTED_AT`]); a slot taken again
+    /// meanwhile starts from its state here.
+    evicted: BTreeMap<DocId, Vec<u8>>,
     events: VecDeque<Event>,
     failed: bool,
     /// Messages refused as early (see [`MAX_EARLY`]).
@@ -182,6 +190,7 @@ impl Session {
             catalog_asked: None,
             last_activity: now,
             unsaved: false,
+            evicted: BTreeMap::new(),
             events: VecDeque::new(),
             failed: false,
             early: 0,
@@ -493,16 +502,29 @@ impl Session {
     /// The slot of `doc`, loading its saved state, and making room if needed.
     fn slot(&mut self, doc: &DocId, docs: &dyn Docs, now: Instant) -> &mut slots::Slot {
         let peer = self.peer;
-        let (slot, evicted) = self
-            .slots
-            .take(doc, now, || match docs.saved_state(&peer, doc) {
+        let unsaved = match self.slots.contains(doc) {
+            true => None,
+            false => self.evicted.remove(doc),
+        };
+        let (_, evicted) = self.slots.take(doc, now, || {
+            let saved = match unsaved {
+                Some(bytes) => sync::State::decode(&bytes).ok(),
+                None => docs.saved_state(&peer, doc),
+            };
+            match saved {
                 None if docs.just_created(doc) => presumed_lacking(),
                 saved => resumed(saved, docs.heads(doc)),
-            });
-        if let Some(state) = evicted {
-            self.events.push_back(Event::SaveStates(vec![state]));
+            }
+        });
+        if let Some((evicted, state)) = evicted {
+            self.evicted.insert(evicted, state);
+            self.unsaved = true;
+            if self.evicted.len() >= SAVE_EVICTED_AT {
+                let states = std::mem::take(&mut self.evicted).into_iter().collect();
+                self.events.push_back(Event::SaveStates(states));
+            }
         }
-        slot
+        self.slots.get_mut(doc).expect("just taken")
     }
 
     fn note_progress(&mut self, doc: &DocId, docs: &dyn Docs) {
@@ -755,7 +777,8 @@ impl Session {
     }
 
     fn save_all(&mut self) {
-        let mut states = Vec::new();
+        let mut states: Vec<(DocId, Vec<u8>)> =
+            std::mem::take(&mut self.evicted).into_iter().collect();
         for (doc, slot) in self.slots.iter_mut() {
             if slot.unsaved {
                 states.push((doc.clone(), slot.state.encode()));

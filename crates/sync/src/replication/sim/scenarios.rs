@@ -596,3 +596,43 @@ fn a_change_goes_out_with_the_digest_that_announces_it() {
         "{sent:?}"
     );
 }
+
+/// Sync states of slots evicted to make room are saved many at a time, not one commit per
+/// eviction: a burst of new documents evicts about one slot per document. None is lost: they
+/// are all saved once the session goes quiet.
+#[test]
+fn evicted_sync_states_are_saved_together() {
+    use crate::replication::session::{SAVE_AFTER, SAVE_EVICTED_AT};
+    let mut docs = MemDocs::default();
+    let mut session = greeted(&mut docs, Quotas::DEFAULT);
+    let now = Instant::now();
+    let extra = 2 * SAVE_EVICTED_AT + 10;
+    let made: Vec<DocId> = (0..MAX_SLOTS + extra)
+        .map(|i| made_here(&mut docs, 1_000 + i as u64, "title", "a thread").0)
+        .collect();
+    let mut saves = Vec::new();
+    for doc in &made {
+        session.handle(now, lookup(doc.clone()), &mut docs);
+        while session.poll_transmit(now, &mut docs).is_some() {}
+        saves.extend(
+            std::iter::from_fn(|| session.poll_event()).filter_map(|e| match e {
+                Event::SaveStates(states) => Some(states.len()),
+                _ => None,
+            }),
+        );
+    }
+    assert!(session.slots() <= MAX_SLOTS);
+    assert_eq!(saves, vec![SAVE_EVICTED_AT; 2], "saved while busy");
+    session.handle_timeout(now + SAVE_AFTER, &docs);
+    let saved: Vec<DocId> = std::iter::from_fn(|| session.poll_event())
+        .filter_map(|e| match e {
+            Event::SaveStates(states) => Some(states),
+            _ => None,
+        })
+        .flatten()
+        .map(|(doc, _)| doc)
+        .collect();
+    // The last ten evicted, and every slot still held: each answered a message, so each
+    // state moved since it was loaded.
+    assert_eq!(saved.len(), 10 + MAX_SLOTS, "saved once quiet");
+}
