@@ -56,6 +56,11 @@ impl Repo {
         });
     }
 
+    /// How many database commits this repo has made so far.
+    pub fn commits(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
     /// How many fsyncs this repo has asked for so far (durable commits and flushes).
     pub fn fsyncs(&self) -> u64 {
         self.fsyncs.load(Ordering::Relaxed)

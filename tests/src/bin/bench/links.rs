@@ -50,6 +50,89 @@ pub struct Burst {
     /// CPU time per send, in milliseconds, of this process (the phone) and of the desktop's,
     /// from the first send until the desktop held them all.
     pub cpu_per_send: Option<(f64, f64)>,
+    /// What each send cost the phone and the desktop in database commits, fsyncs, bytes
+    /// written to storage and UDP datagrams sent, over the same span.
+    pub io_per_send: (Io, Io),
+}
+
+/// Counts of one process's writes and datagrams (see [`Burst::io_per_send`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Io {
+    pub commits: f64,
+    pub fsyncs: f64,
+    /// `write_bytes` of `/proc/PID/io`, in KiB; `None` where the kernel does not count it.
+    pub kib_written: Option<f64>,
+    /// `OutDatagrams` of the process's network namespace (`/proc/PID/net/snmp`): the desktop
+    /// has one of its own on a veth link; the phone's also counts anything else of the host's.
+    pub datagrams: Option<f64>,
+}
+
+impl Io {
+    /// This process's counts now: `commits` and `fsyncs` from its repo, the rest from `/proc`.
+    fn now(pid: &str, commits: u64, fsyncs: u64) -> Io {
+        Io {
+            commits: commits as f64,
+            fsyncs: fsyncs as f64,
+            kib_written: proc_field(&format!("/proc/{pid}/io"), "write_bytes:")
+                .map(|b| b as f64 / 1024.0),
+            datagrams: udp_out(&format!("/proc/{pid}/net/snmp")).map(|n| n as f64),
+        }
+    }
+
+    /// Per send, from `before` to `self`, over `sends`.
+    fn per_send(self, before: Io, sends: usize) -> Io {
+        let n = sends as f64;
+        let each = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| (a - b) / n);
+        Io {
+            commits: (self.commits - before.commits) / n,
+            fsyncs: (self.fsyncs - before.fsyncs) / n,
+            kib_written: each(self.kib_written, before.kib_written),
+            datagrams: each(self.datagrams, before.datagrams),
+        }
+    }
+
+    fn json(&self) -> Json {
+        json!({
+            "commits": self.commits,
+            "fsyncs": self.fsyncs,
+            "kib_written": self.kib_written,
+            "udp_datagrams": self.datagrams,
+        })
+    }
+}
+
+impl std::fmt::Display for Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2} commits, {:.2} fsyncs", self.commits, self.fsyncs)?;
+        if let Some(kib) = self.kib_written {
+            write!(f, ", {kib:.0} KiB written")?;
+        }
+        if let Some(n) = self.datagrams {
+            write!(f, ", {n:.2} UDP datagrams")?;
+        }
+        Ok(())
+    }
+}
+
+/// The value of `Udp: OutDatagrams` in a `/proc/net/snmp` file.
+fn udp_out(path: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let names = lines.next()?.split_whitespace();
+    let values = lines.next()?.split_whitespace();
+    names
+        .zip(values)
+        .find(|(name, _)| *name == "OutDatagrams")?
+        .1
+        .parse()
+        .ok()
+}
+
+/// The number after `field` in a file of `field value` lines.
+fn proc_field(path: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.trim().parse().ok())
 }
 
 impl Burst {
@@ -244,8 +327,8 @@ pub async fn links(partition_secs: u64) -> Result<Links> {
     let first = phone.send("the thread of the burst", None, None)?;
     spaces::in_sync(&phone, "before the burst").await?;
     let bursts = vec![
-        burst(&phone, &desk, "one thread", Some(&first.thread)).await?,
-        burst(&phone, &desk, "new threads", None).await?,
+        burst(&phone, &mut desk, "one thread", Some(&first.thread)).await?,
+        burst(&phone, &mut desk, "new threads", None).await?,
     ];
     let held = count(&mut desk)?;
     if held != before + LONE + 1 + 2 * BURST {
@@ -289,12 +372,26 @@ pub async fn links(partition_secs: u64) -> Result<Links> {
 /// not count here).
 async fn burst(
     phone: &Node,
-    desk: &Desktop,
+    desk: &mut Desktop,
     into: &'static str,
     thread: Option<&str>,
 ) -> Result<Burst> {
-    let cpu = || Some((spaces::cpu_ms("/proc/self/stat")?, desk.cpu_ms()?));
-    let cpu_before = cpu();
+    let cpu = |desk: &Desktop| Some((spaces::cpu_ms("/proc/self/stat")?, desk.cpu_ms()?));
+    let io = |desk: &mut Desktop| -> Result<(Io, Io)> {
+        let said = desk.ask("writes")?;
+        let count = |i: usize| -> Result<u64> {
+            said.get(i)
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("the desktop's writes: {said:?}"))
+        };
+        let repo = phone.repo();
+        Ok((
+            Io::now("self", repo.commits(), repo.fsyncs()),
+            Io::now(&desk.pid().to_string(), count(0)?, count(1)?),
+        ))
+    };
+    let io_before = io(desk)?;
+    let cpu_before = cpu(desk);
     let t0 = Instant::now();
     let mut sent = Vec::with_capacity(BURST);
     for i in 0..BURST {
@@ -314,14 +411,20 @@ async fn burst(
     let settle_ms = ms(t1.elapsed());
     let per_send = |before: f64, after: f64| (after - before) / BURST as f64;
     let cpu_per_send = cpu_before
-        .zip(cpu())
+        .zip(cpu(desk))
         .map(|((p0, d0), (p1, d1))| (per_send(p0, p1), per_send(d0, d1)));
+    let io_after = io(desk)?;
+    let io_per_send = (
+        io_after.0.per_send(io_before.0, BURST),
+        io_after.1.per_send(io_before.1, BURST),
+    );
     Ok(Burst {
         into,
         sends: BURST,
         send_ms,
         settle_ms,
         cpu_per_send,
+        io_per_send,
     })
 }
 
@@ -369,6 +472,10 @@ pub fn table(links: &Links) {
             );
         }
         println!(
+            "  per send into {}: phone {}; desktop {}",
+            b.into, b.io_per_send.0, b.io_per_send.1
+        );
+        println!(
             "  goal: the desktop holds all within 1,000 ms of the last send ({}): {:.0} ms: {}",
             b.into,
             b.settle_ms,
@@ -413,6 +520,10 @@ pub fn json(links: &Links) -> Json {
                 "phone": phone,
                 "desktop": desk,
             })),
+            "io_per_send": {
+                "phone": b.io_per_send.0.json(),
+                "desktop": b.io_per_send.1.json(),
+            },
         })).collect::<Vec<_>>(),
         "partition": links.partition.map(|(secs, heal_ms)| json!({
             "seconds": secs,

@@ -239,6 +239,10 @@ pub async fn desktop_process(home: &Path) -> Result<()> {
             }
             ["id"] => format!("id {}", desk.id()),
             ["count"] => format!("count {}", desk.tasks(None)?.len()),
+            ["writes"] => {
+                let repo = desk.repo();
+                format!("writes {} {}", repo.commits(), repo.fsyncs())
+            }
             ["primed"] => {
                 desk.primed().await;
                 "primed".to_owned()
@@ -300,6 +304,10 @@ impl Desktop {
     }
 
     /// The CPU time the desktop process has used so far, in milliseconds.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn cpu_ms(&self) -> Option<f64> {
         cpu_ms(&format!("/proc/{}/stat", self.child.id()))
     }
