@@ -5,7 +5,8 @@
 //! and [`Session::handle_timeout`] at [`Session::poll_timeout`].
 //!
 //! Bounds, whatever the number of documents: one stream; at most [`MAX_SLOTS`] per-document
-//! sync states in memory (the rest are saved and reloaded on demand); catalog pages of
+//! sync states in memory, and [`SAVE_EVICTED_AT`] evicted ones waiting to be saved (the rest
+//! are saved and reloaded on demand); catalog pages of
 //! [`msg::CATALOG_PAGE`] entries generated one at a time as the stream takes them.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
