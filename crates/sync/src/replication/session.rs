@@ -21,9 +21,11 @@ use super::{Docs, DocsError};
 use crate::ids::DeviceId;
 use crate::quota::Quotas;
 use crate::schema::DocId;
+use queue::Queue;
 use slots::Slots;
 use states::{presumed_lacking, resumed, same_heads};
 
+mod queue;
 mod slots;
 mod states;
 
@@ -122,11 +124,8 @@ pub struct Session {
     hello_received: bool,
     /// Ordered maps and sets throughout, not hashed ones (see [`Slots`]).
     slots: Slots,
-    /// Documents with work to do that hold a slot (or may take one).
-    queue: VecDeque<DocId>,
-    /// Documents with work to do that wait for fewer exchanges to be under way.
-    backlog: VecDeque<DocId>,
-    queued: BTreeSet<DocId>,
+    /// Documents with work to do.
+    queue: Queue,
     control: VecDeque<Msg>,
     /// Sending our catalog: the last id sent, and whether we are done.
     catalog_out: Option<Option<DocId>>,
@@ -180,9 +179,7 @@ impl Session {
             hello_sent: false,
             hello_received: false,
             slots: Slots::default(),
-            queue: VecDeque::new(),
-            backlog: VecDeque::new(),
-            queued: BTreeSet::new(),
+            queue: Queue::default(),
             control: VecDeque::new(),
             catalog_out: None,
             catalog_in: None,
@@ -230,8 +227,8 @@ impl Session {
     /// Whether the peer is known to hold exactly what we hold, and nothing is under way.
     pub fn in_sync(&self, docs: &dyn Docs) -> bool {
         self.hello_received
-            && self.queue.is_empty()
-            && self.backlog.is_empty()
+            && self.queue.now_is_empty()
+            && self.queue.backlog_is_empty()
             && self.held.is_empty()
             && self.catalog_in.is_none()
             && self.peer_digest == Some(docs.digest())
@@ -248,8 +245,8 @@ impl Session {
             "hello sent {} received {}, queue {} and backlog {}, slots {} ({} synced), control {}, catalog out {:?} in {}, peer digest {:?}, sent digest {:?}, asked {:?}, awaiting {}",
             self.hello_sent,
             self.hello_received,
-            self.queue.len(),
-            self.backlog.len(),
+            self.queue.lens().0,
+            self.queue.lens().1,
             self.slots.len(),
             self.slots.synced_count(),
             self.control.len(),
@@ -389,7 +386,7 @@ impl Session {
                 self.early += 1;
                 let index = DocId::index();
                 let index_synced = self.slots.get(&index).is_some_and(|s| s.synced())
-                    && !self.queued.contains(&index);
+                    && !self.queue.contains(&index);
                 if index_synced || self.early > MAX_EARLY {
                     return self.fail(format!("a change by a non-member in {doc}: {reason}"));
                 }
@@ -472,20 +469,13 @@ impl Session {
     fn stop(&mut self) {
         self.failed = true;
         self.queue.clear();
-        self.backlog.clear();
-        self.queued.clear();
         self.held.clear();
         self.control.clear();
     }
 
     fn enqueue(&mut self, doc: DocId) {
-        if self.queued.insert(doc.clone()) {
-            if self.slots.contains(&doc) {
-                self.queue.push_back(doc);
-            } else {
-                self.backlog.push_back(doc);
-            }
-        }
+        let held = self.slots.contains(&doc);
+        self.queue.enqueue(doc, held);
     }
 
     fn active(&self, now: Instant) -> usize {
@@ -494,7 +484,7 @@ impl Session {
 
     /// When the oldest exchange under way stops counting as such, if the backlog waits on it.
     fn backlog_opens(&self, now: Instant) -> Option<Instant> {
-        if self.backlog.is_empty() || self.active(now) < MAX_ACTIVE {
+        if self.queue.backlog_is_empty() || self.active(now) < MAX_ACTIVE {
             return None;
         }
         self.slots.next_settling(now)
@@ -560,13 +550,13 @@ impl Session {
             return false;
         }
         self.catalog_out.is_some()
-            || !self.queue.is_empty()
-            || (!self.backlog.is_empty() && self.active(now) < MAX_ACTIVE)
+            || !self.queue.now_is_empty()
+            || (!self.queue.backlog_is_empty() && self.active(now) < MAX_ACTIVE)
             // As `next_message` decides whether to announce the digest: a `true` it would
             // answer with nothing makes the driver ask again and again.
             || (self.hello_received
                 && self.catalog_in.is_none()
-                && self.backlog.is_empty()
+                && self.queue.backlog_is_empty()
                 && self.held.is_empty()
                 && self.sent_digest != Some(docs.digest()))
     }
@@ -624,23 +614,23 @@ impl Session {
             return Some(Msg::Catalog { entries, last });
         }
         loop {
-            let doc = match self.queue.pop_front() {
+            let doc = match self.queue.pop_now() {
                 // A document that holds a slot but whose exchange is over starts a new one:
                 // on our initiative, so it waits its turn like any other (else a few hundred
                 // such documents at once would take more slots on the peer than it keeps,
                 // each eviction restarting an exchange there; seed 5336 did, forever).
                 Some(doc) if !self.slots.is_active(&doc, now) && self.active(now) >= MAX_ACTIVE => {
-                    self.backlog.push_back(doc);
+                    self.queue.push_backlog(doc);
                     continue;
                 }
                 Some(doc) => doc,
-                None if self.active(now) < MAX_ACTIVE => match self.backlog.pop_front() {
+                None if self.active(now) < MAX_ACTIVE => match self.queue.pop_backlog() {
                     Some(doc) => doc,
                     None => break,
                 },
                 None => break,
             };
-            self.queued.remove(&doc);
+            self.queue.taken(&doc);
             if let Some(slot) = self.slots.get(&doc)
                 && let Some(since) = slot.unanswered
                 && now < since + HOLD_AT_MOST
@@ -668,9 +658,7 @@ impl Session {
                     self.note_progress(&doc, docs);
                     // Ask again at once: automerge says when it has nothing more (usually
                     // right away, while its message is in flight).
-                    if self.queued.insert(doc.clone()) {
-                        self.queue.push_front(doc.clone());
-                    }
+                    self.queue.enqueue_first(&doc);
                     return Some(Msg::Sync { doc, message });
                 }
                 Ok(None) => self.note_progress(&doc, docs),
@@ -679,7 +667,7 @@ impl Session {
         }
         if self.hello_received
             && self.catalog_in.is_none()
-            && self.backlog.is_empty()
+            && self.queue.backlog_is_empty()
             && self.held.is_empty()
         {
             let digest = docs.digest();
@@ -726,8 +714,8 @@ impl Session {
         };
         let ours = docs.digest();
         theirs != ours
-            && self.queue.is_empty()
-            && self.backlog.is_empty()
+            && self.queue.now_is_empty()
+            && self.queue.backlog_is_empty()
             && self.held.is_empty()
             && self.control.is_empty()
             && self.catalog_in.is_none()

@@ -636,3 +636,35 @@ fn evicted_sync_states_are_saved_together() {
     // state moved since it was loaded.
     assert_eq!(saved.len(), 10 + MAX_SLOTS, "saved once quiet");
 }
+
+/// A document waiting in the backlog (exchanges on our initiative at their cap) is answered at
+/// once when the peer speaks of it: the answer belongs to the peer's exchange, and left in the
+/// backlog it would wait for exchanges it counts among to settle.
+#[test]
+fn the_peer_is_answered_about_a_document_waiting_in_the_backlog() {
+    use crate::replication::session::MAX_ACTIVE;
+    let mut docs = MemDocs::default();
+    let mut session = greeted(&mut docs, Quotas::DEFAULT);
+    let now = Instant::now();
+    while session.poll_transmit(now, &mut docs).is_some() {}
+    for i in 0..MAX_ACTIVE {
+        let (doc, _) = made_here(&mut docs, 3_000 + i as u64, "title", "on our initiative");
+        session.handle(now, Input::Changed(doc), &mut docs);
+    }
+    assert_eq!(syncs_sent(&mut session, &mut docs, now).len(), MAX_ACTIVE);
+    let (waiting, _) = made_here(&mut docs, 4_000, "title", "waits its turn");
+    session.handle(now, Input::Changed(waiting.clone()), &mut docs);
+    assert!(
+        syncs_sent(&mut session, &mut docs, now).is_empty(),
+        "the cap holds"
+    );
+    // The peer asks for it: the answer goes now.
+    session.handle(now, lookup(waiting.clone()), &mut docs);
+    let answered: Vec<DocId> = std::iter::from_fn(|| session.poll_transmit(now, &mut docs))
+        .filter_map(|m| match m {
+            Msg::Sync { doc, .. } => Some(doc),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answered, vec![waiting]);
+}
