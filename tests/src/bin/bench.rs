@@ -554,6 +554,14 @@ fn group(n: usize) -> String {
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
+    // Logs only when asked (`ERRAND_LOG=errand_sync=debug`, as for `errand`), to stderr: the
+    // desktop processes inherit it, and their stderr is this one's.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("ERRAND_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let runtime = || {
         tokio::runtime::Builder::new_multi_thread()

@@ -10,7 +10,9 @@
 //!   allow: two processes on two cores at 2 ms of CPU per send between them make 1,000/s;
 //! - a partition: the link goes down for `--partition-secs` (default 120) and the phone sends
 //!   a task meanwhile; measured from the moment the link is back until the desktop holds it,
-//!   which includes noticing the link, redialling and syncing.
+//!   which includes noticing the link, redialling and syncing. Then again with a burst of
+//!   [`BURST`] sends into new threads made while the link is down: how long after it is back
+//!   the desktop holds them all (a phone back in reach with a thousand new conversations).
 //!
 //! The link is a veth pair into a network namespace that only the desktop process lives in
 //! (`ip netns`, so root and iproute2); the partition takes the phone's end down (as a laptop's
@@ -158,6 +160,8 @@ pub struct Links {
     pub lone: Stats,
     /// The partition's length in seconds, and the time from healing to delivery.
     pub partition: Option<(u64, f64)>,
+    /// The time from healing until the desktop held a burst sent during the partition.
+    pub partition_burst_ms: Option<f64>,
     /// Why there was no partition.
     pub no_partition: Option<String>,
 }
@@ -339,6 +343,7 @@ pub async fn links(partition_secs: u64) -> Result<Links> {
     }
 
     let mut partition = None;
+    let mut partition_burst_ms = None;
     if let Ok(ns) = &netns {
         ns.link(false)?;
         let sent = phone.send("sent while the link is down", None, None)?;
@@ -353,6 +358,24 @@ pub async fn links(partition_secs: u64) -> Result<Links> {
             bail!("the desktop did not get the task sent during the partition");
         }
         partition = Some((partition_secs, ms(t0.elapsed())));
+
+        ns.link(false)?;
+        let mut sent = Vec::with_capacity(BURST);
+        for i in 0..BURST {
+            sent.push(phone.send(&format!("offline {i}"), None, None)?);
+        }
+        tokio::time::sleep(Duration::from_secs(partition_secs)).await;
+        ns.link(true)?;
+        let t0 = Instant::now();
+        for s in &sent {
+            if !phone
+                .wait_delivered(&s.target, &s.thread, SETTLE_WAIT)
+                .await
+            {
+                bail!("the desktop did not get the burst sent during the partition");
+            }
+        }
+        partition_burst_ms = Some(ms(t0.elapsed()));
     }
     phone.shutdown().await;
     desk.quit()?;
@@ -362,6 +385,7 @@ pub async fn links(partition_secs: u64) -> Result<Links> {
         bursts,
         lone,
         partition,
+        partition_burst_ms,
         no_partition,
     })
 }
@@ -496,6 +520,13 @@ pub fn table(links: &Links) {
                 "  goal: reconnected and delivered within 2,000 ms: {heal_ms:.0} ms: {}",
                 if heal_ms <= 2_000.0 { "met" } else { "NOT met" }
             );
+            if let Some(burst_ms) = links.partition_burst_ms {
+                println!(
+                    "  partition of {secs} s, {} tasks sent during it into new threads: all held by \
+                     the desktop {burst_ms:.0} ms after the link came back",
+                    group(BURST)
+                );
+            }
         }
         (None, Some(why)) => println!("  partition: skipped ({why})"),
         (None, None) => {}
@@ -528,6 +559,7 @@ pub fn json(links: &Links) -> Json {
         "partition": links.partition.map(|(secs, heal_ms)| json!({
             "seconds": secs,
             "delivered_after_heal_ms": heal_ms,
+            "burst_delivered_after_heal_ms": links.partition_burst_ms,
         })),
         "partition_skipped": links.no_partition,
     })
