@@ -98,6 +98,12 @@ impl Shared {
             let Some(id) = lock(&self.queue).first(doc) else {
                 return;
             };
+            if ended.iter().any(|(t, _)| t.id == id) {
+                // Queued again while it was being taken: a change read meanwhile still said
+                // it waits. It ends here already; twice would write its answer twice.
+                lock(&self.queue).take_first(doc, &id);
+                continue;
+            }
             let Some(task) = self
                 .task(doc, &id)
                 .filter(|t| t.status == TaskStatus::Queued)
