@@ -47,6 +47,7 @@ impl Replicator {
         // answer tells it the link works (QUIC acknowledges what we send even while the
         // peer's session is busy).
         let mut rx_seen = conn.stats().udp_rx.datagrams;
+        let mut described = Instant::now();
 
         'session: loop {
             if !self.apply_events(conn, &mut session) {
@@ -65,6 +66,20 @@ impl Replicator {
             }
             self.0.progress.send_modify(|n| *n += 1);
             let now = Instant::now();
+            // How the session stands, a line a second at most, for `ERRAND_LOG=errand_sync=debug`.
+            if now >= described + Duration::from_secs(1) {
+                described = now;
+                let stats = conn.stats();
+                debug!(
+                    %peer,
+                    opener,
+                    datagrams_in = stats.udp_rx.datagrams,
+                    datagrams_out = stats.udp_tx.datagrams,
+                    writer_holds = *queued.borrow(),
+                    "session: {}",
+                    session.describe(now)
+                );
+            }
             let timer = session.poll_timeout(now, &docs);
             let wants = session.wants_transmit(now, &docs);
             let room = in_flight::room(*queued.borrow_and_update(), max_in_flight);

@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use automerge::ChangeHash;
 use automerge::sync;
 
 use super::digest::{Digest, HeadsHash};
@@ -21,10 +20,14 @@ use super::{Docs, DocsError};
 use crate::ids::DeviceId;
 use crate::quota::Quotas;
 use crate::schema::DocId;
+pub use interface::{Event, Input};
+use liveness::Liveness;
 use queue::Queue;
-use slots::Slots;
+use slots::{Clock, Slots};
 use states::{presumed_lacking, resumed, same_heads};
 
+mod interface;
+mod liveness;
 mod queue;
 mod slots;
 mod states;
@@ -77,39 +80,6 @@ pub const HOLD_AT_MOST: Duration = Duration::from_millis(20);
 /// as sending changes by non-members.
 pub const MAX_EARLY: u32 = 64;
 
-/// Something the driver must act on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// Persist these sync states for the peer (a cache: write lazily).
-    SaveStates(Vec<(DocId, Vec<u8>)>),
-    /// We now know the peer holds `doc` exactly as we do.
-    Synced(DocId),
-    /// What the peer is known to hold of `doc` changed.
-    Shared { doc: DocId, heads: Vec<ChangeHash> },
-    /// The peer broke the protocol: drop it, and forget its saved sync states.
-    Misbehaved(String),
-    /// Our side cannot go on (what was received could not be made durable): end the
-    /// connection without blaming the peer; the next one starts from what the store holds.
-    Failed(String),
-    /// An answer has been overdue for [`STALL_AFTER`] with no sign of the peer: end the
-    /// connection without blaming the peer, and dial again.
-    Silent,
-}
-
-/// An input to the session.
-#[derive(Clone, Debug)]
-pub enum Input {
-    /// A message from the peer.
-    Message(Msg),
-    /// A document changed here (locally, or merged from another peer).
-    Changed(DocId),
-    /// Change notifications were lost: anything may have changed.
-    LostTrack,
-    /// The driver saw packets from the peer (acknowledgements of ours, say) though no message:
-    /// the link works, the peer is only slow to answer.
-    Alive,
-}
-
 /// Where a catalog we are receiving has got to, in id order.
 #[derive(Debug, Default)]
 struct IncomingCatalog {
@@ -144,16 +114,14 @@ pub struct Session {
     failed: bool,
     /// Messages refused as early (see [`MAX_EARLY`]).
     early: u32,
+    /// Messages received and sent (for descriptions).
+    received: u64,
+    sent: u64,
     /// Whether messages were received, or documents changed, since the documents were last
     /// flushed (see [`Docs::flush`]): flushed before anything is sent.
     unflushed: bool,
-    /// Since when an answer is awaited: set when a message the peer answers goes out with
-    /// none awaited, cleared by any message from the peer (see [`STALL_AFTER`]).
-    awaiting: Option<Instant>,
-    /// The last sign of the peer (a message, or [`Input::Alive`]) while an answer is awaited.
-    heard: Instant,
-    /// When the last [`Msg::Ping`] was queued, while an answer is awaited.
-    probed: Option<Instant>,
+    /// Pings and pongs: whether the peer is there, and how far it has read.
+    liveness: Liveness,
     quotas: Quotas,
     /// Documents the peer named that were not held here and that it has not brought yet
     /// (at most [`Quotas::max_unknown_docs`]).
@@ -192,10 +160,10 @@ impl Session {
             events: VecDeque::new(),
             failed: false,
             early: 0,
+            received: 0,
+            sent: 0,
             unflushed: false,
-            awaiting: None,
-            heard: now,
-            probed: None,
+            liveness: Liveness::new(now),
             quotas,
             unknown: BTreeSet::new(),
             held: BTreeMap::new(),
@@ -240,22 +208,30 @@ impl Session {
     }
 
     /// A one-line account of the session's state, for logs and failed simulations.
-    pub fn describe(&self) -> String {
+    pub fn describe(&self, now: Instant) -> String {
+        let (queued, backlog) = self.queue.lens();
         format!(
-            "hello sent {} received {}, queue {} and backlog {}, slots {} ({} synced), control {}, catalog out {:?} in {}, peer digest {:?}, sent digest {:?}, asked {:?}, awaiting {}",
+            "messages in {} out {} last in {:?} ago, hello sent {} received {}, queue {queued} ({} answers) and backlog {backlog}, slots {} ({} synced, {} under way, {} evicted under way), held {}, unknown {}, control {}, catalog out {:?} in {}, peer digest {:?}, sent digest {:?}, asked {:?}, awaiting {}, pings out {}",
+            self.received,
+            self.sent,
+            now.saturating_duration_since(self.liveness.last_message()),
             self.hello_sent,
             self.hello_received,
-            self.queue.lens().0,
-            self.queue.lens().1,
+            self.queue.answer_count(),
             self.slots.len(),
             self.slots.synced_count(),
+            self.active(now),
+            self.slots.evicted_under_way(),
+            self.held.len(),
+            self.unknown.len(),
             self.control.len(),
             self.catalog_out,
             self.catalog_in.is_some(),
             self.peer_digest,
             self.sent_digest,
             self.catalog_asked,
-            self.awaiting.is_some(),
+            self.liveness.awaiting(),
+            self.liveness.pings_out(),
         )
     }
 
@@ -273,23 +249,25 @@ impl Session {
     /// Whether an answer from the peer is awaited (the driver then watches for its packets,
     /// [`Input::Alive`]).
     pub fn awaiting(&self) -> bool {
-        self.awaiting.is_some()
+        self.liveness.awaiting()
     }
 
     pub fn handle(&mut self, now: Instant, input: Input, docs: &mut dyn Docs) {
         if self.failed {
             return;
         }
-        self.slots.prune(now);
+        self.slots.prune(self.clock(now));
         match input {
             Input::Message(m) => {
                 self.last_activity = now;
-                self.awaiting = None;
-                self.probed = None;
-                self.heard = now;
+                self.liveness.on_message(now, &m);
+                self.received += 1;
+                if self.liveness.deaf(now) {
+                    return self.give_up_silent();
+                }
                 self.on_message(now, m, docs);
             }
-            Input::Alive => self.heard = now,
+            Input::Alive => self.liveness.alive(now),
             Input::Changed(doc) => {
                 // Written lazily, perhaps (an executor's outcome, a change from another peer):
                 // made durable before we say anything more (see `Docs::flush`).
@@ -345,14 +323,8 @@ impl Session {
                 }
             }
             Msg::Catalog { entries, last } => self.on_catalog(entries, last, docs),
-            // One pong answers any number of pings not answered yet: a peer that pings without
-            // reading cannot make the queue grow.
-            Msg::Ping => {
-                if !self.control.contains(&Msg::Pong) {
-                    self.control.push_back(Msg::Pong);
-                }
-            }
-            Msg::Pong => {}
+            // Answered, and taken note of, by `liveness`.
+            Msg::Ping | Msg::Pong => {}
         }
     }
 
@@ -403,7 +375,7 @@ impl Session {
         slot.unsaved = true;
         self.unsaved = true;
         self.note_progress(&doc, docs);
-        self.enqueue(doc);
+        self.answer(doc);
     }
 
     /// The quotas on documents a peer names that are not held here: none may be created past
@@ -475,19 +447,41 @@ impl Session {
 
     fn enqueue(&mut self, doc: DocId) {
         let held = self.slots.contains(&doc);
-        self.queue.enqueue(doc, held);
+        self.queue.enqueue(doc, held, false);
+    }
+
+    /// Queues `doc` to answer the peer, who has just spoken of it.
+    fn answer(&mut self, doc: DocId) {
+        let held = self.slots.contains(&doc);
+        self.queue.enqueue(doc, held, true);
+    }
+
+    fn clock(&self, now: Instant) -> Clock {
+        Clock {
+            now,
+            read_until: self.liveness.read_until(),
+        }
     }
 
     fn active(&self, now: Instant) -> usize {
-        self.slots.active(now)
+        self.slots.active(self.clock(now))
     }
 
-    /// When the oldest exchange under way stops counting as such, if the backlog waits on it.
-    fn backlog_opens(&self, now: Instant) -> Option<Instant> {
+    /// The oldest exchange under way, last touched then, if the backlog waits on it.
+    fn backlog_waits_on(&self, now: Instant) -> Option<Instant> {
         if self.queue.backlog_is_empty() || self.active(now) < MAX_ACTIVE {
             return None;
         }
-        self.slots.next_settling(now)
+        self.slots.oldest_under_way(self.clock(now))
+    }
+
+    /// When the backlog may open: when the oldest exchange under way settles, or, if the peer
+    /// has not been asked whether it read our messages about it, when it is time to ask. The
+    /// answer, a message, wakes the session anyway.
+    fn backlog_opens(&self, now: Instant) -> Option<Instant> {
+        let touched = self.backlog_waits_on(now)?;
+        let asked = self.liveness.asked_read(touched);
+        (touched <= self.liveness.read_until() || !asked).then_some(touched + SETTLE_AFTER)
     }
 
     /// The slot of `doc`, loading its saved state, and making room if needed.
@@ -497,7 +491,8 @@ impl Session {
             true => None,
             false => self.evicted.remove(doc),
         };
-        let (_, evicted) = self.slots.take(doc, now, || {
+        let clock = self.clock(now);
+        let (_, evicted) = self.slots.take(doc, clock, || {
             let saved = match unsaved {
                 Some(bytes) => sync::State::decode(&bytes).ok(),
                 None => docs.saved_state(&peer, doc),
@@ -543,7 +538,7 @@ impl Session {
         if self.failed {
             return false;
         }
-        if !self.control.is_empty() {
+        if !self.control.is_empty() || self.liveness.wants_transmit() {
             return true;
         }
         if !self.hello_sent {
@@ -563,12 +558,10 @@ impl Session {
 
     /// The next message to send, if any. Call it whenever the stream can take a message.
     pub fn poll_transmit(&mut self, now: Instant, docs: &mut dyn Docs) -> Option<Msg> {
-        self.slots.prune(now);
+        self.slots.prune(self.clock(now));
         let msg = self.next_message(now, docs)?;
-        if self.awaiting.is_none() && self.answered(&msg) {
-            self.awaiting = Some(now);
-            self.heard = now;
-        }
+        self.sent += 1;
+        self.liveness.sent(now, &msg, self.answered(&msg));
         Some(msg)
     }
 
@@ -598,7 +591,11 @@ impl Session {
             }
             self.unflushed = false;
         }
+        // Control first: the hello is there, and nothing may go before it.
         if let Some(m) = self.control.pop_front() {
+            return Some(m);
+        }
+        if let Some(m) = self.liveness.poll() {
             return Some(m);
         }
         // The accepting side speaks only after the opener's hello.
@@ -619,7 +616,12 @@ impl Session {
                 // on our initiative, so it waits its turn like any other (else a few hundred
                 // such documents at once would take more slots on the peer than it keeps,
                 // each eviction restarting an exchange there; seed 5336 did, forever).
-                Some(doc) if !self.slots.is_active(&doc, now) && self.active(now) >= MAX_ACTIVE => {
+                // An answer to the peer is not one: the peer's exchange holds a slot there.
+                Some(doc)
+                    if !self.queue.answers(&doc)
+                        && !self.slots.is_active(&doc, self.clock(now))
+                        && self.active(now) >= MAX_ACTIVE =>
+                {
                     self.queue.push_backlog(doc);
                     continue;
                 }
@@ -692,15 +694,9 @@ impl Session {
         let catalog = self
             .catalog_due(docs)
             .then(|| self.last_activity + CATALOG_AFTER);
-        let (probe, stall) = match self.awaiting {
-            Some(since) => (
-                Some(self.probed.unwrap_or(since) + PROBE_AFTER),
-                Some(self.heard.max(since) + STALL_AFTER),
-            ),
-            None => (None, None),
-        };
+        let liveness = self.liveness.poll_timeout(now);
         let held = self.held.values().min().copied();
-        [save, catalog, self.backlog_opens(now), probe, stall, held]
+        [save, catalog, self.backlog_opens(now), liveness, held]
             .into_iter()
             .flatten()
             .min()
@@ -727,7 +723,7 @@ impl Session {
         if self.failed {
             return;
         }
-        self.slots.prune(now);
+        self.slots.prune(self.clock(now));
         let released: Vec<DocId> = self
             .held
             .iter()
@@ -741,17 +737,13 @@ impl Session {
             }
             self.enqueue(doc);
         }
-        if let Some(since) = self.awaiting {
-            if now >= self.heard.max(since) + STALL_AFTER {
-                self.stop();
-                self.save_all();
-                self.events.push_back(Event::Silent);
-                return;
-            }
-            if now >= self.probed.unwrap_or(since) + PROBE_AFTER {
-                self.probed = Some(now);
-                self.control.push_back(Msg::Ping);
-            }
+        if self.liveness.handle_timeout(now).is_err() {
+            return self.give_up_silent();
+        }
+        if let Some(touched) = self.backlog_waits_on(now)
+            && now >= touched + SETTLE_AFTER
+        {
+            self.liveness.ask_read(touched);
         }
         if self.unsaved && now >= self.last_activity + SAVE_AFTER {
             self.save_all();
@@ -763,6 +755,14 @@ impl Session {
             self.catalog_asked = Some((docs.digest(), theirs));
             self.control.push_back(Msg::CatalogRequest);
         }
+    }
+
+    /// The peer has not heard us for [`STALL_AFTER`]: end the connection (see
+    /// [`Event::Silent`]).
+    fn give_up_silent(&mut self) {
+        self.stop();
+        self.save_all();
+        self.events.push_back(Event::Silent);
     }
 
     fn save_all(&mut self) {

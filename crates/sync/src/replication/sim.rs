@@ -10,8 +10,10 @@
 //! QUIC's to repair; what reaches the core, and what is simulated here, is delay, connections
 //! that die with messages in flight (and are redialled), partitions that cut the connection,
 //! silent partitions that do not (QUIC holds what was sent until the link returns, and the
-//! sessions must notice the silence), peers busy for seconds (their transport acknowledges
-//! what arrives, the session reads it later), and crashes.
+//! sessions must notice the silence), connections stalled one way (one side's messages wait
+//! on a retransmission while the other's arrive, and the transport shows both alive), peers
+//! busy for seconds (their transport acknowledges what arrives, the session neither reads nor
+//! speaks meanwhile), and crashes.
 //!
 //! `ERRAND_SIM_SEEDS=N` sets how many seeds run (default 500), `ERRAND_SIM_FIRST=F` the first
 //! (default 0); `ERRAND_SIM_SEED=S` replays one.
@@ -44,7 +46,8 @@ struct Peer {
     up: bool,
     /// Open sessions by peer index, with the connection they belong to.
     sessions: BTreeMap<usize, (u64, Session)>,
-    /// Until when the peer reads nothing (its transport still acknowledges what arrives).
+    /// Until when the peer's sessions neither read nor speak (its transport still acknowledges
+    /// what arrives).
     busy_until: Duration,
 }
 
@@ -81,6 +84,10 @@ struct Link {
     /// The connection that lived through a silent partition of this link, if any: the only
     /// kind a session may find silent.
     silenced: Option<u64>,
+    /// A connection stalled one way: what this peer sends on it is held (QUIC waiting out a
+    /// retransmission after a partition, its packets still arriving) while the other
+    /// direction works. Only that connection: a fresh one gets through.
+    one_way: Option<(u64, usize)>,
     /// The latest delivery time scheduled in each direction: a stream is ordered.
     last: [Duration; 2],
 }
@@ -262,11 +269,22 @@ impl Sim {
         silent
     }
 
-    /// The link between `a` and `b` goes down without the connection noticing.
-    fn silence(&mut self, a: usize, b: usize) {
+    /// The link between `a` and `b` goes down without the connection noticing; or, `one_way`,
+    /// the connection stalls in `a`'s direction only.
+    fn silence(&mut self, a: usize, b: usize, one_way: bool) {
         let link = self.links.entry(key(a, b)).or_default();
-        link.partitioned = true;
         link.silenced = link.conn;
+        match (one_way, link.conn) {
+            (true, Some(conn)) => link.one_way = Some((conn, a)),
+            _ => link.partitioned = true,
+        }
+    }
+
+    /// Heals the link between `a` and `b`.
+    fn heal(&mut self, a: usize, b: usize) {
+        let link = self.links.entry(key(a, b)).or_default();
+        link.partitioned = false;
+        link.one_way = None;
     }
 
     fn change(&mut self, p: usize) {
@@ -309,6 +327,11 @@ impl Sim {
     fn step(&mut self, faults: bool) {
         let now = self.instant();
         for p in 0..self.peers.len() {
+            // A busy peer's sessions are stuck in what keeps it busy: they neither read nor
+            // speak (what the transport holds of theirs still goes).
+            if self.peers[p].busy_until > self.now {
+                continue;
+            }
             let others: Vec<usize> = self.peers[p].sessions.keys().copied().collect();
             for o in others {
                 for _ in 0..8 {
@@ -375,7 +398,10 @@ impl Sim {
                 m.acked = true;
                 self.acked.insert((m.from, m.to, m.conn));
             }
-            if self.peers[m.to].busy_until > self.now {
+            // Stalled one way, packets still arrive, but the stream's data waits behind what
+            // QUIC has yet to retransmit.
+            let stalled = link.one_way == Some((m.conn, m.from));
+            if stalled || self.peers[m.to].busy_until > self.now {
                 held.push(m);
                 continue;
             }
@@ -407,6 +433,9 @@ impl Sim {
         }
         let mut silent = Vec::new();
         for p in 0..self.peers.len() {
+            if self.peers[p].busy_until > self.now {
+                continue;
+            }
             let others: Vec<usize> = self.peers[p].sessions.keys().copied().collect();
             for o in others {
                 let Some((conn, mut s)) = self.peers[p].sessions.remove(&o) else {
@@ -469,7 +498,7 @@ impl Sim {
         } else if roll < 0.20 {
             let (a, b) = (self.rng.random_range(0..n), self.rng.random_range(0..n));
             if a != b {
-                self.links.entry(key(a, b)).or_default().partitioned = false;
+                self.heal(a, b);
             }
         } else if roll < 0.21 {
             let (a, b) = (self.rng.random_range(0..n), self.rng.random_range(0..n));
@@ -485,7 +514,8 @@ impl Sim {
         } else if roll < 0.25 {
             let (a, b) = (self.rng.random_range(0..n), self.rng.random_range(0..n));
             if a != b {
-                self.silence(a, b);
+                let one_way = self.rng.random_bool(0.5);
+                self.silence(a, b, one_way);
             }
         } else if roll < 0.253 {
             let p = self.rng.random_range(0..n);
@@ -542,6 +572,7 @@ fn run(seed: u64) -> Run {
     // Heal everything and let the peers settle.
     for link in sim.links.values_mut() {
         link.partitioned = false;
+        link.one_way = None;
     }
     for p in &mut sim.peers {
         p.up = true;
@@ -563,7 +594,7 @@ fn run(seed: u64) -> Run {
                         s.wants_transmit(sim.instant(), &p.docs),
                         s.poll_timeout(sim.instant(), &p.docs)
                             .map(|t| t.duration_since(sim.instant())),
-                        s.describe(),
+                        s.describe(sim.instant()),
                     );
                 }
             }

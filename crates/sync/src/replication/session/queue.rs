@@ -16,17 +16,24 @@ pub(super) struct Queue {
     backlogged: BTreeSet<DocId>,
     /// The documents in either.
     queued: BTreeSet<DocId>,
+    /// Queued documents the peer has just spoken of: their message is the peer's exchange,
+    /// which holds a slot on its side already, so our answer never waits for ours to settle.
+    answers: BTreeSet<DocId>,
 }
 
 impl Queue {
     /// Queues `doc`: to be taken up now if it holds a slot (`held`: an exchange under way, or
-    /// just ended), else in the backlog, to start an exchange in its turn.
+    /// just ended), else in the backlog, to start an exchange in its turn. `answer`: the peer
+    /// has just spoken of it, and our answer may not be put off behind our own exchanges.
     ///
     /// A document already waiting in the backlog moves up once it holds a slot: the peer has
     /// just spoken of it, and the answer must not wait for the exchanges on our initiative to
     /// settle, since it counts among them. Left in the backlog, such answers held each other
     /// back until `SETTLE_AFTER` had passed, a hundred at a time.
-    pub(super) fn enqueue(&mut self, doc: DocId, held: bool) {
+    pub(super) fn enqueue(&mut self, doc: DocId, held: bool, answer: bool) {
+        if answer {
+            self.answers.insert(doc.clone());
+        }
         if self.queued.insert(doc.clone()) {
             if held {
                 self.now.push_back(doc);
@@ -68,6 +75,17 @@ impl Queue {
     /// `doc`, popped, is being taken up: it may be queued again.
     pub(super) fn taken(&mut self, doc: &DocId) {
         self.queued.remove(doc);
+        self.answers.remove(doc);
+    }
+
+    /// Whether `doc` is queued to answer the peer (see [`Queue::enqueue`]).
+    pub(super) fn answers(&self, doc: &DocId) -> bool {
+        self.answers.contains(doc)
+    }
+
+    /// How many queued documents answer the peer (for descriptions).
+    pub(super) fn answer_count(&self) -> usize {
+        self.answers.len()
     }
 
     pub(super) fn contains(&self, doc: &DocId) -> bool {

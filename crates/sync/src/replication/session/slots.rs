@@ -34,14 +34,34 @@ pub(super) struct Slot {
     pub(super) unanswered: Option<Instant>,
 }
 
+/// When exchanges stop counting as under way: [`SETTLE_AFTER`] after they were last touched,
+/// and only once the peer is known to have read what we sent until then (`read_until`, from
+/// its pongs: see `liveness`). By time alone, exchanges whose messages sat in a stalled
+/// connection counted as settled, and the backlog sent hundreds more into it; when the link
+/// came back the peer got them all at once, more than it keeps slots for, and both sides
+/// evicted and restarted each other's exchanges for minutes.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Clock {
+    pub(super) now: Instant,
+    pub(super) read_until: Instant,
+}
+
+impl Clock {
+    /// Whether an exchange last touched at `touched` (and not synced) has settled. If it has,
+    /// so has every exchange touched before it.
+    fn settled(self, touched: Instant) -> bool {
+        settles(touched) <= self.now && touched <= self.read_until
+    }
+}
+
 impl Slot {
     /// Whether the peer is known to hold this document exactly as we do.
     pub(super) fn synced(&self) -> bool {
         self.synced
     }
 
-    fn active(&self, now: Instant) -> bool {
-        !self.synced && now < settles(self.touched)
+    fn active(&self, clock: Clock) -> bool {
+        !self.synced && !clock.settled(self.touched)
     }
 }
 
@@ -59,6 +79,9 @@ pub(super) struct Slots {
     /// See the module's invariant.
     under_way: BTreeSet<(Instant, DocId)>,
     uses: u64,
+    /// Slots evicted mid-exchange, for descriptions: each restarts an exchange, and a count
+    /// that grows means the peer keeps more exchanges going than the slots hold.
+    evicted_under_way: u64,
 }
 
 impl Slots {
@@ -91,34 +114,39 @@ impl Slots {
         self.map.values().filter(|s| s.synced).count()
     }
 
+    /// How many slots were evicted mid-exchange.
+    pub(super) fn evicted_under_way(&self) -> u64 {
+        self.evicted_under_way
+    }
+
     /// Whether `doc`'s exchange is under way.
-    pub(super) fn is_active(&self, doc: &DocId, now: Instant) -> bool {
-        self.map.get(doc).is_some_and(|s| s.active(now))
+    pub(super) fn is_active(&self, doc: &DocId, clock: Clock) -> bool {
+        self.map.get(doc).is_some_and(|s| s.active(clock))
     }
 
     /// How many exchanges are under way: the set less the settled entries at its front
     /// (few, as the session prunes them whenever it acts).
-    pub(super) fn active(&self, now: Instant) -> usize {
+    pub(super) fn active(&self, clock: Clock) -> usize {
         let settled = self
             .under_way
             .iter()
-            .take_while(|(touched, _)| settles(*touched) <= now)
+            .take_while(|(touched, _)| clock.settled(*touched))
             .count();
         self.under_way.len() - settled
     }
 
-    /// When the oldest exchange under way stops counting as such.
-    pub(super) fn next_settling(&self, now: Instant) -> Option<Instant> {
+    /// When the oldest exchange under way was last touched.
+    pub(super) fn oldest_under_way(&self, clock: Clock) -> Option<Instant> {
         self.under_way
             .iter()
-            .map(|(touched, _)| settles(*touched))
-            .find(|at| *at > now)
+            .map(|(touched, _)| *touched)
+            .find(|touched| !clock.settled(*touched))
     }
 
     /// Drops the entries of exchanges that have settled.
-    pub(super) fn prune(&mut self, now: Instant) {
+    pub(super) fn prune(&mut self, clock: Clock) {
         while let Some(first) = self.under_way.first()
-            && settles(first.0) <= now
+            && clock.settled(first.0)
         {
             self.under_way.pop_first();
         }
@@ -146,15 +174,16 @@ impl Slots {
     pub(super) fn take(
         &mut self,
         doc: &DocId,
-        now: Instant,
+        clock: Clock,
         load: impl FnOnce() -> sync::State,
     ) -> (&mut Slot, Option<(DocId, Vec<u8>)>) {
+        let now = clock.now;
         self.uses += 1;
         let used = self.uses;
         let mut evicted = None;
         if !self.map.contains_key(doc) {
             if self.map.len() >= MAX_SLOTS {
-                evicted = self.evict_one(now);
+                evicted = self.evict_one(clock);
             }
             self.map.insert(
                 doc.clone(),
@@ -184,13 +213,16 @@ impl Slots {
     /// Makes room: the least recently used slot whose exchange is not under way, or failing
     /// that (only if the peer has more under way than it should) the least recently used.
     /// Returns the evicted state if it was unsaved.
-    fn evict_one(&mut self, now: Instant) -> Option<(DocId, Vec<u8>)> {
+    fn evict_one(&mut self, clock: Clock) -> Option<(DocId, Vec<u8>)> {
         let oldest = self
             .map
             .iter()
-            .min_by_key(|(_, s)| (s.active(now), s.used))
+            .min_by_key(|(_, s)| (s.active(clock), s.used))
             .map(|(d, _)| d.clone())?;
         let slot = self.map.remove(&oldest)?;
+        if slot.active(clock) {
+            self.evicted_under_way += 1;
+        }
         self.under_way.remove(&(slot.touched, oldest.clone()));
         slot.unsaved.then(|| (oldest, slot.state.encode()))
     }
@@ -203,13 +235,17 @@ mod tests {
     use super::*;
 
     /// The counts kept by the ordered set are those a walk of every slot gives, whatever
-    /// happens to the slots: taken, synced, unsynced, evicted, left to settle.
+    /// happens to the slots: taken, synced, unsynced, evicted, left to settle, read by the
+    /// peer or not.
     #[test]
     fn exchanges_under_way_are_counted_as_a_walk_of_every_slot_counts_them() {
         let docs: Vec<DocId> = (0..MAX_SLOTS + 40).map(|_| DocId::new_thread()).collect();
         let mut slots = Slots::default();
         let start = Instant::now();
-        let mut now = start;
+        let mut clock = Clock {
+            now: start,
+            read_until: start,
+        };
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {
             seed ^= seed << 13;
@@ -219,27 +255,28 @@ mod tests {
         };
         for step in 0..20_000 {
             let doc = &docs[next() as usize % docs.len()];
-            match next() % 4 {
+            match next() % 5 {
                 0 | 1 => {
-                    slots.take(doc, now, sync::State::new);
+                    slots.take(doc, clock, sync::State::new);
                 }
                 2 => slots.set_synced(doc, next() % 2 == 0),
-                _ => now += Duration::from_millis(next() % 400),
+                3 => clock.now += Duration::from_millis(next() % 400),
+                _ => clock.read_until = clock.now,
             }
             if step % 7 == 0 {
-                slots.prune(now);
+                slots.prune(clock);
             }
-            let walked = slots.map.values().filter(|s| s.active(now)).count();
-            assert_eq!(slots.active(now), walked, "step {step}");
-            let settling = slots
+            let walked = slots.map.values().filter(|s| s.active(clock)).count();
+            assert_eq!(slots.active(clock), walked, "step {step}");
+            let oldest = slots
                 .map
                 .values()
-                .filter(|s| s.active(now))
-                .map(|s| settles(s.touched))
+                .filter(|s| s.active(clock))
+                .map(|s| s.touched)
                 .min();
-            assert_eq!(slots.next_settling(now), settling, "step {step}");
+            assert_eq!(slots.oldest_under_way(clock), oldest, "step {step}");
             assert!(slots.len() <= MAX_SLOTS);
         }
-        assert!(now > start + SETTLE_AFTER, "time went by");
+        assert!(clock.now > start + SETTLE_AFTER, "time went by");
     }
 }
