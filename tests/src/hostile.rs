@@ -190,7 +190,7 @@ pub const NO_LIMITS: Limits = Limits {
 /// Connections [`RawMember::send`] tries before it gives up.
 const CONNECT_TRIES: usize = 3;
 
-/// Raw automerge sync message bytes as the payload of an `errand/sync/4` `Sync` message, with
+/// Raw automerge sync message bytes as the payload of an `errand/sync/5` `Sync` message, with
 /// no change signatures: what a peer crafting automerge input sends.
 pub fn envelope(message: &[u8]) -> Vec<u8> {
     Envelope {

@@ -1,7 +1,7 @@
 //! errand-node: one device home opened for use.
 //!
 //! A [`Node`] owns the home's store and documents, its iroh endpoint, and the protocols served
-//! on it (`errand/sync/4`, `errand/pair/1`). It offers the operations every front end needs
+//! on it (`errand/sync/5`, `errand/pair/1`). It offers the operations every front end needs
 //! (send, list, pair, history, ...). The command line drives it either in-process or, while a
 //! node already runs on the home, through the [`control`] socket; the mobile bindings embed it.
 

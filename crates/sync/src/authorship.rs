@@ -202,7 +202,7 @@ pub fn key_of(hash: &ChangeHash) -> [u8; KEY_BYTES] {
 }
 
 /// An automerge sync message with the signatures of the changes it carries: the payload of a
-/// `Sync` message of `errand/sync/4`. Layout: the number of signatures (LEB128), then each as
+/// `Sync` message of `errand/sync/5`. Layout: the number of signatures (LEB128), then each as
 /// 8 bytes of the change hash and 64 of signature, then the automerge message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {

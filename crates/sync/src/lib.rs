@@ -7,7 +7,7 @@
 //! - [`limits`]: the bounds on peer input, checked before automerge decodes it.
 //! - [`wire`]: bounded length-prefixed frames.
 //! - [`replication`]: the sans-IO replication core (sessions, digests, redial).
-//! - [`net`]: the `errand/sync/4` protocol handler and the dialler, the tokio driver of the core.
+//! - [`net`]: the `errand/sync/5` protocol handler and the dialler, the tokio driver of the core.
 
 pub mod authorship;
 pub mod blob;

@@ -1,4 +1,4 @@
-//! Replication over iroh: the `errand/sync/4` protocol handler and the dialler that keeps a
+//! Replication over iroh: the `errand/sync/5` protocol handler and the dialler that keeps a
 //! connection to every known peer. This is the thin driver of [`crate::replication`]: it moves
 //! bytes between a QUIC stream and a [`Session`], feeds it document changes and timers, and
 //! writes what it asks to be saved. What to send, when, and what counts as in sync is decided
@@ -32,8 +32,10 @@ mod stream;
 
 /// The ALPN of the document sync protocol. Version 2 carried every document on one stream
 /// per connection (version 1 opened one per document and stalled at QUIC's stream limit);
-/// version 4 adds `Ping`/`Pong`, with which a session finds a connection gone silent.
-pub const SYNC_ALPN: &[u8] = b"errand/sync/4";
+/// version 4 adds `Ping`/`Pong`, with which a session finds a connection gone silent; in
+/// version 5 every ping gets its own pong, which says the peer has read all that came before
+/// the ping (a version 4 peer merged pongs, and a version 5 session would wait on the rest).
+pub const SYNC_ALPN: &[u8] = b"errand/sync/5";
 
 /// The sync stream quiet for this long drops its compression contexts (some 300 KB).
 const IDLE_FORGET: Duration = Duration::from_secs(30);

@@ -1,4 +1,4 @@
-//! The messages of `errand/sync/4`, and their encoding. Pure: bytes in, values out, every
+//! The messages of `errand/sync/5`, and their encoding. Pure: bytes in, values out, every
 //! length checked against what is left before anything is allocated.
 //!
 //! One bidirectional stream per connection carries every document; each message says which
@@ -10,7 +10,7 @@ use crate::schema::DocId;
 use super::digest::{Digest, HeadsHash};
 
 /// The version spoken in [`Msg::Hello`]; a peer speaking another one is refused.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 /// At most this many entries in one [`Msg::Catalog`] page.
 pub const CATALOG_PAGE: usize = 512;
 
@@ -45,8 +45,9 @@ pub enum Msg {
         entries: Vec<(DocId, HeadsHash)>,
         last: bool,
     },
-    /// "Are you there?": answered at once with [`Msg::Pong`]. Sent only while an answer to
-    /// something else is overdue (see `session::PROBE_AFTER`).
+    /// "Are you there, and have you read this far?": answered with its own [`Msg::Pong`] as
+    /// soon as it is read. Sent while an answer to something else is overdue (see
+    /// `session::PROBE_AFTER`), and to learn whether the peer has read what we sent.
     Ping,
     /// The answer to [`Msg::Ping`].
     Pong,
