@@ -757,7 +757,7 @@ impl Session {
         }
     }
 
-    /// The peer has not heard us for [`STALL_AFTER`]: end the connection (see
+    /// The connection has gone silent, or the peer does not hear us: end it (see
     /// [`Event::Silent`]).
     fn give_up_silent(&mut self) {
         self.stop();

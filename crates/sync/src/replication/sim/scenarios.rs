@@ -131,6 +131,16 @@ fn syncs_sent(session: &mut Session, docs: &mut MemDocs, now: Instant) -> Vec<Ve
         .collect()
 }
 
+/// The documents the session has sync messages for now.
+fn docs_synced(session: &mut Session, docs: &mut MemDocs, now: Instant) -> Vec<DocId> {
+    std::iter::from_fn(|| session.poll_transmit(now, docs))
+        .filter_map(|m| match m {
+            Msg::Sync { doc, .. } => Some(doc),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A document made here with one change putting `key`, and its heads (in the catalog too).
 fn made_here(docs: &mut MemDocs, seed: u64, key: &str, value: &str) -> (DocId, Vec<ChangeHash>) {
     let doc = random_doc(&mut StdRng::seed_from_u64(seed));
@@ -588,12 +598,7 @@ fn the_peer_is_answered_about_a_document_waiting_in_the_backlog() {
     );
     // The peer asks for it: the answer goes now.
     session.handle(now, lookup(waiting.clone()), &mut docs);
-    let answered: Vec<DocId> = std::iter::from_fn(|| session.poll_transmit(now, &mut docs))
-        .filter_map(|m| match m {
-            Msg::Sync { doc, .. } => Some(doc),
-            _ => None,
-        })
-        .collect();
+    let answered = docs_synced(&mut session, &mut docs, now);
     assert_eq!(answered, vec![waiting]);
 }
 
@@ -616,12 +621,7 @@ fn the_peer_is_answered_about_a_document_both_hold_alike() {
         .generate_sync_message(&mut sync::State::new())
         .expect("a first message");
     session.handle(now, from_peer(&alike, question), &mut docs);
-    let answered: Vec<DocId> = std::iter::from_fn(|| session.poll_transmit(now, &mut docs))
-        .filter_map(|m| match m {
-            Msg::Sync { doc, .. } => Some(doc),
-            _ => None,
-        })
-        .collect();
+    let answered = docs_synced(&mut session, &mut docs, now);
     assert_eq!(answered, vec![alike]);
 }
 

@@ -161,12 +161,7 @@ fn exchanges_the_peer_has_not_read_hold_the_backlog_back() {
     for _ in 0..pings {
         session.handle(now, Input::Message(Msg::Pong), &mut docs);
     }
-    let sent: Vec<DocId> = std::iter::from_fn(|| session.poll_transmit(now, &mut docs))
-        .filter_map(|m| match m {
-            Msg::Sync { doc, .. } => Some(doc),
-            _ => None,
-        })
-        .collect();
+    let sent = docs_synced(&mut session, &mut docs, now);
     assert_eq!(sent, vec![waiting]);
 }
 
