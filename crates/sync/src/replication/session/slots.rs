@@ -6,11 +6,13 @@
 //! [`MAX_SLOTS`] of them that walk was a fifth of a phone's time during a burst of sends. The
 //! slots whose exchange may be under way are kept ordered by when they were last touched, so
 //! the count is the size of that set less the few at its front that have settled since, and
-//! the next one to settle is its first.
+//! the next one to settle is its first. That holds because what settles is a prefix of the
+//! set ([`Clock`]: settled is monotone in when an exchange was last touched) and stays
+//! settled (neither the time nor what the peer is known to have read goes back).
 //!
 //! Architecture invariant: `under_way` holds `(touched, doc)` for every slot that is not
-//! synced, except entries found settled (older than [`SETTLE_AFTER`]) and pruned; only this
-//! module changes a slot's `synced` and `touched`, so nothing else can break it.
+//! synced, except entries found settled ([`Clock::settled`]) and pruned; only this module
+//! changes a slot's `synced` and `touched`, so nothing else can break it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
